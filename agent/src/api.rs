@@ -1,0 +1,201 @@
+//! The local gRPC API on a unix socket: the server half inside the agent and
+//! the client half used by the CLI.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use futures::{stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use tartan_proto::v1::agent_client::AgentClient;
+use tartan_proto::v1::agent_server::{Agent, AgentServer};
+use tartan_proto::v1::{Lease as PbLease, NetworkConfig as PbConfig, StatusRequest, StatusResponse};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::daemon::{lock, SharedState};
+use crate::etcd::Registry;
+use crate::lease::Lease;
+
+/// How many lease TTL look-ups a status call keeps in flight.
+const TTL_LOOKUP_CONCURRENCY: usize = 32;
+
+struct AgentService {
+    state: SharedState,
+    registry: Registry,
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let (node, config, peers, etcd_reachable) = {
+            let st = lock(&self.state);
+            let node = st.node.clone();
+            let config = st.config.as_ref().map(|c| PbConfig {
+                network: c.network().to_string(),
+                subnet_len: u32::from(c.range.subnet_len()),
+                subnet_min: c.range.min().to_string(),
+                subnet_max: c.range.max().to_string(),
+                backend_type: c.backend.type_name().to_string(),
+                backend_json: c.backend_json.to_string(),
+            });
+            let peers: Vec<Lease> = st.peers.as_ref().map(|t| t.peers().cloned().collect()).unwrap_or_default();
+            (node, config, peers, st.etcd_reachable)
+        };
+        let expiries = self.peer_expiries(&peers).await;
+        let node = node.map(|n| {
+            let mut pb = to_pb(&n.lease.subnet, &n.lease.attrs);
+            pb.expires_unix = n.expires_at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs() as i64);
+            pb
+        });
+        let peers = peers
+            .iter()
+            .map(|lease| {
+                let mut pb = to_pb(&lease.subnet, &lease.attrs);
+                pb.expires_unix = expiries.get(&lease.etcd_lease).copied();
+                pb
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            node,
+            config,
+            peers,
+            etcd_reachable,
+            etcd_prefix: self.registry.prefix().to_string(),
+        }))
+    }
+}
+
+impl AgentService {
+    /// Expiry times of the etcd leases behind the peers' keys. Looked up on
+    /// demand: keeping thousands of TTLs current would cost etcd far more
+    /// than an occasional `tartan status`.
+    async fn peer_expiries(&self, peers: &[Lease]) -> HashMap<i64, i64> {
+        let mut ids: Vec<i64> = peers.iter().map(|l| l.etcd_lease).filter(|id| *id != 0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        stream::iter(ids)
+            .map(|id| {
+                let registry = self.registry.clone();
+                async move { (id, registry.time_to_live(id).await) }
+            })
+            .buffer_unordered(TTL_LOOKUP_CONCURRENCY)
+            .filter_map(|(id, ttl)| async move {
+                match ttl {
+                    Ok(Some(ttl)) => Some((id, now + ttl)),
+                    _ => None,
+                }
+            })
+            .collect()
+            .await
+    }
+}
+
+fn to_pb(subnet: &ipnetwork::Ipv4Network, attrs: &crate::lease::LeaseAttrs) -> PbLease {
+    PbLease {
+        subnet: subnet.to_string(),
+        public_ip: attrs.public_ip.to_string(),
+        public_ipv6: attrs.public_ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
+        backend_type: attrs.backend_type.clone(),
+        backend_data_json: attrs.backend_data.to_string(),
+        expires_unix: None,
+    }
+}
+
+/// A running API server; `shutdown` stops it and removes the socket.
+pub struct ApiServer {
+    path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the socket (mode 0600) and serves the API on it in the background.
+pub async fn serve(path: &Path, state: SharedState, registry: Registry) -> Result<ApiServer> {
+    let listener = bind_private(path).await?;
+    info!(socket = %path.display(), "serving the local API");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let service = AgentServer::new(AgentService { state, registry });
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(err) = result {
+            warn!(error = %err, "the local API server stopped");
+        }
+    });
+    Ok(ApiServer {
+        path: path.to_path_buf(),
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Binds a unix socket that only root can use. The socket is bound under a
+/// temporary name, restricted, then renamed into place, so that it is never
+/// reachable with looser permissions.
+async fn bind_private(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another agent is already serving {}", path.display());
+        }
+        // A socket file left by an agent that did not shut down cleanly.
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let staging = path.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).with_context(|| format!("binding {}", staging.display()))?;
+    let setup = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(err) = setup {
+        let _ = std::fs::remove_file(&staging);
+        return Err(err).with_context(|| format!("installing the API socket at {}", path.display()));
+    }
+    Ok(listener)
+}
+
+/// Connects the CLI to the agent behind `path`.
+pub async fn connect(path: &Path) -> Result<AgentClient<Channel>> {
+    // Fail with one clear line before tonic wraps the cause in transport errors.
+    if let Err(err) = UnixStream::connect(path).await {
+        bail!(
+            "no tartan agent is listening on {} ({err}); is `tartan agent` running?",
+            path.display()
+        );
+    }
+    let path = path.to_path_buf();
+    // The URI is required by the HTTP/2 layer but never dialled: the connector below opens the socket.
+    let channel = Endpoint::from_static("http://tartan.local")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .context("connecting to the tartan agent")?;
+    Ok(AgentClient::new(channel))
+}

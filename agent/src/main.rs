@@ -1,0 +1,202 @@
+//! `tartan`: the node agent (`tartan agent`) and the CLI that talks to it.
+
+mod acquire;
+mod api;
+mod config;
+mod daemon;
+mod etcd;
+mod lease;
+mod notify;
+mod peers;
+mod status;
+mod subnet_file;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tartan_dataplane::InterfaceSelector;
+
+use crate::daemon::AgentOptions;
+use crate::etcd::EtcdOptions;
+
+const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
+
+#[derive(Parser)]
+#[command(name = "tartan", version, about = "Tartan: a multi-host container networking fabric")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: lease a subnet from etcd and keep the peer table.
+    Agent(Box<AgentArgs>),
+    /// Show this node's lease, the network config and every peer lease.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "TARTAN_ETCD_ENDPOINTS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of the network (flannel's default, so both can share a cluster).
+    #[arg(long, env = "TARTAN_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    etcd_prefix: String,
+    /// CA certificate (PEM) to verify etcd's TLS certificate.
+    #[arg(long, env = "TARTAN_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, env = "TARTAN_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, env = "TARTAN_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
+    #[arg(long, env = "TARTAN_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    #[arg(long, env = "TARTAN_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+    /// Interface (name or IPv4 address) whose address is published and whose MTU is the underlay's.
+    #[arg(long, env = "TARTAN_IFACE")]
+    iface: Option<InterfaceSelector>,
+    /// Address published to other nodes (default: the interface's address).
+    #[arg(long, env = "TARTAN_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+    /// Where to write the flannel-format subnet file.
+    #[arg(long, env = "TARTAN_SUBNET_FILE", default_value = "/run/tartan/subnet.env")]
+    subnet_file: PathBuf,
+    /// TTL of the subnet lease in etcd (e.g. 24h, 90s).
+    #[arg(long, env = "TARTAN_SUBNET_LEASE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    subnet_lease_ttl: Duration,
+    /// Renew the lease this long before it runs out.
+    #[arg(long, env = "TARTAN_SUBNET_LEASE_RENEW_MARGIN", default_value = "1h", value_parser = humantime::parse_duration)]
+    subnet_lease_renew_margin: Duration,
+    /// Directory for the agent's persistent state.
+    #[arg(long, env = "TARTAN_STATE_DIR", default_value = "/var/lib/tartan")]
+    state_dir: PathBuf,
+    /// Unix socket of the local API.
+    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: OutputFormat,
+    /// Unix socket of the agent to ask.
+    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+}
+
+impl AgentArgs {
+    fn into_options(self) -> AgentOptions {
+        AgentOptions {
+            etcd: EtcdOptions {
+                endpoints: self.etcd_endpoints,
+                prefix: self.etcd_prefix,
+                ca_file: self.etcd_cafile,
+                cert_file: self.etcd_certfile,
+                key_file: self.etcd_keyfile,
+                username: self.etcd_username,
+                password: self.etcd_password,
+            },
+            iface: self.iface,
+            public_ip: self.public_ip,
+            subnet_file: self.subnet_file,
+            subnet_lease_ttl: self.subnet_lease_ttl,
+            subnet_lease_renew_margin: self.subnet_lease_renew_margin,
+            state_dir: self.state_dir,
+            api_socket: self.api_socket,
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TARTAN_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn status(args: StatusArgs) -> Result<()> {
+    let mut client = api::connect(&args.api_socket).await?;
+    let resp = client
+        .status(tartan_proto::v1::StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("the agent answered: {}", s.message()))?
+        .into_inner();
+    match args.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status::to_json(&resp)).context("encoding JSON")?
+        ),
+        OutputFormat::Table => print!("{}", status::to_table(&resp)),
+    }
+    Ok(())
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one
+/// line, the way every other error of this binary reads.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = err.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    eprintln!("tartan: {} (see tartan --help)", first.trim_start_matches("error: "));
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tartan: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Agent(args) => {
+                init_logging();
+                daemon::run(args.into_options()).await
+            }
+            Command::Status(args) => status(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the chain of causes joined, as an operator reads it in a terminal or the journal.
+            eprintln!("tartan: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `tartan status`: the agent's answer rendered as a table or as JSON.
+
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tartan_proto::v1::{Lease, NetworkConfig, StatusResponse};
+
+fn expires_text(expires_unix: Option<i64>) -> Option<String> {
+    let secs = u64::try_from(expires_unix?).ok()?;
+    Some(humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string())
+}
+
+fn json_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn lease_json(lease: &Lease) -> Value {
+    json!({
+        "subnet": lease.subnet,
+        "public_ip": lease.public_ip,
+        "public_ipv6": (!lease.public_ipv6.is_empty()).then_some(&lease.public_ipv6),
+        "backend_type": lease.backend_type,
+        "backend_data": json_text(&lease.backend_data_json),
+        "expires": expires_text(lease.expires_unix),
+        "expires_unix": lease.expires_unix,
+    })
+}
+
+fn config_json(config: &NetworkConfig) -> Value {
+    json!({
+        "network": config.network,
+        "subnet_len": config.subnet_len,
+        "subnet_min": config.subnet_min,
+        "subnet_max": config.subnet_max,
+        "backend_type": config.backend_type,
+        "backend": json_text(&config.backend_json),
+    })
+}
+
+/// The status as a JSON document (the `-o json` output).
+pub fn to_json(status: &StatusResponse) -> Value {
+    json!({
+        "etcd_prefix": status.etcd_prefix,
+        "etcd_reachable": status.etcd_reachable,
+        "node": status.node.as_ref().map(lease_json),
+        "config": status.config.as_ref().map(config_json),
+        "peers": status.peers.iter().map(lease_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The status as a human-readable table.
+pub fn to_table(status: &StatusResponse) -> String {
+    let mut out = String::new();
+    let reachable = if status.etcd_reachable { "reachable" } else { "UNREACHABLE" };
+    let _ = writeln!(out, "etcd:     {} ({reachable})", status.etcd_prefix);
+    match &status.config {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "network:  {}  subnets /{} from {} to {}  backend {}",
+                c.network, c.subnet_len, c.subnet_min, c.subnet_max, c.backend_type
+            );
+        }
+        None => out.push_str("network:  (waiting for a valid network config)\n"),
+    }
+    match &status.node {
+        Some(n) => {
+            let _ = writeln!(
+                out,
+                "node:     {}  public {}  expires {}",
+                n.subnet,
+                n.public_ip,
+                expires_text(n.expires_unix).unwrap_or_else(|| "-".into())
+            );
+        }
+        None => out.push_str("node:     (no lease yet)\n"),
+    }
+    let _ = writeln!(out, "\n{:<20} {:<16} {:<10} EXPIRES", "SUBNET", "PUBLIC IP", "BACKEND");
+    for p in &status.peers {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<10} {}",
+            p.subnet,
+            p.public_ip,
+            p.backend_type,
+            expires_text(p.expires_unix).unwrap_or_else(|| "-".into())
+        );
+    }
+    let _ = writeln!(out, "({} peers)", status.peers.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StatusResponse {
+        StatusResponse {
+            node: Some(Lease {
+                subnet: "10.5.34.0/24".into(),
+                public_ip: "192.168.1.10".into(),
+                public_ipv6: String::new(),
+                backend_type: "vxlan".into(),
+                backend_data_json: r#"{"VNI":1}"#.into(),
+                expires_unix: Some(1_800_000_000),
+            }),
+            config: Some(NetworkConfig {
+                network: "10.5.0.0/16".into(),
+                subnet_len: 24,
+                subnet_min: "10.5.1.0".into(),
+                subnet_max: "10.5.255.0".into(),
+                backend_type: "vxlan".into(),
+                backend_json: r#"{"Type":"vxlan"}"#.into(),
+            }),
+            peers: vec![Lease {
+                subnet: "10.5.7.0/24".into(),
+                public_ip: "192.168.1.11".into(),
+                public_ipv6: String::new(),
+                backend_type: "host-gw".into(),
+                backend_data_json: "null".into(),
+                expires_unix: None,
+            }],
+            etcd_reachable: true,
+            etcd_prefix: "/coreos.com/network".into(),
+        }
+    }
+
+    #[test]
+    fn json_carries_every_field() {
+        let v = to_json(&sample());
+        assert_eq!(v["node"]["subnet"], "10.5.34.0/24");
+        assert_eq!(v["node"]["backend_data"]["VNI"], 1);
+        assert_eq!(v["node"]["expires"], "2027-01-15T08:00:00Z");
+        assert_eq!(v["node"]["public_ipv6"], Value::Null);
+        assert_eq!(v["config"]["subnet_len"], 24);
+        assert_eq!(v["peers"][0]["public_ip"], "192.168.1.11");
+        assert_eq!(v["peers"][0]["expires"], Value::Null);
+        assert_eq!(v["etcd_reachable"], true);
+    }
+
+    #[test]
+    fn table_lists_node_and_peers() {
+        let t = to_table(&sample());
+        assert!(t.contains("node:     10.5.34.0/24  public 192.168.1.10"), "{t}");
+        assert!(t.contains("10.5.7.0/24          192.168.1.11     host-gw"), "{t}");
+        assert!(t.ends_with("(1 peers)\n"), "{t}");
+    }
+}

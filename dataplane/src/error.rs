@@ -1,0 +1,30 @@
+use std::path::PathBuf;
+
+/// Everything the dataplane can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("netlink {op} failed")]
+    Netlink {
+        op: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("opening a netlink socket")]
+    Socket(#[source] std::io::Error),
+    #[error("entering network namespace {path}")]
+    EnterNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    NoSuchInterface(String),
+    #[error("interface {0} has no IPv4 address")]
+    NoIpv4(String),
+    #[error("no default route; pass --iface or --public-ip")]
+    NoDefaultRoute,
+    #[error("{0:?} is not an interface name or IPv4 address")]
+    BadSelector(String),
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A three-host Tartan control plane on one machine, torn down at the end.
+#
+#   sudo examples/control-plane-demo.sh
+#
+# Builds: a hub network namespace with a bridge (the "underlay"), etcd in the
+# hub, three host namespaces with a veth each onto the bridge, and one
+# `tartan agent` per host. Each agent leases a subnet; the script shows every
+# host's `tartan status`, adds a hand-written flannel lease with etcdctl and
+# shows it arriving as a peer. Nothing outside the namespaces it creates is
+# touched. Needs root, etcd, etcdctl and iproute2.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
+for tool in etcd etcdctl ip; do
+  command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install etcd-server etcd-client iproute2)" >&2; exit 1; }
+done
+cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
+tartan=$root/target/release/tartan
+
+tag=tdemo$$
+hub=$tag-hub
+work=$(mktemp -d)
+hosts=(h1 h2 h3)
+cleanup() {
+  for ns in "${hosts[@]/#/$tag-}" "$hub"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "underlay: namespace $hub with bridge br0 10.240.0.254/24"
+ip netns add "$hub"
+ip -n "$hub" link set lo up
+ip -n "$hub" link add br0 type bridge
+ip -n "$hub" addr add 10.240.0.254/24 dev br0
+ip -n "$hub" link set br0 up
+
+say "etcd on 10.240.0.254:2379 inside $hub"
+endpoint=http://10.240.0.254:2379
+ip netns exec "$hub" etcd --name demo --data-dir "$work/etcd" \
+  --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
+  --listen-peer-urls http://10.240.0.254:2380 --initial-advertise-peer-urls http://10.240.0.254:2380 \
+  --initial-cluster demo=http://10.240.0.254:2380 >"$work/etcd.log" 2>&1 &
+export ETCDCTL_API=3
+ctl() { ip netns exec "$hub" etcdctl --endpoints "$endpoint" "$@"; }
+for _ in $(seq 100); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+ctl put /coreos.com/network/config '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+
+n=0
+for h in "${hosts[@]}"; do
+  n=$((n + 1))
+  ns=$tag-$h
+  say "host $h: namespace $ns, eth0 10.240.0.$n/24, agent"
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$hub" link add "v-$h" type veth peer name eth0 netns "$ns"
+  ip -n "$hub" link set "v-$h" master br0 up
+  ip -n "$ns" addr add "10.240.0.$n/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add default via 10.240.0.254
+  mkdir -p "$work/$h"
+  ip netns exec "$ns" "$tartan" agent --etcd-endpoints "$endpoint" \
+    --state-dir "$work/$h/state" --subnet-file "$work/$h/subnet.env" \
+    --api-socket "$work/$h/tartan.sock" >"$work/$h/agent.log" 2>&1 &
+done
+
+for h in "${hosts[@]}"; do
+  for _ in $(seq 100); do [ -f "$work/$h/subnet.env" ] && break; sleep 0.1; done
+  say "$h subnet file"
+  cat "$work/$h/subnet.env"
+done
+
+say "a hand-written flannel lease, put with etcdctl"
+ctl put /coreos.com/network/subnets/10.5.200.0-24 \
+  '{"PublicIP":"10.240.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}'
+sleep 1
+
+say "tartan status on h1"
+ip netns exec "$tag-h1" "$tartan" status --api-socket "$work/h1/tartan.sock"
+say "tartan status -o json on h3 (peers only)"
+ip netns exec "$tag-h3" "$tartan" status -o json --api-socket "$work/h3/tartan.sock" |
+  python3 -c 'import json,sys; [print(p["subnet"], p["public_ip"], p["backend_type"]) for p in json.load(sys.stdin)["peers"]]'
+
+say "leases in etcd"
+ctl get --prefix /coreos.com/network/subnets/
+say "tearing down"
