@@ -53,7 +53,14 @@ pub fn plan<R: Rng + ?Sized>(
         }
     }
     let ours = listing.iter().find_map(|raw| {
-        let lease = parse_lease(subnets_prefix, &raw.key, &raw.value, raw.etcd_lease, raw.mod_revision).ok()?;
+        let lease = parse_lease(
+            subnets_prefix,
+            &raw.key,
+            &raw.value,
+            raw.etcd_lease,
+            raw.mod_revision,
+        )
+        .ok()?;
         (lease.attrs.public_ip == public_ip && range.contains(&lease.subnet)).then_some(lease)
     });
     if let Some(lease) = ours {
@@ -118,7 +125,9 @@ pub async fn acquire(
         debug!(?plan, attempt, "planned subnet acquisition");
         let (subnet, expected) = match plan {
             Plan::Reuse {
-                subnet, mod_revision, ..
+                subnet,
+                mod_revision,
+                ..
             } => (subnet, Some(mod_revision)),
             Plan::Create(subnet) => (subnet, None),
             Plan::Full => {
@@ -150,7 +159,9 @@ pub async fn acquire(
         let jitter = rand::rng().random_range(0..20u64 * u64::from(attempt.min(10)));
         tokio::time::sleep(Duration::from_millis(jitter)).await;
     }
-    Err(anyhow!("could not take a subnet after 64 attempts; too many agents racing"))
+    Err(anyhow!(
+        "could not take a subnet after 64 attempts; too many agents racing"
+    ))
 }
 
 #[cfg(test)]
@@ -184,7 +195,11 @@ mod tests {
     fn reuses_the_lease_with_our_ip() {
         let listing = [
             raw("10.5.3.0-24", r#"{"PublicIP":"192.168.0.9"}"#, 3),
-            raw("10.5.4.0-24", r#"{"PublicIP":"192.168.0.5","BackendType":"vxlan"}"#, 4),
+            raw(
+                "10.5.4.0-24",
+                r#"{"PublicIP":"192.168.0.5","BackendType":"vxlan"}"#,
+                4,
+            ),
         ];
         let p = plan(
             &range("10.5.0.0/16"),
@@ -235,7 +250,10 @@ mod tests {
         ];
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..20 {
-            assert_eq!(plan(&r, PREFIX, &listing, ME, None, &mut rng), Plan::Create(net("10.5.3.0/24")));
+            assert_eq!(
+                plan(&r, PREFIX, &listing, ME, None, &mut rng),
+                Plan::Create(net("10.5.3.0/24"))
+            );
         }
         let full = [
             raw("10.5.1.0-24", "{garbage", 3),

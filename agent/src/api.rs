@@ -11,7 +11,9 @@ use futures::{stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
-use tartan_proto::v1::{Lease as PbLease, NetworkConfig as PbConfig, StatusRequest, StatusResponse};
+use tartan_proto::v1::{
+    Lease as PbLease, NetworkConfig as PbConfig, StatusRequest, StatusResponse,
+};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -33,7 +35,10 @@ struct AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let (node, config, peers, etcd_reachable) = {
             let st = lock(&self.state);
             let node = st.node.clone();
@@ -45,13 +50,21 @@ impl Agent for AgentService {
                 backend_type: c.backend.type_name().to_string(),
                 backend_json: c.backend_json.to_string(),
             });
-            let peers: Vec<Lease> = st.peers.as_ref().map(|t| t.peers().cloned().collect()).unwrap_or_default();
+            let peers: Vec<Lease> = st
+                .peers
+                .as_ref()
+                .map(|t| t.peers().cloned().collect())
+                .unwrap_or_default();
             (node, config, peers, st.etcd_reachable)
         };
         let expiries = self.peer_expiries(&peers).await;
         let node = node.map(|n| {
             let mut pb = to_pb(&n.lease.subnet, &n.lease.attrs);
-            pb.expires_unix = n.expires_at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs() as i64);
+            pb.expires_unix = n
+                .expires_at
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs() as i64);
             pb
         });
         let peers = peers
@@ -77,7 +90,11 @@ impl AgentService {
     /// demand: keeping thousands of TTLs current would cost etcd far more
     /// than an occasional `tartan status`.
     async fn peer_expiries(&self, peers: &[Lease]) -> HashMap<i64, i64> {
-        let mut ids: Vec<i64> = peers.iter().map(|l| l.etcd_lease).filter(|id| *id != 0).collect();
+        let mut ids: Vec<i64> = peers
+            .iter()
+            .map(|l| l.etcd_lease)
+            .filter(|id| *id != 0)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let now = std::time::SystemTime::now()
@@ -105,7 +122,10 @@ fn to_pb(subnet: &ipnetwork::Ipv4Network, attrs: &crate::lease::LeaseAttrs) -> P
     PbLease {
         subnet: subnet.to_string(),
         public_ip: attrs.public_ip.to_string(),
-        public_ipv6: attrs.public_ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
+        public_ipv6: attrs
+            .public_ipv6
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
         backend_type: attrs.backend_type.clone(),
         backend_data_json: attrs.backend_data.to_string(),
         expires_unix: None,
@@ -165,16 +185,19 @@ async fn bind_private(path: &Path) -> Result<UnixListener> {
             bail!("another agent is already serving {}", path.display());
         }
         // A socket file left by an agent that did not shut down cleanly.
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let staging = path.with_extension(format!("{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging).with_context(|| format!("binding {}", staging.display()))?;
+    let listener =
+        UnixListener::bind(&staging).with_context(|| format!("binding {}", staging.display()))?;
     let setup = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
         .and_then(|()| std::fs::rename(&staging, path));
     if let Err(err) = setup {
         let _ = std::fs::remove_file(&staging);
-        return Err(err).with_context(|| format!("installing the API socket at {}", path.display()));
+        return Err(err)
+            .with_context(|| format!("installing the API socket at {}", path.display()));
     }
     Ok(listener)
 }

@@ -97,20 +97,29 @@ impl NetworkConfig {
             return Err(ConfigError::new("config", "must be a JSON object"));
         };
         if obj.contains_key("EnableIPv6") && obj.get("EnableIPv6") == Some(&Value::Bool(true)) {
-            return Err(ConfigError::new("EnableIPv6", "IPv6 networks are not supported"));
+            return Err(ConfigError::new(
+                "EnableIPv6",
+                "IPv6 networks are not supported",
+            ));
         }
         let network_text = match obj.get("Network") {
             Some(Value::String(s)) => s,
-            Some(_) => return Err(ConfigError::new("Network", "must be a string like \"10.5.0.0/16\"")),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "Network",
+                    "must be a string like \"10.5.0.0/16\"",
+                ))
+            }
             None => return Err(ConfigError::new("Network", "missing")),
         };
-        let network: Ipv4Network = network_text
-            .parse()
-            .map_err(|_| ConfigError::new("Network", format!("{network_text:?} is not an IPv4 CIDR")))?;
+        let network: Ipv4Network = network_text.parse().map_err(|_| {
+            ConfigError::new("Network", format!("{network_text:?} is not an IPv4 CIDR"))
+        })?;
         let subnet_len = optional_u8(&obj, "SubnetLen")?;
         let subnet_min = optional_ipv4(&obj, "SubnetMin")?;
         let subnet_max = optional_ipv4(&obj, "SubnetMax")?;
-        let range = SubnetRange::new(network, subnet_len, subnet_min, subnet_max).map_err(ipam_to_config_error)?;
+        let range = SubnetRange::new(network, subnet_len, subnet_min, subnet_max)
+            .map_err(ipam_to_config_error)?;
 
         let backend_json = obj.get("Backend").cloned().unwrap_or(Value::Null);
         let backend = parse_backend(&backend_json)?;
@@ -149,9 +158,15 @@ fn optional_u8(obj: &Map<String, Value>, field: &str) -> Result<Option<u8>, Conf
         Some(Value::Number(n)) => match n.as_u64() {
             Some(0) => Ok(None),
             Some(v) if v <= 32 => Ok(Some(v as u8)),
-            _ => Err(ConfigError::new(field, format!("{n} is not a prefix length (0-32)"))),
+            _ => Err(ConfigError::new(
+                field,
+                format!("{n} is not a prefix length (0-32)"),
+            )),
         },
-        Some(other) => Err(ConfigError::new(field, format!("must be a number, not {other}"))),
+        Some(other) => Err(ConfigError::new(
+            field,
+            format!("must be a number, not {other}"),
+        )),
     }
 }
 
@@ -163,7 +178,10 @@ fn optional_ipv4(obj: &Map<String, Value>, field: &str) -> Result<Option<Ipv4Add
             .parse::<Ipv4Addr>()
             .map(Some)
             .map_err(|_| ConfigError::new(field, format!("{s:?} is not an IPv4 address"))),
-        Some(other) => Err(ConfigError::new(field, format!("must be a string, not {other}"))),
+        Some(other) => Err(ConfigError::new(
+            field,
+            format!("must be a string, not {other}"),
+        )),
     }
 }
 
@@ -172,13 +190,23 @@ fn parse_backend(value: &Value) -> Result<Backend, ConfigError> {
     let obj = match value {
         Value::Null => &empty,
         Value::Object(obj) => obj,
-        other => return Err(ConfigError::new("Backend", format!("must be an object, not {other}"))),
+        other => {
+            return Err(ConfigError::new(
+                "Backend",
+                format!("must be an object, not {other}"),
+            ))
+        }
     };
     // flannel's default is udp; Tartan's is vxlan, the fast path every kernel we target has.
     let kind = match obj.get("Type") {
         None | Some(Value::Null) => "vxlan".to_string(),
         Some(Value::String(s)) => s.to_ascii_lowercase(),
-        Some(other) => return Err(ConfigError::new("Backend.Type", format!("must be a string, not {other}"))),
+        Some(other) => {
+            return Err(ConfigError::new(
+                "Backend.Type",
+                format!("must be a string, not {other}"),
+            ))
+        }
     };
     match kind.as_str() {
         "vxlan" => {
@@ -186,9 +214,19 @@ fn parse_backend(value: &Value) -> Result<Backend, ConfigError> {
                 None | Some(Value::Null) => DEFAULT_VNI,
                 Some(Value::Number(n)) => match n.as_u64() {
                     Some(v) if (1..=0xFF_FFFF).contains(&v) => v as u32,
-                    _ => return Err(ConfigError::new("Backend.VNI", format!("{n} is not in 1-16777215"))),
+                    _ => {
+                        return Err(ConfigError::new(
+                            "Backend.VNI",
+                            format!("{n} is not in 1-16777215"),
+                        ))
+                    }
                 },
-                Some(other) => return Err(ConfigError::new("Backend.VNI", format!("must be a number, not {other}"))),
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "Backend.VNI",
+                        format!("must be a number, not {other}"),
+                    ))
+                }
             };
             let port = optional_port(obj, DEFAULT_VXLAN_PORT)?;
             let direct_routing = match obj.get("DirectRouting") {
@@ -225,9 +263,15 @@ fn optional_port(obj: &Map<String, Value>, default: u16) -> Result<u16, ConfigEr
         Some(Value::Number(n)) => match n.as_u64() {
             Some(0) => Ok(default),
             Some(v) if v <= u64::from(u16::MAX) => Ok(v as u16),
-            _ => Err(ConfigError::new("Backend.Port", format!("{n} is not a UDP port"))),
+            _ => Err(ConfigError::new(
+                "Backend.Port",
+                format!("{n} is not a UDP port"),
+            )),
         },
-        Some(other) => Err(ConfigError::new("Backend.Port", format!("must be a number, not {other}"))),
+        Some(other) => Err(ConfigError::new(
+            "Backend.Port",
+            format!("must be a number, not {other}"),
+        )),
     }
 }
 
@@ -267,9 +311,11 @@ mod tests {
                 direct_routing: true
             }
         );
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#).expect("valid config");
+        let cfg =
+            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#).expect("valid config");
         assert_eq!(cfg.backend, Backend::Udp { port: 8285 });
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#).expect("valid config");
+        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#)
+            .expect("valid config");
         assert_eq!(cfg.backend, Backend::HostGw);
     }
 
@@ -293,16 +339,43 @@ mod tests {
             (r#"{"Network":"10.5.0.0/16","SubnetLen":"24"}"#, "SubnetLen"),
             (r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#, "SubnetLen"),
             (r#"{"Network":"10.5.0.0/16","SubnetLen":17}"#, "SubnetLen"),
-            (r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}"#, "SubnetMin"),
-            (r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.0.7"}"#, "SubnetMin"),
-            (r#"{"Network":"10.5.0.0/16","SubnetMax":"banana"}"#, "SubnetMax"),
+            (
+                r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.0.7"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","SubnetMax":"banana"}"#,
+                "SubnetMax",
+            ),
             (r#"{"Network":"10.5.0.0/16","Backend":"vxlan"}"#, "Backend"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{"Type":"geneve"}}"#, "Backend.Type"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#, "Backend.VNI"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#, "Backend.VNI"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#, "Backend.Port"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#, "Backend.DirectRouting"),
-            (r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#, "EnableIPv6"),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"geneve"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+                "Backend.Port",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
+                "Backend.DirectRouting",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#,
+                "EnableIPv6",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(text).expect_err(text);

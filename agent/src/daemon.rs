@@ -58,7 +58,9 @@ pub type SharedState = Arc<Mutex<AgentState>>;
 
 /// Locks the state; a panic elsewhere while holding it leaves data that is still usable.
 pub fn lock(state: &SharedState) -> MutexGuard<'_, AgentState> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -96,7 +98,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 
 /// Builds the etcd client, retrying while etcd is unreachable (only
 /// authentication needs a round trip at this point).
-async fn connect_with_backoff(etcd: &EtcdOptions, connect: etcd_client::ConnectOptions) -> Registry {
+async fn connect_with_backoff(
+    etcd: &EtcdOptions,
+    connect: etcd_client::ConnectOptions,
+) -> Registry {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut last_error = String::new();
     loop {
@@ -121,9 +126,12 @@ async fn public_address(netlink: &Netlink, opts: &AgentOptions) -> Result<(Ipv4A
     };
     let public_ip = match (opts.public_ip, &iface) {
         (Some(ip), _) => ip,
-        (None, Some(iface)) => iface
-            .ipv4
-            .ok_or_else(|| anyhow!("interface {} has no IPv4 address; pass --public-ip", iface.name))?,
+        (None, Some(iface)) => iface.ipv4.ok_or_else(|| {
+            anyhow!(
+                "interface {} has no IPv4 address; pass --public-ip",
+                iface.name
+            )
+        })?,
         (None, None) => bail!("no default route; pass --iface or --public-ip"),
     };
     let mtu = match iface {
@@ -161,7 +169,15 @@ async fn run_node(
         backend_data: backend_data(&config.backend),
     };
     let previous = previous_subnet(&opts.subnet_file);
-    let mut held = acquire_with_backoff(&registry, &state, &config, &attrs, previous, opts.subnet_lease_ttl).await;
+    let mut held = acquire_with_backoff(
+        &registry,
+        &state,
+        &config,
+        &attrs,
+        previous,
+        opts.subnet_lease_ttl,
+    )
+    .await;
     let subnet_file = |subnet: Ipv4Network| SubnetFile {
         network: config.network(),
         subnet,
@@ -171,7 +187,10 @@ async fn run_node(
     subnet_file(held.subnet).write(&opts.subnet_file)?;
     {
         let mut st = lock(&state);
-        st.peers = Some(PeerTable::new(registry.subnets_prefix(), config.range.clone()));
+        st.peers = Some(PeerTable::new(
+            registry.subnets_prefix(),
+            config.range.clone(),
+        ));
         st.config = Some(config.clone());
     }
     set_node(&state, &held, opts.subnet_lease_ttl);
@@ -182,7 +201,12 @@ async fn run_node(
 
     let (events_tx, events_rx) = mpsc::channel(64);
     let (lost_tx, mut lost_rx) = mpsc::channel(1);
-    let watcher = tokio::spawn(watch_peers(registry.clone(), state.clone(), events_tx, lost_tx));
+    let watcher = tokio::spawn(watch_peers(
+        registry.clone(),
+        state.clone(),
+        events_tx,
+        lost_tx,
+    ));
     let consumer = tokio::spawn(log_lease_events(events_rx));
     let _tasks = AbortOnDrop(vec![watcher, consumer]);
 
@@ -195,27 +219,34 @@ async fn run_node(
             _ = tokio::time::sleep(renew_in) => false,
             Some(()) = lost_rx.recv() => true,
         };
-        let lost = lost || {
-            match registry.keep_alive(held.etcd_lease).await {
-                Ok(remaining) if remaining > 0 => {
-                    backoff.reset();
-                    let remaining = Duration::from_secs(remaining.unsigned_abs());
-                    lock(&state).node.iter_mut().for_each(|n| n.expires_at = SystemTime::now() + remaining);
-                    renew_in = remaining.saturating_sub(margin).max(Duration::from_millis(500));
-                    debug!(subnet = %held.subnet, ttl = ?remaining, "renewed the subnet lease");
-                    false
+        let lost = lost
+            || {
+                match registry.keep_alive(held.etcd_lease).await {
+                    Ok(remaining) if remaining > 0 => {
+                        backoff.reset();
+                        let remaining = Duration::from_secs(remaining.unsigned_abs());
+                        lock(&state)
+                            .node
+                            .iter_mut()
+                            .for_each(|n| n.expires_at = SystemTime::now() + remaining);
+                        renew_in = remaining
+                            .saturating_sub(margin)
+                            .max(Duration::from_millis(500));
+                        debug!(subnet = %held.subnet, ttl = ?remaining, "renewed the subnet lease");
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(err) => {
+                        renew_in = backoff.next();
+                        warn!(error = %format!("{err:#}"), retry_in = ?renew_in, "could not renew the subnet lease");
+                        false
+                    }
                 }
-                Ok(_) => true,
-                Err(err) => {
-                    renew_in = backoff.next();
-                    warn!(error = %format!("{err:#}"), retry_in = ?renew_in, "could not renew the subnet lease");
-                    false
-                }
-            }
-        };
+            };
         if lost {
             warn!(subnet = %held.subnet, "the subnet lease is gone from etcd; acquiring again");
-            held = acquire_with_backoff(&registry, &state, &config, &attrs, Some(held.subnet), ttl).await;
+            held = acquire_with_backoff(&registry, &state, &config, &attrs, Some(held.subnet), ttl)
+                .await;
             subnet_file(held.subnet).write(&opts.subnet_file)?;
             set_node(&state, &held, ttl);
             info!(subnet = %held.subnet, "holding the subnet lease again");
@@ -248,15 +279,25 @@ async fn wait_for_config(registry: &Registry, state: &SharedState) -> NetworkCon
                 match stored.value.as_deref().map(NetworkConfig::parse) {
                     Some(Ok(config)) => return config,
                     Some(Err(err)) => {
-                        let problem = format!("invalid network config at {}/config: {err}", registry.prefix());
+                        let problem = format!(
+                            "invalid network config at {}/config: {err}",
+                            registry.prefix()
+                        );
                         report_once(&mut last_error, problem);
-                        let _ = registry.wait_config_change(stored.revision, Duration::from_secs(30)).await;
+                        let _ = registry
+                            .wait_config_change(stored.revision, Duration::from_secs(30))
+                            .await;
                         continue;
                     }
                     None => {
-                        let problem = format!("waiting for the network config at {}/config", registry.prefix());
+                        let problem = format!(
+                            "waiting for the network config at {}/config",
+                            registry.prefix()
+                        );
                         report_once(&mut last_error, problem);
-                        let _ = registry.wait_config_change(stored.revision, Duration::from_secs(30)).await;
+                        let _ = registry
+                            .wait_config_change(stored.revision, Duration::from_secs(30))
+                            .await;
                         continue;
                     }
                 }
@@ -285,7 +326,10 @@ async fn acquire_with_backoff(
                 lock(state).etcd_reachable = true;
                 return held;
             }
-            Err(err) => report_once(&mut last_error, format!("could not acquire a subnet lease: {err:#}")),
+            Err(err) => report_once(
+                &mut last_error,
+                format!("could not acquire a subnet lease: {err:#}"),
+            ),
         }
         tokio::time::sleep(backoff.next()).await;
     }
@@ -407,7 +451,9 @@ async fn follow(
                     etcd_lease: kv.lease(),
                     mod_revision: kv.mod_revision(),
                 })),
-                etcd_client::EventType::Delete => changes.push(RawChange::Delete { key: kv.key().to_vec() }),
+                etcd_client::EventType::Delete => changes.push(RawChange::Delete {
+                    key: kv.key().to_vec(),
+                }),
             }
         }
         if changes.is_empty() {
@@ -439,7 +485,9 @@ fn own_lease_missing(state: &SharedState, registry: &Registry, listing: &[RawLea
     let Some((key, ip)) = own_key_and_ip(state, registry) else {
         return false;
     };
-    !listing.iter().any(|raw| raw.key == key.as_bytes() && value_has_ip(&raw.value, ip))
+    !listing
+        .iter()
+        .any(|raw| raw.key == key.as_bytes() && value_has_ip(&raw.value, ip))
 }
 
 fn own_lease_lost_in(state: &SharedState, registry: &Registry, changes: &[RawChange]) -> bool {
@@ -456,7 +504,11 @@ fn value_has_ip(value: &[u8], ip: Ipv4Addr) -> bool {
     serde_json::from_slice::<LeaseAttrs>(value).is_ok_and(|attrs| attrs.public_ip == ip)
 }
 
-async fn publish(events: &mpsc::Sender<Vec<LeaseEvent>>, changes: Vec<LeaseEvent>, rejected: Vec<Rejected>) {
+async fn publish(
+    events: &mpsc::Sender<Vec<LeaseEvent>>,
+    changes: Vec<LeaseEvent>,
+    rejected: Vec<Rejected>,
+) {
     for Rejected { key, reason } in rejected {
         warn!(key, %reason, "ignoring subnet lease");
     }
@@ -508,7 +560,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, current: min }
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
     }
 
     pub fn next(&mut self) -> Duration {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use ipnetwork::Ipv4Network;
 
@@ -56,15 +56,16 @@ impl Registry {
         if opts.ca_file.is_some() || opts.cert_file.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &opts.ca_file {
-                let pem = std::fs::read(ca).with_context(|| format!("reading --etcd-cafile {}", ca.display()))?;
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading --etcd-cafile {}", ca.display()))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             match (&opts.cert_file, &opts.key_file) {
                 (Some(cert), Some(key)) => {
-                    let cert_pem =
-                        std::fs::read(cert).with_context(|| format!("reading --etcd-certfile {}", cert.display()))?;
-                    let key_pem =
-                        std::fs::read(key).with_context(|| format!("reading --etcd-keyfile {}", key.display()))?;
+                    let cert_pem = std::fs::read(cert)
+                        .with_context(|| format!("reading --etcd-certfile {}", cert.display()))?;
+                    let key_pem = std::fs::read(key)
+                        .with_context(|| format!("reading --etcd-keyfile {}", key.display()))?;
                     tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
                 }
                 (None, None) => {}
@@ -73,7 +74,9 @@ impl Registry {
             connect = connect.with_tls(tls);
         }
         match (&opts.username, &opts.password) {
-            (Some(user), Some(password)) => connect = connect.with_user(user.clone(), password.clone()),
+            (Some(user), Some(password)) => {
+                connect = connect.with_user(user.clone(), password.clone())
+            }
             (None, None) => {}
             _ => return Err(anyhow!("--etcd-username and --etcd-password go together")),
         }
@@ -117,7 +120,10 @@ impl Registry {
         let mut client = self.client.clone();
         let wait = async {
             let mut stream = client
-                .watch(key.as_str(), Some(WatchOptions::new().with_start_revision(revision + 1)))
+                .watch(
+                    key.as_str(),
+                    Some(WatchOptions::new().with_start_revision(revision + 1)),
+                )
                 .await?;
             while let Some(resp) = stream.message().await? {
                 if resp.canceled() || !resp.events().is_empty() {
@@ -223,14 +229,26 @@ impl Registry {
     pub async fn watch_subnets(&self, revision: i64) -> Result<WatchStream> {
         let prefix = self.subnets_prefix();
         let mut client = self.client.clone();
-        let opts = WatchOptions::new().with_prefix().with_start_revision(revision);
-        bounded("watching subnet leases", client.watch(prefix.as_str(), Some(opts))).await
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        bounded(
+            "watching subnet leases",
+            client.watch(prefix.as_str(), Some(opts)),
+        )
+        .await
     }
 }
 
-async fn bounded<T>(what: &'static str, fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
+async fn bounded<T>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(result) => result.with_context(|| what.to_string()),
-        Err(_) => Err(anyhow!("{what}: etcd did not answer within {}s", OP_TIMEOUT.as_secs())),
+        Err(_) => Err(anyhow!(
+            "{what}: etcd did not answer within {}s",
+            OP_TIMEOUT.as_secs()
+        )),
     }
 }

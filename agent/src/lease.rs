@@ -48,14 +48,24 @@ pub enum LeaseRejection {
     #[error("value is not a lease: {0}")]
     BadValue(String),
     #[error("subnet {subnet} lies outside the network {network}")]
-    OutsideNetwork { subnet: Ipv4Network, network: Ipv4Network },
+    OutsideNetwork {
+        subnet: Ipv4Network,
+        network: Ipv4Network,
+    },
     #[error("subnet {subnet} overlaps this node's subnet {own}")]
-    OverlapsOwn { subnet: Ipv4Network, own: Ipv4Network },
+    OverlapsOwn {
+        subnet: Ipv4Network,
+        own: Ipv4Network,
+    },
 }
 
 /// The etcd key of the lease for `subnet` under `prefix`.
 pub fn lease_key(prefix: &str, subnet: &Ipv4Network) -> String {
-    format!("{}{}", subnets_prefix(prefix), tartan_ipam::subnet_to_key(subnet))
+    format!(
+        "{}{}",
+        subnets_prefix(prefix),
+        tartan_ipam::subnet_to_key(subnet)
+    )
 }
 
 /// The key prefix all leases live under, with its trailing slash.
@@ -74,7 +84,8 @@ pub fn parse_key(subnets_prefix: &str, key: &[u8]) -> Result<Ipv4Network, LeaseR
     let name = text
         .strip_prefix(subnets_prefix)
         .ok_or_else(|| LeaseRejection::BadKey(text.to_string()))?;
-    tartan_ipam::parse_subnet_key(name).map_err(|_| LeaseRejection::BadKey(name.chars().take(80).collect()))
+    tartan_ipam::parse_subnet_key(name)
+        .map_err(|_| LeaseRejection::BadKey(name.chars().take(80).collect()))
 }
 
 /// Parses and checks one key/value pair of the subnets key space.
@@ -89,11 +100,17 @@ pub fn parse_lease(
     if value.len() > MAX_LEASE_VALUE_BYTES {
         return Err(LeaseRejection::TooLarge(value.len()));
     }
-    let attrs: LeaseAttrs = serde_json::from_slice(value).map_err(|e| LeaseRejection::BadValue(e.to_string()))?;
+    let attrs: LeaseAttrs =
+        serde_json::from_slice(value).map_err(|e| LeaseRejection::BadValue(e.to_string()))?;
     if !(attrs.backend_data.is_null() || attrs.backend_data.is_object()) {
-        return Err(LeaseRejection::BadValue("BackendData must be an object".into()));
+        return Err(LeaseRejection::BadValue(
+            "BackendData must be an object".into(),
+        ));
     }
-    if attrs.public_ip.is_unspecified() || attrs.public_ip.is_broadcast() || attrs.public_ip.is_multicast() {
+    if attrs.public_ip.is_unspecified()
+        || attrs.public_ip.is_broadcast()
+        || attrs.public_ip.is_multicast()
+    {
         return Err(LeaseRejection::BadValue(format!(
             "PublicIP {} is not a host address",
             attrs.public_ip
@@ -108,7 +125,11 @@ pub fn parse_lease(
 }
 
 /// Checks a peer's lease against the network and this node's own subnet.
-pub fn check_peer(lease: &Lease, range: &SubnetRange, own: Option<&Ipv4Network>) -> Result<(), LeaseRejection> {
+pub fn check_peer(
+    lease: &Lease,
+    range: &SubnetRange,
+    own: Option<&Ipv4Network>,
+) -> Result<(), LeaseRejection> {
     if !range.in_network(&lease.subnet) {
         return Err(LeaseRejection::OutsideNetwork {
             subnet: lease.subnet,
@@ -139,8 +160,18 @@ mod tests {
     #[test]
     fn reads_a_flannel_lease() {
         let value = br#"{"PublicIP":"192.168.1.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:a4:3c:0e:21:9a"}}"#;
-        let lease = parse_lease(PREFIX, b"/coreos.com/network/subnets/10.5.34.0-24", value, 7, 9).expect("lease");
-        assert_eq!(lease.subnet, "10.5.34.0/24".parse::<Ipv4Network>().expect("cidr"));
+        let lease = parse_lease(
+            PREFIX,
+            b"/coreos.com/network/subnets/10.5.34.0-24",
+            value,
+            7,
+            9,
+        )
+        .expect("lease");
+        assert_eq!(
+            lease.subnet,
+            "10.5.34.0/24".parse::<Ipv4Network>().expect("cidr")
+        );
         assert_eq!(lease.attrs.public_ip, Ipv4Addr::new(192, 168, 1, 10));
         assert_eq!(lease.attrs.backend_type, "vxlan");
         assert_eq!(lease.attrs.backend_data["VtepMAC"], "6e:a4:3c:0e:21:9a");
@@ -179,7 +210,11 @@ mod tests {
             &huge,
         ];
         for value in cases {
-            assert!(parse_lease(PREFIX, key, value, 0, 1).is_err(), "{:?}", String::from_utf8_lossy(value));
+            assert!(
+                parse_lease(PREFIX, key, value, 0, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 
@@ -195,7 +230,10 @@ mod tests {
             "/coreos.com/network/other/10.5.34.0-24",
         ] {
             assert!(
-                matches!(parse_lease(PREFIX, key.as_bytes(), value, 0, 1), Err(LeaseRejection::BadKey(_))),
+                matches!(
+                    parse_lease(PREFIX, key.as_bytes(), value, 0, 1),
+                    Err(LeaseRejection::BadKey(_))
+                ),
                 "{key}"
             );
         }
@@ -204,12 +242,26 @@ mod tests {
     #[test]
     fn peers_outside_the_network_or_over_our_subnet_are_refused() {
         let value = br#"{"PublicIP":"10.0.0.1","BackendType":"vxlan"}"#;
-        let outside = parse_lease(PREFIX, b"/coreos.com/network/subnets/10.6.1.0-24", value, 0, 1).expect("lease");
+        let outside = parse_lease(
+            PREFIX,
+            b"/coreos.com/network/subnets/10.6.1.0-24",
+            value,
+            0,
+            1,
+        )
+        .expect("lease");
         assert!(matches!(
             check_peer(&outside, &range(), None),
             Err(LeaseRejection::OutsideNetwork { .. })
         ));
-        let wide = parse_lease(PREFIX, b"/coreos.com/network/subnets/10.5.0.0-20", value, 0, 1).expect("lease");
+        let wide = parse_lease(
+            PREFIX,
+            b"/coreos.com/network/subnets/10.5.0.0-20",
+            value,
+            0,
+            1,
+        )
+        .expect("lease");
         let own: Ipv4Network = "10.5.3.0/24".parse().expect("cidr");
         assert!(matches!(
             check_peer(&wide, &range(), Some(&own)),
@@ -222,7 +274,13 @@ mod tests {
         let subnet: Ipv4Network = "10.5.34.0/24".parse().expect("cidr");
         let key = lease_key("/coreos.com/network/", &subnet);
         assert_eq!(key, "/coreos.com/network/subnets/10.5.34.0-24");
-        assert_eq!(parse_key(&subnets_prefix("/coreos.com/network"), key.as_bytes()), Ok(subnet));
-        assert_eq!(config_key("/coreos.com/network"), "/coreos.com/network/config");
+        assert_eq!(
+            parse_key(&subnets_prefix("/coreos.com/network"), key.as_bytes()),
+            Ok(subnet)
+        );
+        assert_eq!(
+            config_key("/coreos.com/network"),
+            "/coreos.com/network/config"
+        );
     }
 }

@@ -26,7 +26,11 @@ use crate::etcd::EtcdOptions;
 const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
 
 #[derive(Parser)]
-#[command(name = "tartan", version, about = "Tartan: a multi-host container networking fabric")]
+#[command(
+    name = "tartan",
+    version,
+    about = "Tartan: a multi-host container networking fabric"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,10 +47,19 @@ enum Command {
 #[derive(Args)]
 struct AgentArgs {
     /// etcd endpoints, comma-separated.
-    #[arg(long, env = "TARTAN_ETCD_ENDPOINTS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TARTAN_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
     etcd_endpoints: Vec<String>,
     /// Key prefix of the network (flannel's default, so both can share a cluster).
-    #[arg(long, env = "TARTAN_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    #[arg(
+        long,
+        env = "TARTAN_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
     etcd_prefix: String,
     /// CA certificate (PEM) to verify etcd's TLS certificate.
     #[arg(long, env = "TARTAN_ETCD_CAFILE")]
@@ -68,7 +81,11 @@ struct AgentArgs {
     #[arg(long, env = "TARTAN_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
     /// Where to write the flannel-format subnet file.
-    #[arg(long, env = "TARTAN_SUBNET_FILE", default_value = "/run/tartan/subnet.env")]
+    #[arg(
+        long,
+        env = "TARTAN_SUBNET_FILE",
+        default_value = "/run/tartan/subnet.env"
+    )]
     subnet_file: PathBuf,
     /// TTL of the subnet lease in etcd (e.g. 24h, 90s).
     #[arg(long, env = "TARTAN_SUBNET_LEASE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -159,14 +176,19 @@ fn usage_error(err: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
         err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
     let text = err.render().to_string();
     let first = text.lines().next().unwrap_or("invalid arguments");
-    eprintln!("tartan: {} (see tartan --help)", first.trim_start_matches("error: "));
+    eprintln!(
+        "tartan: {} (see tartan --help)",
+        first.trim_start_matches("error: ")
+    );
     ExitCode::from(2)
 }
 
@@ -175,7 +197,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tartan: cannot start the async runtime: {err}");

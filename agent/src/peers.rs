@@ -120,7 +120,8 @@ impl PeerTable {
         let mut events = Vec::new();
         let mut rejected = Vec::new();
         let mut seen = std::collections::HashSet::with_capacity(listing.len());
-        let listed_keys: std::collections::HashSet<Vec<u8>> = listing.iter().map(|r| r.key.clone()).collect();
+        let listed_keys: std::collections::HashSet<Vec<u8>> =
+            listing.iter().map(|r| r.key.clone()).collect();
         self.rejected.retain(|k, _| listed_keys.contains(k));
         for raw in listing {
             if let Ok(subnet) = parse_key(&self.subnets_prefix, &raw.key) {
@@ -128,7 +129,12 @@ impl PeerTable {
             }
             self.put(raw, &mut events, &mut rejected);
         }
-        let gone: Vec<Ipv4Network> = self.peers.keys().filter(|s| !seen.contains(s)).copied().collect();
+        let gone: Vec<Ipv4Network> = self
+            .peers
+            .keys()
+            .filter(|s| !seen.contains(s))
+            .copied()
+            .collect();
         for subnet in gone {
             self.peers.remove(&subnet);
             events.push(LeaseEvent::Removed(subnet));
@@ -148,7 +154,9 @@ impl PeerTable {
             Ok(lease) if Some(lease.subnet) == self.own => return,
             Ok(lease) => match check_peer(&lease, &self.range, self.own.as_ref()) {
                 Ok(()) => lease,
-                Err(reason) => return self.refuse(raw, Some(lease.subnet), reason, events, rejected),
+                Err(reason) => {
+                    return self.refuse(raw, Some(lease.subnet), reason, events, rejected)
+                }
             },
             Err(reason) => {
                 let subnet = parse_key(&self.subnets_prefix, &raw.key).ok();
@@ -183,7 +191,10 @@ impl PeerTable {
         }
         if self.rejected.get(&raw.key) != Some(&raw.mod_revision) {
             rejected.push(Rejected {
-                key: String::from_utf8_lossy(&raw.key).chars().take(200).collect(),
+                key: String::from_utf8_lossy(&raw.key)
+                    .chars()
+                    .take(200)
+                    .collect(),
                 reason,
             });
             self.rejected.insert(raw.key, raw.mod_revision);
@@ -198,14 +209,16 @@ mod tests {
     const PREFIX: &str = "/p/subnets/";
 
     fn table() -> PeerTable {
-        let range = SubnetRange::new("10.5.0.0/16".parse().expect("cidr"), None, None, None).expect("range");
+        let range = SubnetRange::new("10.5.0.0/16".parse().expect("cidr"), None, None, None)
+            .expect("range");
         PeerTable::new(PREFIX.to_string(), range)
     }
 
     fn raw(subnet: &str, ip: &str, rev: i64) -> RawLease {
         RawLease {
             key: format!("{PREFIX}{subnet}").into_bytes(),
-            value: format!(r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":null}}"#).into_bytes(),
+            value: format!(r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":null}}"#)
+                .into_bytes(),
             etcd_lease: 1,
             mod_revision: rev,
         }
@@ -240,8 +253,14 @@ mod tests {
     #[test]
     fn resync_yields_only_the_difference() {
         let mut t = table();
-        t.resync(vec![raw("10.5.1.0-24", "1.1.1.1", 2), raw("10.5.2.0-24", "1.1.1.2", 3)]);
-        let (ev, _) = t.resync(vec![raw("10.5.2.0-24", "1.1.1.2", 3), raw("10.5.3.0-24", "1.1.1.3", 9)]);
+        t.resync(vec![
+            raw("10.5.1.0-24", "1.1.1.1", 2),
+            raw("10.5.2.0-24", "1.1.1.2", 3),
+        ]);
+        let (ev, _) = t.resync(vec![
+            raw("10.5.2.0-24", "1.1.1.2", 3),
+            raw("10.5.3.0-24", "1.1.1.3", 9),
+        ]);
         assert_eq!(ev.len(), 2);
         assert!(ev.contains(&LeaseEvent::Removed(net("10.5.1.0/24"))));
         assert!(ev
@@ -283,6 +302,9 @@ mod tests {
         assert!(ev.is_empty());
         assert!(rej.is_empty(), "the same bad revision is reported once");
         let (_, rej) = t.apply(vec![RawChange::Put(raw("10.6.0.0-24", "1.1.1.1", 6))]);
-        assert!(matches!(rej[0].reason, LeaseRejection::OutsideNetwork { .. }));
+        assert!(matches!(
+            rej[0].reason,
+            LeaseRejection::OutsideNetwork { .. }
+        ));
     }
 }

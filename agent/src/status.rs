@@ -52,7 +52,11 @@ pub fn to_json(status: &StatusResponse) -> Value {
 /// The status as a human-readable table.
 pub fn to_table(status: &StatusResponse) -> String {
     let mut out = String::new();
-    let reachable = if status.etcd_reachable { "reachable" } else { "UNREACHABLE" };
+    let reachable = if status.etcd_reachable {
+        "reachable"
+    } else {
+        "UNREACHABLE"
+    };
     let _ = writeln!(out, "etcd:     {} ({reachable})", status.etcd_prefix);
     match &status.config {
         Some(c) => {
@@ -76,7 +80,11 @@ pub fn to_table(status: &StatusResponse) -> String {
         }
         None => out.push_str("node:     (no lease yet)\n"),
     }
-    let _ = writeln!(out, "\n{:<20} {:<16} {:<10} EXPIRES", "SUBNET", "PUBLIC IP", "BACKEND");
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:<16} {:<10} EXPIRES",
+        "SUBNET", "PUBLIC IP", "BACKEND"
+    );
     for p in &status.peers {
         let _ = writeln!(
             out,
@@ -142,8 +150,14 @@ mod tests {
     #[test]
     fn table_lists_node_and_peers() {
         let t = to_table(&sample());
-        assert!(t.contains("node:     10.5.34.0/24  public 192.168.1.10"), "{t}");
-        assert!(t.contains("10.5.7.0/24          192.168.1.11     host-gw"), "{t}");
+        assert!(
+            t.contains("node:     10.5.34.0/24  public 192.168.1.10"),
+            "{t}"
+        );
+        assert!(
+            t.contains("10.5.7.0/24          192.168.1.11     host-gw"),
+            "{t}"
+        );
         assert!(t.ends_with("(1 peers)\n"), "{t}");
     }
 }

@@ -29,15 +29,23 @@ impl SubnetFile {
 
     /// Writes the file atomically: readers see the old file or the new one, never half of one.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.tmp"));
-        let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(self.render().as_bytes())
             .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         Ok(())
     }
 }
@@ -49,7 +57,9 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Network> {
 }
 
 fn parse_previous_subnet(text: &str) -> Option<Ipv4Network> {
-    let value = text.lines().find_map(|line| line.trim().strip_prefix("FLANNEL_SUBNET="))?;
+    let value = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("FLANNEL_SUBNET="))?;
     let with_gateway: Ipv4Network = value.trim().parse().ok()?;
     Ipv4Network::new(with_gateway.network(), with_gateway.prefix()).ok()
 }
@@ -73,7 +83,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("run/subnet.env");
         file.write(&path).expect("write");
-        assert_eq!(previous_subnet(&path), Some("10.5.34.0/24".parse().expect("cidr")));
+        assert_eq!(
+            previous_subnet(&path),
+            Some("10.5.34.0/24".parse().expect("cidr"))
+        );
         let names: Vec<_> = std::fs::read_dir(path.parent().expect("parent"))
             .expect("dir")
             .map(|e| e.expect("entry").file_name())

@@ -46,7 +46,9 @@ impl FromStr for InterfaceSelector {
             && text.len() <= MAX_IFNAME_LEN
             && text != "."
             && text != ".."
-            && !text.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+            && !text
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
         if valid {
             Ok(InterfaceSelector::Name(text.to_string()))
         } else {
@@ -82,7 +84,11 @@ pub(crate) struct DefaultRoute {
 
 /// Builds the interface record for a link: its preferred address if it
 /// carries it, else its first global address, else its first address.
-pub(crate) fn describe(link: &LinkEntry, addrs: &[AddrEntry], preferred: Option<Ipv4Addr>) -> HostInterface {
+pub(crate) fn describe(
+    link: &LinkEntry,
+    addrs: &[AddrEntry],
+    preferred: Option<Ipv4Addr>,
+) -> HostInterface {
     let mine: Vec<&AddrEntry> = addrs.iter().filter(|a| a.index == link.index).collect();
     let chosen = preferred
         .and_then(|p| mine.iter().find(|a| a.ip == p))
@@ -106,10 +112,14 @@ impl Netlink {
     async fn links(&self) -> Result<Vec<LinkEntry>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|source| DataplaneError::Netlink {
-            op: "link dump",
-            source,
-        })? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|source| DataplaneError::Netlink {
+                op: "link dump",
+                source,
+            })?
+        {
             let mut name = None;
             let mut mtu = 0;
             for attr in &msg.attributes {
@@ -133,10 +143,14 @@ impl Netlink {
     async fn ipv4_addresses(&self) -> Result<Vec<AddrEntry>> {
         let mut stream = self.handle.address().get().execute();
         let mut addrs = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|source| DataplaneError::Netlink {
-            op: "address dump",
-            source,
-        })? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|source| DataplaneError::Netlink {
+                op: "address dump",
+                source,
+            })?
+        {
             // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on point-to-point links.
             let local = msg.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
@@ -162,10 +176,14 @@ impl Netlink {
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut stream = self.handle.route().get(request).execute();
         let mut routes = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|source| DataplaneError::Netlink {
-            op: "route dump",
-            source,
-        })? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|source| DataplaneError::Netlink {
+                op: "route dump",
+                source,
+            })?
+        {
             if msg.header.destination_prefix_length != 0 {
                 continue;
             }
@@ -186,7 +204,11 @@ impl Netlink {
                 continue;
             }
             if let Some(oif) = oif {
-                routes.push(DefaultRoute { oif, metric, pref_src });
+                routes.push(DefaultRoute {
+                    oif,
+                    metric,
+                    pref_src,
+                });
             }
         }
         Ok(routes)
@@ -231,14 +253,16 @@ impl Netlink {
     /// The interface the selector names; an error that says what is missing otherwise.
     pub async fn find_interface(&self, selector: &InterfaceSelector) -> Result<HostInterface> {
         let iface = match selector {
-            InterfaceSelector::Name(name) => self
-                .interface_by_name(name)
-                .await?
-                .ok_or_else(|| DataplaneError::NoSuchInterface(format!("no interface named {name}")))?,
-            InterfaceSelector::Address(ip) => self
-                .interface_by_address(*ip)
-                .await?
-                .ok_or_else(|| DataplaneError::NoSuchInterface(format!("no interface carries address {ip}")))?,
+            InterfaceSelector::Name(name) => {
+                self.interface_by_name(name).await?.ok_or_else(|| {
+                    DataplaneError::NoSuchInterface(format!("no interface named {name}"))
+                })?
+            }
+            InterfaceSelector::Address(ip) => {
+                self.interface_by_address(*ip).await?.ok_or_else(|| {
+                    DataplaneError::NoSuchInterface(format!("no interface carries address {ip}"))
+                })?
+            }
         };
         if iface.ipv4.is_none() {
             return Err(DataplaneError::NoIpv4(iface.name));
@@ -247,7 +271,10 @@ impl Netlink {
     }
 
     /// The selected interface, or the default route's.
-    pub async fn public_interface(&self, selector: Option<&InterfaceSelector>) -> Result<HostInterface> {
+    pub async fn public_interface(
+        &self,
+        selector: Option<&InterfaceSelector>,
+    ) -> Result<HostInterface> {
         if let Some(selector) = selector {
             return self.find_interface(selector).await;
         }
@@ -325,7 +352,10 @@ mod tests {
             addr(3, [10, 0, 0, 1], true),
         ];
         let eth = link(2, "eth0");
-        assert_eq!(describe(&eth, &addrs, None).ipv4, Some(Ipv4Addr::new(192, 168, 1, 10)));
+        assert_eq!(
+            describe(&eth, &addrs, None).ipv4,
+            Some(Ipv4Addr::new(192, 168, 1, 10))
+        );
         assert_eq!(
             describe(&eth, &addrs, Some(Ipv4Addr::new(192, 168, 1, 11))).ipv4,
             Some(Ipv4Addr::new(192, 168, 1, 11))

@@ -17,7 +17,8 @@ impl Netlink {
     /// Connects in the caller's network namespace. Needs a tokio runtime:
     /// the connection is driven by a task spawned on it.
     pub fn connect() -> Result<Netlink> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(DataplaneError::Socket)?;
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(DataplaneError::Socket)?;
         tokio::spawn(connection);
         Ok(Netlink { handle })
     }
@@ -42,12 +43,10 @@ impl Netlink {
                 path: path.clone(),
                 source,
             })?;
-        let fd = rx
-            .await
-            .map_err(|_| DataplaneError::EnterNetns {
-                path: path.clone(),
-                source: std::io::Error::other("namespace thread died"),
-            })??;
+        let fd = rx.await.map_err(|_| DataplaneError::EnterNetns {
+            path: path.clone(),
+            source: std::io::Error::other("namespace thread died"),
+        })??;
         // SAFETY: the descriptor is a netlink socket we own; TokioSocket takes
         // it over, makes it non-blocking and registers it with this runtime.
         let socket = unsafe { TokioSocket::from_raw_fd(fd.into_raw_fd()) };

@@ -28,9 +28,18 @@ pub enum IpamError {
         current: Ipv4Network,
     },
     #[error("reading {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid allocation file")]
-    Malformed { path: PathBuf, source: serde_json::Error },
+    Malformed {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }

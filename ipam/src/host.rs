@@ -20,7 +20,8 @@ impl HostAllocator {
         if subnet.prefix() > 30 {
             return Err(IpamError::SubnetTooSmall { subnet });
         }
-        let subnet = Ipv4Network::new(subnet.network(), subnet.prefix()).map_err(|_| IpamError::SubnetTooSmall { subnet })?;
+        let subnet = Ipv4Network::new(subnet.network(), subnet.prefix())
+            .map_err(|_| IpamError::SubnetTooSmall { subnet })?;
         Ok(HostAllocator {
             subnet,
             by_addr: BTreeMap::new(),
@@ -51,13 +52,19 @@ impl HostAllocator {
         let free = (self.first_host()..=self.last_host())
             .map(Ipv4Addr::from)
             .find(|addr| !self.by_addr.contains_key(addr))
-            .ok_or(IpamError::Exhausted { subnet: self.subnet })?;
+            .ok_or(IpamError::Exhausted {
+                subnet: self.subnet,
+            })?;
         self.by_addr.insert(free, owner.to_string());
         Ok(free)
     }
 
     /// Gives `addr` to `owner` if it is a free host address of the subnet.
-    pub fn allocate_specific(&mut self, owner: &str, addr: Ipv4Addr) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate_specific(
+        &mut self,
+        owner: &str,
+        addr: Ipv4Addr,
+    ) -> Result<Ipv4Addr, IpamError> {
         if !self.subnet.contains(addr) {
             return Err(IpamError::OutsideSubnet {
                 addr,
@@ -97,11 +104,16 @@ impl HostAllocator {
     }
 
     pub fn address_of(&self, owner: &str) -> Option<Ipv4Addr> {
-        self.by_addr.iter().find(|(_, o)| *o == owner).map(|(addr, _)| *addr)
+        self.by_addr
+            .iter()
+            .find(|(_, o)| *o == owner)
+            .map(|(addr, _)| *addr)
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
-        self.by_addr.iter().map(|(addr, owner)| (*addr, owner.as_str()))
+        self.by_addr
+            .iter()
+            .map(|(addr, owner)| (*addr, owner.as_str()))
     }
 
     /// Restores one recorded allocation; used when loading.
@@ -125,32 +137,50 @@ mod tests {
         assert_eq!(a.gateway(), Ipv4Addr::new(10, 5, 34, 1));
         assert_eq!(a.allocate("c1").expect("c1"), Ipv4Addr::new(10, 5, 34, 2));
         assert_eq!(a.allocate("c2").expect("c2"), Ipv4Addr::new(10, 5, 34, 3));
-        assert_eq!(a.allocate("c1").expect("again"), Ipv4Addr::new(10, 5, 34, 2));
+        assert_eq!(
+            a.allocate("c1").expect("again"),
+            Ipv4Addr::new(10, 5, 34, 2)
+        );
         assert_eq!(a.release("c1"), Some(Ipv4Addr::new(10, 5, 34, 2)));
         assert_eq!(a.release("c1"), None);
-        assert_eq!(a.allocate("c3").expect("c3"), Ipv4Addr::new(10, 5, 34, 2), "lowest free");
+        assert_eq!(
+            a.allocate("c3").expect("c3"),
+            Ipv4Addr::new(10, 5, 34, 2),
+            "lowest free"
+        );
         assert_eq!(a.owner_of(Ipv4Addr::new(10, 5, 34, 3)), Some("c2"));
     }
 
     #[test]
     fn specific_addresses_are_checked() {
         let mut a = alloc("10.5.34.0/24");
-        let err = a.allocate_specific("c", Ipv4Addr::new(10, 5, 35, 9)).expect_err("outside");
+        let err = a
+            .allocate_specific("c", Ipv4Addr::new(10, 5, 35, 9))
+            .expect_err("outside");
         assert!(matches!(err, IpamError::OutsideSubnet { .. }));
         for reserved in [0, 1, 255] {
-            let err = a.allocate_specific("c", Ipv4Addr::new(10, 5, 34, reserved)).expect_err("reserved");
+            let err = a
+                .allocate_specific("c", Ipv4Addr::new(10, 5, 34, reserved))
+                .expect_err("reserved");
             assert!(matches!(err, IpamError::Reserved { .. }), "{reserved}");
         }
-        a.allocate_specific("c1", Ipv4Addr::new(10, 5, 34, 9)).expect("free");
-        a.allocate_specific("c1", Ipv4Addr::new(10, 5, 34, 9)).expect("idempotent");
-        let err = a.allocate_specific("c2", Ipv4Addr::new(10, 5, 34, 9)).expect_err("taken");
+        a.allocate_specific("c1", Ipv4Addr::new(10, 5, 34, 9))
+            .expect("free");
+        a.allocate_specific("c1", Ipv4Addr::new(10, 5, 34, 9))
+            .expect("idempotent");
+        let err = a
+            .allocate_specific("c2", Ipv4Addr::new(10, 5, 34, 9))
+            .expect_err("taken");
         assert_eq!(err.to_string(), "10.5.34.9 is already in use by c1");
     }
 
     #[test]
     fn a_full_subnet_says_so() {
         let mut a = alloc("10.5.34.0/30");
-        assert_eq!(a.allocate("c1").expect("only host"), Ipv4Addr::new(10, 5, 34, 2));
+        assert_eq!(
+            a.allocate("c1").expect("only host"),
+            Ipv4Addr::new(10, 5, 34, 2)
+        );
         assert!(matches!(a.allocate("c2"), Err(IpamError::Exhausted { .. })));
         assert!(HostAllocator::new("10.5.34.0/31".parse().expect("cidr")).is_err());
     }

@@ -71,11 +71,17 @@ impl SubnetRange {
         let last = u32::from(network.broadcast()) - (size - 1);
         let check = |field: &'static str, addr: Ipv4Addr| -> Result<u32, IpamError> {
             if !network.contains(addr) {
-                return Err(invalid(field, format!("{addr} is outside Network {network}")));
+                return Err(invalid(
+                    field,
+                    format!("{addr} is outside Network {network}"),
+                ));
             }
             let value = u32::from(addr);
             if value % size != 0 {
-                return Err(invalid(field, format!("{addr} is not on a /{subnet_len} boundary")));
+                return Err(invalid(
+                    field,
+                    format!("{addr} is not on a /{subnet_len} boundary"),
+                ));
             }
             Ok(value)
         };
@@ -90,7 +96,11 @@ impl SubnetRange {
         if min > max {
             return Err(invalid(
                 "SubnetMin",
-                format!("{} is above SubnetMax {}", Ipv4Addr::from(min), Ipv4Addr::from(max)),
+                format!(
+                    "{} is above SubnetMax {}",
+                    Ipv4Addr::from(min),
+                    Ipv4Addr::from(max)
+                ),
             ));
         }
         Ok(SubnetRange {
@@ -136,7 +146,9 @@ impl SubnetRange {
     /// Whether `subnet` is one this range hands out: right length, aligned, within min..=max.
     pub fn contains(&self, subnet: &Ipv4Network) -> bool {
         let base = u32::from(subnet.ip());
-        subnet.prefix() == self.subnet_len && base % self.size() == 0 && (self.min..=self.max).contains(&base)
+        subnet.prefix() == self.subnet_len
+            && base % self.size() == 0
+            && (self.min..=self.max).contains(&base)
     }
 
     /// Whether `subnet` lies entirely inside the network, whatever its length.
@@ -223,27 +235,65 @@ mod tests {
         assert_eq!(r.min(), Ipv4Addr::new(10, 5, 1, 0));
         assert_eq!(r.max(), Ipv4Addr::new(10, 5, 255, 0));
         assert_eq!(r.len(), 255);
-        assert_eq!(SubnetRange::new(net("10.5.0.0/21"), None, None, None).expect("r").subnet_len(), 24);
-        assert_eq!(SubnetRange::new(net("10.5.0.0/22"), None, None, None).expect("r").subnet_len(), 24);
-        assert_eq!(SubnetRange::new(net("10.5.0.0/23"), None, None, None).expect("r").subnet_len(), 25);
+        assert_eq!(
+            SubnetRange::new(net("10.5.0.0/21"), None, None, None)
+                .expect("r")
+                .subnet_len(),
+            24
+        );
+        assert_eq!(
+            SubnetRange::new(net("10.5.0.0/22"), None, None, None)
+                .expect("r")
+                .subnet_len(),
+            24
+        );
+        assert_eq!(
+            SubnetRange::new(net("10.5.0.0/23"), None, None, None)
+                .expect("r")
+                .subnet_len(),
+            25
+        );
         let small = SubnetRange::new(net("10.5.0.0/28"), None, None, None).expect("r");
         assert_eq!((small.subnet_len(), small.len()), (30, 3));
-        assert_eq!(field(SubnetRange::new(net("10.5.0.0/29"), None, None, None).expect_err("tiny")), "Network");
+        assert_eq!(
+            field(SubnetRange::new(net("10.5.0.0/29"), None, None, None).expect_err("tiny")),
+            "Network"
+        );
     }
 
     #[test]
     fn every_error_names_its_field() {
         let n = net("10.5.0.0/16");
         let cases = [
-            (SubnetRange::new(net("10.5.0.1/16"), None, None, None), "Network"),
+            (
+                SubnetRange::new(net("10.5.0.1/16"), None, None, None),
+                "Network",
+            ),
             (SubnetRange::new(n, Some(31), None, None), "SubnetLen"),
             (SubnetRange::new(n, Some(17), None, None), "SubnetLen"),
-            (SubnetRange::new(n, Some(24), Some(Ipv4Addr::new(10, 6, 0, 0)), None), "SubnetMin"),
-            (SubnetRange::new(n, Some(24), Some(Ipv4Addr::new(10, 5, 0, 128)), None), "SubnetMin"),
-            (SubnetRange::new(n, Some(24), None, Some(Ipv4Addr::new(10, 4, 0, 0))), "SubnetMax"),
-            (SubnetRange::new(n, Some(24), None, Some(Ipv4Addr::new(10, 5, 9, 1))), "SubnetMax"),
             (
-                SubnetRange::new(n, Some(24), Some(Ipv4Addr::new(10, 5, 9, 0)), Some(Ipv4Addr::new(10, 5, 8, 0))),
+                SubnetRange::new(n, Some(24), Some(Ipv4Addr::new(10, 6, 0, 0)), None),
+                "SubnetMin",
+            ),
+            (
+                SubnetRange::new(n, Some(24), Some(Ipv4Addr::new(10, 5, 0, 128)), None),
+                "SubnetMin",
+            ),
+            (
+                SubnetRange::new(n, Some(24), None, Some(Ipv4Addr::new(10, 4, 0, 0))),
+                "SubnetMax",
+            ),
+            (
+                SubnetRange::new(n, Some(24), None, Some(Ipv4Addr::new(10, 5, 9, 1))),
+                "SubnetMax",
+            ),
+            (
+                SubnetRange::new(
+                    n,
+                    Some(24),
+                    Some(Ipv4Addr::new(10, 5, 9, 0)),
+                    Some(Ipv4Addr::new(10, 5, 8, 0)),
+                ),
                 "SubnetMin",
             ),
         ];

@@ -38,10 +38,11 @@ impl HostAllocator {
                 })
             }
         };
-        let stored: Stored = serde_json::from_slice(&text).map_err(|source| IpamError::Malformed {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let stored: Stored =
+            serde_json::from_slice(&text).map_err(|source| IpamError::Malformed {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if stored.subnet != allocator.subnet() {
             return Err(IpamError::SubnetChanged {
                 path: path.to_path_buf(),
@@ -72,13 +73,22 @@ impl HostAllocator {
                 })
                 .collect(),
         };
-        let text = serde_json::to_vec_pretty(&stored).map_err(|e| write_err(std::io::Error::other(e)))?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let text =
+            serde_json::to_vec_pretty(&stored).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(write_err)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp"));
         let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
-        file.write_all(&text).and_then(|()| file.sync_all()).map_err(write_err)?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(write_err)?;
         std::fs::rename(&tmp, path).map_err(write_err)
     }
 }
@@ -94,7 +104,8 @@ mod tests {
         let subnet: Ipv4Network = "10.5.34.0/24".parse().expect("cidr");
         let mut a = HostAllocator::load_or_new(&path, subnet).expect("new");
         a.allocate("c1").expect("c1");
-        a.allocate_specific("c2", Ipv4Addr::new(10, 5, 34, 77)).expect("c2");
+        a.allocate_specific("c2", Ipv4Addr::new(10, 5, 34, 77))
+            .expect("c2");
         a.save(&path).expect("save");
         let b = HostAllocator::load_or_new(&path, subnet).expect("load");
         assert_eq!(a, b);

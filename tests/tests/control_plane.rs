@@ -74,9 +74,15 @@ async fn agent_leases_a_subnet_in_flannel_format() -> Result<()> {
     agent.wait_ready(READY)?;
 
     let env = agent.subnet_env()?;
-    assert_eq!(env.get("FLANNEL_NETWORK").map(String::as_str), Some("10.5.0.0/16"));
+    assert_eq!(
+        env.get("FLANNEL_NETWORK").map(String::as_str),
+        Some("10.5.0.0/16")
+    );
     let gateway = env.get("FLANNEL_SUBNET").context("FLANNEL_SUBNET")?;
-    assert!(gateway.starts_with("10.5.") && gateway.ends_with(".1/24"), "{gateway}");
+    assert!(
+        gateway.starts_with("10.5.") && gateway.ends_with(".1/24"),
+        "{gateway}"
+    );
     let mtu: u32 = env.get("FLANNEL_MTU").context("FLANNEL_MTU")?.parse()?;
     assert!((500..=9000 - 50).contains(&mtu), "vxlan MTU {mtu}");
     assert_eq!(env.get("FLANNEL_IPMASQ").map(String::as_str), Some("false"));
@@ -117,9 +123,18 @@ async fn a_restarted_agent_gets_its_subnet_back() -> Result<()> {
 
     // SIGTERM: a clean exit that keeps the lease in etcd.
     let status = agent.terminate()?;
-    assert!(status.success(), "agent exit status {status:?}\n{}", agent.log_tail(20));
-    assert!(!agent.api_socket().exists(), "the API socket is removed on shutdown");
-    assert!(get_json(&mut client, &lease_key(&prefix, &subnet)).await?.is_some());
+    assert!(
+        status.success(),
+        "agent exit status {status:?}\n{}",
+        agent.log_tail(20)
+    );
+    assert!(
+        !agent.api_socket().exists(),
+        "the API socket is removed on shutdown"
+    );
+    assert!(get_json(&mut client, &lease_key(&prefix, &subnet))
+        .await?
+        .is_some());
     agent.restart()?;
     agent.wait_ready(READY)?;
     assert_eq!(agent.subnet()?, subnet, "reused by public IP");
@@ -144,7 +159,12 @@ async fn twenty_agents_racing_get_twenty_distinct_subnets() -> Result<()> {
     let prefix = unique_prefix("race");
     let mut client = etcd.client().await?;
     // 31 subnets for 20 agents: collisions are certain, not a matter of luck.
-    put_flannel_config(&mut client, &prefix, r#"{"Network":"10.7.0.0/19","SubnetLen":24}"#).await?;
+    put_flannel_config(
+        &mut client,
+        &prefix,
+        r#"{"Network":"10.7.0.0/19","SubnetLen":24}"#,
+    )
+    .await?;
     let agents = (1..=20)
         .map(|i| Agent::start(agent_config(&etcd, &prefix, &format!("10.251.0.{i}"))))
         .collect::<Result<Vec<_>>>()?;
@@ -155,7 +175,10 @@ async fn twenty_agents_racing_get_twenty_distinct_subnets() -> Result<()> {
     }
     assert_eq!(subnets.len(), 20, "{subnets:?}");
     let resp = client
-        .get(format!("{prefix}/subnets/"), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            format!("{prefix}/subnets/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await?;
     assert_eq!(resp.kvs().len(), 20);
     let owners: HashSet<String> = resp
@@ -191,7 +214,11 @@ async fn a_dead_nodes_lease_expires_and_leaves_the_peer_tables() -> Result<()> {
 
     // Renewal: after three TTLs the living agents' leases are still there.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert!(get_json(&mut client, &lease_key(&prefix, &survivor.subnet()?)).await?.is_some());
+    assert!(
+        get_json(&mut client, &lease_key(&prefix, &survivor.subnet()?))
+            .await?
+            .is_some()
+    );
     assert!(peer_subnets(&survivor.status_json()?).contains(&victim_subnet));
 
     victim.kill()?;
@@ -199,7 +226,9 @@ async fn a_dead_nodes_lease_expires_and_leaves_the_peer_tables() -> Result<()> {
         Ok(!peer_subnets(&survivor.status_json()?).contains(&victim_subnet))
     })
     .with_context(|| survivor.log_tail(30))?;
-    assert!(get_json(&mut client, &lease_key(&prefix, &victim_subnet)).await?.is_none());
+    assert!(get_json(&mut client, &lease_key(&prefix, &victim_subnet))
+        .await?
+        .is_none());
     Ok(())
 }
 
@@ -215,16 +244,36 @@ async fn a_watch_overtaken_by_compaction_lists_again() -> Result<()> {
     cfg.etcd_endpoints = proxy.endpoint();
     let agent = Agent::start(cfg)?;
     agent.wait_ready(READY)?;
-    let lease = |ip: &str| format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":null}}"#);
-    put_lease(&mut client, &prefix, "10.5.201.0-24", &lease("10.250.2.201"), None).await?;
+    let lease = |ip: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":null}}"#
+        )
+    };
+    put_lease(
+        &mut client,
+        &prefix,
+        "10.5.201.0-24",
+        &lease("10.250.2.201"),
+        None,
+    )
+    .await?;
     wait::wait_until(READY, Duration::from_millis(100), || {
         Ok(peer_subnets(&agent.status_json()?).contains("10.5.201.0/24"))
     })?;
 
     proxy.cut();
     agent.wait_log_contains("subnet watch broke", READY)?;
-    client.delete(format!("{prefix}/subnets/10.5.201.0-24"), None).await?;
-    put_lease(&mut client, &prefix, "10.5.202.0-24", &lease("10.250.2.202"), None).await?;
+    client
+        .delete(format!("{prefix}/subnets/10.5.201.0-24"), None)
+        .await?;
+    put_lease(
+        &mut client,
+        &prefix,
+        "10.5.202.0-24",
+        &lease("10.250.2.202"),
+        None,
+    )
+    .await?;
     for i in 0..20 {
         client.put(format!("/unrelated/{i}"), "x", None).await?;
     }
@@ -263,8 +312,16 @@ async fn the_agent_rides_out_an_etcd_outage() -> Result<()> {
     })
     .with_context(|| agent.log_tail(20))?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    ensure!(agent.is_running(), "the agent died without etcd:\n{}", agent.log_tail(20));
-    assert_eq!(agent.status_json()?["node"]["subnet"], subnet.as_str(), "keeps what it knows");
+    ensure!(
+        agent.is_running(),
+        "the agent died without etcd:\n{}",
+        agent.log_tail(20)
+    );
+    assert_eq!(
+        agent.status_json()?["node"]["subnet"],
+        subnet.as_str(),
+        "keeps what it knows"
+    );
 
     etcd.restart()?;
     let mut client = etcd.client().await?;
@@ -292,17 +349,38 @@ async fn malformed_and_hostile_leases_are_ignored() -> Result<()> {
     let prefix = unique_prefix("hostile");
     let mut client = etcd.client().await?;
     put_flannel_config(&mut client, &prefix, CONFIG).await?;
-    let huge = format!(r#"{{"PublicIP":"10.250.4.9","BackendData":{{"pad":"{}"}}}}"#, "x".repeat(100_000));
+    let huge = format!(
+        r#"{{"PublicIP":"10.250.4.9","BackendData":{{"pad":"{}"}}}}"#,
+        "x".repeat(100_000)
+    );
     let hostile: Vec<(&str, String)> = vec![
         ("10.5.210.0-24", "{not json".into()),
         ("10.5.211.0-24", r#"{"PublicIP":"999.1.1.1"}"#.into()),
-        ("10.5.212.0-24", r#"{"PublicIP":"0.0.0.0","BackendType":"vxlan"}"#.into()),
+        (
+            "10.5.212.0-24",
+            r#"{"PublicIP":"0.0.0.0","BackendType":"vxlan"}"#.into(),
+        ),
         ("10.5.213.0-24", huge),
-        ("10.5.214.0-24", r#"{"PublicIP":"10.250.4.14","BackendData":"string"}"#.into()),
-        ("10.6.1.0-24", r#"{"PublicIP":"10.250.4.15","BackendType":"vxlan"}"#.into()),
-        ("10.5.215.7-24", r#"{"PublicIP":"10.250.4.16","BackendType":"vxlan"}"#.into()),
-        ("banana", r#"{"PublicIP":"10.250.4.17","BackendType":"vxlan"}"#.into()),
-        ("10.5.216.0-24/../../config", r#"{"PublicIP":"10.250.4.18"}"#.into()),
+        (
+            "10.5.214.0-24",
+            r#"{"PublicIP":"10.250.4.14","BackendData":"string"}"#.into(),
+        ),
+        (
+            "10.6.1.0-24",
+            r#"{"PublicIP":"10.250.4.15","BackendType":"vxlan"}"#.into(),
+        ),
+        (
+            "10.5.215.7-24",
+            r#"{"PublicIP":"10.250.4.16","BackendType":"vxlan"}"#.into(),
+        ),
+        (
+            "banana",
+            r#"{"PublicIP":"10.250.4.17","BackendType":"vxlan"}"#.into(),
+        ),
+        (
+            "10.5.216.0-24/../../config",
+            r#"{"PublicIP":"10.250.4.18"}"#.into(),
+        ),
     ];
     for (key, value) in &hostile {
         put_lease(&mut client, &prefix, key, value, None).await?;
@@ -340,7 +418,10 @@ async fn malformed_and_hostile_leases_are_ignored() -> Result<()> {
         Ok(peer_subnets(&agent.status_json()?).contains("10.5.221.0/24"))
     })?;
     let peers = peer_subnets(&agent.status_json()?);
-    let expected: HashSet<String> = ["10.5.220.0/24", "10.5.221.0/24"].iter().map(|s| s.to_string()).collect();
+    let expected: HashSet<String> = ["10.5.220.0/24", "10.5.221.0/24"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(peers, expected, "only the valid leases are peers");
     assert!(!own.is_empty() && !hostile.iter().any(|(k, _)| k.replace('-', "/") == own));
     ensure!(agent.is_running());
@@ -361,13 +442,29 @@ async fn an_invalid_config_is_reported_and_waited_out() -> Result<()> {
     let etcd = EtcdServer::start()?;
     let prefix = unique_prefix("badconfig");
     let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, r#"{"Network":"10.5.0.0/16","SubnetLen":40}"#).await?;
+    put_flannel_config(
+        &mut client,
+        &prefix,
+        r#"{"Network":"10.5.0.0/16","SubnetLen":40}"#,
+    )
+    .await?;
     let agent = Agent::start(agent_config(&etcd, &prefix, "10.250.5.1"))?;
     agent.wait_log_contains("SubnetLen", READY)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    ensure!(agent.is_running(), "the agent must wait, not exit:\n{}", agent.log_tail(20));
-    ensure!(!agent.subnet_file().exists(), "no subnet file before a valid config");
-    let reports = agent.log().lines().filter(|l| l.contains("invalid network config")).count();
+    ensure!(
+        agent.is_running(),
+        "the agent must wait, not exit:\n{}",
+        agent.log_tail(20)
+    );
+    ensure!(
+        !agent.subnet_file().exists(),
+        "no subnet file before a valid config"
+    );
+    let reports = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("invalid network config"))
+        .count();
     assert_eq!(reports, 1, "reported once:\n{}", agent.log());
     let status = agent.status_json()?;
     assert_eq!(status["config"], Value::Null);
@@ -390,7 +487,10 @@ fn the_cli_says_so_when_no_agent_listens() -> Result<()> {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("no tartan agent is listening on"), "{stderr}");
+    assert!(
+        stderr.contains("no tartan agent is listening on"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -412,7 +512,13 @@ fn bad_flags_are_one_line_errors() -> Result<()> {
     // A value clap accepts but the agent refuses: one line, exit 1, nothing created.
     let dir = tempfile::tempdir()?;
     let out = std::process::Command::new(&bin)
-        .args(["agent", "--subnet-lease-ttl", "1m", "--subnet-lease-renew-margin", "2m"])
+        .args([
+            "agent",
+            "--subnet-lease-ttl",
+            "1m",
+            "--subnet-lease-renew-margin",
+            "2m",
+        ])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--api-socket")
@@ -440,7 +546,9 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
     let etcdctl = |args: &[&str]| -> Result<()> {
         let mut full = vec!["--endpoints", etcd_endpoint.as_str()];
         full.extend_from_slice(args);
-        underlay.hub().run("etcdctl", &full, &[("ETCDCTL_API", "3")])
+        underlay
+            .hub()
+            .run("etcdctl", &full, &[("ETCDCTL_API", "3")])
     };
     etcdctl(&["put", &format!("{prefix}/config"), CONFIG])?;
 
@@ -461,10 +569,18 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
     for (agent, host) in agents.iter().zip(&hosts) {
         agent.wait_ready(READY)?;
         let status = agent.status_json()?;
-        assert_eq!(status["node"]["public_ip"], host.ip.to_string(), "address from the default route");
+        assert_eq!(
+            status["node"]["public_ip"],
+            host.ip.to_string(),
+            "address from the default route"
+        );
         subnets.push(agent.subnet()?);
     }
-    assert_eq!(subnets.iter().collect::<HashSet<_>>().len(), 3, "{subnets:?}");
+    assert_eq!(
+        subnets.iter().collect::<HashSet<_>>().len(),
+        3,
+        "{subnets:?}"
+    );
 
     let flannel = r#"{"PublicIP":"10.234.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}"#;
     etcdctl(&["put", &format!("{prefix}/subnets/10.5.250.0-24"), flannel])?;

@@ -1,0 +1,315 @@
+//! A `tartan agent` process with its own state dir, subnet file, API socket
+//! and log, optionally inside a network namespace.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::wait;
+
+/// The `tartan` binary under test: `$TARTAN_BIN`, or the one cargo built
+/// beside this test executable (target/<profile>/tartan).
+pub fn tartan_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TARTAN_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/<test> → target/<profile>/tartan
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tartan"))
+        .context("no target directory above the test executable")?;
+    if !candidate.is_file() {
+        bail!(
+            "{} does not exist; build it with `cargo build -p tartan-agent` (cargo test --workspace does)",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// How to start one agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentConfig {
+    pub etcd_endpoints: String,
+    pub etcd_prefix: String,
+    pub public_ip: Option<Ipv4Addr>,
+    pub iface: Option<String>,
+    pub subnet_lease_ttl: Option<String>,
+    pub subnet_lease_renew_margin: Option<String>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A running (or stopped) agent; killed on drop.
+pub struct Agent {
+    config: AgentConfig,
+    dir: TempDir,
+    child: Option<Child>,
+    /// When the current process was started: a subnet file older than this
+    /// is a previous run's, kept on purpose so the agent can read it back.
+    spawned_at: SystemTime,
+}
+
+impl Agent {
+    pub fn start(config: AgentConfig) -> Result<Agent> {
+        let mut agent = Agent {
+            config,
+            dir: tempfile::Builder::new().prefix("tartan-agent-").tempdir()?,
+            child: None,
+            spawned_at: SystemTime::now(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.path().join("tartan.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        match &self.config.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = tartan_bin()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = self.command(&bin);
+        cmd.arg("agent")
+            .args(["--etcd-endpoints", &self.config.etcd_endpoints])
+            .args(["--etcd-prefix", &self.config.etcd_prefix])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--subnet-file")
+            .arg(self.subnet_file())
+            .arg("--api-socket")
+            .arg(self.api_socket());
+        if let Some(ip) = self.config.public_ip {
+            cmd.args(["--public-ip", &ip.to_string()]);
+        }
+        if let Some(iface) = &self.config.iface {
+            cmd.args(["--iface", iface]);
+        }
+        if let Some(ttl) = &self.config.subnet_lease_ttl {
+            cmd.args(["--subnet-lease-ttl", ttl]);
+        }
+        if let Some(margin) = &self.config.subnet_lease_renew_margin {
+            cmd.args(["--subnet-lease-renew-margin", margin]);
+        }
+        cmd.args(&self.config.extra_args);
+        // Only what the test says: no TARTAN_* from the environment running the suite.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TARTAN_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("TARTAN_LOG", "tartan=debug,info");
+        for (key, value) in &self.config.env {
+            cmd.env(key, value);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting tartan agent")?;
+        self.child = Some(child);
+        self.spawned_at = SystemTime::now();
+        Ok(())
+    }
+
+    /// Waits until this run has written the subnet file and serves the API;
+    /// fails early, with the log, if the agent exits.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        // Coarse file timestamps: allow the write to land in the same tick as the spawn.
+        let since = self.spawned_at - Duration::from_millis(50);
+        loop {
+            let written = std::fs::metadata(self.subnet_file())
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            if written && UnixStream::connect(self.api_socket()).is_ok() {
+                return Ok(());
+            }
+            if !self.is_running() {
+                bail!(
+                    "the agent exited before it was ready; its log ends:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent was not ready within {timeout:?}; its log ends:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The subnet file as a map.
+    pub fn subnet_env(&self) -> Result<HashMap<String, String>> {
+        let text =
+            std::fs::read_to_string(self.subnet_file()).context("reading the subnet file")?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect())
+    }
+
+    /// The leased subnet, from FLANNEL_SUBNET ("10.5.34.1/24" → "10.5.34.0/24").
+    pub fn subnet(&self) -> Result<String> {
+        let env = self.subnet_env()?;
+        let value = env.get("FLANNEL_SUBNET").context("no FLANNEL_SUBNET")?;
+        let (addr, len) = value
+            .split_once('/')
+            .context("FLANNEL_SUBNET without a prefix")?;
+        let addr: Ipv4Addr = addr.parse()?;
+        let len: u32 = len.parse()?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Ok(format!("{}/{len}", Ipv4Addr::from(u32::from(addr) & mask)))
+    }
+
+    /// Runs a `tartan` CLI command against this agent's socket.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Command::new(tartan_bin()?)
+            .args(args)
+            .arg("--api-socket")
+            .arg(self.api_socket())
+            .output()
+            .context("running the tartan CLI")
+    }
+
+    /// `tartan status -o json`, parsed.
+    pub fn status_json(&self) -> Result<Value> {
+        let out = self.cli(&["status", "-o", "json"])?;
+        if !out.status.success() {
+            bail!(
+                "tartan status failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("parsing tartan status -o json")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn wait_log_contains(&self, needle: &str, timeout: Duration) -> Result<()> {
+        wait::wait_until(timeout, Duration::from_millis(50), || {
+            Ok(self.log().contains(needle))
+        })
+        .with_context(|| {
+            format!(
+                "the agent log never said {needle:?}; it ends:\n{}",
+                self.log_tail(20)
+            )
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        // A zombie still answers kill(0); read the process state instead.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// SIGTERM, then waits up to 10 s for a clean exit (SIGKILL after that).
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().context("the agent is not running")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                child.kill().ok();
+                child.wait().ok();
+                bail!(
+                    "the agent did not exit within 10s of SIGTERM:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the agent dies without any cleanup, as in a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().context("waiting for the agent")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again with the same directories and flags.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("restart needs a stopped agent");
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
