@@ -193,13 +193,15 @@ async fn run_node(
         ));
         st.config = Some(config.clone());
     }
-    set_node(&state, &held, opts.subnet_lease_ttl);
+    // The table is still empty here, so there is nothing to withdraw.
+    let _ = set_node(&state, &held, opts.subnet_lease_ttl);
     if let Err(err) = notify::notify("READY=1") {
         warn!(error = %format!("{err:#}"), "could not notify systemd");
     }
     info!(subnet = %held.subnet, file = %opts.subnet_file.display(), "ready");
 
     let (events_tx, events_rx) = mpsc::channel(64);
+    let own_events = events_tx.clone();
     let (lost_tx, mut lost_rx) = mpsc::channel(1);
     let watcher = tokio::spawn(watch_peers(
         registry.clone(),
@@ -248,23 +250,25 @@ async fn run_node(
             held = acquire_with_backoff(&registry, &state, &config, &attrs, Some(held.subnet), ttl)
                 .await;
             subnet_file(held.subnet).write(&opts.subnet_file)?;
-            set_node(&state, &held, ttl);
+            let withdrawn = set_node(&state, &held, ttl);
+            publish(&own_events, withdrawn, Vec::new()).await;
             info!(subnet = %held.subnet, "holding the subnet lease again");
             renew_in = ttl - margin;
         }
     }
 }
 
-fn set_node(state: &SharedState, held: &HeldLease, ttl: Duration) {
+/// Records the lease this node holds. Returns the peers withdrawn because
+/// they overlap it (possible only after a re-acquisition to a new subnet).
+fn set_node(state: &SharedState, held: &HeldLease, ttl: Duration) -> Vec<LeaseEvent> {
     let mut st = lock(state);
     st.node = Some(NodeLease {
         lease: held.clone(),
         expires_at: SystemTime::now() + ttl,
     });
-    if let Some(peers) = st.peers.as_mut() {
-        // Peer overlaps are refused from now on; the removals reach no consumer
-        // because the watcher re-lists right after a re-acquisition anyway.
-        let _ = peers.set_own(Some(held.subnet));
+    match st.peers.as_mut() {
+        Some(peers) => peers.set_own(Some(held.subnet)),
+        None => Vec::new(),
     }
 }
 

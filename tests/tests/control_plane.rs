@@ -70,7 +70,23 @@ async fn agent_leases_a_subnet_in_flannel_format() -> Result<()> {
     let mut cfg = agent_config(&etcd, &prefix, "10.250.0.1");
     cfg.subnet_lease_ttl = Some("1h".into());
     cfg.subnet_lease_renew_margin = Some("10m".into());
+    // Stand in for systemd: Type=notify services get READY=1 on $NOTIFY_SOCKET.
+    let notify_dir = tempfile::tempdir()?;
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(READY))?;
+    cfg.env.push((
+        "NOTIFY_SOCKET".into(),
+        notify_path.to_string_lossy().into_owned(),
+    ));
     let agent = Agent::start(cfg)?;
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).context("no READY=1 from the agent")?;
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        agent.subnet_file().exists(),
+        "READY=1 only once the subnet file is written"
+    );
     agent.wait_ready(READY)?;
 
     let env = agent.subnet_env()?;
@@ -473,6 +489,62 @@ async fn an_invalid_config_is_reported_and_waited_out() -> Result<()> {
     put_flannel_config(&mut client, &prefix, CONFIG).await?;
     agent.wait_ready(READY)?;
     assert!(agent.subnet()?.starts_with("10.5."));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flags_can_come_from_tartan_environment_variables() -> Result<()> {
+    prerequisites()?;
+    let etcd = EtcdServer::start()?;
+    let prefix = unique_prefix("env");
+    let mut client = etcd.client().await?;
+    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let mut cfg = agent_config(&etcd, &prefix, "10.250.6.1");
+    cfg.public_ip = None;
+    cfg.env = vec![
+        ("TARTAN_PUBLIC_IP".into(), "10.250.6.1".into()),
+        ("TARTAN_SUBNET_LEASE_TTL".into(), "90s".into()),
+        ("TARTAN_SUBNET_LEASE_RENEW_MARGIN".into(), "30s".into()),
+    ];
+    let agent = Agent::start(cfg)?;
+    agent.wait_ready(READY)?;
+    let (value, etcd_lease) = get_json(&mut client, &lease_key(&prefix, &agent.subnet()?))
+        .await?
+        .context("lease")?;
+    assert_eq!(value["PublicIP"], "10.250.6.1");
+    let ttl = client.lease_time_to_live(etcd_lease, None).await?.ttl();
+    assert!((60..=90).contains(&ttl), "TTL {ttl}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_authentication_is_used_and_a_wrong_password_is_waited_out() -> Result<()> {
+    prerequisites()?;
+    let etcd = EtcdServer::start()?;
+    let prefix = unique_prefix("auth");
+    {
+        let mut client = etcd.client().await?;
+        put_flannel_config(&mut client, &prefix, CONFIG).await?;
+        client.user_add("root", "s3cret", None).await?;
+        client.user_grant_role("root", "root").await?;
+        client.auth_enable().await?;
+    }
+    let mut wrong = agent_config(&etcd, &prefix, "10.250.7.2");
+    wrong.extra_args = ["--etcd-username", "root", "--etcd-password", "wrong"]
+        .map(String::from)
+        .to_vec();
+    let wrong = Agent::start(wrong)?;
+    wrong.wait_log_contains("authentication failed", READY)?;
+    ensure!(wrong.is_running(), "a wrong password is retried, not fatal");
+    ensure!(!wrong.subnet_file().exists());
+
+    let mut right = agent_config(&etcd, &prefix, "10.250.7.1");
+    right.extra_args = ["--etcd-username", "root", "--etcd-password", "s3cret"]
+        .map(String::from)
+        .to_vec();
+    let right = Agent::start(right)?;
+    right.wait_ready(READY)?;
+    assert!(right.subnet()?.starts_with("10.5."));
     Ok(())
 }
 
