@@ -23,7 +23,11 @@ tag=tdemo$$
 hub=$tag-hub
 work=$(mktemp -d)
 hosts=(h1 h2 h3)
+pids=()
 cleanup() {
+  # Agents first, with SIGTERM: a clean shutdown, as systemd would do it.
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   for ns in "${hosts[@]/#/$tag-}" "$hub"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
@@ -46,6 +50,7 @@ ip netns exec "$hub" etcd --name demo --data-dir "$work/etcd" \
   --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
   --listen-peer-urls http://10.240.0.254:2380 --initial-advertise-peer-urls http://10.240.0.254:2380 \
   --initial-cluster demo=http://10.240.0.254:2380 >"$work/etcd.log" 2>&1 &
+pids+=($!)
 export ETCDCTL_API=3
 ctl() { ip netns exec "$hub" etcdctl --endpoints "$endpoint" "$@"; }
 for _ in $(seq 100); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
@@ -67,6 +72,7 @@ for h in "${hosts[@]}"; do
   ip netns exec "$ns" "$tartan" agent --etcd-endpoints "$endpoint" \
     --state-dir "$work/$h/state" --subnet-file "$work/$h/subnet.env" \
     --api-socket "$work/$h/tartan.sock" >"$work/$h/agent.log" 2>&1 &
+  pids=($! "${pids[@]}")
 done
 
 for h in "${hosts[@]}"; do
