@@ -24,28 +24,11 @@ fn host_namespace() -> Result<Netns> {
     }
     ip(&["-n", n, "addr", "add", "10.231.0.2/24", "dev", "up0"])?;
     ip(&["-n", n, "addr", "add", "10.231.1.2/24", "dev", "alt0"])?;
-    ip(&[
-        "-n",
-        n,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.231.0.1",
-        "metric",
-        "100",
-    ])?;
-    ip(&[
-        "-n",
-        n,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.231.1.1",
-        "metric",
-        "900",
-    ])?;
+    for (via, metric) in [("10.231.0.1", "100"), ("10.231.1.1", "900")] {
+        ip(&[
+            "-n", n, "route", "add", "default", "via", via, "metric", metric,
+        ])?;
+    }
     Ok(ns)
 }
 

@@ -269,6 +269,25 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("the agent is not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.child = Some(child);
+                bail!(
+                    "the agent did not exit within {timeout:?}:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits up to 10 s for a clean exit (SIGKILL after that).
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         self.signal(libc::SIGTERM);
@@ -292,11 +311,7 @@ impl Agent {
 
     /// SIGKILL: the agent dies without any cleanup, as in a crash.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().context("waiting for the agent")?;
-        }
-        Ok(())
+        crate::kill_child(&mut self.child, "the agent")
     }
 
     /// Starts the agent again with the same directories and flags.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use crate::pki::TestPki;
 use crate::{prereq, wait};
 
 /// An etcd process; killed and its data removed on drop.
@@ -17,6 +18,8 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     netns: Option<String>,
+    /// Serve clients over TLS, requiring client certificates.
+    tls: Option<TestPki>,
     child: Option<Child>,
 }
 
@@ -34,6 +37,15 @@ impl EtcdServer {
     /// Starts etcd listening on `ip`, inside the named network namespace if
     /// given (where the address lives; the namespace is private, so fixed ports do).
     pub fn start_on(ip: Ipv4Addr, netns: Option<&str>) -> Result<EtcdServer> {
+        Self::start_with(ip, netns, None)
+    }
+
+    /// Starts etcd on 127.0.0.1 serving clients over TLS with client certificates required.
+    pub fn start_tls(pki: &TestPki) -> Result<EtcdServer> {
+        Self::start_with(Ipv4Addr::LOCALHOST, None, Some(pki.clone()))
+    }
+
+    fn start_with(ip: Ipv4Addr, netns: Option<&str>, tls: Option<TestPki>) -> Result<EtcdServer> {
         prereq::require_binary("etcd")?;
         prereq::require_binary("etcdctl")?;
         let (client_port, peer_port) = match netns {
@@ -46,6 +58,7 @@ impl EtcdServer {
             client_port,
             peer_port,
             netns: netns.map(str::to_string),
+            tls,
             child: None,
         };
         server.spawn()?;
@@ -53,7 +66,8 @@ impl EtcdServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.ip, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -72,7 +86,19 @@ impl EtcdServer {
 
     /// A client in this process's namespace.
     pub async fn client(&self) -> Result<etcd_client::Client> {
-        etcd_client::Client::connect([self.endpoint()], None)
+        let options = match &self.tls {
+            Some(pki) => {
+                let tls = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&pki.ca)?))
+                    .identity(etcd_client::Identity::from_pem(
+                        std::fs::read(&pki.client_cert)?,
+                        std::fs::read(&pki.client_key)?,
+                    ));
+                Some(etcd_client::ConnectOptions::new().with_tls(tls))
+            }
+            None => None,
+        };
+        etcd_client::Client::connect([self.endpoint()], options)
             .await
             .context("connecting to the test etcd")
     }
@@ -95,8 +121,30 @@ impl EtcdServer {
             .create(true)
             .append(true)
             .open(self.log_path())?;
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        let mut ctl_tls: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(pki) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &pki.server_cert),
+                ("--key-file", &pki.server_key),
+                ("--trusted-ca-file", &pki.ca),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.into());
+            }
+            tls_args.push("--client-cert-auth".into());
+            for (flag, path) in [
+                ("--cacert", &pki.ca),
+                ("--cert", &pki.client_cert),
+                ("--key", &pki.client_key),
+            ] {
+                ctl_tls.push(flag.into());
+                ctl_tls.push(path.into());
+            }
+        }
         let child = self
             .command("etcd")
+            .args(&tls_args)
             .args(["--name", "default", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
@@ -127,14 +175,9 @@ impl EtcdServer {
             }
             let out = self
                 .command("etcdctl")
-                .args([
-                    "--endpoints",
-                    &endpoint,
-                    "--dial-timeout",
-                    "1s",
-                    "endpoint",
-                    "health",
-                ])
+                .args(["--endpoints", &endpoint, "--dial-timeout", "1s"])
+                .args(&ctl_tls)
+                .args(["endpoint", "health"])
                 .env("ETCDCTL_API", "3")
                 .output()?;
             Ok(out.status.success())
@@ -149,11 +192,7 @@ impl EtcdServer {
 
     /// SIGKILLs etcd and waits for it.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().context("waiting for etcd")?;
-        }
-        Ok(())
+        crate::kill_child(&mut self.child, "etcd")
     }
 
     /// Starts etcd again on the same ports with the same data.

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod netns;
+pub mod pki;
 pub mod prereq;
 pub mod proxy;
 pub mod wait;
@@ -16,6 +17,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
 use etcd_client::{Client, CompactionOptions, PutOptions};
+
+/// SIGKILLs a child process, if any, and reaps it.
+pub(crate) fn kill_child(child: &mut Option<std::process::Child>, what: &str) -> Result<()> {
+    if let Some(mut child) = child.take() {
+        child.kill().ok();
+        child
+            .wait()
+            .with_context(|| format!("waiting for {what}"))?;
+    }
+    Ok(())
+}
 
 static PREFIX_COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::etcd::EtcdServer;
 use tartan_tests::netns::Underlay;
+use tartan_tests::pki::TestPki;
 use tartan_tests::proxy::TcpProxy;
 use tartan_tests::{compact, prereq, put_flannel_config, put_lease, unique_prefix, wait};
 
@@ -25,6 +26,19 @@ fn prerequisites() -> Result<()> {
     prereq::require_binary("etcd")?;
     prereq::require_binary("ip")?;
     Ok(())
+}
+
+/// A fresh etcd with the network config `config` under a prefix of this test's own.
+async fn etcd_with_config(
+    test: &str,
+    config: &str,
+) -> Result<(EtcdServer, String, etcd_client::Client)> {
+    prerequisites()?;
+    let etcd = EtcdServer::start()?;
+    let prefix = unique_prefix(test);
+    let mut client = etcd.client().await?;
+    put_flannel_config(&mut client, &prefix, config).await?;
+    Ok((etcd, prefix, client))
 }
 
 fn agent_config(etcd: &EtcdServer, prefix: &str, public_ip: &str) -> AgentConfig {
@@ -62,11 +76,7 @@ fn lease_key(prefix: &str, subnet: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_leases_a_subnet_in_flannel_format() -> Result<()> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("lease");
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let (etcd, prefix, mut client) = etcd_with_config("lease", CONFIG).await?;
     let mut cfg = agent_config(&etcd, &prefix, "10.250.0.1");
     cfg.subnet_lease_ttl = Some("1h".into());
     cfg.subnet_lease_renew_margin = Some("10m".into());
@@ -128,11 +138,7 @@ async fn agent_leases_a_subnet_in_flannel_format() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_agent_gets_its_subnet_back() -> Result<()> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("restart");
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let (etcd, prefix, mut client) = etcd_with_config("restart", CONFIG).await?;
     let mut agent = Agent::start(agent_config(&etcd, &prefix, "10.250.0.2"))?;
     agent.wait_ready(READY)?;
     let subnet = agent.subnet()?;
@@ -208,11 +214,7 @@ async fn twenty_agents_racing_get_twenty_distinct_subnets() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_nodes_lease_expires_and_leaves_the_peer_tables() -> Result<()> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("expiry");
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let (etcd, prefix, mut client) = etcd_with_config("expiry", CONFIG).await?;
     let short = |ip: &str| {
         let mut cfg = agent_config(&etcd, &prefix, ip);
         cfg.subnet_lease_ttl = Some("4s".into());
@@ -250,11 +252,7 @@ async fn a_dead_nodes_lease_expires_and_leaves_the_peer_tables() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_overtaken_by_compaction_lists_again() -> Result<()> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("compact");
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let (etcd, prefix, mut client) = etcd_with_config("compact", CONFIG).await?;
     let proxy = TcpProxy::start(etcd.client_addr())?;
     let mut cfg = agent_config(&etcd, &prefix, "10.250.2.1");
     cfg.etcd_endpoints = proxy.endpoint();
@@ -360,11 +358,7 @@ async fn the_agent_rides_out_an_etcd_outage() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_hostile_leases_are_ignored() -> Result<()> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("hostile");
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let (etcd, prefix, mut client) = etcd_with_config("hostile", CONFIG).await?;
     let huge = format!(
         r#"{{"PublicIP":"10.250.4.9","BackendData":{{"pad":"{}"}}}}"#,
         "x".repeat(100_000)
@@ -494,11 +488,7 @@ async fn an_invalid_config_is_reported_and_waited_out() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flags_can_come_from_tartan_environment_variables() -> Result<()> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("env");
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let (etcd, prefix, mut client) = etcd_with_config("env", CONFIG).await?;
     let mut cfg = agent_config(&etcd, &prefix, "10.250.6.1");
     cfg.public_ip = None;
     cfg.env = vec![
@@ -545,61 +535,6 @@ async fn etcd_authentication_is_used_and_a_wrong_password_is_waited_out() -> Res
     let right = Agent::start(right)?;
     right.wait_ready(READY)?;
     assert!(right.subnet()?.starts_with("10.5."));
-    Ok(())
-}
-
-#[test]
-fn the_cli_says_so_when_no_agent_listens() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("nobody.sock");
-    let out = std::process::Command::new(tartan_tests::agent::tartan_bin()?)
-        .args(["status", "--api-socket"])
-        .arg(&socket)
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("no tartan agent is listening on"),
-        "{stderr}"
-    );
-    Ok(())
-}
-
-#[test]
-fn bad_flags_are_one_line_errors() -> Result<()> {
-    let bin = tartan_tests::agent::tartan_bin()?;
-    let cases: [&[&str]; 4] = [
-        &["agent", "--subnet-lease-ttl", "banana"],
-        &["agent", "--public-ip", "10.0.0.300"],
-        &["agent", "--iface", ""],
-        &["status", "-o", "yaml"],
-    ];
-    for args in cases {
-        let out = std::process::Command::new(&bin).args(args).output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-    }
-    // A value clap accepts but the agent refuses: one line, exit 1, nothing created.
-    let dir = tempfile::tempdir()?;
-    let out = std::process::Command::new(&bin)
-        .args([
-            "agent",
-            "--subnet-lease-ttl",
-            "1m",
-            "--subnet-lease-renew-margin",
-            "2m",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--api-socket")
-        .arg(dir.path().join("s.sock"))
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
-    assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "nothing created");
     Ok(())
 }
 
@@ -682,5 +617,42 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
     restarted.restart()?;
     restarted.wait_ready(READY)?;
     assert_eq!(restarted.subnet()?, subnets[1]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_with_client_certificates() -> Result<()> {
+    prerequisites()?;
+    let certs = tempfile::tempdir()?;
+    let pki = TestPki::generate(certs.path())?;
+    let etcd = EtcdServer::start_tls(&pki)?;
+    let prefix = unique_prefix("tls");
+    let mut client = etcd.client().await?;
+    put_flannel_config(&mut client, &prefix, CONFIG).await?;
+    let mut cfg = agent_config(&etcd, &prefix, "10.250.8.1");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    cfg.extra_args = vec![
+        "--etcd-cafile".into(),
+        path(&pki.ca),
+        "--etcd-certfile".into(),
+        path(&pki.client_cert),
+        "--etcd-keyfile".into(),
+        path(&pki.client_key),
+    ];
+    let agent = Agent::start(cfg)?;
+    agent.wait_ready(READY)?;
+    let (value, _) = get_json(&mut client, &lease_key(&prefix, &agent.subnet()?))
+        .await?
+        .context("lease over TLS")?;
+    assert_eq!(value["PublicIP"], "10.250.8.1");
+
+    // A certificate file that does not exist is the operator's to fix: one line, exit 1.
+    let mut broken = agent_config(&etcd, &prefix, "10.250.8.2");
+    broken.extra_args = vec!["--etcd-cafile".into(), "/nonexistent/ca.pem".into()];
+    let mut broken = Agent::start(broken)?;
+    let status = broken.wait_exit(READY)?;
+    assert_eq!(status.code(), Some(1));
+    let log = broken.log();
+    assert!(log.contains("--etcd-cafile /nonexistent/ca.pem"), "{log}");
     Ok(())
 }

@@ -1,0 +1,62 @@
+//! The `tartan` binary's command line: usage errors and a missing agent
+//! are one line each, and nothing is created on the way out.
+//!
+//! Living in this package also makes `cargo test --workspace` build the
+//! binary that the integration tests under `tests/` run.
+
+use anyhow::Result;
+
+#[test]
+fn the_cli_says_so_when_no_agent_listens() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("nobody.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tartan"))
+        .args(["status", "--api-socket"])
+        .arg(&socket)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no tartan agent is listening on"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_flags_are_one_line_errors() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_tartan");
+    let cases: [&[&str]; 4] = [
+        &["agent", "--subnet-lease-ttl", "banana"],
+        &["agent", "--public-ip", "10.0.0.300"],
+        &["agent", "--iface", ""],
+        &["status", "-o", "yaml"],
+    ];
+    for args in cases {
+        let out = std::process::Command::new(&bin).args(args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+    // A value clap accepts but the agent refuses: one line, exit 1, nothing created.
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new(&bin)
+        .args([
+            "agent",
+            "--subnet-lease-ttl",
+            "1m",
+            "--subnet-lease-renew-margin",
+            "2m",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--api-socket")
+        .arg(dir.path().join("s.sock"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "nothing created");
+    Ok(())
+}
