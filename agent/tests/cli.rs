@@ -34,14 +34,14 @@ fn bad_flags_are_one_line_errors() -> Result<()> {
         &["status", "-o", "yaml"],
     ];
     for args in cases {
-        let out = std::process::Command::new(&bin).args(args).output()?;
+        let out = std::process::Command::new(bin).args(args).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
     // A value clap accepts but the agent refuses: one line, exit 1, nothing created.
     let dir = tempfile::tempdir()?;
-    let out = std::process::Command::new(&bin)
+    let out = std::process::Command::new(bin)
         .args([
             "agent",
             "--subnet-lease-ttl",
