@@ -23,6 +23,10 @@ pub enum DataplaneError {
     NoIpv4(String),
     #[error("no default route; pass --iface or --public-ip")]
     NoDefaultRoute,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this kernel has no {0} support")]
+    Unsupported(&'static str),
     #[error("{0:?} is not an interface name or IPv4 address")]
     BadSelector(String),
 }

@@ -1,13 +1,27 @@
 //! Kernel programming for Tartan. This is the only crate that talks netlink;
 //! it exposes intent and knows nothing of etcd or gRPC.
 //!
-//! Today it finds the host's public interface (address and MTU); links,
-//! routes, neighbours and FDB entries follow, one module per kind of object.
+//! It finds the host's public interface, keeps the node bridge and the VXLAN
+//! device as they should be, plugs containers in with veth pairs, and
+//! reconciles the routes, neighbours and FDB entries towards peer subnets.
 
+mod bridge;
 mod error;
 mod host;
+mod link;
 mod netlink;
+mod overlay;
+mod veth;
+mod vxlan;
 
+pub use bridge::BridgeSpec;
 pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
+pub use link::{LinkState, VxlanInfo};
 pub use netlink::Netlink;
+pub use overlay::{
+    diff, FdbSpec, NeighbourSpec, OverlayChanges, OverlayScope, OverlayState, RouteSpec,
+    ROUTE_PROTOCOL,
+};
+pub use veth::VethSpec;
+pub use vxlan::{stable_vtep_mac, VxlanSpec};

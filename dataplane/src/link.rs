@@ -1,0 +1,196 @@
+//! Links as the dataplane sees them, and the operations common to every kind.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::LinkUnspec;
+
+use crate::{DataplaneError, Netlink, Result};
+
+/// The VXLAN settings of a link, as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<Ipv4Addr>,
+    pub underlay: Option<u32>,
+    pub learning: Option<bool>,
+}
+
+/// One link, reduced to what reconciliation compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    pub up: bool,
+    pub kind: Option<String>,
+    pub controller: Option<u32>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
+    move |source| DataplaneError::Netlink { op, source }
+}
+
+pub(crate) fn parse_link(msg: &LinkMessage) -> Option<LinkState> {
+    let mut state = LinkState {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        kind: None,
+        controller: None,
+        vxlan: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => state.name = name.clone(),
+            LinkAttribute::Mtu(mtu) => state.mtu = *mtu,
+            LinkAttribute::Address(bytes) => state.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Controller(index) => state.controller = Some(*index),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => state.kind = Some(kind_name(kind)),
+                        LinkInfo::Data(InfoData::Vxlan(items)) => {
+                            let mut vx = VxlanInfo::default();
+                            for item in items {
+                                match item {
+                                    InfoVxlan::Id(id) => vx.vni = Some(*id),
+                                    InfoVxlan::Port(port) => vx.port = Some(*port),
+                                    InfoVxlan::Local(ip) => vx.local = Some(*ip),
+                                    InfoVxlan::Link(index) => vx.underlay = Some(*index),
+                                    InfoVxlan::Learning(on) => vx.learning = Some(*on),
+                                    _ => {}
+                                }
+                            }
+                            state.vxlan = Some(vx);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (!state.name.is_empty()).then_some(state)
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Veth => "veth".into(),
+        InfoKind::Tun => "tun".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+impl Netlink {
+    /// The link called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkState>> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(parse_link(&msg)),
+            Ok(None) => Ok(None),
+            // ENODEV: no such link.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(source) => Err(DataplaneError::Netlink {
+                op: "link get",
+                source,
+            }),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub async fn links_state(&self) -> Result<Vec<LinkState>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(netlink_err("link dump"))? {
+            links.extend(parse_link(&msg));
+        }
+        Ok(links)
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(netlink_err("link delete"))
+    }
+
+    /// Brings a link up and sets its MTU.
+    pub(crate) async fn set_up_with_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(netlink_err("link set up"))
+    }
+
+    /// Makes `address/prefix_len` the only IPv4 address of the link.
+    pub async fn ensure_sole_ipv4(
+        &self,
+        index: u32,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut present = false;
+        let mut stale = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(netlink_err("address dump"))?
+        {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip))
+                | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            match ip {
+                Some(ip) if ip == address && msg.header.prefix_len == prefix_len => present = true,
+                Some(_) => stale.push(msg),
+                None => {}
+            }
+        }
+        for msg in stale {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(netlink_err("address delete"))?;
+        }
+        if !present {
+            self.handle
+                .address()
+                .add(index, address.into(), prefix_len)
+                .execute()
+                .await
+                .map_err(netlink_err("address add"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! Plugging a container's network namespace into the node bridge with a
+//! veth pair, and unplugging it.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{DataplaneError, Netlink, Result};
+
+/// One container interface on the node bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    /// The container's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    /// The host end, on the bridge.
+    pub host_name: String,
+    /// The container end, e.g. `eth0`.
+    pub container_name: String,
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub bridge_index: u32,
+}
+
+fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
+    move |source| DataplaneError::Netlink { op, source }
+}
+
+impl Netlink {
+    /// Creates the pair, moves one end into the container and configures
+    /// both. On any failure the pair is deleted again: nothing half-made stays.
+    pub async fn attach_veth(&self, spec: &VethSpec) -> Result<()> {
+        let container = Netlink::connect_in_netns(&spec.netns).await?;
+        if container.link(&spec.container_name).await?.is_some() {
+            return Err(DataplaneError::Conflict(format!(
+                "{} already has an interface named {}",
+                spec.netns.display(),
+                spec.container_name
+            )));
+        }
+        if self.link(&spec.host_name).await?.is_some() {
+            return Err(DataplaneError::Conflict(format!(
+                "{} exists already: the container is attached",
+                spec.host_name
+            )));
+        }
+        // A temporary name for the container end while it is still on the host,
+        // so that it cannot clash with a host interface called eth0.
+        let peer_name = format!("{}p", &spec.host_name[..spec.host_name.len().min(14)]);
+        self.handle
+            .link()
+            .add(
+                LinkVeth::new(&spec.host_name, &peer_name)
+                    .mtu(spec.mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink_err("veth add"))?;
+        let result = self.finish_attach(spec, &container, &peer_name).await;
+        if result.is_err() {
+            if let Ok(Some(host)) = self.link(&spec.host_name).await {
+                let _ = self.delete_link(host.index).await;
+            }
+        }
+        result
+    }
+
+    async fn finish_attach(
+        &self,
+        spec: &VethSpec,
+        container: &Netlink,
+        peer_name: &str,
+    ) -> Result<()> {
+        let missing =
+            |name: &str| DataplaneError::Conflict(format!("{name} vanished while attaching"));
+        let peer = self
+            .link(peer_name)
+            .await?
+            .ok_or_else(|| missing(peer_name))?;
+        let netns =
+            std::fs::File::open(&spec.netns).map_err(|source| DataplaneError::EnterNetns {
+                path: spec.netns.clone(),
+                source,
+            })?;
+        let move_msg = LinkUnspec::new_with_index(peer.index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .set(move_msg)
+            .execute()
+            .await
+            .map_err(netlink_err("veth move to netns"))?;
+
+        let inner = container
+            .link(peer_name)
+            .await?
+            .ok_or_else(|| missing(peer_name))?;
+        let rename = LinkUnspec::new_with_index(inner.index)
+            .name(spec.container_name.clone())
+            .mtu(spec.mtu)
+            .build();
+        container
+            .handle
+            .link()
+            .set(rename)
+            .execute()
+            .await
+            .map_err(netlink_err("container link rename"))?;
+        container
+            .handle
+            .address()
+            .add(inner.index, spec.address.ip().into(), spec.address.prefix())
+            .execute()
+            .await
+            .map_err(netlink_err("container address add"))?;
+        container.set_up_with_mtu(inner.index, spec.mtu).await?;
+        if let Some(lo) = container.link("lo").await? {
+            let up = LinkUnspec::new_with_index(lo.index).up().build();
+            container
+                .handle
+                .link()
+                .set(up)
+                .execute()
+                .await
+                .map_err(netlink_err("lo up"))?;
+        }
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(spec.gateway)
+            .output_interface(inner.index)
+            .build();
+        container
+            .handle
+            .route()
+            .add(default)
+            .execute()
+            .await
+            .map_err(netlink_err("container default route"))?;
+
+        let host = self
+            .link(&spec.host_name)
+            .await?
+            .ok_or_else(|| missing(&spec.host_name))?;
+        let plug = LinkUnspec::new_with_index(host.index)
+            .controller(spec.bridge_index)
+            .mtu(spec.mtu)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(plug)
+            .execute()
+            .await
+            .map_err(netlink_err("veth to bridge"))?;
+        Ok(())
+    }
+
+    /// Deletes the host end (the container end goes with it). Returns
+    /// whether there was anything to delete.
+    pub async fn detach_veth(&self, host_name: &str) -> Result<bool> {
+        match self.link(host_name).await? {
+            Some(link) => {
+                self.delete_link(link.index).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
