@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +13,8 @@ use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
-    Lease as PbLease, NetworkConfig as PbConfig, StatusRequest, StatusResponse,
+    AttachRequest, AttachResponse, DetachRequest, DetachResponse, Lease as PbLease,
+    NetworkConfig as PbConfig, StatusRequest, StatusResponse,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -21,6 +23,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::attach::{Attacher, ContainerRef};
 use crate::daemon::{lock, SharedState};
 use crate::etcd::Registry;
 use crate::lease::Lease;
@@ -28,9 +31,26 @@ use crate::lease::Lease;
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
 
+/// Set once the node has its lease and its bridge; attach waits for that.
+pub type SharedAttacher = Arc<OnceLock<Attacher>>;
+
 struct AgentService {
     state: SharedState,
     registry: Registry,
+    attacher: SharedAttacher,
+}
+
+impl AgentService {
+    fn attacher(&self) -> Result<&Attacher, Status> {
+        self.attacher.get().ok_or_else(|| {
+            Status::unavailable("the agent holds no subnet lease yet; try again shortly")
+        })
+    }
+}
+
+/// One line for the CLI: the error and its causes.
+fn failed(err: anyhow::Error) -> Status {
+    Status::failed_precondition(format!("{err:#}"))
 }
 
 #[tonic::async_trait]
@@ -81,6 +101,39 @@ impl Agent for AgentService {
             peers,
             etcd_reachable,
             etcd_prefix: self.registry.prefix().to_string(),
+        }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let request = request.into_inner();
+        let container = ContainerRef::parse(&request.container)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let requested = (!request.address.is_empty()).then_some(request.address.as_str());
+        let address = self
+            .attacher()?
+            .attach(&container, requested)
+            .await
+            .map_err(failed)?;
+        info!(container = %request.container, %address, "attached");
+        Ok(Response::new(AttachResponse {
+            address: address.to_string(),
+        }))
+    }
+
+    async fn detach(
+        &self,
+        request: Request<DetachRequest>,
+    ) -> Result<Response<DetachResponse>, Status> {
+        let request = request.into_inner();
+        let container = ContainerRef::parse(&request.container)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let address = self.attacher()?.detach(&container).await.map_err(failed)?;
+        info!(container = %request.container, %address, "detached");
+        Ok(Response::new(DetachResponse {
+            address: address.to_string(),
         }))
     }
 }
@@ -150,11 +203,20 @@ impl ApiServer {
 }
 
 /// Binds the socket (mode 0600) and serves the API on it in the background.
-pub async fn serve(path: &Path, state: SharedState, registry: Registry) -> Result<ApiServer> {
+pub async fn serve(
+    path: &Path,
+    state: SharedState,
+    registry: Registry,
+    attacher: SharedAttacher,
+) -> Result<ApiServer> {
     let listener = bind_private(path).await?;
     info!(socket = %path.display(), "serving the local API");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let service = AgentServer::new(AgentService { state, registry });
+    let service = AgentServer::new(AgentService {
+        state,
+        registry,
+        attacher,
+    });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(service)

@@ -7,23 +7,26 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
-use serde_json::json;
-use tartan_dataplane::{InterfaceSelector, Netlink};
+use tartan_dataplane::{stable_vtep_mac, HostInterface, InterfaceSelector, Netlink};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::acquire::{acquire, HeldLease};
+use crate::api::SharedAttacher;
+use crate::attach::Attacher;
+use crate::backend::{lease_data, Underlay};
 use crate::config::{Backend, NetworkConfig};
 use crate::etcd::{EtcdOptions, Registry};
 use crate::lease::{lease_key, LeaseAttrs};
+use crate::node::NodeDataplane;
 use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::subnet_file::{previous_subnet, SubnetFile};
-use crate::{api, notify};
+use crate::{api, node, notify};
 
 /// Everything `tartan agent` is told on its command line.
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct AgentState {
     pub config: Option<NetworkConfig>,
     pub node: Option<NodeLease>,
     pub peers: Option<PeerTable>,
+    /// Whether the peer table has been filled by a full listing at least once.
+    pub peers_listed: bool,
     pub etcd_reachable: bool,
 }
 
@@ -73,19 +78,26 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         );
     }
     let netlink = Netlink::connect().context("opening netlink")?;
-    let (public_ip, underlay_mtu) = public_address(&netlink, &opts).await?;
-    info!(%public_ip, underlay_mtu, "using public address");
+    let (public_ip, iface) = public_address(&netlink, &opts).await?;
+    info!(%public_ip, iface = iface.as_ref().map(|i| i.name.as_str()), "using public address");
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating --state-dir {}", opts.state_dir.display()))?;
 
     let connect = Registry::connect_options(&opts.etcd)?;
     let registry = connect_with_backoff(&opts.etcd, connect).await;
     let state: SharedState = Arc::new(Mutex::new(AgentState::default()));
-    let server = api::serve(&opts.api_socket, state.clone(), registry.clone()).await?;
+    let attacher: SharedAttacher = Arc::new(OnceLock::new());
+    let server = api::serve(
+        &opts.api_socket,
+        state.clone(),
+        registry.clone(),
+        attacher.clone(),
+    )
+    .await?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let node = run_node(&opts, registry, state, public_ip, underlay_mtu);
+    let node = run_node(&opts, registry, state, netlink, public_ip, iface, attacher);
     let outcome = tokio::select! {
         result = node => result,
         _ = sigterm.recv() => { info!("SIGTERM: shutting down, keeping the lease"); Ok(()) }
@@ -113,13 +125,17 @@ async fn connect_with_backoff(
     }
 }
 
-/// The public IP to publish and the underlay MTU.
-async fn public_address(netlink: &Netlink, opts: &AgentOptions) -> Result<(Ipv4Addr, u32)> {
+/// The public IP to publish, and the interface traffic leaves by (None only
+/// when `--public-ip` names an address of no interface and there is no default route).
+async fn public_address(
+    netlink: &Netlink,
+    opts: &AgentOptions,
+) -> Result<(Ipv4Addr, Option<HostInterface>)> {
     let iface = match (&opts.iface, opts.public_ip) {
         (Some(selector), _) => Some(netlink.find_interface(selector).await?),
         (None, Some(ip)) => match netlink.interface_by_address(ip).await? {
             Some(iface) => Some(iface),
-            // An address we do not carry (NAT, tests): the MTU comes from the default route.
+            // An address we do not carry (NAT, tests): the underlay is the default route's.
             None => netlink.default_route_interface().await?,
         },
         (None, None) => Some(netlink.public_interface(None).await?),
@@ -134,39 +150,54 @@ async fn public_address(netlink: &Netlink, opts: &AgentOptions) -> Result<(Ipv4A
         })?,
         (None, None) => bail!("no default route; pass --iface or --public-ip"),
     };
-    let mtu = match iface {
-        Some(iface) => iface.mtu,
-        None => {
-            warn!("no interface to take the MTU from; assuming 1500");
-            1500
-        }
-    };
-    Ok((public_ip, mtu))
+    Ok((public_ip, iface))
 }
 
-/// The backend's part of the lease value. The dataplane fills in what it
-/// owns (the VTEP MAC) once it programs the device.
-fn backend_data(backend: &Backend) -> serde_json::Value {
-    match backend {
-        Backend::Vxlan { vni, .. } => json!({ "VNI": vni }),
-        Backend::HostGw | Backend::Udp { .. } | Backend::Alloc => serde_json::Value::Null,
-    }
+/// The underlay as the backends need it.
+fn underlay_of(iface: Option<&HostInterface>, public_ip: Ipv4Addr) -> Option<Underlay> {
+    let iface = iface?;
+    Some(Underlay {
+        index: iface.index,
+        ip: iface.ipv4.unwrap_or(public_ip),
+        prefix_len: iface.prefix_len,
+        mtu: iface.mtu,
+    })
 }
 
 async fn run_node(
     opts: &AgentOptions,
     registry: Registry,
     state: SharedState,
+    netlink: Netlink,
     public_ip: Ipv4Addr,
-    underlay_mtu: u32,
+    iface: Option<HostInterface>,
+    attacher: SharedAttacher,
 ) -> Result<()> {
     let config = wait_for_config(&registry, &state).await;
     info!(%config, "network config");
+    let underlay = underlay_of(iface.as_ref(), public_ip);
+    let dataplane = match (&config.backend, underlay) {
+        (Backend::Alloc, _) => None,
+        (backend, Some(underlay)) => Some(NodeDataplane {
+            netlink: netlink.clone(),
+            backend: backend.clone(),
+            underlay,
+            vtep_mac: match backend {
+                Backend::Vxlan { vni, .. } => Some(stable_vtep_mac(public_ip, *vni)),
+                _ => None,
+            },
+        }),
+        (backend, None) => bail!(
+            "the {} backend needs an underlay interface; pass --iface",
+            backend.type_name()
+        ),
+    };
+    let underlay_mtu = underlay.map(|u| u.mtu).unwrap_or(1500);
     let attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
         backend_type: config.backend.type_name().to_string(),
-        backend_data: backend_data(&config.backend),
+        backend_data: lease_data(&config.backend, dataplane.as_ref().and_then(|d| d.vtep_mac)),
     };
     let previous = previous_subnet(&opts.subnet_file);
     let mut held = acquire_with_backoff(
@@ -184,6 +215,17 @@ async fn run_node(
         mtu: config.backend.mtu(underlay_mtu),
         ip_masq: false,
     };
+    if let Some(dataplane) = &dataplane {
+        let devices = dataplane.ensure_devices(held.subnet).await?;
+        let node_attacher = Attacher::new(
+            netlink.clone(),
+            held.subnet,
+            dataplane.mtu(),
+            devices.bridge,
+            &opts.state_dir,
+        )?;
+        let _ = attacher.set(node_attacher);
+    }
     subnet_file(held.subnet).write(&opts.subnet_file)?;
     {
         let mut st = lock(&state);
@@ -209,7 +251,10 @@ async fn run_node(
         events_tx,
         lost_tx,
     ));
-    let consumer = tokio::spawn(log_lease_events(events_rx));
+    let consumer = match dataplane {
+        Some(dataplane) => tokio::spawn(node::reconcile_loop(dataplane, state.clone(), events_rx)),
+        None => tokio::spawn(node::log_only(events_rx)),
+    };
     let _tasks = AbortOnDrop(vec![watcher, consumer]);
 
     let ttl = opts.subnet_lease_ttl;
@@ -396,12 +441,16 @@ async fn relist(
     if own_lease_missing(state, registry, &listing) {
         let _ = lost.try_send(());
     }
-    let (changes, rejected, peers) = match lock(state).peers.as_mut() {
-        Some(table) => {
-            let (changes, rejected) = table.resync(listing);
-            (changes, rejected, table.len())
+    let (changes, rejected, peers) = {
+        let mut st = lock(state);
+        st.peers_listed = true;
+        match st.peers.as_mut() {
+            Some(table) => {
+                let (changes, rejected) = table.resync(listing);
+                (changes, rejected, table.len())
+            }
+            None => (Vec::new(), Vec::new(), 0),
         }
-        None => (Vec::new(), Vec::new(), 0),
     };
     info!(peers, revision, "listed subnet leases");
     publish(events, changes, rejected).await;
@@ -518,28 +567,6 @@ async fn publish(
     }
     if !changes.is_empty() {
         let _ = events.send(changes).await;
-    }
-}
-
-/// The lease-only ("alloc") consumer of lease events: it records them in the
-/// log. The dataplane backends consume the same stream to program routes.
-async fn log_lease_events(mut events: mpsc::Receiver<Vec<LeaseEvent>>) {
-    while let Some(batch) = events.recv().await {
-        if batch.len() > 16 {
-            info!(changes = batch.len(), "peer leases changed");
-            continue;
-        }
-        for event in batch {
-            match event {
-                LeaseEvent::Upserted(lease) => info!(
-                    subnet = %lease.subnet,
-                    public_ip = %lease.attrs.public_ip,
-                    backend = %lease.attrs.backend_type,
-                    "peer lease added or changed"
-                ),
-                LeaseEvent::Removed(subnet) => info!(%subnet, "peer lease removed"),
-            }
-        }
     }
 }
 

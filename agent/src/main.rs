@@ -2,10 +2,13 @@
 
 mod acquire;
 mod api;
+mod attach;
+mod backend;
 mod config;
 mod daemon;
 mod etcd;
 mod lease;
+mod node;
 mod notify;
 mod peers;
 mod status;
@@ -42,6 +45,33 @@ enum Command {
     Agent(Box<AgentArgs>),
     /// Show this node's lease, the network config and every peer lease.
     Status(StatusArgs),
+    /// Plug a container into the node bridge: tartan attach [ADDR/LEN] CONTAINER.
+    ///
+    /// CONTAINER is a netns name (as `ip netns` knows it), a netns path or a
+    /// PID. Without ADDR the next free address of the node subnet is used.
+    /// Prints the address given.
+    Attach(AttachArgs),
+    /// Unplug a container and free its address.
+    Detach(DetachArgs),
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// [ADDR/LEN] CONTAINER
+    #[arg(required = true, num_args = 1..=2, value_name = "ARG")]
+    args: Vec<String>,
+    /// Unix socket of the agent to ask.
+    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+}
+
+#[derive(Args)]
+struct DetachArgs {
+    /// A netns name, netns path or PID.
+    container: String,
+    /// Unix socket of the agent to ask.
+    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -140,6 +170,38 @@ impl AgentArgs {
     }
 }
 
+/// The agent's refusal, as one line.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+async fn attach(args: AttachArgs) -> Result<()> {
+    let (address, container) = match args.args.as_slice() {
+        [container] => (String::new(), container.clone()),
+        [address, container] => (address.clone(), container.clone()),
+        _ => anyhow::bail!("usage: tartan attach [ADDR/LEN] CONTAINER"),
+    };
+    let mut client = api::connect(&args.api_socket).await?;
+    let resp = client
+        .attach(tartan_proto::v1::AttachRequest { container, address })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    println!("{}", resp.address);
+    Ok(())
+}
+
+async fn detach(args: DetachArgs) -> Result<()> {
+    let mut client = api::connect(&args.api_socket).await?;
+    client
+        .detach(tartan_proto::v1::DetachRequest {
+            container: args.container,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TARTAN_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -158,7 +220,7 @@ async fn status(args: StatusArgs) -> Result<()> {
     let resp = client
         .status(tartan_proto::v1::StatusRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("the agent answered: {}", s.message()))?
+        .map_err(refused)?
         .into_inner();
     match args.output {
         OutputFormat::Json => println!(
@@ -214,6 +276,8 @@ fn main() -> ExitCode {
                 daemon::run(args.into_options()).await
             }
             Command::Status(args) => status(args).await,
+            Command::Attach(args) => attach(args).await,
+            Command::Detach(args) => detach(args).await,
         }
     });
     match result {

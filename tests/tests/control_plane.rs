@@ -18,7 +18,10 @@ use tartan_tests::pki::TestPki;
 use tartan_tests::proxy::TcpProxy;
 use tartan_tests::{compact, prereq, put_flannel_config, put_lease, unique_prefix, wait};
 
-const CONFIG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// Agents in the test's own namespace lease only (`alloc`): they must not
+/// create devices or routes there. The multi-host test runs vxlan in namespaces.
+const CONFIG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#;
+const VXLAN_CONFIG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const READY: Duration = Duration::from_secs(20);
 
 fn prerequisites() -> Result<()> {
@@ -110,7 +113,7 @@ async fn agent_leases_a_subnet_in_flannel_format() -> Result<()> {
         "{gateway}"
     );
     let mtu: u32 = env.get("FLANNEL_MTU").context("FLANNEL_MTU")?.parse()?;
-    assert!((500..=9000 - 50).contains(&mtu), "vxlan MTU {mtu}");
+    assert!((500..=65536).contains(&mtu), "alloc MTU {mtu}");
     assert_eq!(env.get("FLANNEL_IPMASQ").map(String::as_str), Some("false"));
 
     let subnet = agent.subnet()?;
@@ -119,8 +122,8 @@ async fn agent_leases_a_subnet_in_flannel_format() -> Result<()> {
         .context("the lease key is missing")?;
     assert_eq!(value["PublicIP"], "10.250.0.1");
     assert_eq!(value["PublicIPv6"], Value::Null);
-    assert_eq!(value["BackendType"], "vxlan");
-    assert_eq!(value["BackendData"]["VNI"], 1);
+    assert_eq!(value["BackendType"], "alloc");
+    assert_eq!(value["BackendData"], Value::Null);
     assert_ne!(etcd_lease, 0, "the key must carry an etcd lease");
     let ttl = client.lease_time_to_live(etcd_lease, None).await?.ttl();
     assert!((3000..=3600).contains(&ttl), "TTL {ttl}");
@@ -184,7 +187,7 @@ async fn twenty_agents_racing_get_twenty_distinct_subnets() -> Result<()> {
     put_flannel_config(
         &mut client,
         &prefix,
-        r#"{"Network":"10.7.0.0/19","SubnetLen":24}"#,
+        r#"{"Network":"10.7.0.0/19","SubnetLen":24,"Backend":{"Type":"alloc"}}"#,
     )
     .await?;
     let agents = (1..=20)
@@ -557,7 +560,7 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
             .hub()
             .run("etcdctl", &full, &[("ETCDCTL_API", "3")])
     };
-    etcdctl(&["put", &format!("{prefix}/config"), CONFIG])?;
+    etcdctl(&["put", &format!("{prefix}/config"), VXLAN_CONFIG])?;
 
     let mut hosts = Vec::new();
     let mut agents = Vec::new();
@@ -611,6 +614,28 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
         .context("flannel lease listed")?;
     assert_eq!(flannel_peer["public_ip"], "10.234.0.99");
     assert_eq!(flannel_peer["backend_data"]["VtepMAC"], "0e:aa:bb:cc:dd:ee");
+
+    // The vxlan dataplane in each host namespace: the device with the MAC the
+    // lease publishes, and an onlink route to every other subnet through it.
+    for (i, (agent, host)) in agents.iter().zip(&hosts).enumerate() {
+        let status = agent.status_json()?;
+        let mac = status["node"]["backend_data"]["VtepMAC"]
+            .as_str()
+            .context("VtepMAC published")?
+            .to_string();
+        let link = host.netns.exec("ip", &["-d", "link", "show", "tartan.1"])?;
+        let link = String::from_utf8_lossy(&link.stdout);
+        ensure!(link.contains(&mac) && link.contains("vxlan id 1"), "{link}");
+        for (j, other) in subnets.iter().enumerate().filter(|(j, _)| *j != i) {
+            let base = other.split('/').next().context("subnet")?;
+            let want = format!("via {base} dev tartan.1");
+            wait::wait_until(READY, Duration::from_millis(100), || {
+                let out = host.netns.exec("ip", &["route", "show", other])?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains(&want))
+            })
+            .with_context(|| format!("host {i} has no route to host {j}'s {other}"))?;
+        }
+    }
 
     let restarted = &mut agents[1];
     restarted.terminate()?;

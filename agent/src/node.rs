@@ -1,0 +1,199 @@
+//! The node's kernel state, kept as it should be: the bridge, the VXLAN
+//! device and the overlay towards every peer, re-asserted on every lease
+//! change and every few seconds, so that anything deleted by hand comes back.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ipnetwork::Ipv4Network;
+use tartan_dataplane::{BridgeSpec, Netlink, OverlayChanges, OverlayScope, VxlanSpec};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::backend::{desired_overlay, vxlan_device_name, Underlay, BRIDGE_NAME};
+use crate::config::Backend;
+use crate::daemon::{lock, SharedState};
+use crate::lease::Lease;
+use crate::peers::LeaseEvent;
+
+/// How often the kernel is compared with the leases even when nothing changed.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(3);
+
+/// The devices the node keeps, and how to reach them.
+pub struct NodeDataplane {
+    pub netlink: Netlink,
+    pub backend: Backend,
+    pub underlay: Underlay,
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// The indexes of the devices after a setup pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Devices {
+    pub bridge: u32,
+    pub vxlan: Option<u32>,
+}
+
+impl NodeDataplane {
+    pub fn mtu(&self) -> u32 {
+        self.backend.mtu(self.underlay.mtu)
+    }
+
+    /// Forwarding on, the bridge holding the gateway, the VXLAN device. Idempotent.
+    pub async fn ensure_devices(&self, own: Ipv4Network) -> Result<Devices> {
+        enable_ip_forwarding()?;
+        let gateway = Ipv4Network::new(tartan_ipam::gateway(&own), own.prefix())?;
+        let bridge = self
+            .netlink
+            .ensure_bridge(&BridgeSpec {
+                name: BRIDGE_NAME.to_string(),
+                mtu: self.mtu(),
+                gateway,
+            })
+            .await
+            .context("setting up the node bridge")?;
+        let vxlan = match (&self.backend, self.vtep_mac) {
+            (Backend::Vxlan { vni, port, .. }, Some(mac)) => Some(
+                self.netlink
+                    .ensure_vxlan(&VxlanSpec {
+                        name: vxlan_device_name(*vni),
+                        vni: *vni,
+                        port: *port,
+                        local: self.underlay.ip,
+                        underlay_index: self.underlay.index,
+                        mac,
+                        mtu: self.mtu(),
+                        address: own.network(),
+                    })
+                    .await
+                    .context("setting up the VXLAN device")?,
+            ),
+            _ => None,
+        };
+        Ok(Devices { bridge, vxlan })
+    }
+
+    /// One reconciliation pass: devices, then the overlay for `peers`.
+    async fn reconcile(
+        &self,
+        own: Ipv4Network,
+        peers: &[Lease],
+        reported: &mut HashSet<String>,
+    ) -> Result<OverlayChanges> {
+        let devices = self.ensure_devices(own).await?;
+        let (desired, skipped) =
+            desired_overlay(&self.backend, peers, &self.underlay, devices.vxlan);
+        for skip in skipped {
+            let line = skip.to_string();
+            if reported.insert(line) {
+                warn!(subnet = %skip.subnet, reason = %skip.reason, "peer lease not programmed");
+            }
+        }
+        let scope = OverlayScope {
+            vxlan_index: devices.vxlan,
+        };
+        Ok(self.netlink.apply_overlay(&desired, scope).await?)
+    }
+}
+
+fn enable_ip_forwarding() -> Result<()> {
+    // Per network namespace: this is the agent's own namespace's setting.
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    if current.trim() != "1" {
+        std::fs::write(path, "1").with_context(|| format!("enabling IP forwarding in {path}"))?;
+        info!("enabled IP forwarding");
+    }
+    Ok(())
+}
+
+/// Consumes lease events and keeps the kernel in line with the peer table.
+/// Nothing is programmed before the first full listing, so that a restart
+/// never withdraws routes that are about to be confirmed.
+pub async fn reconcile_loop(
+    node: NodeDataplane,
+    state: SharedState,
+    mut events: mpsc::Receiver<Vec<LeaseEvent>>,
+) {
+    let mut ticker = tokio::time::interval(RESYNC_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = HashSet::new();
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            batch = events.recv() => match batch {
+                Some(batch) => log_events(&batch),
+                None => return,
+            },
+            _ = ticker.tick() => {}
+        }
+        // Fold a burst of batches into one pass.
+        while let Ok(batch) = events.try_recv() {
+            log_events(&batch);
+        }
+        let snapshot = {
+            let st = lock(&state);
+            match (st.peers_listed, st.node.as_ref(), st.peers.as_ref()) {
+                (true, Some(node), Some(table)) => Some((
+                    node.lease.subnet,
+                    table.peers().cloned().collect::<Vec<_>>(),
+                )),
+                _ => None,
+            }
+        };
+        let Some((own, peers)) = snapshot else {
+            continue;
+        };
+        match node.reconcile(own, &peers, &mut reported).await {
+            Ok(changes) if !changes.is_empty() => {
+                last_error.clear();
+                info!(
+                    routes_added = changes.add_routes.len(),
+                    routes_removed = changes.remove_routes.len(),
+                    neighbours_added = changes.add_neighbours.len(),
+                    neighbours_removed = changes.remove_neighbours.len(),
+                    fdb_added = changes.add_fdb.len(),
+                    fdb_removed = changes.remove_fdb.len(),
+                    "reconciled the overlay"
+                );
+            }
+            Ok(_) => {
+                last_error.clear();
+                debug!(peers = peers.len(), "overlay already in line");
+            }
+            Err(err) => {
+                let text = format!("{err:#}");
+                if text != last_error {
+                    warn!(error = %text, "could not reconcile the overlay; retrying");
+                    last_error = text;
+                }
+            }
+        }
+    }
+}
+
+/// The consumer for the lease-only (`alloc`) backend: it only logs.
+pub async fn log_only(mut events: mpsc::Receiver<Vec<LeaseEvent>>) {
+    while let Some(batch) = events.recv().await {
+        log_events(&batch);
+    }
+}
+
+fn log_events(batch: &[LeaseEvent]) {
+    if batch.len() > 16 {
+        info!(changes = batch.len(), "peer leases changed");
+        return;
+    }
+    for event in batch {
+        match event {
+            LeaseEvent::Upserted(lease) => info!(
+                subnet = %lease.subnet,
+                public_ip = %lease.attrs.public_ip,
+                backend = %lease.attrs.backend_type,
+                "peer lease added or changed"
+            ),
+            LeaseEvent::Removed(subnet) => info!(%subnet, "peer lease removed"),
+        }
+    }
+}
