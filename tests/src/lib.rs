@@ -6,6 +6,7 @@
 //! fail rather than skip.
 
 pub mod agent;
+pub mod cluster;
 pub mod etcd;
 pub mod netns;
 pub mod pki;
