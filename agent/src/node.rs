@@ -145,10 +145,13 @@ pub async fn reconcile_loop(
         let Some((own, peers)) = snapshot else {
             continue;
         };
+        let started = std::time::Instant::now();
         match node.reconcile(own, &peers, &mut reported).await {
             Ok(changes) if !changes.is_empty() => {
                 last_error.clear();
                 info!(
+                    peers = peers.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
                     routes_added = changes.add_routes.len(),
                     routes_removed = changes.remove_routes.len(),
                     neighbours_added = changes.add_neighbours.len(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -114,6 +114,24 @@ pub fn diff(desired: &OverlayState, observed: &OverlayState) -> OverlayChanges {
         add_fdb,
         remove_fdb,
     }
+}
+
+/// How many netlink requests one phase keeps in flight.
+const IN_FLIGHT: usize = 256;
+
+/// Runs the requests with up to `IN_FLIGHT` outstanding; returns the errors.
+async fn pipelined<F>(requests: impl Iterator<Item = F>) -> Vec<DataplaneError>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    // Built eagerly so that the stream holds concrete futures (no higher-ranked
+    // closure lifetimes), which keeps the caller's future Send.
+    let requests: Vec<F> = requests.collect();
+    let results: Vec<Result<()>> = futures::stream::iter(requests)
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().filter_map(Result::err).collect()
 }
 
 fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
@@ -238,7 +256,9 @@ impl Netlink {
         Ok(state)
     }
 
-    /// Brings the kernel to `desired`, touching only what differs. Every
+    /// Brings the kernel to `desired`, touching only what differs. Requests
+    /// of one phase are pipelined on the socket (many in flight at once), so
+    /// thousands of entries cost a few round trips' worth of waiting. Every
     /// change is attempted; the first error is returned after the rest ran,
     /// so that one bad entry does not hold back the others.
     pub async fn apply_overlay(
@@ -248,84 +268,76 @@ impl Netlink {
     ) -> Result<OverlayChanges> {
         let observed = self.observe_overlay(scope).await?;
         let changes = diff(desired, &observed);
-        let mut first_error = None;
-        let mut note = |result: Result<()>| {
-            if let Err(err) = result {
-                first_error.get_or_insert(err);
-            }
-        };
+        let mut errors = Vec::new();
         // Removals first: a stale route may occupy the destination a new one needs.
-        for route in &changes.remove_routes {
-            note(
+        errors.extend(
+            pipelined(changes.remove_routes.iter().map(|route| async move {
                 self.handle
                     .route()
                     .del(route_message(route))
                     .execute()
                     .await
-                    .map_err(netlink_err("route delete")),
-            );
-        }
-        for neighbour in &changes.remove_neighbours {
-            note(
-                self.delete_neighbour(
-                    neighbour.ifindex,
-                    AddressFamily::Inet,
-                    neighbour.ip,
-                    neighbour.mac,
-                )
-                .await,
-            );
-        }
-        for entry in &changes.remove_fdb {
-            note(
-                self.delete_neighbour(
-                    entry.ifindex,
-                    AddressFamily::Bridge,
-                    entry.destination,
-                    entry.mac,
-                )
-                .await,
-            );
-        }
+                    .map_err(netlink_err("route delete"))
+            }))
+            .await,
+        );
+        errors.extend(
+            pipelined(
+                changes
+                    .remove_neighbours
+                    .iter()
+                    .map(|n| self.delete_neighbour(n.ifindex, AddressFamily::Inet, n.ip, n.mac)),
+            )
+            .await,
+        );
+        errors.extend(
+            pipelined(changes.remove_fdb.iter().map(|e| {
+                self.delete_neighbour(e.ifindex, AddressFamily::Bridge, e.destination, e.mac)
+            }))
+            .await,
+        );
         // Then the layers in the order the kernel uses them: FDB and neighbour before the route.
-        for entry in &changes.add_fdb {
-            let result = self
-                .handle
-                .neighbours()
-                .add_bridge(entry.ifindex, &entry.mac)
-                .flags(NeighbourFlags::Own)
-                .destination(IpAddr::V4(entry.destination))
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink_err("fdb add"));
-            note(result);
-        }
-        for neighbour in &changes.add_neighbours {
-            let result = self
-                .handle
-                .neighbours()
-                .add(neighbour.ifindex, IpAddr::V4(neighbour.ip))
-                .link_layer_address(&neighbour.mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink_err("neighbour add"));
-            note(result);
-        }
-        for route in &changes.add_routes {
-            let result = self
-                .handle
-                .route()
-                .add(route_message(route))
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink_err("route add"));
-            note(result);
-        }
-        match first_error {
+        errors.extend(
+            pipelined(changes.add_fdb.iter().map(|entry| async move {
+                self.handle
+                    .neighbours()
+                    .add_bridge(entry.ifindex, &entry.mac)
+                    .flags(NeighbourFlags::Own)
+                    .destination(IpAddr::V4(entry.destination))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(netlink_err("fdb add"))
+            }))
+            .await,
+        );
+        errors.extend(
+            pipelined(changes.add_neighbours.iter().map(|n| async move {
+                self.handle
+                    .neighbours()
+                    .add(n.ifindex, IpAddr::V4(n.ip))
+                    .link_layer_address(&n.mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(netlink_err("neighbour add"))
+            }))
+            .await,
+        );
+        errors.extend(
+            pipelined(changes.add_routes.iter().map(|route| async move {
+                self.handle
+                    .route()
+                    .add(route_message(route))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(netlink_err("route add"))
+            }))
+            .await,
+        );
+        match errors.into_iter().next() {
             Some(err) => Err(err),
             None => Ok(changes),
         }

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# A three-host Tartan control plane on one machine, torn down at the end.
+# A three-host Tartan cluster on one machine, torn down at the end.
 #
-#   sudo examples/control-plane-demo.sh
+#   sudo examples/demo.sh [vxlan|host-gw]        (default vxlan)
 #
 # Builds: a hub network namespace with a bridge (the "underlay"), etcd in the
 # hub, three host namespaces with a veth each onto the bridge, and one
-# `tartan agent` per host. Each agent leases a subnet; the script shows every
-# host's `tartan status`, adds a hand-written flannel lease with etcdctl and
-# shows it arriving as a peer. Nothing outside the namespaces it creates is
-# touched. Needs root, etcd, etcdctl and iproute2.
+# `tartan agent` per host. Each agent leases a subnet and programs its host;
+# one container (a network namespace) per host is plugged in with
+# `tartan attach`, and the containers ping each other across hosts. The
+# script also adds a hand-written flannel lease with etcdctl and shows it
+# arriving as a peer. Nothing outside the namespaces it creates is touched.
+# Needs root, etcd, etcdctl, iproute2 and ping.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
-for tool in etcd etcdctl ip; do
+backend=${1:-vxlan}
+case "$backend" in vxlan|host-gw) ;; *) echo "demo: backend must be vxlan or host-gw" >&2; exit 2 ;; esac
+for tool in etcd etcdctl ip ping; do
   command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install etcd-server etcd-client iproute2)" >&2; exit 1; }
 done
 cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
@@ -23,12 +27,13 @@ tag=tdemo$$
 hub=$tag-hub
 work=$(mktemp -d)
 hosts=(h1 h2 h3)
+containers=()
 pids=()
 cleanup() {
   # Agents first, with SIGTERM: a clean shutdown, as systemd would do it.
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for ns in "${hosts[@]/#/$tag-}" "$hub"; do
+  for ns in "${containers[@]}" "${hosts[@]/#/$tag-}" "$hub"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done
@@ -54,7 +59,7 @@ pids+=($!)
 export ETCDCTL_API=3
 ctl() { ip netns exec "$hub" etcdctl --endpoints "$endpoint" "$@"; }
 for _ in $(seq 100); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
-ctl put /coreos.com/network/config '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+ctl put /coreos.com/network/config "{\"Network\":\"10.5.0.0/16\",\"Backend\":{\"Type\":\"$backend\"}}"
 
 n=0
 for h in "${hosts[@]}"; do
@@ -91,6 +96,33 @@ ip netns exec "$tag-h1" "$tartan" status --api-socket "$work/h1/tartan.sock"
 say "tartan status -o json on h3 (peers only)"
 ip netns exec "$tag-h3" "$tartan" status -o json --api-socket "$work/h3/tartan.sock" |
   python3 -c 'import json,sys; [print(p["subnet"], p["public_ip"], p["backend_type"]) for p in json.load(sys.stdin)["peers"]]'
+
+declare -A address
+for h in "${hosts[@]}"; do
+  c=$tag-c-$h
+  ip netns add "$c"
+  containers+=("$c")
+  address[$h]=$("$tartan" attach "$c" --api-socket "$work/$h/tartan.sock")
+  say "container $c on $h: tartan attach -> ${address[$h]}"
+  ip -n "$c" -br addr show eth0
+done
+
+say "routes on h1 ($backend)"
+ip -n "$tag-h1" route show proto 84
+
+for from in "${hosts[@]}"; do
+  for to in "${hosts[@]}"; do
+    [ "$from" = "$to" ] && continue
+    target=${address[$to]%/*}
+    ok=no
+    for _ in $(seq 20); do
+      if ip netns exec "$tag-c-$from" ping -c 1 -W 1 "$target" >/dev/null 2>&1; then ok=yes; break; fi
+      sleep 0.25
+    done
+    echo "ping from the container on $from to ${target} (on $to): $ok"
+    [ "$ok" = yes ] || { echo "demo: the overlay does not work; agent log of $from:"; tail -n 20 "$work/$from/agent.log"; exit 1; }
+  done
+done
 
 say "leases in etcd"
 ctl get --prefix /coreos.com/network/subnets/
