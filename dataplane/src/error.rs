@@ -25,6 +25,12 @@ pub enum DataplaneError {
     NoDefaultRoute,
     #[error("{0}")]
     Conflict(String),
+    #[error("nf_tables: {op} failed")]
+    Nftables {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("this kernel has no {0} support")]
     Unsupported(&'static str),
     #[error("{0:?} is not an interface name or IPv4 address")]

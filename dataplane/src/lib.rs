@@ -10,6 +10,7 @@ mod error;
 mod host;
 mod link;
 mod netlink;
+mod nftables;
 mod overlay;
 mod veth;
 mod vxlan;
@@ -19,6 +20,7 @@ pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
 pub use link::{LinkState, VxlanInfo};
 pub use netlink::Netlink;
+pub use nftables::{ensure_masquerade, remove_masquerade, MasqueradeSpec};
 pub use overlay::{
     diff, FdbSpec, NeighbourSpec, OverlayChanges, OverlayScope, OverlayState, RouteSpec,
     ROUTE_PROTOCOL,
