@@ -23,7 +23,7 @@ use crate::backend::{lease_data, Underlay};
 use crate::config::{Backend, NetworkConfig};
 use crate::etcd::{EtcdOptions, Registry};
 use crate::lease::{lease_key, LeaseAttrs};
-use crate::node::NodeDataplane;
+use crate::node::{NodeDataplane, MASQUERADE_TABLE};
 use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::subnet_file::{previous_subnet, SubnetFile};
 use crate::{api, node, notify};
@@ -39,6 +39,8 @@ pub struct AgentOptions {
     pub subnet_lease_renew_margin: Duration,
     pub state_dir: PathBuf,
     pub api_socket: PathBuf,
+    /// Masquerade traffic from the cluster network to the outside.
+    pub ip_masq: bool,
 }
 
 /// This node's lease as the agent holds it.
@@ -105,6 +107,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     let _ = notify::notify("STOPPING=1");
     server.shutdown().await;
+    if opts.ip_masq {
+        // The rules go with the agent; the next start puts them back.
+        match tokio::task::spawn_blocking(|| tartan_dataplane::remove_masquerade(MASQUERADE_TABLE))
+            .await
+        {
+            Ok(Ok(())) => info!("removed the masquerading rules"),
+            Ok(Err(err)) => warn!(error = %err, "could not remove the masquerading rules"),
+            Err(err) => warn!(error = %err, "could not remove the masquerading rules"),
+        }
+    }
     outcome
 }
 
@@ -182,6 +194,7 @@ async fn run_node(
             netlink: netlink.clone(),
             backend: backend.clone(),
             underlay,
+            masquerade: opts.ip_masq.then(|| config.network()),
             vtep_mac: match backend {
                 Backend::Vxlan { vni, .. } => Some(stable_vtep_mac(public_ip, *vni)),
                 _ => None,
@@ -213,7 +226,7 @@ async fn run_node(
         network: config.network(),
         subnet,
         mtu: config.backend.mtu(underlay_mtu),
-        ip_masq: false,
+        ip_masq: opts.ip_masq,
     };
     if let Some(dataplane) = &dataplane {
         let devices = dataplane.ensure_devices(held.subnet).await?;

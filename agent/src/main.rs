@@ -129,6 +129,10 @@ struct AgentArgs {
     /// Unix socket of the local API.
     #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
     api_socket: PathBuf,
+    /// Masquerade traffic from the cluster network to destinations outside it
+    /// (nftables table `ip tartan`, removed on clean shutdown).
+    #[arg(long, env = "TARTAN_IP_MASQ")]
+    ip_masq: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -166,6 +170,7 @@ impl AgentArgs {
             subnet_lease_renew_margin: self.subnet_lease_renew_margin,
             state_dir: self.state_dir,
             api_socket: self.api_socket,
+            ip_masq: self.ip_masq,
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
-use tartan_dataplane::{BridgeSpec, Netlink, OverlayChanges, OverlayScope, VxlanSpec};
+use tartan_dataplane::{
+    ensure_masquerade, BridgeSpec, MasqueradeSpec, Netlink, OverlayChanges, OverlayScope, VxlanSpec,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -26,7 +28,12 @@ pub struct NodeDataplane {
     pub backend: Backend,
     pub underlay: Underlay,
     pub vtep_mac: Option<[u8; 6]>,
+    /// The cluster network to masquerade (`--ip-masq`), if asked to.
+    pub masquerade: Option<Ipv4Network>,
 }
+
+/// The nf_tables table `--ip-masq` owns.
+pub const MASQUERADE_TABLE: &str = "tartan";
 
 /// The indexes of the devices after a setup pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +78,20 @@ impl NodeDataplane {
             ),
             _ => None,
         };
+        if let Some(network) = self.masquerade {
+            let spec = MasqueradeSpec {
+                table: MASQUERADE_TABLE.to_string(),
+                network,
+            };
+            // nf_tables is spoken over a blocking socket; keep it off the runtime's workers.
+            let rebuilt = tokio::task::spawn_blocking(move || ensure_masquerade(&spec))
+                .await
+                .context("masquerading task")?
+                .context("installing the masquerading rules")?;
+            if rebuilt {
+                info!(%network, table = MASQUERADE_TABLE, "installed the masquerading rules");
+            }
+        }
         Ok(Devices { bridge, vxlan })
     }
 

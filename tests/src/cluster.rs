@@ -35,6 +35,17 @@ impl Cluster {
     /// Starts etcd, writes `config`, and brings up `hosts` agents on the
     /// underlay `10.<octet>.0.0/24`.
     pub fn start(name: &str, octet: u8, config: &str, hosts: usize) -> Result<Cluster> {
+        Self::start_with(name, octet, config, hosts, &[])
+    }
+
+    /// As `start`, with extra `tartan agent` arguments for every agent.
+    pub fn start_with(
+        name: &str,
+        octet: u8,
+        config: &str,
+        hosts: usize,
+        agent_args: &[&str],
+    ) -> Result<Cluster> {
         prereq::require_root()?;
         prereq::require_binary("ip")?;
         let underlay = Underlay::create(name, (Ipv4Addr::new(10, octet, 0, 0), 24))?;
@@ -54,6 +65,7 @@ impl Cluster {
                 etcd_endpoints: cluster.etcd.endpoint(),
                 etcd_prefix: cluster.prefix.clone(),
                 netns: Some(host.netns.name().to_string()),
+                extra_args: agent_args.iter().map(|a| a.to_string()).collect(),
                 ..AgentConfig::default()
             })?;
             cluster.hosts.push(host);

@@ -133,3 +133,51 @@ fn vxlan_with_direct_routing_uses_the_underlay_between_neighbours() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn ip_masq_lets_containers_reach_beyond_the_cluster_network() -> Result<()> {
+    tartan_tests::prereq::require_binary("nft")?;
+    let config = r#"{"Network":"10.8.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    // Without --ip-masq the hub (outside 10.8.0.0/16, no route back) never answers.
+    let mut plain = Cluster::start("nm", 238, config, 1)?;
+    let c = plain.container(0, "nmc")?;
+    ensure!(
+        !plain.ping(&c, plain.underlay.hub_ip())?,
+        "unmasqueraded traffic must not come back"
+    );
+    drop(plain);
+
+    let mut cluster = Cluster::start_with("ms", 239, config, 1, &["--ip-masq"])?;
+    let env = cluster.agents[0].subnet_env()?;
+    assert_eq!(env.get("FLANNEL_IPMASQ").map(String::as_str), Some("true"));
+    let c = cluster.container(0, "msc")?;
+    let hub = cluster.underlay.hub_ip();
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        cluster.ping(&c, hub)
+    })
+    .context("a masqueraded container reaches the hub")?;
+
+    let host = &cluster.hosts[0].netns;
+    let table = |host: &tartan_tests::netns::Netns| -> Result<bool> {
+        Ok(host
+            .exec("nft", &["list", "table", "ip", "tartan"])?
+            .status
+            .success())
+    };
+    ensure!(table(host)?, "the table exists");
+    ensure!(host
+        .exec("nft", &["delete", "table", "ip", "tartan"])?
+        .status
+        .success());
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        table(&cluster.hosts[0].netns)
+    })
+    .context("the deleted table is re-asserted")?;
+    let status = cluster.agents[0].terminate()?;
+    ensure!(status.success(), "clean exit");
+    ensure!(
+        !table(&cluster.hosts[0].netns)?,
+        "the table goes with the agent"
+    );
+    Ok(())
+}
