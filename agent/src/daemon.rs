@@ -195,6 +195,8 @@ async fn run_node(
             backend: backend.clone(),
             underlay,
             masquerade: opts.ip_masq.then(|| config.network()),
+            network: config.network(),
+            udp: std::sync::Mutex::new(None),
             vtep_mac: match backend {
                 Backend::Vxlan { vni, .. } => Some(stable_vtep_mac(public_ip, *vni)),
                 _ => None,

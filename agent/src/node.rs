@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
+use std::net::SocketAddrV4;
+
 use tartan_dataplane::{
-    ensure_masquerade, BridgeSpec, MasqueradeSpec, Netlink, OverlayChanges, OverlayScope, VxlanSpec,
+    ensure_masquerade, BridgeSpec, MasqueradeSpec, Netlink, OverlayChanges, OverlayScope, PeerMap,
+    UdpOverlay, UdpOverlaySpec, VxlanSpec,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -30,7 +33,14 @@ pub struct NodeDataplane {
     pub vtep_mac: Option<[u8; 6]>,
     /// The cluster network to masquerade (`--ip-masq`), if asked to.
     pub masquerade: Option<Ipv4Network>,
+    /// The cluster network (the udp backend's TUN device carries all of it).
+    pub network: Ipv4Network,
+    /// The udp backend's packet pump, once started.
+    pub udp: std::sync::Mutex<Option<UdpOverlay>>,
 }
+
+/// The udp backend's TUN device.
+pub const UDP_DEVICE_NAME: &str = "tartan-udp";
 
 /// The nf_tables table `--ip-masq` owns.
 pub const MASQUERADE_TABLE: &str = "tartan";
@@ -78,6 +88,9 @@ impl NodeDataplane {
             ),
             _ => None,
         };
+        if let Backend::Udp { port } = self.backend {
+            self.ensure_udp(own, port).await?;
+        }
         if let Some(network) = self.masquerade {
             let spec = MasqueradeSpec {
                 table: MASQUERADE_TABLE.to_string(),
@@ -95,6 +108,36 @@ impl NodeDataplane {
         Ok(Devices { bridge, vxlan })
     }
 
+    async fn ensure_udp(&self, own: Ipv4Network, port: u16) -> Result<()> {
+        if lock_udp(&self.udp).is_some() {
+            return Ok(());
+        }
+        let spec = UdpOverlaySpec {
+            tun_name: UDP_DEVICE_NAME.to_string(),
+            listen: SocketAddrV4::new(self.underlay.ip, port),
+            own,
+            network: self.network,
+            mtu: self.mtu(),
+        };
+        let overlay = UdpOverlay::start(&self.netlink, &spec, PeerMap::new(own.prefix()))
+            .await
+            .context("starting the udp overlay")?;
+        info!(device = UDP_DEVICE_NAME, listen = %spec.listen, "udp overlay running");
+        *lock_udp(&self.udp) = Some(overlay);
+        Ok(())
+    }
+
+    /// Hands the udp packet thread the current peers.
+    fn update_udp_peers(&self, own: Ipv4Network, port: u16, peers: &[Lease]) {
+        let mut map = PeerMap::new(own.prefix());
+        for lease in peers.iter().filter(|l| l.attrs.backend_type == "udp") {
+            map.insert(lease.subnet, SocketAddrV4::new(lease.attrs.public_ip, port));
+        }
+        if let Some(overlay) = lock_udp(&self.udp).as_ref() {
+            overlay.set_peers(map);
+        }
+    }
+
     /// One reconciliation pass: devices, then the overlay for `peers`.
     async fn reconcile(
         &self,
@@ -103,6 +146,9 @@ impl NodeDataplane {
         reported: &mut HashSet<String>,
     ) -> Result<OverlayChanges> {
         let devices = self.ensure_devices(own).await?;
+        if let Backend::Udp { port } = self.backend {
+            self.update_udp_peers(own, port, peers);
+        }
         let (desired, skipped) =
             desired_overlay(&self.backend, peers, &self.underlay, devices.vxlan);
         for skip in skipped {
@@ -116,6 +162,12 @@ impl NodeDataplane {
         };
         Ok(self.netlink.apply_overlay(&desired, scope).await?)
     }
+}
+
+fn lock_udp(
+    udp: &std::sync::Mutex<Option<UdpOverlay>>,
+) -> std::sync::MutexGuard<'_, Option<UdpOverlay>> {
+    udp.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn enable_ip_forwarding() -> Result<()> {

@@ -12,6 +12,7 @@ mod link;
 mod netlink;
 mod nftables;
 mod overlay;
+pub mod udp;
 mod veth;
 mod vxlan;
 
@@ -25,5 +26,6 @@ pub use overlay::{
     diff, FdbSpec, NeighbourSpec, OverlayChanges, OverlayScope, OverlayState, RouteSpec,
     ROUTE_PROTOCOL,
 };
+pub use udp::{PeerMap, UdpOverlay, UdpOverlaySpec};
 pub use veth::VethSpec;
 pub use vxlan::{stable_vtep_mac, VxlanSpec};

@@ -1,12 +1,12 @@
 //! End to end across simulated hosts: containers on different hosts reach
-//! each other by their overlay addresses, for each kernel backend, and the
-//! overlay follows hosts that leave, agents that restart and routes that
-//! someone deletes.
+//! each other by their overlay addresses, for each backend, and the overlay
+//! follows hosts that leave, agents that restart and routes that someone
+//! deletes.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::cluster::{Cluster, Container, READY};
 use tartan_tests::wait::wait_until;
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -15,8 +15,23 @@ fn subnet_of(cluster: &Cluster, host: usize) -> Result<String> {
     cluster.agents[host].subnet()
 }
 
-/// The whole scenario for one backend.
-fn scenario(name: &str, octet: u8, config: &str) -> Result<()> {
+fn peers_of(cluster: &Cluster, host: usize) -> Result<Vec<String>> {
+    let status = cluster.agents[host].status_json()?;
+    Ok(status["peers"]
+        .as_array()
+        .map(|peers| {
+            peers
+                .iter()
+                .filter_map(|l| l["subnet"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The whole scenario for one backend. `per_peer_routes`: whether the
+/// backend installs a kernel route per peer subnet (udp routes the whole
+/// network into its TUN device instead).
+fn scenario(name: &str, octet: u8, config: &str, per_peer_routes: bool) -> Result<()> {
     let mut cluster = Cluster::start(name, octet, config, 3)?;
     let a = cluster.container(0, &format!("{name}a"))?;
     let b = cluster.container(1, &format!("{name}b"))?;
@@ -46,23 +61,9 @@ fn scenario(name: &str, octet: u8, config: &str) -> Result<()> {
     cluster.tcp_transfer(&a, &b, 1 << 20)?;
     cluster.tcp_transfer(&b, &a, 1 << 20)?;
 
-    // A deleted route comes back within seconds.
-    let host0 = cluster.hosts[0].netns.name().to_string();
-    let out = std::process::Command::new("ip")
-        .args(["-n", &host0, "route", "del", &subnet_b])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "deleting the route: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(CONVERGE, Duration::from_millis(200), || {
-        Ok(!cluster.route(0, &subnet_b)?.is_empty())
-    })
-    .context("the deleted route was not restored")?;
-    wait_until(CONVERGE, Duration::from_millis(200), || {
-        cluster.ping(&a, b.address)
-    })?;
+    if per_peer_routes {
+        deleted_route_comes_back(&cluster, &a, &b, &subnet_b)?;
+    }
 
     // An agent restart keeps the subnet and the connectivity.
     cluster.agents[1].terminate()?;
@@ -77,20 +78,56 @@ fn scenario(name: &str, octet: u8, config: &str) -> Result<()> {
         "connectivity after the restart"
     );
 
-    // A host that stops and whose lease is deleted disappears from the others' routes.
+    // A host that stops and whose lease is deleted disappears from the others.
     ensure!(
-        !cluster.route(0, &subnet_c)?.is_empty(),
-        "host 0 routes to host 2 first"
+        peers_of(&cluster, 0)?.contains(&subnet_c),
+        "host 0 knows host 2 first"
     );
+    if per_peer_routes {
+        ensure!(
+            !cluster.route(0, &subnet_c)?.is_empty(),
+            "host 0 routes to host 2 first"
+        );
+    }
     cluster.agents[2].terminate()?;
-    cluster.etcdctl(&[
-        "del",
-        &format!("{}/subnets/{}", cluster.prefix, subnet_c.replace('/', "-")),
-    ])?;
+    let key = format!("{}/subnets/{}", cluster.prefix, subnet_c.replace('/', "-"));
+    cluster.etcdctl(&["del", &key])?;
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        Ok(cluster.route(0, &subnet_c)?.is_empty() && cluster.route(1, &subnet_c)?.is_empty())
+        let routed = per_peer_routes
+            && !(cluster.route(0, &subnet_c)?.is_empty()
+                && cluster.route(1, &subnet_c)?.is_empty());
+        let known = peers_of(&cluster, 0)?.contains(&subnet_c)
+            || peers_of(&cluster, 1)?.contains(&subnet_c);
+        Ok(!routed && !known)
     })
-    .context("host 2's subnet is still routed")?;
+    .context("host 2 is still known or routed")?;
+    Ok(())
+}
+
+/// Somebody deletes the route to a peer, then the VXLAN or host device:
+/// both are back within seconds and traffic flows again.
+fn deleted_route_comes_back(
+    cluster: &Cluster,
+    a: &Container,
+    b: &Container,
+    subnet_b: &str,
+) -> Result<()> {
+    let host0 = cluster.hosts[0].netns.name().to_string();
+    let out = std::process::Command::new("ip")
+        .args(["-n", &host0, "route", "del", subnet_b])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "deleting the route: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(!cluster.route(0, subnet_b)?.is_empty())
+    })
+    .context("the deleted route was not restored")?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        cluster.ping(a, b.address)
+    })?;
     Ok(())
 }
 
@@ -100,6 +137,7 @@ fn vxlan_connects_containers_across_hosts() -> Result<()> {
         "vx",
         235,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        true,
     )
 }
 
@@ -109,7 +147,43 @@ fn host_gw_connects_containers_across_hosts() -> Result<()> {
         "hg",
         236,
         r#"{"Network":"10.6.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        true,
     )
+}
+
+#[test]
+fn udp_connects_containers_across_hosts() -> Result<()> {
+    scenario(
+        "ud",
+        234,
+        r#"{"Network":"10.9.0.0/16","Backend":{"Type":"udp"}}"#,
+        false,
+    )
+}
+
+#[test]
+fn a_deleted_vxlan_device_is_recreated() -> Result<()> {
+    let mut cluster = Cluster::start(
+        "vd",
+        233,
+        r#"{"Network":"10.4.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        2,
+    )?;
+    let a = cluster.container(0, "vda")?;
+    let b = cluster.container(1, "vdb")?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        cluster.ping(&a, b.address)
+    })?;
+    let out = cluster.hosts[0]
+        .netns
+        .exec("ip", &["link", "del", "tartan.1"])?;
+    ensure!(out.status.success(), "deleting the device");
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        cluster.ping(&a, b.address)
+    })
+    .context("traffic flows again once the device and its entries are back")?;
+    ensure!(!cluster.route(0, &subnet_of(&cluster, 1)?)?.is_empty());
+    Ok(())
 }
 
 #[test]
