@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # iperf3 throughput between containers on two simulated hosts, for each
-# kernel backend, beside the bare underlay between the two hosts, in one run.
+# backend (vxlan, host-gw, udp), beside the bare underlay between the two hosts, in one run.
 #
 #   sudo bench/throughput.sh [SECONDS]     (default 5; needs etcd, etcdctl, iproute2, iperf3)
 #
@@ -87,3 +87,4 @@ run_backend() {
 echo "iperf3, ${secs}s per run, 2 cores shared by everything:"
 run_backend vxlan 1
 run_backend host-gw 2
+run_backend udp 3

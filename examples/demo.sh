@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A three-host Tartan cluster on one machine, torn down at the end.
 #
-#   sudo examples/demo.sh [vxlan|host-gw]        (default vxlan)
+#   sudo examples/demo.sh [vxlan|host-gw|udp]        (default vxlan)
 #
 # Builds: a hub network namespace with a bridge (the "underlay"), etcd in the
 # hub, three host namespaces with a veth each onto the bridge, and one
@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
 backend=${1:-vxlan}
-case "$backend" in vxlan|host-gw) ;; *) echo "demo: backend must be vxlan or host-gw" >&2; exit 2 ;; esac
+case "$backend" in vxlan|host-gw|udp) ;; *) echo "demo: backend must be vxlan, host-gw or udp" >&2; exit 2 ;; esac
 for tool in etcd etcdctl ip ping; do
   command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install etcd-server etcd-client iproute2)" >&2; exit 1; }
 done
@@ -108,7 +108,7 @@ for h in "${hosts[@]}"; do
 done
 
 say "routes on h1 ($backend)"
-ip -n "$tag-h1" route show proto 84
+ip -n "$tag-h1" route show
 
 for from in "${hosts[@]}"; do
   for to in "${hosts[@]}"; do
