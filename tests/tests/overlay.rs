@@ -255,3 +255,131 @@ fn ip_masq_lets_containers_reach_beyond_the_cluster_network() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs the CLI against host 0's agent: (success, stdout, stderr).
+fn cli(cluster: &Cluster, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = cluster.agents[0].cli(args)?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    ))
+}
+
+/// The three forms of CONTAINER, explicit addresses, and bad input: one
+/// line each, and nothing left half-made.
+#[test]
+fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<()> {
+    let mut cluster = Cluster::start(
+        "at",
+        232,
+        r#"{"Network":"10.3.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        1,
+    )?;
+    let subnet = cluster.agents[0].subnet()?;
+    let base = subnet.split('/').next().context("subnet")?.to_string();
+    let prefix: String = base
+        .rsplit_once('.')
+        .map(|(p, _)| p.to_string())
+        .context("prefix")?;
+    let host_links = |cluster: &Cluster| -> Result<usize> {
+        let out = cluster.hosts[0].netns.exec("ip", &["-o", "link", "show"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+    };
+
+    // By netns name, with an explicit address.
+    let named = tartan_tests::netns::Netns::create("atn")?;
+    let wanted = format!("{prefix}.77/24");
+    let (ok, out, err) = cli(&cluster, &["attach", &wanted, named.name()])?;
+    ensure!(ok && out == wanted, "attach {wanted}: {out} {err}");
+
+    // By path and by PID, next free addresses.
+    let by_path = tartan_tests::netns::Netns::create("atp")?;
+    let (ok, out, err) = cli(&cluster, &["attach", &by_path.path().to_string_lossy()])?;
+    ensure!(
+        ok && out == format!("{prefix}.2/24"),
+        "attach by path: {out} {err}"
+    );
+    let mut sleeper = by_path.command("sleep").arg("60").spawn()?;
+    let pid_ns = tartan_tests::netns::Netns::create("atq")?;
+    let mut pid_sleeper = pid_ns.command("sleep").arg("60").spawn()?;
+    let (ok, out, err) = cli(&cluster, &["attach", &pid_sleeper.id().to_string()])?;
+    ensure!(
+        ok && out == format!("{prefix}.3/24"),
+        "attach by pid: {out} {err}"
+    );
+
+    // Bad input: one line, non-zero, and no new interface on the host.
+    let links_before = host_links(&cluster)?;
+    let spare = tartan_tests::netns::Netns::create("ats")?;
+    for (args, needle) in [
+        (
+            vec![
+                "attach".to_string(),
+                "10.200.0.5/24".into(),
+                spare.name().into(),
+            ],
+            "outside the node subnet",
+        ),
+        (
+            vec!["attach".into(), wanted.clone(), spare.name().into()],
+            "already in use",
+        ),
+        (
+            vec![
+                "attach".into(),
+                format!("{prefix}.1/24"),
+                spare.name().into(),
+            ],
+            "reserved",
+        ),
+        (
+            vec!["attach".into(), named.name().into()],
+            "already attached",
+        ),
+        (
+            vec!["attach".into(), "tt-no-such-netns".into()],
+            "no network namespace",
+        ),
+        (vec!["detach".into(), spare.name().into()], "not attached"),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = cli(&cluster, &args)?;
+        ensure!(
+            !ok && err.lines().count() == 1 && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    ensure!(
+        host_links(&cluster)? == links_before,
+        "nothing half-made on the host"
+    );
+
+    // Detach frees the address and the interface; the next attach reuses it.
+    let (ok, _, err) = cli(&cluster, &["detach", &by_path.path().to_string_lossy()])?;
+    ensure!(ok, "detach: {err}");
+    ensure!(
+        by_path.exec("ip", &["link", "show", "eth0"])?.status.code() != Some(0),
+        "eth0 gone"
+    );
+    let (ok, out, _) = cli(&cluster, &["attach", spare.name()])?;
+    ensure!(
+        ok && out == format!("{prefix}.2/24"),
+        "the freed address is reused: {out}"
+    );
+
+    // Addresses survive an agent restart.
+    cluster.agents[0].terminate()?;
+    cluster.agents[0].restart()?;
+    cluster.agents[0].wait_ready(READY)?;
+    let (ok, _, err) = cli(&cluster, &["attach", named.name()])?;
+    ensure!(
+        !ok && err.contains(&format!("already attached with {prefix}.77")),
+        "{err}"
+    );
+    sleeper.kill().ok();
+    pid_sleeper.kill().ok();
+    sleeper.wait().ok();
+    pid_sleeper.wait().ok();
+    Ok(())
+}
