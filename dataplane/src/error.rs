@@ -38,3 +38,8 @@ pub enum DataplaneError {
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// Maps an rtnetlink failure to the crate's error, naming the operation.
+pub(crate) fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
+    move |source| DataplaneError::Netlink { op, source }
+}

@@ -9,6 +9,7 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::LinkUnspec;
 
+use crate::error::netlink_err;
 use crate::{DataplaneError, Netlink, Result};
 
 /// The VXLAN settings of a link, as read back from the kernel.
@@ -32,10 +33,6 @@ pub struct LinkState {
     pub kind: Option<String>,
     pub controller: Option<u32>,
     pub vxlan: Option<VxlanInfo>,
-}
-
-fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
-    move |source| DataplaneError::Netlink { op, source }
 }
 
 pub(crate) fn parse_link(msg: &LinkMessage) -> Option<LinkState> {

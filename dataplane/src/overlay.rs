@@ -17,6 +17,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 
+use crate::error::netlink_err;
 use crate::{DataplaneError, Netlink, Result};
 
 /// The protocol number Tartan's routes carry, so that reconciliation can
@@ -132,10 +133,6 @@ where
         .collect()
         .await;
     results.into_iter().filter_map(Result::err).collect()
-}
-
-fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
-    move |source| DataplaneError::Netlink { op, source }
 }
 
 fn parse_route(msg: &RouteMessage) -> Option<RouteSpec> {

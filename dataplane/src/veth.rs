@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use ipnetwork::Ipv4Network;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use crate::error::netlink_err;
 use crate::{DataplaneError, Netlink, Result};
 
 /// One container interface on the node bridge.
@@ -23,10 +24,6 @@ pub struct VethSpec {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub bridge_index: u32,
-}
-
-fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
-    move |source| DataplaneError::Netlink { op, source }
 }
 
 impl Netlink {
