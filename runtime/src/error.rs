@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+/// Everything the runtime can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the archive is not a usable image: {0}")]
+    CorruptArchive(String),
+    #[error("bad image reference {0}")]
+    BadReference(String),
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    #[error("{0} matches more than one image; give more of the id")]
+    Ambiguous(String),
+    #[error("image {image} is in use by {user}")]
+    ImageInUse { image: String, user: String },
+    #[error("the image store at {path} is damaged")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// An I/O error mapper that names the operation and the path.
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let path = path.into();
+    move |source| RuntimeError::Io { op, path, source }
+}

@@ -1,0 +1,200 @@
+//! The image store against real archives: a busybox root filesystem made
+//! from Debian's busybox-static, tarred by the real `tar`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use tartan_runtime::{ImageStore, Reference, RuntimeError};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A minimal root filesystem: busybox, a few applet links, /etc/passwd.
+fn rootfs(dir: &Path) -> Result<PathBuf> {
+    ensure!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} is missing: install Debian's busybox-static (see .ci/run)"
+    );
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::create_dir_all(root.join("etc"))?;
+    std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
+    for applet in ["sh", "ls", "cat", "echo", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    Ok(root)
+}
+
+/// `tar -C root -c .`, as the users produce it; gzip on request.
+fn tarball(root: &Path, gzip: bool) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("tar");
+    cmd.arg("-C")
+        .arg(root)
+        .arg(if gzip { "-czf" } else { "-cf" })
+        .arg("-")
+        .arg(".");
+    let out = cmd.output().context("running tar")?;
+    ensure!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
+fn store_dirs(store_root: &Path) -> Result<(usize, usize)> {
+    let layers = std::fs::read_dir(store_root.join("layers"))?.count();
+    let tmp = std::fs::read_dir(store_root.join("tmp"))?.count();
+    Ok((layers, tmp))
+}
+
+#[test]
+fn import_list_share_and_remove() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = rootfs(dir.path())?;
+    let store_root = dir.path().join("store");
+    let store = ImageStore::open(&store_root)?;
+
+    let plain = tarball(&root, false)?;
+    let image = store.import(&plain[..], &"busybox".parse()?)?;
+    assert_eq!(
+        (image.name.as_str(), image.tag.as_str()),
+        ("busybox", "latest")
+    );
+    assert_eq!(image.layers.len(), 1);
+    let busybox_len = std::fs::metadata(BUSYBOX)?.len();
+    ensure!(
+        image.size >= busybox_len,
+        "size {} counts busybox",
+        image.size
+    );
+    let layer = store.layer_dir(&image.layers[0]);
+    let meta = std::fs::metadata(layer.join("bin/busybox"))?;
+    ensure!(
+        meta.len() == busybox_len
+            && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0
+    );
+    assert_eq!(
+        std::fs::read_link(layer.join("bin/sh"))?,
+        Path::new("busybox")
+    );
+
+    // The same content gzipped under another tag: one layer, shared.
+    let gz = tarball(&root, true)?;
+    let again = store.import(&gz[..], &"busybox:1.36".parse()?)?;
+    assert_eq!(
+        again.layers, image.layers,
+        "the digest is of the uncompressed stream"
+    );
+    assert_eq!(again.id, image.id);
+    assert_eq!(store_dirs(&store_root)?, (1, 0));
+    let names: Vec<String> = store.list()?.iter().map(|i| i.reference()).collect();
+    assert_eq!(names, ["busybox:1.36", "busybox:latest"]);
+    assert_eq!(
+        store.resolve(&image.id[..12])?.id,
+        image.id,
+        "id prefixes resolve"
+    );
+
+    // In use: refused. Removing one tag keeps the shared layer; the last one frees it.
+    let refused = store.remove("busybox:1.36", |_| Some("container web".into()));
+    assert!(
+        matches!(refused, Err(RuntimeError::ImageInUse { .. })),
+        "{refused:?}"
+    );
+    store.remove("busybox:1.36", |_| None)?;
+    assert_eq!(store_dirs(&store_root)?, (1, 0));
+    store.remove("busybox", |_| None)?;
+    assert_eq!(store_dirs(&store_root)?, (0, 0));
+    assert!(matches!(
+        store.resolve("busybox"),
+        Err(RuntimeError::NoSuchImage(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn damaged_archives_are_refused_and_leave_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = rootfs(dir.path())?;
+    let store_root = dir.path().join("store");
+    let store = ImageStore::open(&store_root)?;
+    let good = tarball(&root, false)?;
+
+    // Cut mid-file, cut exactly at the end marker, garbage, gzip cut short, empty.
+    let end = good.iter().rposition(|b| *b != 0).context("content")? + 1;
+    let at_boundary = end.next_multiple_of(512);
+    let gz = tarball(&root, true)?;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated mid-file", good[..good.len() / 2].to_vec()),
+        (
+            "truncated at an entry boundary",
+            good[..at_boundary].to_vec(),
+        ),
+        (
+            "not an archive",
+            b"this is not a tarball at all, just text".repeat(40),
+        ),
+        ("gzip cut short", gz[..gz.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+    ];
+    for (what, bytes) in cases {
+        let err = store
+            .import(&bytes[..], &"broken".parse()?)
+            .expect_err(what);
+        ensure!(
+            matches!(err, RuntimeError::CorruptArchive(_)),
+            "{what}: {err}"
+        );
+        assert!(!err.to_string().contains('\n'), "{what}: one line: {err}");
+        assert_eq!(
+            store_dirs(&store_root)?,
+            (0, 0),
+            "{what}: nothing half-written"
+        );
+    }
+    assert!(store.list()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn entries_escaping_the_root_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store_root = dir.path().join("store");
+    let store = ImageStore::open(&store_root)?;
+    // Hand-made, since honest tools refuse to write such a name.
+    let mut header = tar::Header::new_old();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.as_old_mut().name[..13].copy_from_slice(b"../escaped.tx");
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(b"evil");
+    bytes.resize(1024, 0);
+    bytes.extend_from_slice(&[0; 1024]);
+    let err = store
+        .import(&bytes[..], &"evil".parse()?)
+        .expect_err("escape");
+    ensure!(matches!(err, RuntimeError::CorruptArchive(_)), "{err}");
+    ensure!(!store_root.join("tmp/escaped.tx").exists() && !store_root.join("escaped.tx").exists());
+    assert_eq!(store_dirs(&store_root)?, (0, 0));
+    Ok(())
+}
+
+#[test]
+fn an_interrupted_import_is_cleaned_up_on_open() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store_root = dir.path().join("store");
+    drop(ImageStore::open(&store_root)?);
+    let leftover = store_root.join("tmp/import-deadbeef/rootfs");
+    std::fs::create_dir_all(&leftover)?;
+    std::fs::File::create(leftover.join("half"))?.write_all(b"x")?;
+    let _store = ImageStore::open(&store_root)?;
+    assert_eq!(store_dirs(&store_root)?, (0, 0));
+    let bad: Result<Reference, _> = "Not Valid".parse();
+    assert!(bad.is_err());
+    Ok(())
+}
