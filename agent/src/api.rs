@@ -13,8 +13,9 @@ use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
-    AttachRequest, AttachResponse, DetachRequest, DetachResponse, Lease as PbLease,
-    NetworkConfig as PbConfig, StatusRequest, StatusResponse,
+    AttachRequest, AttachResponse, DetachRequest, DetachResponse, Image as PbImage, ImagesRequest,
+    ImagesResponse, ImportChunk, Lease as PbLease, NetworkConfig as PbConfig, RemoveImageRequest,
+    StatusRequest, StatusResponse,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 use crate::attach::{Attacher, ContainerRef};
 use crate::daemon::{lock, SharedState};
 use crate::etcd::Registry;
+use crate::images::{ChunkReader, Images};
 use crate::lease::Lease;
 
 /// How many lease TTL look-ups a status call keeps in flight.
@@ -38,6 +40,28 @@ struct AgentService {
     state: SharedState,
     registry: Registry,
     attacher: SharedAttacher,
+    images: Images,
+}
+
+fn to_pb_image(image: tartan_runtime::Image) -> PbImage {
+    PbImage {
+        id: image.id,
+        name: image.name,
+        tag: image.tag,
+        layers: image.layers,
+        size: image.size,
+        created: image.created,
+    }
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(failed),
+        Err(err) => Err(Status::internal(format!("the worker failed: {err}"))),
+    }
 }
 
 impl AgentService {
@@ -121,6 +145,86 @@ impl Agent for AgentService {
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
         }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<tonic::Streaming<ImportChunk>>,
+    ) -> Result<Response<PbImage>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an import needs at least one chunk"))?;
+        let reference: tartan_runtime::Reference = first
+            .reference
+            .parse()
+            .map_err(|e: tartan_runtime::RuntimeError| Status::invalid_argument(e.to_string()))?;
+        // A small queue: the network waits for the disk rather than filling memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let images = self.images.clone();
+        let target = reference.clone();
+        let extraction =
+            tokio::task::spawn_blocking(move || images.import(ChunkReader::new(rx), &target));
+        let mut chunk = first.data;
+        let mut broken = None;
+        loop {
+            if !chunk.is_empty() {
+                let sender = tx.clone();
+                let sent = tokio::task::spawn_blocking(move || sender.send(chunk)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    // The extraction stopped early (a bad archive); its error says why.
+                    break;
+                }
+            }
+            match stream.message().await {
+                Ok(Some(next)) => chunk = next.data,
+                Ok(None) => break,
+                Err(status) => {
+                    broken = Some(status);
+                    break;
+                }
+            }
+        }
+        if let Some(status) = broken {
+            // Poison the archive so that nothing half-received is stored.
+            let _ = tx.send(b"\x01 stream broken".to_vec());
+            drop(tx);
+            let _ = extraction.await;
+            return Err(Status::aborted(format!(
+                "the upload broke: {}",
+                status.message()
+            )));
+        }
+        drop(tx);
+        let image = match extraction.await {
+            Ok(result) => result.map_err(failed)?,
+            Err(err) => return Err(Status::internal(format!("the import failed: {err}"))),
+        };
+        info!(image = %image.reference(), id = %image.id, "imported an image");
+        Ok(Response::new(to_pb_image(image)))
+    }
+
+    async fn images(
+        &self,
+        _request: Request<ImagesRequest>,
+    ) -> Result<Response<ImagesResponse>, Status> {
+        let images = self.images.clone();
+        let list = blocking(move || images.list()).await?;
+        Ok(Response::new(ImagesResponse {
+            images: list.into_iter().map(to_pb_image).collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<PbImage>, Status> {
+        let name = request.into_inner().image;
+        let images = self.images.clone();
+        let removed = blocking(move || images.remove(&name)).await?;
+        info!(image = %removed.reference(), "removed an image");
+        Ok(Response::new(to_pb_image(removed)))
     }
 
     async fn detach(
@@ -208,6 +312,7 @@ pub async fn serve(
     state: SharedState,
     registry: Registry,
     attacher: SharedAttacher,
+    images: Images,
 ) -> Result<ApiServer> {
     let listener = bind_private(path).await?;
     info!(socket = %path.display(), "serving the local API");
@@ -216,6 +321,7 @@ pub async fn serve(
         state,
         registry,
         attacher,
+        images,
     });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

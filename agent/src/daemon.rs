@@ -22,6 +22,7 @@ use crate::attach::Attacher;
 use crate::backend::{lease_data, Underlay};
 use crate::config::{Backend, NetworkConfig};
 use crate::etcd::{EtcdOptions, Registry};
+use crate::images::Images;
 use crate::lease::{lease_key, LeaseAttrs};
 use crate::node::{NodeDataplane, MASQUERADE_TABLE};
 use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
@@ -89,11 +90,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let registry = connect_with_backoff(&opts.etcd, connect).await;
     let state: SharedState = Arc::new(Mutex::new(AgentState::default()));
     let attacher: SharedAttacher = Arc::new(OnceLock::new());
+    let images = Images::open(&opts.state_dir)?;
     let server = api::serve(
         &opts.api_socket,
         state.clone(),
         registry.clone(),
         attacher.clone(),
+        images,
     )
     .await?;
 

@@ -7,6 +7,7 @@ mod backend;
 mod config;
 mod daemon;
 mod etcd;
+mod images;
 mod lease;
 mod node;
 mod notify;
@@ -53,6 +54,37 @@ enum Command {
     Attach(AttachArgs),
     /// Unplug a container and free its address.
     Detach(DetachArgs),
+    /// Import a root filesystem tarball as an image: tartan import FILE|- NAME[:TAG].
+    Import(ImportArgs),
+    /// List images.
+    Images(ApiArgs),
+    /// Remove an image: tartan rmi NAME[:TAG]|ID.
+    Rmi(RmiArgs),
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Unix socket of the agent to ask.
+    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The tarball (`docker export`, `tar -C rootfs -c .`; gzip is fine), or - for standard input.
+    file: PathBuf,
+    /// NAME[:TAG]; the tag defaults to latest.
+    reference: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct RmiArgs {
+    /// NAME[:TAG] or an id prefix.
+    image: String,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -207,6 +239,81 @@ async fn detach(args: DetachArgs) -> Result<()> {
     Ok(())
 }
 
+/// Streams the archive to the agent in chunks, so that size is no limit.
+async fn import(args: ImportArgs) -> Result<()> {
+    // Refuse a bad name before reading anything.
+    let _: tartan_runtime::Reference = args.reference.parse()?;
+    let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(&args.file)
+                .await
+                .with_context(|| format!("opening {}", args.file.display()))?,
+        )
+    };
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<tartan_proto::v1::ImportChunk>(4);
+    let reference = args.reference.clone();
+    let file = args.file.clone();
+    let reading = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut first = true;
+        loop {
+            let mut data = vec![0u8; 256 * 1024];
+            let n = reader
+                .read(&mut data)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
+            if n == 0 && !first {
+                return Ok::<(), anyhow::Error>(());
+            }
+            data.truncate(n);
+            let chunk = tartan_proto::v1::ImportChunk {
+                reference: if first {
+                    reference.clone()
+                } else {
+                    String::new()
+                },
+                data,
+            };
+            first = false;
+            if tx.send(chunk).await.is_err() || n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let image = client
+        .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(refused);
+    reading.await.context("reading the archive")??;
+    println!("sha256:{}", image?.into_inner().id);
+    Ok(())
+}
+
+async fn images(args: ApiArgs) -> Result<()> {
+    let mut client = api::connect(&args.api_socket).await?;
+    let list = client
+        .images(tartan_proto::v1::ImagesRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
+    print!("{}", status::images_table(&list.images));
+    Ok(())
+}
+
+async fn rmi(args: RmiArgs) -> Result<()> {
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let image = client
+        .remove_image(tartan_proto::v1::RemoveImageRequest { image: args.image })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    println!("Untagged: {}:{}", image.name, image.tag);
+    Ok(())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TARTAN_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -283,6 +390,9 @@ fn main() -> ExitCode {
             Command::Status(args) => status(args).await,
             Command::Attach(args) => attach(args).await,
             Command::Detach(args) => detach(args).await,
+            Command::Import(args) => import(args).await,
+            Command::Images(args) => images(args).await,
+            Command::Rmi(args) => rmi(args).await,
         }
     });
     match result {

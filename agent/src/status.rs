@@ -99,6 +99,41 @@ pub fn to_table(status: &StatusResponse) -> String {
     out
 }
 
+/// `tartan images`, laid out as `docker images` does it.
+pub fn images_table(images: &[tartan_proto::v1::Image]) -> String {
+    let mut out = format!(
+        "{:<30} {:<12} {:<14} {:<22} SIZE\n",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+    );
+    for image in images {
+        let _ = writeln!(
+            out,
+            "{:<30} {:<12} {:<14} {:<22} {}",
+            image.name,
+            image.tag,
+            image.id.get(..12).unwrap_or(&image.id),
+            image.created,
+            human_size(image.size)
+        );
+    }
+    out
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +180,25 @@ mod tests {
         assert_eq!(v["peers"][0]["public_ip"], "192.168.1.11");
         assert_eq!(v["peers"][0]["expires"], Value::Null);
         assert_eq!(v["etcd_reachable"], true);
+    }
+
+    #[test]
+    fn images_are_listed_like_docker_does() {
+        let image = tartan_proto::v1::Image {
+            id: "0123456789abcdef0123".into(),
+            name: "busybox".into(),
+            tag: "latest".into(),
+            layers: vec![],
+            size: 1_982_256,
+            created: "2026-11-24T10:00:00Z".into(),
+        };
+        let table = images_table(&[image]);
+        assert!(table.starts_with("REPOSITORY"), "{table}");
+        assert!(
+            table.contains("busybox") && table.contains("0123456789ab ") && table.contains("2.0MB"),
+            "{table}"
+        );
+        assert_eq!(human_size(999), "999B");
     }
 
     #[test]

@@ -2,47 +2,11 @@
 //! from Debian's busybox-static, tarred by the real `tar`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use tartan_runtime::{ImageStore, Reference, RuntimeError};
-
-const BUSYBOX: &str = "/bin/busybox";
-
-/// A minimal root filesystem: busybox, a few applet links, /etc/passwd.
-fn rootfs(dir: &Path) -> Result<PathBuf> {
-    ensure!(
-        Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: install Debian's busybox-static (see .ci/run)"
-    );
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::create_dir_all(root.join("etc"))?;
-    std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
-    for applet in ["sh", "ls", "cat", "echo", "sleep"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    Ok(root)
-}
-
-/// `tar -C root -c .`, as the users produce it; gzip on request.
-fn tarball(root: &Path, gzip: bool) -> Result<Vec<u8>> {
-    let mut cmd = Command::new("tar");
-    cmd.arg("-C")
-        .arg(root)
-        .arg(if gzip { "-czf" } else { "-cf" })
-        .arg("-")
-        .arg(".");
-    let out = cmd.output().context("running tar")?;
-    ensure!(
-        out.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out.stdout)
-}
+use tartan_tests::rootfs::{busybox_rootfs as rootfs, tarball, BUSYBOX};
 
 fn store_dirs(store_root: &Path) -> Result<(usize, usize)> {
     let layers = std::fs::read_dir(store_root.join("layers"))?.count();

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod pki;
 pub mod prereq;
 pub mod proxy;
+pub mod rootfs;
 pub mod wait;
 
 use std::sync::atomic::{AtomicU32, Ordering};
