@@ -54,6 +54,60 @@ fn to_pb_image(image: tartan_runtime::Image) -> PbImage {
     }
 }
 
+/// Feeds an uploaded archive, chunk by chunk, to `work` running on a
+/// blocking thread. A small queue makes the network wait for the disk rather
+/// than fill memory. A broken upload is poisoned so that nothing
+/// half-received is stored.
+async fn receive_archive<T: Send + 'static>(
+    mut stream: tonic::Streaming<ImportChunk>,
+    first: Vec<u8>,
+    work: impl FnOnce(ChunkReader) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let worker = tokio::task::spawn_blocking(move || work(ChunkReader::new(rx)));
+    let send = |chunk: Vec<u8>| {
+        let sender = tx.clone();
+        async move {
+            matches!(
+                tokio::task::spawn_blocking(move || sender.send(chunk)).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    let mut chunk = first;
+    let mut broken = None;
+    loop {
+        // A refused send means the worker stopped early (a bad archive); its error says why.
+        if !chunk.is_empty() && !send(chunk).await {
+            break;
+        }
+        match stream.message().await {
+            Ok(Some(next)) => chunk = next.data,
+            Ok(None) => break,
+            Err(status) => {
+                broken = Some(status);
+                break;
+            }
+        }
+    }
+    if let Some(status) = &broken {
+        send(b"\x01 upload broken".to_vec()).await;
+        tracing::debug!(error = %status, "an archive upload broke");
+    }
+    drop(tx);
+    let result = match worker.await {
+        Ok(result) => result.map_err(failed),
+        Err(err) => Err(Status::internal(format!("the worker failed: {err}"))),
+    };
+    match broken {
+        Some(status) => Err(Status::aborted(format!(
+            "the upload broke: {}",
+            status.message()
+        ))),
+        None => result,
+    }
+}
+
 /// Runs blocking store work off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
@@ -160,49 +214,29 @@ impl Agent for AgentService {
             .reference
             .parse()
             .map_err(|e: tartan_runtime::RuntimeError| Status::invalid_argument(e.to_string()))?;
-        // A small queue: the network waits for the disk rather than filling memory.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
         let images = self.images.clone();
-        let target = reference.clone();
-        let extraction =
-            tokio::task::spawn_blocking(move || images.import(ChunkReader::new(rx), &target));
-        let mut chunk = first.data;
-        let mut broken = None;
-        loop {
-            if !chunk.is_empty() {
-                let sender = tx.clone();
-                let sent = tokio::task::spawn_blocking(move || sender.send(chunk)).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    // The extraction stopped early (a bad archive); its error says why.
-                    break;
-                }
-            }
-            match stream.message().await {
-                Ok(Some(next)) => chunk = next.data,
-                Ok(None) => break,
-                Err(status) => {
-                    broken = Some(status);
-                    break;
-                }
-            }
-        }
-        if let Some(status) = broken {
-            // Poison the archive so that nothing half-received is stored.
-            let _ = tx.send(b"\x01 stream broken".to_vec());
-            drop(tx);
-            let _ = extraction.await;
-            return Err(Status::aborted(format!(
-                "the upload broke: {}",
-                status.message()
-            )));
-        }
-        drop(tx);
-        let image = match extraction.await {
-            Ok(result) => result.map_err(failed)?,
-            Err(err) => return Err(Status::internal(format!("the import failed: {err}"))),
-        };
+        let image = receive_archive(stream, first.data, move |reader| {
+            images.import(reader, &reference)
+        })
+        .await?;
         info!(image = %image.reference(), id = %image.id, "imported an image");
         Ok(Response::new(to_pb_image(image)))
+    }
+
+    async fn load(
+        &self,
+        request: Request<tonic::Streaming<ImportChunk>>,
+    ) -> Result<Response<ImagesResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.map(|c| c.data).unwrap_or_default();
+        let images = self.images.clone();
+        let loaded = receive_archive(stream, first, move |reader| images.load(reader)).await?;
+        for image in &loaded {
+            info!(image = %image.reference(), id = %image.id, layers = image.layers.len(), "loaded an image");
+        }
+        Ok(Response::new(ImagesResponse {
+            images: loaded.into_iter().map(to_pb_image).collect(),
+        }))
     }
 
     async fn images(

@@ -70,6 +70,11 @@ impl Images {
         Ok(self.lock().import(reader, reference)?)
     }
 
+    /// Blocking: loads a `docker save` or OCI layout archive.
+    pub fn load(&self, reader: impl Read) -> Result<Vec<Image>> {
+        Ok(self.lock().load(reader)?)
+    }
+
     pub fn list(&self) -> Result<Vec<Image>> {
         Ok(self.lock().list()?)
     }

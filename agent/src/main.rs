@@ -16,7 +16,7 @@ mod status;
 mod subnet_file;
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ enum Command {
     Detach(DetachArgs),
     /// Import a root filesystem tarball as an image: tartan import FILE|- NAME[:TAG].
     Import(ImportArgs),
+    /// Load a `docker save` archive or an OCI image-layout tarball, keeping its layers.
+    Load(LoadArgs),
     /// List images.
     Images(ApiArgs),
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
@@ -75,6 +77,15 @@ struct ImportArgs {
     file: PathBuf,
     /// NAME[:TAG]; the tag defaults to latest.
     reference: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The archive; - (the default) for standard input.
+    #[arg(short = 'i', long = "input", default_value = "-")]
+    input: PathBuf,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -239,23 +250,28 @@ async fn detach(args: DetachArgs) -> Result<()> {
     Ok(())
 }
 
-/// Streams the archive to the agent in chunks, so that size is no limit.
-async fn import(args: ImportArgs) -> Result<()> {
-    // Refuse a bad name before reading anything.
-    let _: tartan_runtime::Reference = args.reference.parse()?;
-    let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file.as_os_str() == "-" {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(
-            tokio::fs::File::open(&args.file)
-                .await
-                .with_context(|| format!("opening {}", args.file.display()))?,
-        )
-    };
-    let mut client = api::connect(&args.api.api_socket).await?;
+/// Opens FILE, or standard input for `-`.
+async fn open_input(file: &Path) -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+    if file.as_os_str() == "-" {
+        return Ok(Box::new(tokio::io::stdin()));
+    }
+    let opened = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    Ok(Box::new(opened))
+}
+
+/// Streams an archive to the agent in 256 KiB chunks, so that size is no
+/// limit; the first chunk carries `reference`. Returns the stream and the
+/// task reading the input, whose error (if any) matters more than the agent's.
+fn upload(
+    mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    reference: String,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<tartan_proto::v1::ImportChunk>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel::<tartan_proto::v1::ImportChunk>(4);
-    let reference = args.reference.clone();
-    let file = args.file.clone();
     let reading = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         let mut first = true;
@@ -264,9 +280,9 @@ async fn import(args: ImportArgs) -> Result<()> {
             let n = reader
                 .read(&mut data)
                 .await
-                .with_context(|| format!("reading {}", file.display()))?;
+                .context("reading the archive")?;
             if n == 0 && !first {
-                return Ok::<(), anyhow::Error>(());
+                return Ok(());
             }
             data.truncate(n);
             let chunk = tartan_proto::v1::ImportChunk {
@@ -283,12 +299,30 @@ async fn import(args: ImportArgs) -> Result<()> {
             }
         }
     });
-    let image = client
-        .import(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(refused);
+    (tokio_stream::wrappers::ReceiverStream::new(rx), reading)
+}
+
+async fn import(args: ImportArgs) -> Result<()> {
+    // Refuse a bad name before reading anything.
+    let _: tartan_runtime::Reference = args.reference.parse()?;
+    let input = open_input(&args.file).await?;
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let (chunks, reading) = upload(input, args.reference);
+    let image = client.import(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
     println!("sha256:{}", image?.into_inner().id);
+    Ok(())
+}
+
+async fn load(args: LoadArgs) -> Result<()> {
+    let input = open_input(&args.input).await?;
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let (chunks, reading) = upload(input, String::new());
+    let loaded = client.load(chunks).await.map_err(refused);
+    reading.await.context("reading the archive")??;
+    for image in loaded?.into_inner().images {
+        println!("Loaded image: {}:{}", image.name, image.tag);
+    }
     Ok(())
 }
 
@@ -391,6 +425,7 @@ fn main() -> ExitCode {
             Command::Attach(args) => attach(args).await,
             Command::Detach(args) => detach(args).await,
             Command::Import(args) => import(args).await,
+            Command::Load(args) => load(args).await,
             Command::Images(args) => images(args).await,
             Command::Rmi(args) => rmi(args).await,
         }

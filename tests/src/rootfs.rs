@@ -44,3 +44,40 @@ pub fn tarball(root: &Path, gzip: bool) -> Result<Vec<u8>> {
     );
     Ok(out.stdout)
 }
+
+/// Two layer tarballs: a busybox base with `etc/removed` and `data/dir/a`,
+/// and a top layer that whites out `etc/removed`, makes `data/dir` opaque
+/// and adds `data/dir/b` and `etc/added`.
+pub fn two_layers(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let base = busybox_rootfs(&dir.join("l1"))?;
+    std::fs::write(base.join("etc/removed"), "gone in layer 2")?;
+    std::fs::create_dir_all(base.join("data/dir"))?;
+    std::fs::write(base.join("data/dir/a"), "hidden by the opaque layer")?;
+    let top = dir.join("l2/rootfs");
+    std::fs::create_dir_all(top.join("etc"))?;
+    std::fs::create_dir_all(top.join("data/dir"))?;
+    std::fs::write(top.join("etc/.wh.removed"), "")?;
+    std::fs::write(top.join("data/dir/.wh..wh..opq"), "")?;
+    std::fs::write(top.join("data/dir/b"), "new")?;
+    std::fs::write(top.join("etc/added"), "new")?;
+    Ok((tarball(&base, false)?, tarball(&top, false)?))
+}
+
+/// A `docker save` archive of the two layers, tagged with `tags`.
+pub fn docker_save(dir: &Path, l1: &[u8], l2: &[u8], tags: &[&str]) -> Result<Vec<u8>> {
+    let outer = dir.join("save");
+    std::fs::create_dir_all(outer.join("l1"))?;
+    std::fs::create_dir_all(outer.join("l2"))?;
+    std::fs::write(outer.join("l1/layer.tar"), l1)?;
+    std::fs::write(outer.join("l2/layer.tar"), l2)?;
+    std::fs::write(outer.join("config.json"), "{}")?;
+    let tags: Vec<String> = tags.iter().map(|t| format!("{t:?}")).collect();
+    std::fs::write(
+        outer.join("manifest.json"),
+        format!(
+            r#"[{{"Config":"config.json","RepoTags":[{}],"Layers":["l1/layer.tar","l2/layer.tar"]}}]"#,
+            tags.join(",")
+        ),
+    )?;
+    tarball(&outer, false)
+}

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context, Result};
 use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::etcd::EtcdServer;
-use tartan_tests::rootfs::{busybox_rootfs, tarball};
+use tartan_tests::rootfs::{busybox_rootfs, docker_save, tarball, two_layers};
 use tartan_tests::{prereq, put_flannel_config, unique_prefix};
 
 const READY: std::time::Duration = std::time::Duration::from_secs(20);
@@ -20,26 +20,32 @@ fn run(agent: &Agent, args: &[&str]) -> Result<(bool, String, String)> {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()> {
+/// An agent in the test's own namespace with the `alloc` backend, so that
+/// it programs nothing there; only its image store is exercised.
+async fn image_agent(name: &str, public_ip: &str) -> Result<(EtcdServer, Agent)> {
     prereq::require_root()?;
     let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix("images");
+    let prefix = unique_prefix(name);
     let mut client = etcd.client().await?;
-    // alloc: this agent runs in the test's own namespace and must program nothing.
     put_flannel_config(
         &mut client,
         &prefix,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#,
     )
     .await?;
-    let mut agent = Agent::start(AgentConfig {
+    let agent = Agent::start(AgentConfig {
         etcd_endpoints: etcd.endpoint(),
         etcd_prefix: prefix,
-        public_ip: Some("10.250.9.1".parse()?),
+        public_ip: Some(public_ip.parse()?),
         ..AgentConfig::default()
     })?;
     agent.wait_ready(READY)?;
+    Ok((etcd, agent))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()> {
+    let (_etcd, mut agent) = image_agent("images", "10.250.9.1").await?;
 
     let dir = tempfile::tempdir()?;
     let root = busybox_rootfs(dir.path())?;
@@ -142,5 +148,41 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
     );
     let (_, table, _) = run(&agent, &["images"])?;
     assert_eq!(table.lines().count(), 1, "only the header is left: {table}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_save_archive_is_loaded_with_its_layers() -> Result<()> {
+    let (_etcd, agent) = image_agent("load", "10.250.9.2").await?;
+    let dir = tempfile::tempdir()?;
+    let (l1, l2) = two_layers(dir.path())?;
+    let archive = dir.path().join("save.tar");
+    std::fs::write(
+        &archive,
+        docker_save(dir.path(), &l1, &l2, &["demo:1", "demo:latest"])?,
+    )?;
+    let (ok, out, err) = run(&agent, &["load", "-i", &archive.to_string_lossy()])?;
+    ensure!(ok, "load: {err}");
+    assert_eq!(out, "Loaded image: demo:1\nLoaded image: demo:latest");
+    assert_eq!(
+        std::fs::read_dir(agent.state_dir().join("images/layers"))?.count(),
+        2
+    );
+    let (_, table, _) = run(&agent, &["images"])?;
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    let truncated = dir.path().join("short.tar");
+    let full = std::fs::read(&archive)?;
+    std::fs::write(&truncated, &full[..full.len() * 2 / 3])?;
+    let (ok, _, err) = run(&agent, &["load", "-i", &truncated.to_string_lossy()])?;
+    ensure!(
+        !ok && err.lines().count() == 1 && err.contains("not a usable image"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(agent.state_dir().join("images/layers"))?.count(),
+        2,
+        "the store is as it was"
+    );
     Ok(())
 }

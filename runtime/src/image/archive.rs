@@ -1,7 +1,9 @@
 //! Extracting one layer tarball, checked and hashed on the way.
 
+use std::ffi::CString;
 use std::io::{self, BufRead, BufReader, Read};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tar::EntryType;
@@ -37,6 +39,67 @@ impl<R: Read> Read for Hashing<R> {
             None => self.trailing_zeros += n,
         }
         Ok(n)
+    }
+}
+
+/// A whiteout entry of a layer tarball (the OCI / Docker convention), and
+/// its overlayfs form: a 0/0 character device hides a file of the layers
+/// below, the `trusted.overlay.opaque` attribute hides a whole directory's
+/// lower contents.
+#[derive(Debug, PartialEq, Eq)]
+enum Whiteout {
+    File(PathBuf),
+    Opaque(PathBuf),
+}
+
+impl Whiteout {
+    fn of(path: &Path) -> Option<Whiteout> {
+        let name = path.file_name()?.to_str()?;
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if name == ".wh..wh..opq" {
+            return Some(Whiteout::Opaque(parent));
+        }
+        let hidden = name.strip_prefix(".wh.")?;
+        Some(Whiteout::File(parent.join(hidden)))
+    }
+
+    fn apply(&self, dest: &Path) -> io::Result<()> {
+        let target = match self {
+            Whiteout::File(path) | Whiteout::Opaque(path) => path,
+        };
+        if target
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(io::Error::other("whiteout outside the root"));
+        }
+        let full = dest.join(target);
+        match self {
+            Whiteout::File(_) => {
+                if let Some(parent) = full.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let _ = std::fs::remove_file(&full);
+                let c_path = CString::new(full.as_os_str().as_bytes()).map_err(io::Error::other)?;
+                // SAFETY: mknod with a valid NUL-terminated path.
+                if unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o000, 0) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Whiteout::Opaque(_) => {
+                std::fs::create_dir_all(&full)?;
+                let c_path = CString::new(full.as_os_str().as_bytes()).map_err(io::Error::other)?;
+                let name = c"trusted.overlay.opaque";
+                // SAFETY: setxattr with valid NUL-terminated path and name and a 1-byte value.
+                if unsafe {
+                    libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0)
+                } != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +143,12 @@ pub fn extract(reader: impl Read, dest: &Path) -> Result<Layer> {
                 _ => {}
             }
             let path = entry.path().map_err(corrupt)?.into_owned();
+            if let Some(whiteout) = Whiteout::of(&path) {
+                whiteout
+                    .apply(dest)
+                    .map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+                continue;
+            }
             let inside = entry
                 .unpack_in(dest)
                 .map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
@@ -106,4 +175,28 @@ pub fn extract(reader: impl Read, dest: &Path) -> Result<Layer> {
         digest: format!("{:x}", hashing.hasher.finalize()),
         size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteout_names_are_recognised() {
+        assert_eq!(
+            Whiteout::of(Path::new("./etc/.wh.passwd")),
+            Some(Whiteout::File(PathBuf::from("./etc/passwd")))
+        );
+        assert_eq!(
+            Whiteout::of(Path::new("data/dir/.wh..wh..opq")),
+            Some(Whiteout::Opaque(PathBuf::from("data/dir")))
+        );
+        assert_eq!(Whiteout::of(Path::new("etc/passwd")), None);
+        let escape = Whiteout::File(PathBuf::from("../../etc/passwd"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(
+            escape.apply(dir.path()).is_err(),
+            "a whiteout may not reach outside"
+        );
+    }
 }

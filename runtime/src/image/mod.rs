@@ -13,6 +13,7 @@
 //! a crash.
 
 mod archive;
+mod load;
 mod reference;
 
 use std::collections::HashSet;
@@ -97,7 +98,7 @@ impl ImageStore {
         self.root.join("layers").join(digest)
     }
 
-    fn load(&self) -> Result<Index> {
+    fn load_index(&self) -> Result<Index> {
         let path = self.index_path();
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -148,7 +149,7 @@ impl ImageStore {
             size: layer.size,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
-        let mut index = self.load()?;
+        let mut index = self.load_index()?;
         index
             .images
             .retain(|i| !(i.name == image.name && i.tag == image.tag));
@@ -159,20 +160,20 @@ impl ImageStore {
     }
 
     pub fn list(&self) -> Result<Vec<Image>> {
-        let mut images = self.load()?.images;
+        let mut images = self.load_index()?.images;
         images.sort_by(|a, b| (&a.name, &a.tag).cmp(&(&b.name, &b.tag)));
         Ok(images)
     }
 
     /// Finds an image by `NAME[:TAG]` or by a unique prefix of its id.
     pub fn resolve(&self, text: &str) -> Result<Image> {
-        resolve_in(&self.load()?.images, text)
+        resolve_in(&self.load_index()?.images, text)
     }
 
     /// Removes a tag; layers no image or container uses any more are deleted.
     /// `in_use` names a container still using the image, if any.
     pub fn remove(&self, text: &str, in_use: impl Fn(&Image) -> Option<String>) -> Result<Image> {
-        let mut index = self.load()?;
+        let mut index = self.load_index()?;
         let image = resolve_in(&index.images, text)?;
         if let Some(user) = in_use(&image) {
             return Err(RuntimeError::ImageInUse {
