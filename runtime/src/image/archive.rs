@@ -82,7 +82,7 @@ impl Whiteout {
                 let _ = std::fs::remove_file(&full);
                 let c_path = CString::new(full.as_os_str().as_bytes()).map_err(io::Error::other)?;
                 // SAFETY: mknod with a valid NUL-terminated path.
-                if unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o000, 0) } != 0 {
+                if unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR, 0) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
