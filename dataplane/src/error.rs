@@ -11,6 +11,8 @@ pub enum DataplaneError {
     },
     #[error("opening a netlink socket")]
     Socket(#[source] std::io::Error),
+    #[error("netlink needs a tokio runtime and none is running")]
+    NoRuntime,
     #[error("entering network namespace {path}")]
     EnterNetns {
         path: PathBuf,

@@ -13,6 +13,7 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use rtnetlink::RouteMessageBuilder;
 
+use crate::error::netlink_err;
 use crate::{DataplaneError, Netlink, Result};
 
 /// Linux's limit on interface names (IFNAMSIZ less the terminating NUL).
@@ -112,14 +113,7 @@ impl Netlink {
     async fn links(&self) -> Result<Vec<LinkEntry>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|source| DataplaneError::Netlink {
-                op: "link dump",
-                source,
-            })?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(netlink_err("link dump"))? {
             let mut name = None;
             let mut mtu = 0;
             for attr in &msg.attributes {
@@ -146,10 +140,7 @@ impl Netlink {
         while let Some(msg) = stream
             .try_next()
             .await
-            .map_err(|source| DataplaneError::Netlink {
-                op: "address dump",
-                source,
-            })?
+            .map_err(netlink_err("address dump"))?
         {
             // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on point-to-point links.
             let local = msg.attributes.iter().find_map(|a| match a {
@@ -176,14 +167,7 @@ impl Netlink {
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut stream = self.handle.route().get(request).execute();
         let mut routes = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|source| DataplaneError::Netlink {
-                op: "route dump",
-                source,
-            })?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(netlink_err("route dump"))? {
             if msg.header.destination_prefix_length != 0 {
                 continue;
             }

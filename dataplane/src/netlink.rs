@@ -1,6 +1,7 @@
 //! The netlink handle: cheap to clone, bound to one network namespace.
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
@@ -15,11 +16,13 @@ pub struct Netlink {
 
 impl Netlink {
     /// Connects in the caller's network namespace. Needs a tokio runtime:
-    /// the connection is driven by a task spawned on it.
+    /// the socket registers with its reactor and the connection is driven by
+    /// a task spawned on it; without one this is an error, not a panic.
     pub fn connect() -> Result<Netlink> {
+        let runtime = current_runtime()?;
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(DataplaneError::Socket)?;
-        tokio::spawn(connection);
+        runtime.spawn(connection);
         Ok(Netlink { handle })
     }
 
@@ -30,7 +33,14 @@ impl Netlink {
     /// socket is created on a short-lived thread that has entered the
     /// namespace; that thread exits afterwards, and no tokio worker ever
     /// changes namespace. The socket is then registered with the runtime here.
+    ///
+    /// Only the plain `netlink_sys::Socket` is made on that thread, not
+    /// `rtnetlink::new_connection()`: the latter registers the descriptor
+    /// with the *current* runtime's reactor at creation, so on a bare thread
+    /// it would panic, and under a throw-away runtime it would be tied to a
+    /// reactor that dies with that runtime.
     pub async fn connect_in_netns(path: &Path) -> Result<Netlink> {
+        let runtime = current_runtime()?;
         let path: PathBuf = path.to_path_buf();
         let thread_path = path.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -48,10 +58,12 @@ impl Netlink {
             source: std::io::Error::other("namespace thread died"),
         })??;
         // SAFETY: the descriptor is a netlink socket we own; TokioSocket takes
-        // it over, makes it non-blocking and registers it with this runtime.
+        // it over and registers it with this runtime's reactor. It is already
+        // non-blocking, so the only step of from_raw_fd that can still fail
+        // (it unwraps) is that registration, i.e. epoll out of memory.
         let socket = unsafe { TokioSocket::from_raw_fd(fd.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
-        tokio::spawn(connection);
+        runtime.spawn(connection);
         Ok(Netlink { handle })
     }
 }
@@ -62,12 +74,38 @@ fn socket_in_netns(path: &Path) -> Result<OwnedFd> {
         path: path.to_path_buf(),
         source,
     };
-    let ns = std::fs::File::open(path).map_err(enter_err)?;
+    // O_NONBLOCK: a FIFO at `path` must fail in setns, not hang this open.
+    let ns = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(enter_err)?;
     // SAFETY: setns on a valid descriptor; it changes only this thread's namespace.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(enter_err(std::io::Error::last_os_error()));
     }
     let socket = Socket::new(NETLINK_ROUTE).map_err(DataplaneError::Socket)?;
+    socket
+        .set_non_blocking(true)
+        .map_err(DataplaneError::Socket)?;
     // SAFETY: into_raw_fd hands over sole ownership of the descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// The runtime to drive the connection on; rtnetlink would panic without one.
+fn current_runtime() -> Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().map_err(|_| DataplaneError::NoRuntime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connecting_without_a_runtime_is_an_error_not_a_panic() {
+        assert!(matches!(Netlink::connect(), Err(DataplaneError::NoRuntime)));
+        let elsewhere =
+            futures::executor::block_on(Netlink::connect_in_netns(Path::new("/proc/self/ns/net")));
+        assert!(matches!(elsewhere, Err(DataplaneError::NoRuntime)));
+    }
 }
