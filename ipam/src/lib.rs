@@ -1,7 +1,11 @@
 //! Address arithmetic and allocation for Tartan: how a network config splits
-//! into node subnets (flannel's rules), how subnets are named in etcd keys,
-//! and which container gets which address inside a node subnet. Pure: no
-//! I/O beyond the allocation file, no logging, no async.
+//! into node subnets (flannel's rules, so mixed clusters agree), how subnets
+//! are named in etcd keys, and which container gets which address inside a
+//! node subnet.
+//!
+//! Pure on purpose: no logging, no networking, no async. The only I/O is
+//! the allocation file of [`HostAllocator::save`] and
+//! [`HostAllocator::load_or_new`]; callers decide what to log and when.
 
 mod error;
 mod host;
