@@ -18,7 +18,11 @@ use crate::wait;
 /// beside this test executable (target/<profile>/tartan).
 pub fn tartan_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("TARTAN_BIN") {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("TARTAN_BIN={} does not exist", path.display());
+        }
+        return Ok(path);
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
     // target/<profile>/deps/<test> → target/<profile>/tartan
@@ -34,6 +38,34 @@ pub fn tartan_bin() -> Result<PathBuf> {
         );
     }
     Ok(candidate)
+}
+
+/// Debug for Tartan's own crates, info for the libraries under it.
+const LOG_FILTER: &str = "tartan=debug,info";
+
+/// Parses `KEY=VALUE` lines (the subnet file's format); other lines are ignored.
+pub fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The network an address with prefix belongs to: "10.5.34.1/24" → "10.5.34.0/24".
+pub fn network_of(cidr: &str) -> Result<String> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .with_context(|| format!("{cidr:?} has no prefix length"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .with_context(|| format!("{cidr:?}: bad address"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|len| *len <= 32)
+        .with_context(|| format!("{cidr:?}: bad prefix length"))?;
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    Ok(format!("{}/{len}", Ipv4Addr::from(u32::from(addr) & mask)))
 }
 
 /// How to start one agent.
@@ -135,7 +167,9 @@ impl Agent {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("TARTAN_LOG", "tartan=debug,info");
+        // TARTAN_LOG wins over RUST_LOG in the agent; set both to the same filter.
+        cmd.env("RUST_LOG", LOG_FILTER)
+            .env("TARTAN_LOG", LOG_FILTER);
         for (key, value) in &self.config.env {
             cmd.env(key, value);
         }
@@ -183,29 +217,22 @@ impl Agent {
     pub fn subnet_env(&self) -> Result<HashMap<String, String>> {
         let text =
             std::fs::read_to_string(self.subnet_file()).context("reading the subnet file")?;
-        Ok(text
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect())
+        Ok(parse_env(&text))
     }
 
     /// The leased subnet, from FLANNEL_SUBNET ("10.5.34.1/24" → "10.5.34.0/24").
     pub fn subnet(&self) -> Result<String> {
         let env = self.subnet_env()?;
-        let value = env.get("FLANNEL_SUBNET").context("no FLANNEL_SUBNET")?;
-        let (addr, len) = value
-            .split_once('/')
-            .context("FLANNEL_SUBNET without a prefix")?;
-        let addr: Ipv4Addr = addr.parse()?;
-        let len: u32 = len.parse()?;
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        Ok(format!("{}/{len}", Ipv4Addr::from(u32::from(addr) & mask)))
+        let value = env
+            .get("FLANNEL_SUBNET")
+            .context("the subnet file has no FLANNEL_SUBNET")?;
+        network_of(value)
     }
 
-    /// Runs a `tartan` CLI command against this agent's socket.
+    /// Runs a `tartan` CLI command against this agent's socket, in the
+    /// agent's namespace (as a user on that host would).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        Command::new(tartan_bin()?)
+        self.command(&tartan_bin()?)
             .args(args)
             .arg("--api-socket")
             .arg(self.api_socket())
@@ -218,11 +245,17 @@ impl Agent {
         let out = self.cli(&["status", "-o", "json"])?;
         if !out.status.success() {
             bail!(
-                "tartan status failed: {}",
+                "tartan status failed ({}): {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        serde_json::from_slice(&out.stdout).context("parsing tartan status -o json")
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "parsing tartan status -o json: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     pub fn log(&self) -> String {
@@ -326,5 +359,54 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.kill();
+        // A panicking test loses the log with the temp dir: show its end first
+        // (cargo test prints a failed test's stderr).
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent log ({}), last 40 lines ---\n{}",
+                self.config.etcd_prefix,
+                self.log_tail(40)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subnet_file_parses() {
+        let env = parse_env(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.34.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n\n",
+        );
+        assert_eq!(env.len(), 4);
+        assert_eq!(env["FLANNEL_SUBNET"], "10.5.34.1/24");
+        assert_eq!(network_of(&env["FLANNEL_SUBNET"]).unwrap(), "10.5.34.0/24");
+    }
+
+    #[test]
+    fn networks_of_odd_prefixes() {
+        assert_eq!(network_of("10.5.34.129/25").unwrap(), "10.5.34.128/25");
+        assert_eq!(network_of("10.5.34.1/32").unwrap(), "10.5.34.1/32");
+        assert_eq!(network_of("10.5.34.1/0").unwrap(), "0.0.0.0/0");
+        assert!(network_of("10.5.34.1").is_err());
+        assert!(network_of("10.5.34.1/33").is_err());
+        assert!(network_of("nonsense/24").is_err());
+    }
+
+    #[test]
+    fn a_missing_binary_is_an_error_naming_the_fix() {
+        // The default location only: TARTAN_BIN set by the runner is respected.
+        if std::env::var_os("TARTAN_BIN").is_some() {
+            return;
+        }
+        match tartan_bin() {
+            Ok(path) => assert!(path.ends_with("tartan"), "{}", path.display()),
+            Err(err) => assert!(
+                err.to_string().contains("cargo build -p tartan-agent"),
+                "{err}"
+            ),
+        }
     }
 }

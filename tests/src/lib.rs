@@ -74,7 +74,9 @@ pub async fn put_lease(
     Ok(())
 }
 
-/// Compacts etcd's history up to the current revision.
+/// Compacts etcd's history up to the current revision, physically (etcd
+/// drops the old revisions before answering), so a watcher that fell behind
+/// gets "required revision has been compacted".
 pub async fn compact(client: &mut Client) -> Result<i64> {
     let resp = client
         .get("/", None)
@@ -86,4 +88,15 @@ pub async fn compact(client: &mut Client) -> Result<i64> {
         .await
         .context("compacting")?;
     Ok(revision)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefixes_are_unique_and_recognisable() {
+        let a = super::unique_prefix("x");
+        let b = super::unique_prefix("x");
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("/tartan-test/x-{}-", std::process::id())));
+    }
 }

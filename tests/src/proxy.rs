@@ -19,6 +19,7 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
+    /// Listens on 127.0.0.1 at a free port and forwards every connection to `upstream`.
     pub fn start(upstream: SocketAddr) -> Result<TcpProxy> {
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the proxy")?;
@@ -56,16 +57,18 @@ impl TcpProxy {
         self.addr
     }
 
+    /// `http://127.0.0.1:port`, to give an etcd client or agent instead of etcd's own.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Drops every open connection and refuses new ones.
+    /// Drops every open connection and closes new ones as soon as they are accepted.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Accepts and forwards connections again.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
@@ -77,19 +80,33 @@ async fn accept_loop(
     cut: Arc<AtomicBool>,
     generation: watch::Receiver<u64>,
 ) {
-    while let Ok((mut inbound, _)) = listener.accept().await {
+    loop {
+        let inbound = match listener.accept().await {
+            Ok((inbound, _)) => inbound,
+            // Out of descriptors, or a connection reset before accept: keep serving.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Subscribe before checking the flag: a cut() that lands in between
+        // still reaches this connection through the generation bump.
+        let mut generation = generation.clone();
+        generation.mark_unchanged();
         if cut.load(Ordering::SeqCst) {
             drop(inbound);
             continue;
         }
-        let mut generation = generation.clone();
-        generation.mark_unchanged();
         tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                return;
+            let mut inbound = inbound;
+            let forward = async {
+                if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
             };
+            // A cut (or the proxy going away) drops both sockets at once.
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = forward => {}
                 _ = generation.changed() => {}
             }
         });
