@@ -62,6 +62,15 @@ enum Command {
     Images(ApiArgs),
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
+    /// A container's first process, inside the namespaces its parent made.
+    #[command(hide = true)]
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// The container's init spec (JSON).
+    spec: PathBuf,
 }
 
 #[derive(Args)]
@@ -400,11 +409,48 @@ fn usage_error(err: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `tartan init SPEC`: returns only if the container could not be started.
+fn container_init(spec: &Path) -> ExitCode {
+    let spec = match std::fs::read(spec)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| {
+            Ok(serde_json::from_slice::<tartan_runtime::init::InitSpec>(
+                &bytes,
+            )?)
+        }) {
+        Ok(spec) => spec,
+        Err(err) => {
+            eprintln!("tartan init: reading {}: {err}", spec.display());
+            return ExitCode::from(125);
+        }
+    };
+    let err = tartan_runtime::init::run(&tartan_runtime::syscall::LinuxSyscall, &spec);
+    // Docker's codes: 127 when the command is missing, 126 when it cannot run, 125 otherwise.
+    let code = match &err {
+        tartan_runtime::RuntimeError::Io {
+            op: "running",
+            source,
+            ..
+        } => match source.raw_os_error() {
+            Some(libc::ENOENT) => 127,
+            Some(libc::EACCES) | Some(libc::ENOEXEC) => 126,
+            _ => 125,
+        },
+        _ => 125,
+    };
+    eprintln!("tartan init: {:#}", anyhow::Error::from(err));
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    if let Command::Init(args) = &cli.command {
+        // Before any runtime thread exists: init changes its root and execs.
+        return container_init(&args.spec);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -428,6 +474,7 @@ fn main() -> ExitCode {
             Command::Load(args) => load(args).await,
             Command::Images(args) => images(args).await,
             Command::Rmi(args) => rmi(args).await,
+            Command::Init(_) => Err(anyhow::anyhow!("init runs before the async runtime starts")),
         }
     });
     match result {

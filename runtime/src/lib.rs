@@ -1,9 +1,14 @@
-//! Tartan's bundled minimal container runtime. Today: the image store
-//! (root filesystem tarballs imported into content-addressed layers that
-//! containers will share, never copy).
+//! Tartan's bundled minimal container runtime: the image store (root
+//! filesystem tarballs imported into content-addressed layers that
+//! containers share, never copy), and the container's init: its root
+//! filesystem (overlay, kernel filesystems, pivot_root) and the step down
+//! to Docker's default privileges, behind a syscall seam.
 
 mod error;
 pub mod image;
+pub mod init;
+pub mod rootfs;
+pub mod syscall;
 
 pub use error::{Result, RuntimeError};
 pub use image::{Image, ImageStore, Reference};

@@ -1,0 +1,214 @@
+//! The container's first process (`tartan init`), run inside namespaces its
+//! parent created (mount, PID, UTS, IPC and, per network mode, network): it
+//! builds the root filesystem, pivots into it, sets the hostname, gives up
+//! privileges and execs the container's command.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rootfs::{mount_rootfs, pivot_into, RootfsLayout};
+use crate::syscall::Syscall;
+use crate::{Result, RuntimeError};
+
+/// Everything init needs, written by the parent as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub layers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+    pub hostname: String,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// Docker's default capability set (numbers from linux/capability.h).
+pub const DEFAULT_CAPABILITIES: [u32; 14] = [
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+/// The highest capability number this build knows; the kernel may know fewer.
+const LAST_CAPABILITY: u32 = 63;
+
+fn os_err(what: &str) -> RuntimeError {
+    RuntimeError::Io {
+        op: "container init:",
+        path: PathBuf::from(what),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Drops every capability outside `keep` from the bounding set, then sets
+/// the effective, permitted and inheritable sets to `keep`.
+fn restrict_capabilities(keep: &[u32]) -> Result<()> {
+    for cap in 0..=LAST_CAPABILITY {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+        // EINVAL: the kernel has no such capability; nothing to drop.
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(os_err("dropping a capability from the bounding set"));
+        }
+    }
+    let mut low = 0u32;
+    let mut high = 0u32;
+    for cap in keep {
+        if *cap < 32 {
+            low |= 1 << cap;
+        } else {
+            high |= 1 << (cap - 32);
+        }
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: low,
+            permitted: low,
+            inheritable: low,
+        },
+        Data {
+            effective: high,
+            permitted: high,
+            inheritable: high,
+        },
+    ];
+    // SAFETY: capset with a v3 header and two data words, as the kernel expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(os_err("setting capabilities"));
+    }
+    Ok(())
+}
+
+/// Builds the container and execs its command; returns only on failure.
+pub fn run(sys: &dyn Syscall, spec: &InitSpec) -> RuntimeError {
+    match prepare(sys, spec) {
+        Ok(()) => exec(spec),
+        Err(err) => err,
+    }
+}
+
+fn prepare(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
+    let layout = RootfsLayout {
+        layers: spec.layers.clone(),
+        upper: spec.upper.clone(),
+        work: spec.work.clone(),
+        merged: spec.merged.clone(),
+    };
+    mount_rootfs(sys, &layout)?;
+    pivot_into(sys, &spec.merged)?;
+    sys.sethostname(&spec.hostname)?;
+    sys.chdir(&spec.cwd)?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(os_err("setting no_new_privs"));
+    }
+    restrict_capabilities(&DEFAULT_CAPABILITIES)
+}
+
+fn exec(spec: &InitSpec) -> RuntimeError {
+    let to_c = |items: &[String]| -> Option<Vec<CString>> {
+        items
+            .iter()
+            .map(|s| CString::new(s.as_str()).ok())
+            .collect()
+    };
+    let (Some(args), Some(env)) = (to_c(&spec.args), to_c(&spec.env)) else {
+        return RuntimeError::BadReference(
+            "a command or environment entry holds a NUL byte".into(),
+        );
+    };
+    let Some(program) = args.first() else {
+        return RuntimeError::BadReference("no command to run".into());
+    };
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // execvpe searches PATH from the environment given, as a shell would.
+    // SAFETY: NUL-terminated argument and environment arrays of valid strings.
+    unsafe { libc::execvpe(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    RuntimeError::Io {
+        op: "running",
+        path: PathBuf::from(&spec.args[0]),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::{Call, RecordingSyscall};
+
+    #[test]
+    fn the_spec_round_trips_and_preparation_ends_in_the_container() {
+        let spec = InitSpec {
+            layers: vec!["/l/base".into()],
+            upper: "/c/upper".into(),
+            work: "/c/work".into(),
+            merged: "/c/rootfs".into(),
+            hostname: "web".into(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            args: vec!["sh".into()],
+        };
+        let text = serde_json::to_string(&spec).expect("json");
+        assert_eq!(
+            serde_json::from_str::<InitSpec>(&text).expect("parse"),
+            spec
+        );
+        let sys = RecordingSyscall::default();
+        mount_rootfs(
+            &sys,
+            &RootfsLayout {
+                layers: spec.layers.clone(),
+                upper: spec.upper.clone(),
+                work: spec.work.clone(),
+                merged: spec.merged.clone(),
+            },
+        )
+        .expect("rootfs");
+        pivot_into(&sys, &spec.merged).expect("pivot");
+        sys.sethostname(&spec.hostname).expect("hostname");
+        let calls = sys.calls.borrow();
+        assert_eq!(calls.last(), Some(&Call::Sethostname("web".into())));
+        assert!(
+            DEFAULT_CAPABILITIES.contains(&13),
+            "NET_RAW stays: ping works, as in Docker"
+        );
+        assert!(!DEFAULT_CAPABILITIES.contains(&21), "SYS_ADMIN goes");
+    }
+}
