@@ -109,8 +109,21 @@ impl NodeDataplane {
     }
 
     async fn ensure_udp(&self, own: Ipv4Network, port: u16) -> Result<()> {
-        if lock_udp(&self.udp).is_some() {
-            return Ok(());
+        let running_for = lock_udp(&self.udp).as_ref().map(UdpOverlay::own);
+        if let Some(running_own) = running_for {
+            let device_present = self.netlink.link(UDP_DEVICE_NAME).await?.is_some();
+            if running_own == own && device_present {
+                return Ok(());
+            }
+            warn!(
+                device = UDP_DEVICE_NAME,
+                device_present,
+                subnet = %own,
+                "restarting the udp overlay"
+            );
+            // Stopping joins the packet thread (up to one poll interval): off the async workers.
+            let old = lock_udp(&self.udp).take();
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
         }
         let spec = UdpOverlaySpec {
             tun_name: UDP_DEVICE_NAME.to_string(),

@@ -63,6 +63,8 @@ fn scenario(name: &str, octet: u8, config: &str, per_peer_routes: bool) -> Resul
 
     if per_peer_routes {
         deleted_route_comes_back(&cluster, &a, &b, &subnet_b)?;
+    } else {
+        deleted_tun_device_comes_back(&cluster, &a, &b)?;
     }
 
     // An agent restart keeps the subnet and the connectivity.
@@ -101,6 +103,24 @@ fn scenario(name: &str, octet: u8, config: &str, per_peer_routes: bool) -> Resul
         Ok(!routed && !known)
     })
     .context("host 2 is still known or routed")?;
+    Ok(())
+}
+
+/// Somebody deletes the udp backend's TUN device: it is recreated and
+/// traffic flows again.
+fn deleted_tun_device_comes_back(cluster: &Cluster, a: &Container, b: &Container) -> Result<()> {
+    let out = cluster.hosts[0]
+        .netns
+        .exec("ip", &["link", "del", "tartan-udp"])?;
+    ensure!(
+        out.status.success(),
+        "deleting the TUN device: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        cluster.ping(a, b.address)
+    })
+    .context("traffic flows again once the TUN device is back")?;
     Ok(())
 }
 

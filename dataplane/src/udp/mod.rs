@@ -49,6 +49,7 @@ pub struct UdpStats {
 
 /// A running overlay; stopped and its device removed on drop.
 pub struct UdpOverlay {
+    own: Ipv4Network,
     peers: Arc<RwLock<PeerMap>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -137,11 +138,17 @@ impl UdpOverlay {
             .spawn(move || pump.run(&thread_stop))
             .map_err(DataplaneError::Socket)?;
         Ok(UdpOverlay {
+            own: spec.own,
             peers,
             stop,
             thread: Some(thread),
             stats,
         })
+    }
+
+    /// The node subnet this overlay delivers to.
+    pub fn own(&self) -> Ipv4Network {
+        self.own
     }
 
     /// Replaces the peer map; the packet thread sees it from its next batch.
