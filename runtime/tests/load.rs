@@ -148,15 +148,22 @@ fn an_oci_layout_loads_with_gzip_layers() -> Result<()> {
     Ok(())
 }
 
+/// A `docker save` directory holding the base layer as `l1/layer.tar` and
+/// the given manifest, for archives that are wrong in one specific way.
+fn one_layer_save(dir: &std::path::Path, manifest: &str) -> Result<std::path::PathBuf> {
+    let (l1, _) = layers(dir)?;
+    let outer = dir.join("save");
+    std::fs::create_dir_all(outer.join("l1"))?;
+    std::fs::write(outer.join("l1/layer.tar"), &l1)?;
+    std::fs::write(outer.join("manifest.json"), manifest)?;
+    Ok(outer)
+}
+
 #[test]
 fn a_broken_save_archive_leaves_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (l1, _) = layers(dir.path())?;
-    let outer = dir.path().join("save");
-    std::fs::create_dir_all(outer.join("l1"))?;
-    std::fs::write(outer.join("l1/layer.tar"), &l1)?;
-    std::fs::write(
-        outer.join("manifest.json"),
+    let outer = one_layer_save(
+        dir.path(),
         r#"[{"Config":"c.json","RepoTags":["demo:x"],"Layers":["l1/layer.tar","missing/layer.tar"]}]"#,
     )?;
     let missing_layer = tarball(&outer, false)?;
@@ -198,12 +205,8 @@ fn a_broken_save_archive_leaves_nothing() -> Result<()> {
 #[test]
 fn load_needs_a_name_for_every_image() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (l1, _) = layers(dir.path())?;
-    let outer = dir.path().join("save");
-    std::fs::create_dir_all(outer.join("l1"))?;
-    std::fs::write(outer.join("l1/layer.tar"), &l1)?;
-    std::fs::write(
-        outer.join("manifest.json"),
+    let outer = one_layer_save(
+        dir.path(),
         r#"[{"Config":"c.json","RepoTags":null,"Layers":["l1/layer.tar"]}]"#,
     )?;
     let store = ImageStore::open(&dir.path().join("store"))?;
