@@ -13,9 +13,11 @@ use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
-    AttachRequest, AttachResponse, DetachRequest, DetachResponse, Image as PbImage, ImagesRequest,
-    ImagesResponse, ImportChunk, Lease as PbLease, NetworkConfig as PbConfig, RemoveImageRequest,
-    StatusRequest, StatusResponse,
+    AttachRequest, AttachResponse, Container as PbContainer, ContainerRequest, ContainersResponse,
+    DetachRequest, DetachResponse, ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse,
+    ImportChunk, Lease as PbLease, ListContainersRequest, LogEntry, LogsRequest,
+    NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RunRequest,
+    StatusRequest, StatusResponse, StopRequest,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -25,6 +27,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::attach::{Attacher, ContainerRef};
+use crate::containers::{ContainerView, Containers, RunOptions, Status as RunStatus};
 use crate::daemon::{lock, SharedState};
 use crate::etcd::Registry;
 use crate::images::{ChunkReader, Images};
@@ -41,6 +44,81 @@ struct AgentService {
     registry: Registry,
     attacher: SharedAttacher,
     images: Images,
+    containers: Containers,
+}
+
+fn to_pb_container(view: ContainerView) -> PbContainer {
+    let (pid, exit_code, started, finished) = match view.status {
+        RunStatus::Created => (0, None, String::new(), String::new()),
+        RunStatus::Running { pid, started, .. } => (pid, None, started, String::new()),
+        RunStatus::Exited {
+            code,
+            started,
+            finished,
+        } => (0, Some(code), started, finished),
+    };
+    let config = view.config;
+    PbContainer {
+        state: match (pid, exit_code) {
+            (0, None) => "created",
+            (_, None) => "running",
+            _ => "exited",
+        }
+        .to_string(),
+        id: config.id,
+        name: config.name,
+        image: config.image,
+        image_id: config.image_id,
+        args: config.args,
+        pid,
+        exit_code,
+        address: config.address.unwrap_or_default(),
+        network: view.network,
+        hostname: config.hostname,
+        created: config.created,
+        started,
+        finished,
+        tty: config.tty,
+        interactive: config.open_stdin,
+        auto_remove: config.auto_remove,
+        env: config.env,
+        workdir: config.cwd,
+        attach_socket: view.attach_socket.display().to_string(),
+    }
+}
+
+fn nonempty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// A `Write` that sends what it is given down a channel in chunks.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<ExportChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.buf);
+        self.tx
+            .blocking_send(Ok(ExportChunk { data }))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })
+    }
 }
 
 fn to_pb_image(image: tartan_runtime::Image) -> PbImage {
@@ -119,6 +197,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AgentService {
+    fn container_id(&self, text: &str) -> Result<String, Status> {
+        self.containers
+            .resolve(text)
+            .map_err(|e| Status::not_found(format!("{e:#}")))
+    }
+
     fn attacher(&self) -> Result<&Attacher, Status> {
         self.attacher.get().ok_or_else(|| {
             Status::unavailable("the agent holds no subnet lease yet; try again shortly")
@@ -131,8 +215,175 @@ fn failed(err: anyhow::Error) -> Status {
     Status::failed_precondition(format!("{err:#}"))
 }
 
+type Streamed<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
+
 #[tonic::async_trait]
 impl Agent for AgentService {
+    type ContainerLogsStream = Streamed<LogEntry>;
+    type ExportContainerStream = Streamed<ExportChunk>;
+
+    async fn run_container(
+        &self,
+        request: Request<RunRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let r = request.into_inner();
+        let opts = RunOptions {
+            image: r.image,
+            args: r.args,
+            name: nonempty(r.name),
+            hostname: nonempty(r.hostname),
+            env: r.env,
+            workdir: nonempty(r.workdir),
+            network: nonempty(r.network),
+            ip: nonempty(r.ip),
+            tty: r.tty,
+            interactive: r.interactive,
+            detach: r.detach,
+            auto_remove: r.auto_remove,
+        };
+        let view = self.containers.run(opts).await.map_err(failed)?;
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let id = self.container_id(&request.into_inner().container)?;
+        let view = self.containers.start(&id).await.map_err(failed)?;
+        info!(container = %view.config.name, "started a container");
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let r = request.into_inner();
+        let id = self.container_id(&r.container)?;
+        let timeout = Duration::from_secs(u64::from(r.timeout_seconds));
+        let view = self.containers.stop(&id, timeout).await.map_err(failed)?;
+        info!(container = %view.config.name, "stopped a container");
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn restart_container(
+        &self,
+        request: Request<StopRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let r = request.into_inner();
+        let id = self.container_id(&r.container)?;
+        let timeout = Duration::from_secs(u64::from(r.timeout_seconds));
+        let view = self
+            .containers
+            .restart(&id, timeout)
+            .await
+            .map_err(failed)?;
+        info!(container = %view.config.name, "restarted a container");
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let r = request.into_inner();
+        let id = self.container_id(&r.container)?;
+        let view = self.containers.remove(&id, r.force).await.map_err(failed)?;
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ContainersResponse>, Status> {
+        let all = request.into_inner().all;
+        let containers = self.containers.clone();
+        let views = blocking(move || Ok(containers.list(all))).await?;
+        Ok(Response::new(ContainersResponse {
+            containers: views.into_iter().map(to_pb_container).collect(),
+        }))
+    }
+
+    async fn inspect_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let id = self.container_id(&request.into_inner().container)?;
+        let view = self.containers.view(&id).map_err(failed)?;
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn container_logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::ContainerLogsStream>, Status> {
+        let r = request.into_inner();
+        let id = self.container_id(&r.container)?;
+        let path = self.containers.log_path(&id);
+        let containers = self.containers.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            loop {
+                // Liveness first: a container that ends now still gets its last lines read below.
+                let live = containers.is_live(&id);
+                let path = path.clone();
+                let read = tokio::task::spawn_blocking(move || read_log_from(&path, offset)).await;
+                let Ok(Ok((records, consumed))) = read else {
+                    let _ = tx
+                        .send(Err(Status::internal("reading the container log")))
+                        .await;
+                    return;
+                };
+                offset += consumed;
+                for record in records {
+                    let entry = LogEntry {
+                        stderr: record.stream == tartan_runtime::container::log::Stream::Stderr,
+                        data: record.log.into_bytes(),
+                    };
+                    if tx.send(Ok(entry)).await.is_err() {
+                        return;
+                    }
+                }
+                if !r.follow || !live {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn export_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<Self::ExportContainerStream>, Status> {
+        let id = self.container_id(&request.into_inner().container)?;
+        let (layers, upper, mountpoint) = self.containers.export_parts(&id).map_err(failed)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            let writer = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::new(),
+            };
+            let result =
+                tartan_runtime::container::export::export(&layers, &upper, &mountpoint, writer);
+            let _ = std::fs::remove_dir(&mountpoint);
+            if let Err(err) = result {
+                let _ = tx.blocking_send(Err(Status::failed_precondition(format!(
+                    "exporting: {:#}",
+                    anyhow::Error::from(err)
+                ))));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,
@@ -256,7 +507,10 @@ impl Agent for AgentService {
     ) -> Result<Response<PbImage>, Status> {
         let name = request.into_inner().image;
         let images = self.images.clone();
-        let removed = blocking(move || images.remove(&name)).await?;
+        let containers = self.containers.clone();
+        let removed =
+            blocking(move || images.remove(&name, |image| containers.user_of_image(&image.id)))
+                .await?;
         info!(image = %removed.reference(), "removed an image");
         Ok(Response::new(to_pb_image(removed)))
     }
@@ -309,6 +563,21 @@ impl AgentService {
     }
 }
 
+/// Whole log records from `offset` on; a missing log is an empty one.
+fn read_log_from(
+    path: &Path,
+    offset: u64,
+) -> std::io::Result<(Vec<tartan_runtime::container::log::LogRecord>, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(err) => return Err(err),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    tartan_runtime::container::log::read_records(&mut std::io::BufReader::new(file))
+}
+
 fn to_pb(subnet: &ipnetwork::Ipv4Network, attrs: &crate::lease::LeaseAttrs) -> PbLease {
     PbLease {
         subnet: subnet.to_string(),
@@ -347,6 +616,7 @@ pub async fn serve(
     registry: Registry,
     attacher: SharedAttacher,
     images: Images,
+    containers: Containers,
 ) -> Result<ApiServer> {
     let listener = bind_private(path).await?;
     info!(socket = %path.display(), "serving the local API");
@@ -356,6 +626,7 @@ pub async fn serve(
         registry,
         attacher,
         images,
+        containers,
     });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

@@ -60,16 +60,16 @@ impl ContainerRef {
             ContainerRef::Pid(pid) => format!("pid:{pid}"),
         }
     }
+}
 
-    /// The host end's name: derived from the key, so detach finds it again
-    /// after an agent restart without any other record.
-    pub fn host_ifname(&self) -> String {
-        // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let hash = self.key().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        format!("vt{:010x}", hash & 0xff_ffff_ffff)
-    }
+/// The host end's name for an address owner key: derived from the key, so
+/// that detach finds it again after an agent restart without any record.
+pub fn host_ifname_for(key: &str) -> String {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("vt{:010x}", hash & 0xff_ffff_ffff)
 }
 
 /// Parses the optional `ADDR[/LEN]` argument against the node subnet.
@@ -132,6 +132,10 @@ impl Attacher {
         })
     }
 
+    pub fn subnet(&self) -> Ipv4Network {
+        self.subnet
+    }
+
     /// Plugs the container in; returns its address with the subnet's prefix.
     pub async fn attach(
         &self,
@@ -145,35 +149,13 @@ impl Attacher {
                 path.display()
             );
         }
-        let requested = requested
-            .map(|text| parse_requested(text, &self.subnet))
-            .transpose()?;
         let key = container.key();
-        let mut book = self.allocations.lock().await;
-        if let Some(addr) = book.address_of(&key) {
+        if let Some(addr) = self.address_of(&key).await {
             bail!("{} is already attached with {addr}", describe(container));
         }
-        let addr = match requested {
-            Some(addr) => book.allocate_specific(&key, addr)?,
-            None => book.allocate(&key)?,
-        };
-        let address = Ipv4Network::new(addr, self.subnet.prefix())?;
-        let spec = VethSpec {
-            netns: path,
-            host_name: container.host_ifname(),
-            container_name: CONTAINER_IFNAME.to_string(),
-            address,
-            gateway: book.gateway(),
-            mtu: self.mtu,
-            bridge_index: self.bridge_index,
-        };
-        let plugged = match self.netlink.attach_veth(&spec).await {
-            Ok(()) => book.save(&self.store).context("saving container addresses"),
-            Err(err) => Err(err.into()),
-        };
-        if let Err(err) = plugged {
-            book.release(&key);
-            let _ = self.netlink.detach_veth(&spec.host_name).await;
+        let address = self.reserve(&key, requested, None).await?;
+        if let Err(err) = self.plug(&key, path).await {
+            let _ = self.release(&key).await;
             return Err(err);
         }
         Ok(address)
@@ -181,16 +163,89 @@ impl Attacher {
 
     /// Unplugs the container and frees its address. Returns the address it had.
     pub async fn detach(&self, container: &ContainerRef) -> Result<Ipv4Addr> {
-        let key = container.key();
+        match self.release(&container.key()).await? {
+            Some(addr) => Ok(addr),
+            None => bail!("{} is not attached", describe(container)),
+        }
+    }
+
+    pub async fn address_of(&self, key: &str) -> Option<Ipv4Addr> {
+        self.allocations.lock().await.address_of(key)
+    }
+
+    /// Books an address for `key`: `requested` exactly (or fail), else
+    /// `preferred` when it is free, else the next free one. Returns the
+    /// address already booked when there is one.
+    pub async fn reserve(
+        &self,
+        key: &str,
+        requested: Option<&str>,
+        preferred: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Network> {
+        let requested = requested
+            .map(|text| parse_requested(text, &self.subnet))
+            .transpose()?;
         let mut book = self.allocations.lock().await;
-        let Some(addr) = book.address_of(&key) else {
-            bail!("{} is not attached", describe(container));
+        let addr = match (book.address_of(key), requested) {
+            (Some(have), Some(want)) if have != want => {
+                bail!("{key} already has {have}, not {want}")
+            }
+            (Some(have), _) => have,
+            (None, Some(want)) => book.allocate_specific(key, want)?,
+            (None, None) => match preferred.filter(|p| self.subnet.contains(*p)) {
+                Some(p) => match book.allocate_specific(key, p) {
+                    Ok(addr) => addr,
+                    Err(_) => book.allocate(key)?,
+                },
+                None => book.allocate(key)?,
+            },
         };
-        self.netlink.detach_veth(&container.host_ifname()).await?;
-        book.release(&key);
+        if let Err(err) = book.save(&self.store) {
+            book.release(key);
+            return Err(err).context("saving container addresses");
+        }
+        Ok(Ipv4Network::new(addr, self.subnet.prefix())?)
+    }
+
+    /// Gives the network namespace at `netns` its interface and the address
+    /// booked for `key`. Nothing stays half-made on failure; the booking does.
+    pub async fn plug(&self, key: &str, netns: PathBuf) -> Result<()> {
+        let (addr, gateway) = {
+            let book = self.allocations.lock().await;
+            let addr = book
+                .address_of(key)
+                .ok_or_else(|| anyhow!("{key} has no address booked"))?;
+            (addr, book.gateway())
+        };
+        let spec = VethSpec {
+            netns,
+            host_name: host_ifname_for(key),
+            container_name: CONTAINER_IFNAME.to_string(),
+            address: Ipv4Network::new(addr, self.subnet.prefix())?,
+            gateway,
+            mtu: self.mtu,
+            bridge_index: self.bridge_index,
+        };
+        // A host end left by an earlier run whose namespace is still being torn down.
+        self.netlink.detach_veth(&spec.host_name).await?;
+        if let Err(err) = self.netlink.attach_veth(&spec).await {
+            let _ = self.netlink.detach_veth(&spec.host_name).await;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Removes `key`'s interface (if it is still there) and frees its
+    /// address. Returns the address it had, `None` when it had none.
+    pub async fn release(&self, key: &str) -> Result<Option<Ipv4Addr>> {
+        let mut book = self.allocations.lock().await;
+        self.netlink.detach_veth(&host_ifname_for(key)).await?;
+        let Some(addr) = book.release(key) else {
+            return Ok(None);
+        };
         book.save(&self.store)
             .context("saving container addresses")?;
-        Ok(addr)
+        Ok(Some(addr))
     }
 }
 
@@ -235,9 +290,9 @@ mod tests {
 
     #[test]
     fn host_interface_names_are_stable_short_and_distinct() {
-        let a = ContainerRef::Netns("c1".into()).host_ifname();
-        assert_eq!(a, ContainerRef::Netns("c1".into()).host_ifname());
-        assert_ne!(a, ContainerRef::Netns("c2".into()).host_ifname());
+        let a = host_ifname_for(&ContainerRef::Netns("c1".into()).key());
+        assert_eq!(a, host_ifname_for(&ContainerRef::Netns("c1".into()).key()));
+        assert_ne!(a, host_ifname_for(&ContainerRef::Netns("c2".into()).key()));
         assert!(
             a.len() <= 13,
             "{a}: leaves room for the temporary peer suffix"

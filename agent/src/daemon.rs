@@ -21,6 +21,7 @@ use crate::api::SharedAttacher;
 use crate::attach::Attacher;
 use crate::backend::{lease_data, Underlay};
 use crate::config::{Backend, NetworkConfig};
+use crate::containers::Containers;
 use crate::etcd::{EtcdOptions, Registry};
 use crate::images::Images;
 use crate::lease::{lease_key, LeaseAttrs};
@@ -91,12 +92,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let state: SharedState = Arc::new(Mutex::new(AgentState::default()));
     let attacher: SharedAttacher = Arc::new(OnceLock::new());
     let images = Images::open(&opts.state_dir)?;
+    let containers = Containers::open(&opts.state_dir, images.clone(), attacher.clone())?;
+    containers.recover().await;
     let server = api::serve(
         &opts.api_socket,
         state.clone(),
         registry.clone(),
         attacher.clone(),
         images,
+        containers,
     )
     .await?;
 

@@ -2,7 +2,7 @@
 //! image store behind a lock, fed from a gRPC stream.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -79,9 +79,20 @@ impl Images {
         Ok(self.lock().list()?)
     }
 
-    /// Blocking: deletes layers nothing uses any more.
-    pub fn remove(&self, image: &str) -> Result<Image> {
-        // No container uses images yet; the runtime's containers will answer here.
-        Ok(self.lock().remove(image, |_| None)?)
+    /// Blocking: removes the tag, and the layers nothing uses any more,
+    /// unless `in_use` names a user of the image.
+    pub fn remove(&self, image: &str, in_use: impl Fn(&Image) -> Option<String>) -> Result<Image> {
+        Ok(self.lock().remove(image, in_use)?)
+    }
+
+    /// Blocking: a NAME[:TAG] or an id prefix.
+    pub fn resolve(&self, image: &str) -> Result<Image> {
+        Ok(self.lock().resolve(image)?)
+    }
+
+    /// The image's layer directories, lowest first.
+    pub fn layer_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        let store = self.lock();
+        image.layers.iter().map(|l| store.layer_dir(l)).collect()
     }
 }

@@ -5,6 +5,8 @@ mod api;
 mod attach;
 mod backend;
 mod config;
+mod container_cli;
+mod containers;
 mod daemon;
 mod etcd;
 mod images;
@@ -62,22 +64,45 @@ enum Command {
     Images(ApiArgs),
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
+    /// Create and start a container: tartan run [OPTIONS] IMAGE [COMMAND [ARG...]].
+    Run(Box<container_cli::RunArgs>),
+    /// List containers (running ones; -a for all).
+    Ps(container_cli::PsArgs),
+    /// Show containers in detail, as JSON.
+    Inspect(container_cli::NamesArgs),
+    /// Print a container's output (-f to follow it).
+    Logs(container_cli::LogsArgs),
+    /// Run a command inside a running container.
+    Exec(container_cli::ExecArgs),
+    /// Stop containers: SIGTERM, then SIGKILL after -t seconds.
+    Stop(container_cli::StopArgs),
+    /// Start stopped containers.
+    Start(container_cli::NamesArgs),
+    /// Stop and start containers.
+    Restart(container_cli::StopArgs),
+    /// Remove containers (-f kills running ones first).
+    Rm(container_cli::RmArgs),
+    /// Write a container's filesystem as a tarball.
+    Export(container_cli::ExportArgs),
     /// A container's first process, inside the namespaces its parent made.
     #[command(hide = true)]
     Init(InitArgs),
+    /// A container's supervisor, started by the agent.
+    #[command(hide = true)]
+    Shim(InitArgs),
 }
 
 #[derive(Args)]
 struct InitArgs {
-    /// The container's init spec (JSON).
+    /// The container's init spec (JSON), or the supervisor's container directory.
     spec: PathBuf,
 }
 
 #[derive(Args)]
-struct ApiArgs {
+pub struct ApiArgs {
     /// Unix socket of the agent to ask.
     #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
+    pub api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -425,21 +450,14 @@ fn container_init(spec: &Path) -> ExitCode {
         }
     };
     let err = tartan_runtime::init::run(&tartan_runtime::syscall::LinuxSyscall, &spec);
-    // Docker's codes: 127 when the command is missing, 126 when it cannot run, 125 otherwise.
-    let code = match &err {
-        tartan_runtime::RuntimeError::Io {
-            op: "running",
-            source,
-            ..
-        } => match source.raw_os_error() {
-            Some(libc::ENOENT) => 127,
-            Some(libc::EACCES) | Some(libc::ENOEXEC) => 126,
-            _ => 125,
-        },
-        _ => 125,
-    };
+    let code = tartan_runtime::init::failure_code(&err);
     eprintln!("tartan init: {:#}", anyhow::Error::from(err));
-    ExitCode::from(code)
+    ExitCode::from(code as u8)
+}
+
+/// An exit code of a container, as this process's own.
+fn exit_with(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
 
 fn main() -> ExitCode {
@@ -447,10 +465,23 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    if let Command::Init(args) = &cli.command {
-        // Before any runtime thread exists: init changes its root and execs.
-        return container_init(&args.spec);
-    }
+    // Before any runtime thread exists: these fork, enter namespaces or exec.
+    let cli = match cli.command {
+        Command::Init(args) => return container_init(&args.spec),
+        Command::Shim(args) => {
+            return exit_with(tartan_runtime::container::shim::main(&args.spec));
+        }
+        Command::Exec(args) => {
+            return match container_cli::exec(args) {
+                Ok(code) => exit_with(code),
+                Err(err) => {
+                    eprintln!("tartan: {err:#}");
+                    ExitCode::from(126)
+                }
+            };
+        }
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -461,24 +492,42 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    let result: Result<i32> = runtime.block_on(async {
+        let done = |r: Result<()>| r.map(|()| 0);
         match cli.command {
             Command::Agent(args) => {
                 init_logging();
-                daemon::run(args.into_options()).await
+                done(daemon::run(args.into_options()).await)
             }
-            Command::Status(args) => status(args).await,
-            Command::Attach(args) => attach(args).await,
-            Command::Detach(args) => detach(args).await,
-            Command::Import(args) => import(args).await,
-            Command::Load(args) => load(args).await,
-            Command::Images(args) => images(args).await,
-            Command::Rmi(args) => rmi(args).await,
-            Command::Init(_) => Err(anyhow::anyhow!("init runs before the async runtime starts")),
+            Command::Status(args) => done(status(args).await),
+            Command::Attach(args) => done(attach(args).await),
+            Command::Detach(args) => done(detach(args).await),
+            Command::Import(args) => done(import(args).await),
+            Command::Load(args) => done(load(args).await),
+            Command::Images(args) => done(images(args).await),
+            Command::Rmi(args) => done(rmi(args).await),
+            // Docker's code for a run that failed before the container did anything: 125.
+            Command::Run(args) => container_cli::run(*args).await.or_else(|err| {
+                eprintln!("tartan: {err:#}");
+                Ok(125)
+            }),
+            Command::Ps(args) => done(container_cli::ps(args).await),
+            Command::Inspect(args) => done(container_cli::inspect(args).await),
+            Command::Logs(args) => done(container_cli::logs(args).await),
+            Command::Stop(args) => done(container_cli::stop(args, false).await),
+            Command::Start(args) => done(container_cli::start(args).await),
+            Command::Restart(args) => done(container_cli::stop(args, true).await),
+            Command::Rm(args) => done(container_cli::rm(args).await),
+            Command::Export(args) => done(container_cli::export(args).await),
+            Command::Init(_) | Command::Shim(_) | Command::Exec(_) => Err(anyhow::anyhow!(
+                "this command runs before the async runtime starts"
+            )),
         }
     });
+    // A reader of standard input may still be blocked; it must not hold the exit up.
+    runtime.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => exit_with(code),
         Err(err) => {
             // One line: the chain of causes joined, as an operator reads it in a terminal or the journal.
             eprintln!("tartan: {err:#}");

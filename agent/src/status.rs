@@ -215,3 +215,167 @@ mod tests {
         assert!(t.ends_with("(1 peers)\n"), "{t}");
     }
 }
+
+/// "3 seconds", "5 minutes", as Docker words ages.
+fn age(since: &str, now: std::time::SystemTime) -> Option<String> {
+    let then = humantime::parse_rfc3339_weak(since).ok()?;
+    let secs = now.duration_since(then).unwrap_or_default().as_secs();
+    let (n, unit) = match secs {
+        0..=1 => return Some("Less than a second".into()),
+        2..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86399 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    Some(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }))
+}
+
+/// The STATUS column: "Up 5 seconds", "Exited (0) 3 seconds ago", "Created".
+fn container_status(c: &tartan_proto::v1::Container, now: std::time::SystemTime) -> String {
+    match c.state.as_str() {
+        "running" => format!("Up {}", age(&c.started, now).unwrap_or_default()),
+        "exited" => {
+            let code = c.exit_code.unwrap_or_default();
+            match age(&c.finished, now) {
+                Some(ago) => format!("Exited ({code}) {ago} ago"),
+                None => format!("Exited ({code})"),
+            }
+        }
+        _ => "Created".into(),
+    }
+}
+
+/// `tartan ps`.
+pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
+    let now = std::time::SystemTime::now();
+    let rows: Vec<[String; 7]> = containers
+        .iter()
+        .map(|c| {
+            let mut command = c.args.join(" ");
+            if command.chars().count() > 20 {
+                command = command.chars().take(19).collect::<String>() + "…";
+            }
+            [
+                c.id.chars().take(12).collect(),
+                c.image.clone(),
+                format!("\"{command}\""),
+                age(&c.created, now)
+                    .map(|a| format!("{a} ago"))
+                    .unwrap_or_default(),
+                container_status(c, now),
+                if c.address.is_empty() {
+                    c.network.clone()
+                } else {
+                    c.address.clone()
+                },
+                c.name.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "ADDRESS",
+        "NAMES",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count() + 3;
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad));
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `tartan inspect`: one JSON object per container, in an array as Docker prints it.
+pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
+    let (ip, prefix) = match c.address.split_once('/') {
+        Some((ip, len)) => (Some(ip), len.parse::<u8>().ok()),
+        None => (None, None),
+    };
+    let empty_none = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "image": c.image,
+        "image_id": format!("sha256:{}", c.image_id),
+        "created": c.created,
+        "args": c.args,
+        "state": {
+            "status": c.state,
+            "running": c.state == "running",
+            "pid": c.pid,
+            "exit_code": c.exit_code,
+            "started_at": empty_none(&c.started),
+            "finished_at": empty_none(&c.finished),
+        },
+        "config": {
+            "hostname": c.hostname,
+            "env": c.env,
+            "working_dir": c.workdir,
+            "tty": c.tty,
+            "open_stdin": c.interactive,
+            "auto_remove": c.auto_remove,
+        },
+        "network": {
+            "mode": c.network,
+            "ip_address": ip,
+            "prefix_len": prefix,
+        },
+    })
+}
+
+#[cfg(test)]
+mod container_tests {
+    use super::*;
+
+    #[test]
+    fn ps_reads_like_docker() {
+        let now = std::time::SystemTime::now();
+        let started = humantime::format_rfc3339_seconds(now - Duration::from_secs(125)).to_string();
+        let c = tartan_proto::v1::Container {
+            id: "0123456789abcdef".into(),
+            name: "web".into(),
+            image: "busybox".into(),
+            args: vec!["sleep".into(), "1000".into()],
+            state: "running".into(),
+            started: started.clone(),
+            created: started,
+            address: "10.5.1.2/24".into(),
+            ..Default::default()
+        };
+        let table = containers_table(std::slice::from_ref(&c));
+        let row = table.lines().nth(1).expect("a row");
+        assert!(row.starts_with("0123456789ab   busybox"), "{row}");
+        assert!(row.contains("Up 2 minutes"), "{row}");
+        assert!(row.ends_with("10.5.1.2/24   web"), "{row}");
+        let exited = tartan_proto::v1::Container {
+            state: "exited".into(),
+            exit_code: Some(3),
+            ..c
+        };
+        assert_eq!(container_status(&exited, now), "Exited (3)");
+        assert_eq!(container_json(&exited)["network"]["ip_address"], "10.5.1.2");
+    }
+}

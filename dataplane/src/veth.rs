@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -116,16 +116,7 @@ impl Netlink {
             .await
             .map_err(netlink_err("container address add"))?;
         container.set_up_with_mtu(inner.index, spec.mtu).await?;
-        if let Some(lo) = container.link("lo").await? {
-            let up = LinkUnspec::new_with_index(lo.index).up().build();
-            container
-                .handle
-                .link()
-                .set(up)
-                .execute()
-                .await
-                .map_err(netlink_err("lo up"))?;
-        }
+        container.set_loopback_up().await?;
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(spec.gateway)
             .output_interface(inner.index)
@@ -153,6 +144,28 @@ impl Netlink {
             .execute()
             .await
             .map_err(netlink_err("veth to bridge"))?;
+        Ok(())
+    }
+
+    /// Brings `lo` up in the network namespace at `netns`: all a container
+    /// with no network (`--net none`) gets.
+    pub async fn loopback_up(netns: &Path) -> Result<()> {
+        Netlink::connect_in_netns(netns)
+            .await?
+            .set_loopback_up()
+            .await
+    }
+
+    async fn set_loopback_up(&self) -> Result<()> {
+        if let Some(lo) = self.link("lo").await? {
+            let up = LinkUnspec::new_with_index(lo.index).up().build();
+            self.handle
+                .link()
+                .set(up)
+                .execute()
+                .await
+                .map_err(netlink_err("lo up"))?;
+        }
         Ok(())
     }
 

@@ -20,6 +20,10 @@ pub enum RuntimeError {
     Ambiguous(String),
     #[error("image {image} is in use by {user}")]
     ImageInUse { image: String, user: String },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("no such container: {0}")]
+    NoSuchContainer(String),
     #[error("the image store at {path} is damaged")]
     Store {
         path: PathBuf,

@@ -24,6 +24,18 @@ pub struct InitSpec {
     pub env: Vec<String>,
     pub cwd: PathBuf,
     pub args: Vec<String>,
+    /// Files written into the container once it is the root (`/etc/hosts`,
+    /// `/etc/resolv.conf`, `/etc/hostname`), so that a symlink in the image
+    /// cannot point them at the host.
+    #[serde(default)]
+    pub files: Vec<InitFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitFile {
+    /// Absolute, inside the container.
+    pub path: PathBuf,
+    pub contents: String,
 }
 
 /// Docker's default capability set (numbers from linux/capability.h).
@@ -57,7 +69,7 @@ fn os_err(what: &str) -> RuntimeError {
 
 /// Drops every capability outside `keep` from the bounding set, then sets
 /// the effective, permitted and inheritable sets to `keep`.
-fn restrict_capabilities(keep: &[u32]) -> Result<()> {
+pub(crate) fn restrict_capabilities(keep: &[u32]) -> Result<()> {
     for cap in 0..=LAST_CAPABILITY {
         if keep.contains(&cap) {
             continue;
@@ -122,6 +134,16 @@ pub fn run(sys: &dyn Syscall, spec: &InitSpec) -> RuntimeError {
 }
 
 fn prepare(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
+    build_root(sys, spec)?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(os_err("setting no_new_privs"));
+    }
+    restrict_capabilities(&DEFAULT_CAPABILITIES)
+}
+
+/// The container's root, its files, hostname and working directory.
+fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
     let layout = RootfsLayout {
         layers: spec.layers.clone(),
         upper: spec.upper.clone(),
@@ -130,40 +152,63 @@ fn prepare(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
     };
     mount_rootfs(sys, &layout)?;
     pivot_into(sys, &spec.merged)?;
-    sys.sethostname(&spec.hostname)?;
-    sys.chdir(&spec.cwd)?;
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(os_err("setting no_new_privs"));
+    for file in &spec.files {
+        if let Some(parent) = file.path.parent() {
+            sys.mkdir_all(parent)?;
+        }
+        sys.write_file(&file.path, file.contents.as_bytes())?;
     }
-    restrict_capabilities(&DEFAULT_CAPABILITIES)
+    sys.sethostname(&spec.hostname)?;
+    sys.chdir(&spec.cwd)
 }
 
 fn exec(spec: &InitSpec) -> RuntimeError {
+    exec_command(&spec.args, &spec.env)
+}
+
+/// The exit code for a container that could not start, as Docker gives it:
+/// 127 when the command is missing, 126 when it cannot be run, 125 otherwise.
+pub fn failure_code(err: &RuntimeError) -> i32 {
+    match err {
+        RuntimeError::Io {
+            op: "running",
+            source,
+            ..
+        } => match source.raw_os_error() {
+            Some(libc::ENOENT) => 127,
+            Some(libc::EACCES) | Some(libc::ENOEXEC) => 126,
+            _ => 125,
+        },
+        _ => 125,
+    }
+}
+
+/// Replaces this process with `args`, searching `PATH` from `env`; returns only on failure.
+pub(crate) fn exec_command(args: &[String], env: &[String]) -> RuntimeError {
     let to_c = |items: &[String]| -> Option<Vec<CString>> {
         items
             .iter()
             .map(|s| CString::new(s.as_str()).ok())
             .collect()
     };
-    let (Some(args), Some(env)) = (to_c(&spec.args), to_c(&spec.env)) else {
+    let (Some(c_args), Some(c_env)) = (to_c(args), to_c(env)) else {
         return RuntimeError::BadReference(
             "a command or environment entry holds a NUL byte".into(),
         );
     };
-    let Some(program) = args.first() else {
+    let Some(program) = c_args.first() else {
         return RuntimeError::BadReference("no command to run".into());
     };
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     // execvpe searches PATH from the environment given, as a shell would.
     // SAFETY: NUL-terminated argument and environment arrays of valid strings.
     unsafe { libc::execvpe(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     RuntimeError::Io {
         op: "running",
-        path: PathBuf::from(&spec.args[0]),
+        path: PathBuf::from(&args[0]),
         source: std::io::Error::last_os_error(),
     }
 }
@@ -172,6 +217,7 @@ fn exec(spec: &InitSpec) -> RuntimeError {
 mod tests {
     use super::*;
     use crate::syscall::{Call, RecordingSyscall};
+    use std::path::Path;
 
     #[test]
     fn the_spec_round_trips_and_preparation_ends_in_the_container() {
@@ -184,6 +230,10 @@ mod tests {
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
             args: vec!["sh".into()],
+            files: vec![InitFile {
+                path: "/etc/hostname".into(),
+                contents: "web\n".into(),
+            }],
         };
         let text = serde_json::to_string(&spec).expect("json");
         assert_eq!(
@@ -191,20 +241,24 @@ mod tests {
             spec
         );
         let sys = RecordingSyscall::default();
-        mount_rootfs(
-            &sys,
-            &RootfsLayout {
-                layers: spec.layers.clone(),
-                upper: spec.upper.clone(),
-                work: spec.work.clone(),
-                merged: spec.merged.clone(),
-            },
-        )
-        .expect("rootfs");
-        pivot_into(&sys, &spec.merged).expect("pivot");
-        sys.sethostname(&spec.hostname).expect("hostname");
+        build_root(&sys, &spec).expect("root");
         let calls = sys.calls.borrow();
-        assert_eq!(calls.last(), Some(&Call::Sethostname("web".into())));
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot(..)))
+            .expect("pivot");
+        let written = calls
+            .iter()
+            .position(
+                |c| matches!(c, Call::WriteFile(path, _) if path == Path::new("/etc/hostname")),
+            )
+            .expect("hostname file");
+        assert!(
+            written > pivot,
+            "files are written inside the new root only"
+        );
+        assert_eq!(calls[calls.len() - 2], Call::Sethostname("web".into()));
+        assert_eq!(calls.last(), Some(&Call::Chdir("/".into())));
         assert!(
             DEFAULT_CAPABILITIES.contains(&13),
             "NET_RAW stays: ping works, as in Docker"

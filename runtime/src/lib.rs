@@ -1,9 +1,11 @@
 //! Tartan's bundled minimal container runtime: the image store (root
 //! filesystem tarballs imported into content-addressed layers that
-//! containers share, never copy), and the container's init: its root
-//! filesystem (overlay, kernel filesystems, pivot_root) and the step down
-//! to Docker's default privileges, behind a syscall seam.
+//! containers share, never copy); the container's init (its root
+//! filesystem, overlay, kernel filesystems and pivot_root, and the step
+//! down to Docker's default privileges) behind a syscall seam; and each
+//! container's supervisor, log, attach protocol, exec and export.
 
+pub mod container;
 mod error;
 pub mod image;
 pub mod init;

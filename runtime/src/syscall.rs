@@ -34,6 +34,8 @@ pub trait Syscall {
     fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> Result<()>;
     fn symlink(&self, target: &Path, link: &Path) -> Result<()>;
     fn sethostname(&self, name: &str) -> Result<()>;
+    /// Replaces a file's contents (or creates it, mode 0644).
+    fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()>;
 }
 
 fn cstr(path: &Path) -> std::io::Result<CString> {
@@ -140,6 +142,10 @@ impl Syscall for LinuxSyscall {
         check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
             .map_err(io_err("setting the hostname to", name))
     }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        std::fs::write(path, contents).map_err(io_err("writing", path))
+    }
 }
 
 /// One recorded call, for tests.
@@ -159,6 +165,7 @@ pub enum Call {
     MknodChar(PathBuf, u32, u32, u32),
     Symlink(PathBuf, PathBuf),
     Sethostname(String),
+    WriteFile(PathBuf, Vec<u8>),
 }
 
 /// Records every call and succeeds, so that unit tests can check what
@@ -220,6 +227,12 @@ impl Syscall for RecordingSyscall {
     }
     fn sethostname(&self, name: &str) -> Result<()> {
         self.calls.borrow_mut().push(Call::Sethostname(name.into()));
+        Ok(())
+    }
+    fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::WriteFile(path.into(), contents.to_vec()));
         Ok(())
     }
 }

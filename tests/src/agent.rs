@@ -232,12 +232,54 @@ impl Agent {
     /// Runs a `tartan` CLI command against this agent's socket, in the
     /// agent's namespace (as a user on that host would).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        // The socket goes by environment: a flag after `run IMAGE CMD…` would be the command's.
         self.command(&tartan_bin()?)
             .args(args)
-            .arg("--api-socket")
-            .arg(self.api_socket())
+            .env("TARTAN_API_SOCKET", self.api_socket())
             .output()
             .context("running the tartan CLI")
+    }
+
+    /// The `tartan` CLI with `args` against this agent, in its namespace,
+    /// for callers that wire standard input or a terminal themselves.
+    pub fn cli_command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = self.command(&tartan_bin()?);
+        cmd.args(args).env("TARTAN_API_SOCKET", self.api_socket());
+        Ok(cmd)
+    }
+
+    /// Kills every container supervisor of this agent (their containers die
+    /// with them) and waits, up to 10 s, until they are gone.
+    pub fn kill_containers(&self) {
+        let marker = self.state_dir().join("containers");
+        let marker = marker.to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut found = false;
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                    continue;
+                };
+                let args: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                if args.get(1).map(String::as_str) == Some("shim")
+                    && args.get(2).is_some_and(|dir| dir.starts_with(&marker))
+                {
+                    found = true;
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if !found || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `tartan status -o json`, parsed.
@@ -359,6 +401,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.kill();
+        self.kill_containers();
         // A panicking test loses the log with the temp dir: show its end first
         // (cargo test prints a failed test's stderr).
         if std::thread::panicking() {

@@ -19,7 +19,8 @@ pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(root.join("etc"))?;
     std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
     for applet in [
-        "sh", "ls", "cat", "echo", "sleep", "ping", "ip", "hostname", "id",
+        "sh", "ls", "cat", "echo", "sleep", "ping", "ip", "hostname", "id", "tr", "test", "stty",
+        "grep", "touch", "rm", "wc", "true", "false", "pwd", "mkdir", "tty",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }

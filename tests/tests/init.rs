@@ -31,6 +31,7 @@ fn run_init(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
         env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
         cwd: "/".into(),
         args: args.iter().map(|a| a.to_string()).collect(),
+        files: Vec::new(),
     };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;

@@ -1,0 +1,519 @@
+//! The Docker-dialect container commands of the CLI: `run`, `ps`,
+//! `inspect`, `logs`, `exec`, `stop`, `start`, `restart`, `rm`, `export`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tartan_proto::v1::{
+    ContainerRequest, ListContainersRequest, LogsRequest, RemoveContainerRequest, RunRequest,
+    StopRequest,
+};
+use tartan_runtime::container::exec::{ExecSpec, RawMode};
+use tartan_runtime::container::frame::{Frame, FrameDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{api, refused, ApiArgs};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Keep standard input open and pass it on.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Remove the container when it ends.
+    #[arg(long)]
+    rm: bool,
+    /// A name (letters, digits, _ . -); one is made up otherwise.
+    #[arg(long)]
+    name: Option<String>,
+    /// The container's hostname (default: the short id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// KEY=VALUE, or KEY to pass this shell's value on. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// overlay (default), host, none or container:NAME.
+    #[arg(long = "net", visible_alias = "network", value_name = "MODE")]
+    net: Option<String>,
+    /// An address in the node subnet (with --net overlay).
+    #[arg(long)]
+    ip: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+    /// NAME[:TAG] or an image id.
+    image: String,
+    /// The command and its arguments (default: /bin/sh).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Stopped containers too.
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only the ids.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+pub struct NamesArgs {
+    /// Names or id prefixes.
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u32,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Kill running containers first.
+    #[arg(short = 'f', long)]
+    force: bool,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep following the log until the container stops.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    container: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Pass standard input on.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the command a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Extra KEY=VALUE environment entries. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The working directory (default: the container's).
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+    container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Write to this file (default: standard output).
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    container: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// `-e KEY` takes the value from this shell, as Docker does; unset keys are dropped.
+fn expand_env(given: &[String]) -> Vec<String> {
+    given
+        .iter()
+        .filter_map(|entry| {
+            if entry.contains('=') {
+                Some(entry.clone())
+            } else {
+                std::env::var(entry).ok().map(|v| format!("{entry}={v}"))
+            }
+        })
+        .collect()
+}
+
+/// `tartan run`; returns the exit code to leave with.
+pub async fn run(args: RunArgs) -> Result<i32> {
+    if args.tty && args.interactive && !std::io::stdin().is_terminal() && !args.detach {
+        bail!("the input device is not a TTY; drop -t or run from a terminal");
+    }
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let container = client
+        .run_container(RunRequest {
+            image: args.image,
+            args: args.command,
+            name: args.name.unwrap_or_default(),
+            hostname: args.hostname.unwrap_or_default(),
+            env: expand_env(&args.env),
+            workdir: args.workdir.unwrap_or_default(),
+            network: args.net.unwrap_or_default(),
+            ip: args.ip.unwrap_or_default(),
+            tty: args.tty,
+            interactive: args.interactive,
+            detach: args.detach,
+            auto_remove: args.rm,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if args.detach {
+        println!("{}", container.id);
+        return Ok(0);
+    }
+    let code = attach(&container.attach_socket, args.tty, args.interactive).await?;
+    if args.rm {
+        // The agent removes it too when it sees it end; whoever is second finds nothing.
+        let _ = client
+            .remove_container(RemoveContainerRequest {
+                container: container.id,
+                force: false,
+            })
+            .await;
+    }
+    Ok(code)
+}
+
+fn window_size() -> Option<(u16, u16)> {
+    // SAFETY: TIOCGWINSZ into a winsize we own.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut size) } == 0
+        || unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut size) } == 0
+    {
+        Some((size.ws_row, size.ws_col))
+    } else {
+        None
+    }
+}
+
+/// Streams the container's output here and this terminal's input there,
+/// until the supervisor reports the exit code.
+async fn attach(socket: &str, tty: bool, interactive: bool) -> Result<i32> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("attaching to the container at {socket}"))?;
+    let (mut from_shim, mut to_shim) = stream.into_split();
+    let raw = (tty && std::io::stdin().is_terminal()).then(|| RawMode::enable(0));
+    let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Frame>(16);
+    tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if to_shim.write_all(&frame.to_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    if tty {
+        if let Some((rows, cols)) = window_size() {
+            let _ = frames.send(Frame::Resize { rows, cols }).await;
+        }
+        let resizes = frames.clone();
+        if let Ok(mut winch) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        {
+            tokio::spawn(async move {
+                while winch.recv().await.is_some() {
+                    if let Some((rows, cols)) = window_size() {
+                        if resizes.send(Frame::Resize { rows, cols }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    if interactive {
+        let input = frames.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = input.send(Frame::StdinClose).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if input.send(Frame::Stdin(buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(frames);
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut decoder = FrameDecoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let code = 'session: loop {
+        let n = from_shim
+            .read(&mut buf)
+            .await
+            .context("reading from the container")?;
+        if n == 0 {
+            break 'session None;
+        }
+        decoder.push(&buf[..n]);
+        while let Some(frame) = decoder.next_frame()? {
+            match frame {
+                Frame::Stdout(data) => {
+                    stdout.write_all(&data).await?;
+                    stdout.flush().await?;
+                }
+                Frame::Stderr(data) => {
+                    stderr.write_all(&data).await?;
+                    stderr.flush().await?;
+                }
+                Frame::Exit(code) => break 'session Some(code),
+                _ => {}
+            }
+        }
+    };
+    drop(raw);
+    code.context("the container's supervisor went away without an exit status")
+}
+
+pub async fn ps(args: PsArgs) -> Result<()> {
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let list = client
+        .list_containers(ListContainersRequest { all: args.all })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if args.quiet {
+        for c in &list.containers {
+            println!("{}", &c.id[..12.min(c.id.len())]);
+        }
+    } else {
+        print!("{}", crate::status::containers_table(&list.containers));
+    }
+    Ok(())
+}
+
+pub async fn inspect(args: NamesArgs) -> Result<()> {
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut out = Vec::new();
+    for name in args.containers {
+        let c = client
+            .inspect_container(ContainerRequest { container: name })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        out.push(crate::status::container_json(&c));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+pub async fn logs(args: LogsArgs) -> Result<()> {
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut entries = client
+        .container_logs(LogsRequest {
+            container: args.container,
+            follow: args.follow,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    while let Some(entry) = entries.message().await.map_err(refused)? {
+        if entry.stderr {
+            stderr.write_all(&entry.data).await?;
+            stderr.flush().await?;
+        } else {
+            stdout.write_all(&entry.data).await?;
+            stdout.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies `op` to each container named, printing each name done, as
+/// Docker does; failures are reported one line each and make the result fail.
+async fn each<F, Fut>(names: Vec<String>, mut op: F) -> Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failures = 0;
+    for name in names {
+        match op(name.clone()).await {
+            Ok(()) => println!("{name}"),
+            Err(err) => {
+                eprintln!("tartan: {err:#}");
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of the containers named failed");
+    }
+    Ok(())
+}
+
+/// `tartan stop`, or with `restart` set, `tartan restart`.
+pub async fn stop(args: StopArgs, restart: bool) -> Result<()> {
+    let client = api::connect(&args.api.api_socket).await?;
+    each(args.containers, |container| {
+        let mut client = client.clone();
+        async move {
+            let request = StopRequest {
+                container,
+                timeout_seconds: args.time,
+            };
+            if restart {
+                client.restart_container(request).await.map_err(refused)?;
+            } else {
+                client.stop_container(request).await.map_err(refused)?;
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn start(args: NamesArgs) -> Result<()> {
+    let client = api::connect(&args.api.api_socket).await?;
+    each(args.containers, |container| {
+        let mut client = client.clone();
+        async move {
+            client
+                .start_container(ContainerRequest { container })
+                .await
+                .map_err(refused)?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn rm(args: RmArgs) -> Result<()> {
+    let client = api::connect(&args.api.api_socket).await?;
+    each(args.containers, |container| {
+        let mut client = client.clone();
+        async move {
+            client
+                .remove_container(RemoveContainerRequest {
+                    container,
+                    force: args.force,
+                })
+                .await
+                .map_err(refused)?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn export(args: ExportArgs) -> Result<()> {
+    if args.output.is_none() && std::io::stdout().is_terminal() {
+        bail!("refusing to write a tarball to a terminal; use -o FILE or redirect");
+    }
+    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut chunks = client
+        .export_container(ContainerRequest {
+            container: args.container,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    match &args.output {
+        Some(path) => {
+            // Written beside the target and renamed at the end: a failed export leaves no file.
+            let staging = path.with_extension(format!("partial-{}", std::process::id()));
+            let result = async {
+                let mut file = tokio::fs::File::create(&staging)
+                    .await
+                    .with_context(|| format!("creating {}", staging.display()))?;
+                while let Some(chunk) = chunks.message().await.map_err(refused)? {
+                    file.write_all(&chunk.data).await?;
+                }
+                file.sync_all().await?;
+                tokio::fs::rename(&staging, path)
+                    .await
+                    .with_context(|| format!("writing {}", path.display()))
+            }
+            .await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&staging).await;
+            }
+            result
+        }
+        None => {
+            let mut stdout = tokio::io::stdout();
+            while let Some(chunk) = chunks.message().await.map_err(refused)? {
+                stdout.write_all(&chunk.data).await?;
+            }
+            stdout.flush().await?;
+            Ok(())
+        }
+    }
+}
+
+/// `tartan exec`: asks the agent where the container is, then enters it
+/// from this process. Runs before any async runtime thread exists, since
+/// entering namespaces needs a single-threaded process.
+pub fn exec(args: ExecArgs) -> Result<i32> {
+    let lookup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let container = lookup.block_on(async {
+        let mut client = api::connect(&args.api.api_socket).await?;
+        let container = client
+            .inspect_container(ContainerRequest {
+                container: args.container.clone(),
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        anyhow::Ok(container)
+    })?;
+    // The runtime and its threads must be gone before the fork.
+    drop(lookup);
+    if container.state != "running" || container.pid == 0 {
+        bail!("container {} is not running", container.name);
+    }
+    if args.tty && args.interactive && !std::io::stdin().is_terminal() {
+        bail!("the input device is not a TTY; drop -t or run from a terminal");
+    }
+    let mut env = container.env.clone();
+    for entry in expand_env(&args.env) {
+        let key = entry.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    }
+    let spec = ExecSpec {
+        pid: container.pid,
+        args: args.command,
+        env,
+        cwd: args.workdir.unwrap_or(container.workdir),
+        tty: args.tty,
+        interactive: args.interactive,
+    };
+    Ok(tartan_runtime::container::exec::exec_in(&spec)?)
+}

@@ -1,0 +1,999 @@
+//! The agent's containers: creating them from images, starting each under a
+//! supervisor of its own (`tartan shim`), plugging it into the overlay,
+//! stopping, removing, and finding them all again after a restart.
+//!
+//! The agent keeps no state of its own about a container beyond its
+//! directory: `config.json` says what was asked for, the supervisor's files
+//! say whether it runs, and the address book of the node subnet holds its
+//! address under the key `container:ID`.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ipnetwork::Ipv4Network;
+use tartan_runtime::container::{
+    now_rfc3339, ContainerConfig, ContainerDir, NetworkMode, ShimSpec,
+};
+use tartan_runtime::init::{InitFile, InitSpec};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tracing::{info, warn};
+
+use crate::api::SharedAttacher;
+use crate::images::Images;
+
+/// The PATH a container gets unless it sets its own, as Docker gives it.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long the supervisor may take to report the container's process.
+const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGKILLed container may take to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `tartan run` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub image: String,
+    pub args: Vec<String>,
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub network: Option<String>,
+    pub ip: Option<String>,
+    pub tty: bool,
+    pub interactive: bool,
+    pub detach: bool,
+    pub auto_remove: bool,
+}
+
+/// A container's lifecycle state, read from its supervisor's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Made, never started (or its start was abandoned).
+    Created,
+    Running {
+        pid: u32,
+        shim_pid: u32,
+        started: String,
+    },
+    Exited {
+        code: i32,
+        started: String,
+        finished: String,
+    },
+}
+
+/// One container as the API shows it.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    pub config: ContainerConfig,
+    pub status: Status,
+    pub network: String,
+    pub attach_socket: PathBuf,
+}
+
+struct Entry {
+    config: ContainerConfig,
+    /// Serializes start, stop and removal of this container.
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// All containers of this node; cheap to clone.
+#[derive(Clone)]
+pub struct Containers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    images: Images,
+    attacher: SharedAttacher,
+    shim_binary: PathBuf,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// The address book key of a container's overlay address.
+fn address_key(id: &str) -> String {
+    format!("container:{id}")
+}
+
+/// Docker's rule for names: a letter or digit, then letters, digits, `_.-`.
+fn check_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
+        || name.len() > 64
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        bail!("invalid container name {name:?}: use letters, digits and _ . - (starting with a letter or digit)");
+    }
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+const NAME_ADJECTIVES: [&str; 16] = [
+    "brisk", "calm", "dapper", "eager", "fuzzy", "gentle", "hardy", "jolly", "keen", "lively",
+    "mellow", "nimble", "plucky", "quiet", "sturdy", "witty",
+];
+const NAME_NOUNS: [&str; 16] = [
+    "argyle", "bobbin", "check", "damask", "flannel", "gingham", "heather", "kilt", "loom",
+    "madras", "plaid", "shuttle", "spindle", "tweed", "warp", "weft",
+];
+
+/// Parses `--net`.
+fn parse_network(text: &str) -> Result<NetworkModeRequest> {
+    Ok(match text {
+        "" | "overlay" | "bridge" => NetworkModeRequest::Overlay,
+        "host" => NetworkModeRequest::Host,
+        "none" => NetworkModeRequest::None,
+        other => match other.strip_prefix("container:") {
+            Some(name) if !name.is_empty() => NetworkModeRequest::Container(name.to_string()),
+            _ => bail!("invalid --net {other:?}: use overlay, host, none or container:NAME"),
+        },
+    })
+}
+
+enum NetworkModeRequest {
+    Overlay,
+    Host,
+    None,
+    Container(String),
+}
+
+/// The host's resolvers as a container sees them: loopback resolvers
+/// (a local stub) are unreachable from another network namespace, so they
+/// are dropped, and with none left the container gets public ones, as Docker
+/// does.
+fn resolv_conf(host: &str, own_netns: bool) -> String {
+    if !own_netns {
+        return host.to_string();
+    }
+    let mut kept = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let loopback = words
+                .next()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|a| a.is_loopback());
+            if loopback {
+                continue;
+            }
+            servers += 1;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    if servers == 0 {
+        kept.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    kept
+}
+
+fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str) -> String {
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if let Some(address) = address {
+        if hostname == name {
+            hosts.push_str(&format!("{address}\t{hostname}\n"));
+        } else {
+            hosts.push_str(&format!("{address}\t{hostname} {name}\n"));
+        }
+    }
+    hosts
+}
+
+/// The container's environment: Docker's defaults, then the operator's.
+fn environment(given: &[String], hostname: &str, tty: bool) -> Vec<String> {
+    let mut env: Vec<String> = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
+    if tty {
+        env.push("TERM=xterm".into());
+    }
+    for entry in given {
+        let key = entry.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(entry.clone());
+    }
+    env
+}
+
+/// Waits until the process `pid` is gone, or `dir`'s supervisor lock is free.
+async fn wait_for_shim_exit(pid: u32, dir: &ContainerDir) {
+    // SAFETY: pidfd_open with a pid and no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd >= 0 {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a fresh descriptor from pidfd_open.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // The pid may have been recycled before the pidfd was opened: the lock tells.
+        if !dir.shim_alive() {
+            return;
+        }
+        // SAFETY: the AsyncFd owns the descriptor for its whole life.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        };
+        if let Ok(async_fd) = registered {
+            let _ = async_fd.readable().await;
+            return;
+        }
+    }
+    while dir.shim_alive() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl Containers {
+    /// Opens `state_dir/containers`, finding the containers an earlier agent
+    /// left, running or not. Directories a crash left half-made are removed.
+    pub fn open(state_dir: &Path, images: Images, attacher: SharedAttacher) -> Result<Containers> {
+        let root = state_dir.join("containers");
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let shim_binary = std::env::current_exe().context("finding the tartan binary")?;
+        let containers = Containers {
+            inner: Arc::new(Inner {
+                root: root.clone(),
+                images,
+                attacher,
+                shim_binary,
+                entries: Mutex::new(HashMap::new()),
+            }),
+        };
+        let listing =
+            std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))?;
+        for item in listing {
+            let path = item
+                .with_context(|| format!("reading {}", root.display()))?
+                .path();
+            let dir = ContainerDir::new(&path);
+            if !dir.config_path().exists() {
+                warn!(dir = %path.display(), "removing a container directory a crash left half-made");
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            match dir.read_config() {
+                Ok(config) => {
+                    containers.lock().insert(
+                        config.id.clone(),
+                        Entry {
+                            config,
+                            lifecycle: Arc::default(),
+                        },
+                    );
+                }
+                Err(err) => {
+                    warn!(dir = %path.display(), error = %err, "skipping a container whose record is damaged");
+                }
+            }
+        }
+        Ok(containers)
+    }
+
+    /// After a restart: watches the containers still running, and settles
+    /// those that ended while no agent was there (address freed, `--rm`
+    /// honoured). Waits for the node's address book where it needs it.
+    pub async fn recover(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        let mut running = 0;
+        for id in ids {
+            let dir = self.dir(&id);
+            match self.status_of(&dir) {
+                Status::Running { shim_pid, .. } => {
+                    running += 1;
+                    self.watch(id, shim_pid);
+                }
+                _ => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.settle(&id).await });
+                }
+            }
+        }
+        info!(running, "found containers");
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn dir(&self, id: &str) -> ContainerDir {
+        ContainerDir::new(self.inner.root.join(&id[..12]))
+    }
+
+    fn status_of(&self, dir: &ContainerDir) -> Status {
+        let alive = dir.shim_alive();
+        let state = dir.read_state();
+        match (alive, state, dir.read_exit()) {
+            (true, Some(state), _) => Status::Running {
+                pid: state.pid,
+                shim_pid: state.shim_pid,
+                started: state.started,
+            },
+            (true, None, _) => Status::Created,
+            (false, state, Some(exit)) => Status::Exited {
+                code: exit.code,
+                started: state.map(|s| s.started).unwrap_or_default(),
+                finished: exit.finished,
+            },
+            // The supervisor died without a word (killed): the container went with its namespaces' owner or is beyond reach.
+            (false, Some(state), None) => Status::Exited {
+                code: 255,
+                started: state.started,
+                finished: String::new(),
+            },
+            (false, None, None) => Status::Created,
+        }
+    }
+
+    /// A name, a full id or a unique id prefix, as Docker takes them.
+    pub fn resolve(&self, text: &str) -> Result<String> {
+        let entries = self.lock();
+        if text.is_empty() {
+            bail!("no container named");
+        }
+        if entries.contains_key(text) {
+            return Ok(text.to_string());
+        }
+        if let Some(entry) = entries.values().find(|e| e.config.name == text) {
+            return Ok(entry.config.id.clone());
+        }
+        let matches: Vec<&String> = entries.keys().filter(|id| id.starts_with(text)).collect();
+        match matches.as_slice() {
+            [id] => Ok((*id).clone()),
+            [] => bail!("no such container: {text}"),
+            _ => bail!("{text} matches more than one container; give more of the id"),
+        }
+    }
+
+    fn entry_parts(&self, id: &str) -> Result<(ContainerConfig, Arc<tokio::sync::Mutex<()>>)> {
+        let entries = self.lock();
+        let entry = entries
+            .get(id)
+            .ok_or_else(|| anyhow!("no such container: {id}"))?;
+        Ok((entry.config.clone(), entry.lifecycle.clone()))
+    }
+
+    pub fn view(&self, id: &str) -> Result<ContainerView> {
+        let (config, _) = self.entry_parts(id)?;
+        Ok(self.view_of(config))
+    }
+
+    fn view_of(&self, config: ContainerConfig) -> ContainerView {
+        let dir = self.dir(&config.id);
+        let status = self.status_of(&dir);
+        let network = config.network.display(|id| {
+            self.lock()
+                .get(id)
+                .map(|e| e.config.name.clone())
+                .unwrap_or_else(|| id[..12.min(id.len())].to_string())
+        });
+        ContainerView {
+            config,
+            status,
+            network,
+            attach_socket: dir.socket_path(),
+        }
+    }
+
+    /// Every container (running ones only unless `all`), newest first.
+    pub fn list(&self, all: bool) -> Vec<ContainerView> {
+        let configs: Vec<ContainerConfig> =
+            self.lock().values().map(|e| e.config.clone()).collect();
+        let mut views: Vec<ContainerView> = configs
+            .into_iter()
+            .map(|c| self.view_of(c))
+            .filter(|v| all || matches!(v.status, Status::Running { .. }))
+            .collect();
+        views.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        views
+    }
+
+    /// Who uses the image `image_id`, for `rmi`.
+    pub fn user_of_image(&self, image_id: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|e| e.config.image_id == image_id)
+            .map(|e| format!("container {}", e.config.name))
+    }
+
+    /// `tartan run`: creates the container and starts it. Nothing stays
+    /// behind when either step fails.
+    pub async fn run(&self, opts: RunOptions) -> Result<ContainerView> {
+        let image = {
+            let images = self.inner.images.clone();
+            let name = opts.image.clone();
+            tokio::task::spawn_blocking(move || images.resolve(&name))
+                .await
+                .context("resolving the image")??
+        };
+        let network = match parse_network(opts.network.as_deref().unwrap_or(""))? {
+            NetworkModeRequest::Overlay => NetworkMode::Overlay,
+            NetworkModeRequest::Host => NetworkMode::Host,
+            NetworkModeRequest::None => NetworkMode::None,
+            NetworkModeRequest::Container(name) => NetworkMode::Container(self.resolve(&name)?),
+        };
+        if opts.ip.is_some() && network != NetworkMode::Overlay {
+            bail!("--ip needs --net overlay");
+        }
+        if let Some(ip) = &opts.ip {
+            let attacher = self.inner.attacher.get().ok_or_else(|| {
+                anyhow!("the agent holds no subnet lease yet, or its backend (alloc) has no bridge")
+            })?;
+            crate::attach::parse_requested(ip, &attacher.subnet())?;
+        }
+        if let Some(dir) = &opts.workdir {
+            if !dir.starts_with('/') {
+                bail!("the working directory {dir:?} is not absolute");
+            }
+        }
+        for entry in &opts.env {
+            if entry.is_empty() || entry.starts_with('=') || !entry.contains('=') {
+                bail!("invalid environment entry {entry:?}: use KEY=VALUE");
+            }
+        }
+        let (id, name, lifecycle) = {
+            let mut entries = self.lock();
+            let name = match &opts.name {
+                Some(name) => {
+                    check_name(name)?;
+                    if entries.values().any(|e| &e.config.name == name) {
+                        bail!("the container name {name:?} is already in use");
+                    }
+                    name.clone()
+                }
+                None => loop {
+                    let candidate = format!(
+                        "{}_{}",
+                        NAME_ADJECTIVES[rand::random_range(0..NAME_ADJECTIVES.len())],
+                        NAME_NOUNS[rand::random_range(0..NAME_NOUNS.len())]
+                    );
+                    let candidate = if entries.values().any(|e| e.config.name == candidate) {
+                        format!("{candidate}_{}", random_hex(2))
+                    } else {
+                        candidate
+                    };
+                    if !entries.values().any(|e| e.config.name == candidate) {
+                        break candidate;
+                    }
+                },
+            };
+            // Directories are named by the first 12 digits, which must be unique too.
+            let id = loop {
+                let id = random_hex(32);
+                if !entries.keys().any(|k| k[..12] == id[..12]) {
+                    break id;
+                }
+            };
+            let hostname = opts
+                .hostname
+                .clone()
+                .unwrap_or_else(|| id[..12].to_string());
+            let config = ContainerConfig {
+                id: id.clone(),
+                name: name.clone(),
+                image: opts.image.clone(),
+                image_id: image.id.clone(),
+                args: if opts.args.is_empty() {
+                    vec!["/bin/sh".into()]
+                } else {
+                    opts.args.clone()
+                },
+                env: environment(&opts.env, &hostname, opts.tty),
+                cwd: opts.workdir.clone().unwrap_or_else(|| "/".into()),
+                hostname,
+                tty: opts.tty,
+                open_stdin: opts.interactive,
+                network,
+                requested_ip: opts.ip.clone(),
+                address: None,
+                auto_remove: opts.auto_remove,
+                created: now_rfc3339(),
+            };
+            let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
+            entries.insert(
+                id.clone(),
+                Entry {
+                    config,
+                    lifecycle: lifecycle.clone(),
+                },
+            );
+            (id, name, lifecycle)
+        };
+        let _guard = lifecycle.lock().await;
+        let created = self.create_and_start(&id, !opts.detach).await;
+        if let Err(err) = created {
+            self.discard(&id).await;
+            return Err(err);
+        }
+        info!(container = %name, id = %&id[..12], "started a container");
+        self.view(&id)
+    }
+
+    async fn create_and_start(&self, id: &str, wait_for_attach: bool) -> Result<()> {
+        let (config, _) = self.entry_parts(id)?;
+        let dir = self.dir(id);
+        dir.create()?;
+        dir.write_config(&config)?;
+        self.start_locked(id, wait_for_attach).await
+    }
+
+    /// Undoes a failed `run`: the address, the interface, the directory, the entry.
+    async fn discard(&self, id: &str) {
+        if let Some(attacher) = self.inner.attacher.get() {
+            let _ = attacher.release(&address_key(id)).await;
+        }
+        let _ = std::fs::remove_dir_all(self.dir(id).path());
+        self.lock().remove(id);
+    }
+
+    /// `tartan start`.
+    pub async fn start(&self, id: &str) -> Result<ContainerView> {
+        let (_, lifecycle) = self.entry_parts(id)?;
+        let _guard = lifecycle.lock().await;
+        self.start_locked(id, false).await?;
+        self.view(id)
+    }
+
+    /// Starts the container's supervisor and plugs the container's network
+    /// in before its command runs. The caller holds the lifecycle lock.
+    async fn start_locked(&self, id: &str, wait_for_attach: bool) -> Result<()> {
+        let (mut config, _) = self.entry_parts(id)?;
+        let dir = self.dir(id);
+        if let Status::Running { .. } = self.status_of(&dir) {
+            bail!("container {} is already running", config.name);
+        }
+        let image = {
+            let images = self.inner.images.clone();
+            let image_id = config.image_id.clone();
+            tokio::task::spawn_blocking(move || images.resolve(&image_id))
+                .await
+                .context("resolving the image")??
+        };
+        let layers = self.inner.images.layer_dirs(&image);
+
+        // The network: an address booked before the process exists, so that /etc/hosts can name it.
+        let key = address_key(id);
+        let (address, join_netns, new_netns) = match &config.network {
+            NetworkMode::Overlay => {
+                let attacher = self.inner.attacher.get().ok_or_else(|| {
+                    anyhow!("the agent holds no subnet lease yet, or its backend (alloc) has no bridge; use --net host or none")
+                })?;
+                let previous = config
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.parse::<Ipv4Network>().ok())
+                    .map(|n| n.ip());
+                let address = attacher
+                    .reserve(&key, config.requested_ip.as_deref(), previous)
+                    .await?;
+                (Some(address), None, true)
+            }
+            NetworkMode::Host => (None, None, false),
+            NetworkMode::None => (None, None, true),
+            NetworkMode::Container(other) => {
+                let view = self
+                    .view(other)
+                    .map_err(|_| anyhow!("the container whose network was shared is gone"))?;
+                let Status::Running { pid, .. } = view.status else {
+                    bail!(
+                        "container {} is not running: its network cannot be shared",
+                        view.config.name
+                    );
+                };
+                let address = view.config.address.as_deref().and_then(|a| a.parse().ok());
+                (
+                    address,
+                    Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+                    false,
+                )
+            }
+        };
+        let started = self
+            .launch(
+                &dir,
+                &config,
+                &layers,
+                address,
+                join_netns,
+                new_netns,
+                wait_for_attach,
+            )
+            .await;
+        match started {
+            Ok(()) => {
+                if config.network == NetworkMode::Overlay {
+                    config.address = address.map(|a| a.to_string());
+                    if let Err(err) = dir.write_config(&config) {
+                        warn!(error = %err, "could not record the container's address");
+                    }
+                    if let Some(entry) = self.lock().get_mut(id) {
+                        entry.config = config;
+                    }
+                }
+                let shim_pid = dir.read_state().map(|s| s.shim_pid);
+                match shim_pid {
+                    Some(pid) => self.watch(id.to_string(), pid),
+                    None => self.watch_by_lock(id.to_string()),
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if config.network == NetworkMode::Overlay {
+                    if let Some(attacher) = self.inner.attacher.get() {
+                        let _ = attacher.release(&key).await;
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        &self,
+        dir: &ContainerDir,
+        config: &ContainerConfig,
+        layers: &[PathBuf],
+        address: Option<Ipv4Network>,
+        join_netns: Option<PathBuf>,
+        new_netns: bool,
+        wait_for_attach: bool,
+    ) -> Result<()> {
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let hosts = match config.network {
+            NetworkMode::Host => std::fs::read_to_string("/etc/hosts")
+                .unwrap_or_else(|_| hosts_file(None, &config.hostname, &config.name)),
+            _ => hosts_file(address.map(|a| a.ip()), &config.hostname, &config.name),
+        };
+        let spec = ShimSpec {
+            init: InitSpec {
+                layers: layers.to_vec(),
+                upper: dir.upper(),
+                work: dir.work(),
+                merged: dir.rootfs(),
+                hostname: config.hostname.clone(),
+                env: config.env.clone(),
+                cwd: config.cwd.clone().into(),
+                args: config.args.clone(),
+                files: vec![
+                    InitFile {
+                        path: "/etc/hosts".into(),
+                        contents: hosts,
+                    },
+                    InitFile {
+                        path: "/etc/hostname".into(),
+                        contents: format!("{}\n", config.hostname),
+                    },
+                    InitFile {
+                        path: "/etc/resolv.conf".into(),
+                        contents: resolv_conf(&host_resolv, config.network != NetworkMode::Host),
+                    },
+                ],
+            },
+            tty: config.tty,
+            open_stdin: config.open_stdin,
+            new_netns,
+            join_netns,
+            wait_for_attach,
+        };
+        dir.clear_run()?;
+        let spec_path = dir.shim_spec_path();
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
+
+        let mut shim = tokio::process::Command::new(&self.inner.shim_binary)
+            .arg("shim")
+            .arg(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} shim", self.inner.shim_binary.display()))?;
+        let mut go = shim.stdin.take().context("the supervisor's input")?;
+        let stdout = shim.stdout.take().context("the supervisor's output")?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            SHIM_READY_TIMEOUT,
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        // The first process forks the supervisor off and exits at once.
+        let _ = shim.wait().await;
+        match read {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => bail!("reading from the container's supervisor: {err}"),
+            Err(_) => {
+                bail!("the container's supervisor did not report within {SHIM_READY_TIMEOUT:?}")
+            }
+        }
+        let line = line.trim();
+        let pid: u32 = match line.strip_prefix("ready ") {
+            Some(rest) => rest
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| anyhow!("the container's supervisor said {line:?}"))?,
+            None => bail!(
+                "{}",
+                line.strip_prefix("error: ").unwrap_or(if line.is_empty() {
+                    "the container's supervisor failed"
+                } else {
+                    line
+                })
+            ),
+        };
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let plugged = match (&config.network, self.inner.attacher.get()) {
+            (NetworkMode::Overlay, Some(attacher)) => {
+                attacher.plug(&address_key(&config.id), netns).await
+            }
+            (NetworkMode::None, _) => tartan_dataplane::Netlink::loopback_up(&netns)
+                .await
+                .map_err(anyhow::Error::from),
+            _ => Ok(()),
+        };
+        if let Err(err) = plugged {
+            // The supervisor kills the waiting process and goes.
+            let _ = go.write_all(b"abort\n").await;
+            return Err(err.context("plugging the container into the network"));
+        }
+        go.write_all(b"go\n")
+            .await
+            .context("starting the container's process")?;
+        drop(go);
+        // The state file appears when the supervisor lets the process go.
+        let deadline = Instant::now() + SHIM_READY_TIMEOUT;
+        while dir.read_state().is_none() && dir.read_exit().is_none() && !wait_for_attach {
+            if Instant::now() > deadline || !dir.shim_alive() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    fn watch(&self, id: String, shim_pid: u32) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let dir = this.dir(&id);
+            wait_for_shim_exit(shim_pid, &dir).await;
+            this.settle(&id).await;
+        });
+    }
+
+    /// For a supervisor still waiting for its client: no pid recorded yet.
+    fn watch_by_lock(&self, id: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let dir = this.dir(&id);
+            loop {
+                if let Some(state) = dir.read_state() {
+                    wait_for_shim_exit(state.shim_pid, &dir).await;
+                    break;
+                }
+                if !dir.shim_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            this.settle(&id).await;
+        });
+    }
+
+    /// After a container ended: its address goes back to the book, and a
+    /// `--rm` container goes altogether.
+    async fn settle(&self, id: &str) {
+        let Ok((config, lifecycle)) = self.entry_parts(id) else {
+            return;
+        };
+        let _guard = lifecycle.lock().await;
+        let dir = self.dir(id);
+        if dir.shim_alive() {
+            // Started again meanwhile.
+            return;
+        }
+        if config.network == NetworkMode::Overlay {
+            let attacher = loop {
+                if let Some(attacher) = self.inner.attacher.get() {
+                    break attacher;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            if let Err(err) = attacher.release(&address_key(id)).await {
+                warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
+            }
+        }
+        if config.auto_remove && self.lock().contains_key(id) {
+            let _ = std::fs::remove_dir_all(dir.path());
+            self.lock().remove(id);
+            info!(container = %config.name, "removed a container that ended (--rm)");
+        }
+    }
+
+    /// `tartan stop`: SIGTERM, then SIGKILL after `timeout`. A container
+    /// that is not running is left as it is.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<ContainerView> {
+        let (_, lifecycle) = self.entry_parts(id)?;
+        let guard = lifecycle.lock().await;
+        self.stop_locked(id, timeout).await?;
+        let view = self.view(id)?;
+        drop(guard);
+        // Frees the address now rather than when the watcher gets to it; removes a --rm container.
+        self.settle(id).await;
+        Ok(view)
+    }
+
+    async fn stop_locked(&self, id: &str, timeout: Duration) -> Result<()> {
+        let dir = self.dir(id);
+        let Status::Running { pid, .. } = self.status_of(&dir) else {
+            return Ok(());
+        };
+        // SAFETY: signalling the container's first process, which its supervisor has not reaped (it lives).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        if wait_gone(&dir, timeout).await {
+            return Ok(());
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        if wait_gone(&dir, KILL_TIMEOUT).await {
+            return Ok(());
+        }
+        bail!("container {id} did not stop within {KILL_TIMEOUT:?} of SIGKILL")
+    }
+
+    /// `tartan restart`.
+    pub async fn restart(&self, id: &str, timeout: Duration) -> Result<ContainerView> {
+        let (_, lifecycle) = self.entry_parts(id)?;
+        let _guard = lifecycle.lock().await;
+        self.stop_locked(id, timeout).await?;
+        self.start_locked(id, false).await?;
+        self.view(id)
+    }
+
+    /// `tartan rm`: a running container only with `force` (SIGKILL).
+    pub async fn remove(&self, id: &str, force: bool) -> Result<ContainerView> {
+        let (config, lifecycle) = self.entry_parts(id)?;
+        let _guard = lifecycle.lock().await;
+        let dir = self.dir(id);
+        let mut view = self.view(id)?;
+        if let Status::Running { pid, .. } = view.status {
+            if !force {
+                bail!(
+                    "container {} is running: stop it first, or use rm -f",
+                    config.name
+                );
+            }
+            // SAFETY: signalling the container's first process.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            if !wait_gone(&dir, KILL_TIMEOUT).await {
+                bail!(
+                    "container {} did not die within {KILL_TIMEOUT:?}",
+                    config.name
+                );
+            }
+            view = self.view(id)?;
+        }
+        if config.network == NetworkMode::Overlay {
+            if let Some(attacher) = self.inner.attacher.get() {
+                attacher
+                    .release(&address_key(id))
+                    .await
+                    .context("freeing the container's address")?;
+            }
+        }
+        std::fs::remove_dir_all(dir.path())
+            .with_context(|| format!("removing {}", dir.path().display()))?;
+        self.lock().remove(id);
+        info!(container = %config.name, "removed a container");
+        Ok(view)
+    }
+
+    /// The log file, for `tartan logs`.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).log_path()
+    }
+
+    /// Whether the container's supervisor lives (running, or about to).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.dir(id).shim_alive()
+    }
+
+    /// Where `export` finds the container's layers.
+    pub fn export_parts(&self, id: &str) -> Result<(Vec<PathBuf>, PathBuf, PathBuf)> {
+        let (config, _) = self.entry_parts(id)?;
+        let image = self.inner.images.resolve(&config.image_id)?;
+        let dir = self.dir(id);
+        let mountpoint = dir.path().join(format!("export-{}", random_hex(4)));
+        Ok((
+            self.inner.images.layer_dirs(&image),
+            dir.upper(),
+            mountpoint,
+        ))
+    }
+}
+
+async fn wait_gone(dir: &ContainerDir, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !dir.shim_alive() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_docker_rules() {
+        assert!(check_name("web-1.a_b").is_ok());
+        assert!(check_name("-web").is_err());
+        assert!(check_name("").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn network_modes_parse() {
+        assert!(matches!(
+            parse_network("").ok(),
+            Some(NetworkModeRequest::Overlay)
+        ));
+        assert!(matches!(
+            parse_network("host").ok(),
+            Some(NetworkModeRequest::Host)
+        ));
+        assert!(matches!(
+            parse_network("none").ok(),
+            Some(NetworkModeRequest::None)
+        ));
+        assert!(
+            matches!(parse_network("container:web").ok(), Some(NetworkModeRequest::Container(n)) if n == "web")
+        );
+        assert!(parse_network("container:").is_err());
+        assert!(parse_network("macvlan").is_err());
+    }
+
+    #[test]
+    fn loopback_resolvers_are_replaced_in_a_namespace_of_its_own() {
+        let host = "search example.org\nnameserver 127.0.0.53\noptions edns0\n";
+        let own = resolv_conf(host, true);
+        assert!(!own.contains("127.0.0.53"));
+        assert!(own.contains("nameserver 8.8.8.8"));
+        assert!(own.contains("search example.org"));
+        assert_eq!(resolv_conf(host, false), host);
+        let real = "nameserver 10.0.0.2\n";
+        assert_eq!(resolv_conf(real, true), real);
+    }
+
+    #[test]
+    fn the_environment_has_docker_defaults_the_operator_overrides() {
+        let env = environment(&["PATH=/bin".into(), "A=1".into()], "h", true);
+        assert_eq!(env, ["HOSTNAME=h", "TERM=xterm", "PATH=/bin", "A=1"]);
+    }
+
+    #[test]
+    fn hosts_names_the_container() {
+        let hosts = hosts_file(Some(Ipv4Addr::new(10, 5, 1, 2)), "abc", "web");
+        assert!(hosts.ends_with("10.5.1.2\tabc web\n"));
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"));
+    }
+}

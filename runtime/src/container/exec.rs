@@ -1,0 +1,296 @@
+//! `tartan exec`: a new process inside a running container. The caller
+//! forks; the child joins the container's namespaces (the mount namespace
+//! last, since it changes what `/proc` means) and forks again, because only
+//! children of a process that joined a PID namespace are inside it. The
+//! grandchild takes Docker's default privileges and execs the command.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::init::{exec_command, failure_code, restrict_capabilities, DEFAULT_CAPABILITIES};
+use crate::{Result, RuntimeError};
+
+/// What to run, and in which container.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// The container's first process, in the caller's PID namespace.
+    pub pid: u32,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// Give the process a terminal of its own, wired to the caller's.
+    pub tty: bool,
+    /// Pass the caller's standard input on (otherwise /dev/null).
+    pub interactive: bool,
+}
+
+/// The namespaces joined, in order.
+const NAMESPACES: [(&str, libc::c_int); 5] = [
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("pid", libc::CLONE_NEWPID),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+fn last_error(op: &'static str) -> RuntimeError {
+    RuntimeError::Io {
+        op,
+        path: "exec".into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Runs the command in the container and returns its exit code. Must be
+/// called from a process with a single thread: it forks.
+pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
+    if spec.args.is_empty() {
+        return Err(RuntimeError::Protocol("exec needs a command".into()));
+    }
+    let mut namespaces = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let path = format!("/proc/{}/ns/{name}", spec.pid);
+        let file = File::open(&path).map_err(|source| RuntimeError::Io {
+            op: "the container is not running:",
+            path: path.into(),
+            source,
+        })?;
+        namespaces.push((file, flag));
+    }
+    let terminal = if spec.tty {
+        Some(open_terminal()?)
+    } else {
+        None
+    };
+    // SAFETY: the caller guarantees a single thread, so the child may allocate.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(last_error("fork"));
+    }
+    if child == 0 {
+        let code = enter_and_run(spec, &namespaces, terminal.as_ref().map(|(_, slave)| slave));
+        // SAFETY: leave the child without unwinding into the caller.
+        unsafe { libc::_exit(code) };
+    }
+    drop(namespaces);
+    if let Some((master, slave)) = terminal {
+        drop(slave);
+        relay_terminal(&master, spec.interactive);
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: reaping our own child.
+        let rc = unsafe { libc::waitpid(child, &mut status, 0) };
+        if rc == child {
+            return Ok(super::exit_code(status));
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(last_error("waitpid"));
+        }
+    }
+}
+
+fn open_terminal() -> Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave) = (0, 0);
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ into a winsize we own; failure leaves it zeroed.
+    let have_size = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut size) } == 0;
+    let size_ptr = if have_size {
+        &size as *const libc::winsize
+    } else {
+        std::ptr::null()
+    };
+    // SAFETY: openpty fills two descriptors we then own.
+    if unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            size_ptr,
+        )
+    } != 0
+    {
+        return Err(last_error("openpty"));
+    }
+    // SAFETY: fresh descriptors from openpty.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+/// In the first child: join, fork into the PID namespace, wait, pass the code on.
+fn enter_and_run(
+    spec: &ExecSpec,
+    namespaces: &[(File, libc::c_int)],
+    slave: Option<&OwnedFd>,
+) -> i32 {
+    for (file, flag) in namespaces {
+        // SAFETY: setns on a namespace file we opened.
+        if unsafe { libc::setns(file.as_raw_fd(), *flag) } != 0 {
+            eprintln!(
+                "tartan: joining the container's namespaces: {}",
+                std::io::Error::last_os_error()
+            );
+            return 126;
+        }
+    }
+    // SAFETY: still one thread.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return 126;
+    }
+    if pid == 0 {
+        // SAFETY: leave without returning into the caller.
+        unsafe { libc::_exit(run_inside(spec, slave)) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return 126;
+        }
+    }
+    super::exit_code(status)
+}
+
+fn run_inside(spec: &ExecSpec, slave: Option<&OwnedFd>) -> i32 {
+    match slave {
+        Some(slave) => {
+            // SAFETY: a new session whose controlling terminal is the new pty.
+            unsafe {
+                libc::setsid();
+                libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0);
+                for target in 0..3 {
+                    libc::dup2(slave.as_raw_fd(), target as RawFd);
+                }
+            }
+        }
+        None if !spec.interactive => {
+            if let Ok(null) = File::open("/dev/null") {
+                // SAFETY: dup2 onto stdin.
+                unsafe { libc::dup2(null.as_raw_fd(), 0) };
+            }
+        }
+        None => {}
+    }
+    if let Err(err) = std::env::set_current_dir(&spec.cwd) {
+        eprintln!("tartan: changing to {}: {err}", spec.cwd);
+        return 126;
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        eprintln!(
+            "tartan: setting no_new_privs: {}",
+            std::io::Error::last_os_error()
+        );
+        return 126;
+    }
+    if let Err(err) = restrict_capabilities(&DEFAULT_CAPABILITIES) {
+        eprintln!("tartan: {err}");
+        return 126;
+    }
+    // SAFETY: closes every descriptor above stderr before the command runs.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let err = exec_command(&spec.args, &spec.env);
+    eprintln!("tartan: {err}");
+    failure_code(&err)
+}
+
+/// Copies between the caller's terminal and the process's until the
+/// process closes it, with the caller's terminal in raw mode meanwhile.
+fn relay_terminal(master: &OwnedFd, interactive: bool) {
+    let raw = RawMode::enable(0);
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut stdin_open = interactive;
+    loop {
+        let mut fds = vec![libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if stdin_open {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: poll over pollfds we own.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if fds[0].revents != 0 {
+            // SAFETY: read into a buffer we own.
+            let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            if write_all(1, &buf[..n as usize]).is_err() {
+                break;
+            }
+        }
+        if stdin_open && fds[1].revents != 0 {
+            // SAFETY: read into a buffer we own.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                stdin_open = false;
+            } else if write_all(master.as_raw_fd(), &buf[..n as usize]).is_err() {
+                break;
+            }
+        }
+    }
+    drop(raw);
+}
+
+fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: write from a buffer we own.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// A terminal in raw mode until dropped; nothing when `fd` is no terminal.
+pub struct RawMode {
+    fd: RawFd,
+    saved: Option<libc::termios>,
+}
+
+impl RawMode {
+    pub fn enable(fd: RawFd) -> RawMode {
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr into a termios we own.
+        if unsafe { libc::isatty(fd) } != 1 || unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return RawMode { fd, saved: None };
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw and tcsetattr on a termios we own.
+        unsafe {
+            libc::cfmakeraw(&mut raw);
+            libc::tcsetattr(fd, libc::TCSANOW, &raw);
+        }
+        RawMode {
+            fd,
+            saved: Some(saved),
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // SAFETY: restoring the attributes we saved.
+            unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, saved) };
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Containers: the on-disk record of each one, its supervisor (`tartan
+//! shim`), the attach protocol, the log, and the ways in (exec, export).
+//!
+//! A container lives in a directory of its own:
+//! `config.json` (what the agent asked for), `shim.json` (what the
+//! supervisor runs), `state.json` (pids, written once the process runs),
+//! `exit.json` (how it ended), `container.log`, `attach.sock`, `shim.lock`
+//! (held by the supervisor for as long as it lives), and `upper`, `work`
+//! and `rootfs` for the root filesystem.
+
+pub mod exec;
+pub mod export;
+pub mod frame;
+pub mod log;
+pub mod shim;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::io_err;
+use crate::init::InitSpec;
+use crate::{Result, RuntimeError};
+
+/// How a container is networked (`--net`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Its own network namespace on the node bridge, with an overlay address.
+    Overlay,
+    /// The host's network namespace.
+    Host,
+    /// Its own network namespace with only loopback.
+    None,
+    /// The network namespace of another container (by id).
+    Container(String),
+}
+
+impl NetworkMode {
+    /// Docker's spelling, for `--net` and for display.
+    pub fn display(&self, name_of: impl Fn(&str) -> String) -> String {
+        match self {
+            NetworkMode::Overlay => "overlay".into(),
+            NetworkMode::Host => "host".into(),
+            NetworkMode::None => "none".into(),
+            NetworkMode::Container(id) => format!("container:{}", name_of(id)),
+        }
+    }
+}
+
+/// What the agent asked for; written once at creation, updated on start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub name: String,
+    /// The image as the operator named it, and what it resolved to.
+    pub image: String,
+    pub image_id: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub network: NetworkMode,
+    /// `--ip`, when given: the container gets this address or does not start.
+    pub requested_ip: Option<String>,
+    /// The overlay address of the last start, with its prefix length.
+    #[serde(default)]
+    pub address: Option<String>,
+    pub auto_remove: bool,
+    /// RFC 3339.
+    pub created: String,
+}
+
+/// What the supervisor runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub init: InitSpec,
+    pub tty: bool,
+    pub open_stdin: bool,
+    /// A network namespace of its own (overlay, none) rather than the host's.
+    pub new_netns: bool,
+    /// Another container's network namespace to join (`--net container:`).
+    pub join_netns: Option<PathBuf>,
+    /// Hold the process until the first client attaches, so that a
+    /// foreground `run` misses none of its output.
+    pub wait_for_attach: bool,
+}
+
+/// Written by the supervisor once the container's process exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    pub shim_pid: u32,
+    /// The container's first process, as the host's PID namespace numbers it.
+    pub pid: u32,
+    pub started: String,
+}
+
+/// Written by the supervisor when the container's process has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The exit status, or 128+N for a process killed by signal N.
+    pub code: i32,
+    pub finished: String,
+}
+
+/// One container's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDir {
+    path: PathBuf,
+}
+
+impl ContainerDir {
+    pub fn new(path: impl Into<PathBuf>) -> ContainerDir {
+        ContainerDir { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.json")
+    }
+    pub fn shim_spec_path(&self) -> PathBuf {
+        self.path.join("shim.json")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn exit_path(&self) -> PathBuf {
+        self.path.join("exit.json")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("container.log")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.path.join("attach.sock")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join("shim.lock")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.path.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.path.join("work")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    /// Makes the directory and its root filesystem directories.
+    pub fn create(&self) -> Result<()> {
+        for dir in [self.upper(), self.work(), self.rootfs()] {
+            std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        Ok(())
+    }
+
+    pub fn read_config(&self) -> Result<ContainerConfig> {
+        read_json(&self.config_path())
+    }
+    pub fn write_config(&self, config: &ContainerConfig) -> Result<()> {
+        write_json(&self.config_path(), config)
+    }
+    /// `None` when the process has not started since the last (re)start.
+    pub fn read_state(&self) -> Option<RunState> {
+        read_json(&self.state_path()).ok()
+    }
+    pub fn read_exit(&self) -> Option<ExitRecord> {
+        read_json(&self.exit_path()).ok()
+    }
+
+    /// Forgets the previous run before a new one.
+    pub fn clear_run(&self) -> Result<()> {
+        for path in [self.state_path(), self.exit_path(), self.socket_path()] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err("removing", &path)(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a supervisor holds this container's lock, i.e. lives. A
+    /// lock, unlike a pid, cannot be mistaken for a recycled process.
+    pub fn shim_alive(&self) -> bool {
+        let Ok(file) = File::open(self.lock_path()) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        rc != 0
+    }
+}
+
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(io_err("reading", path))?;
+    serde_json::from_slice(&bytes).map_err(|source| RuntimeError::Store {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes through a temporary file and a rename: readers see the old
+/// content or the new, never half of it.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::Store {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    file.write_all(&bytes).map_err(io_err("writing", &tmp))?;
+    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
+}
+
+/// Now, as RFC 3339 with nanoseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+/// A wait status as a container exit code: 128+N for signal N, as shells and Docker report it.
+pub fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_missing_lock_means_no_supervisor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let container = ContainerDir::new(dir.path());
+        container.create().expect("create");
+        let config = ContainerConfig {
+            id: "ab".repeat(32),
+            name: "web".into(),
+            image: "busybox".into(),
+            image_id: "cd".repeat(32),
+            args: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            hostname: "web".into(),
+            tty: false,
+            open_stdin: false,
+            network: NetworkMode::Container("ef".repeat(32)),
+            requested_ip: None,
+            address: Some("10.5.1.2/24".into()),
+            auto_remove: true,
+            created: now_rfc3339(),
+        };
+        container.write_config(&config).expect("write");
+        assert_eq!(container.read_config().expect("read"), config);
+        assert!(container.read_state().is_none());
+        assert!(!container.shim_alive());
+        let held = File::create(container.lock_path()).expect("lock file");
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+        assert!(container.shim_alive(), "a held lock is a live supervisor");
+        drop(held);
+        assert!(!container.shim_alive());
+        std::fs::write(container.config_path(), b"{").expect("corrupt");
+        assert!(container.read_config().is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(libc::SIGKILL), 137);
+        assert_eq!(exit_code(libc::SIGTERM), 143);
+    }
+}

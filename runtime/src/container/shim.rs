@@ -1,0 +1,751 @@
+//! `tartan shim DIR`: the small supervisor every running container has.
+//!
+//! The agent starts it and may then die, restart or be killed without the
+//! container noticing. The supervisor detaches (a fork the agent reaps at
+//! once, then a session of its own), takes the container's lock, creates
+//! the container's first process in new mount, PID, UTS, IPC and (per the
+//! network mode) network namespaces, and tells the agent its pid on
+//! standard output. The process waits on a pipe while the agent plugs its
+//! network namespace in; on the agent's `go` (standard input) it runs the
+//! container's init. From then on the supervisor copies the container's
+//! output to the log and to attached clients, feeds it their input, and
+//! records its exit status when it ends.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::frame::{Frame, FrameDecoder};
+use super::log::{LogRecord, Stream};
+use super::{
+    exit_code, now_rfc3339, read_json, write_json, ContainerDir, ExitRecord, RunState, ShimSpec,
+};
+use crate::error::io_err;
+use crate::{Result, RuntimeError};
+
+/// How long a foreground `run` may take to attach before the container starts anyway.
+const ATTACH_WAIT: Duration = Duration::from_secs(30);
+/// A client this far behind is dropped rather than allowed to stall the container.
+const CLIENT_BACKLOG: usize = 8 << 20;
+/// Input buffered for a container that does not read it.
+const STDIN_BACKLOG: usize = 1 << 20;
+
+fn os_error(op: &'static str) -> RuntimeError {
+    RuntimeError::Io {
+        op,
+        path: "supervisor".into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn check(rc: libc::c_int, op: &'static str) -> Result<libc::c_int> {
+    if rc < 0 {
+        Err(os_error(op))
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Runs the supervisor; the return value is the exit code of the process
+/// that called it. The first process returns at once (its child carries
+/// on); any failure before the container starts is reported to the agent as
+/// one `error:` line on standard output.
+pub fn main(dir: &Path) -> i32 {
+    // SAFETY: called before any thread exists (`tartan shim` starts no runtime).
+    match unsafe { libc::fork() } {
+        -1 => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "error: fork: {}",
+                std::io::Error::last_os_error()
+            );
+            return 1;
+        }
+        0 => {}
+        _ => return 0,
+    }
+    // SAFETY: plain syscall; a new session so no terminal or group signal of the agent's reaches us.
+    unsafe { libc::setsid() };
+    match supervise(dir) {
+        Ok(()) => 0,
+        Err(err) => {
+            // Before `ready` this reaches the agent; after, the supervisor's own log.
+            let _ = writeln!(std::io::stdout(), "error: {err}");
+            eprintln!("tartan shim: {err}");
+            1
+        }
+    }
+}
+
+/// The container's standard streams: the supervisor's ends and the child's.
+struct Stdio {
+    /// Where output comes from: the terminal, or the stdout and stderr pipes.
+    outputs: Vec<(OwnedFd, Stream)>,
+    /// Where input goes, when the container's stdin is open.
+    input: Option<OwnedFd>,
+    /// The terminal's master side, for window size changes.
+    master: Option<OwnedFd>,
+    /// The child's 0, 1, 2.
+    child: [OwnedFd; 3],
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe",
+    )?;
+    // SAFETY: fresh descriptors from pipe2.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_nonblocking(fd: RawFd) -> Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) }, "fcntl")?;
+    check(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) },
+        "fcntl",
+    )?;
+    Ok(())
+}
+
+fn dev_null() -> Result<OwnedFd> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(io_err("opening", "/dev/null"))?;
+    Ok(file.into())
+}
+
+impl Stdio {
+    fn new(tty: bool, open_stdin: bool) -> Result<Stdio> {
+        if tty {
+            let (mut master, mut slave) = (0, 0);
+            // SAFETY: openpty fills two descriptors we then own.
+            check(
+                unsafe {
+                    libc::openpty(
+                        &mut master,
+                        &mut slave,
+                        std::ptr::null_mut(),
+                        std::ptr::null(),
+                        std::ptr::null(),
+                    )
+                },
+                "openpty",
+            )?;
+            // SAFETY: fresh descriptors from openpty.
+            let (master, slave) =
+                unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+            for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+                // SAFETY: fcntl on descriptors we own.
+                check(
+                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) },
+                    "fcntl",
+                )?;
+            }
+            set_nonblocking(master.as_raw_fd())?;
+            let reader = master.try_clone().map_err(io_err("dup", "pty"))?;
+            let input = if open_stdin {
+                Some(master.try_clone().map_err(io_err("dup", "pty"))?)
+            } else {
+                None
+            };
+            let child = [
+                slave.try_clone().map_err(io_err("dup", "pty"))?,
+                slave.try_clone().map_err(io_err("dup", "pty"))?,
+                slave,
+            ];
+            return Ok(Stdio {
+                outputs: vec![(reader, Stream::Stdout)],
+                input,
+                master: Some(master),
+                child,
+            });
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (input, child_in) = if open_stdin {
+            let (in_r, in_w) = pipe()?;
+            set_nonblocking(in_w.as_raw_fd())?;
+            (Some(in_w), in_r)
+        } else {
+            (None, dev_null()?)
+        };
+        set_nonblocking(out_r.as_raw_fd())?;
+        set_nonblocking(err_r.as_raw_fd())?;
+        Ok(Stdio {
+            outputs: vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            input,
+            master: None,
+            child: [child_in, out_w, err_w],
+        })
+    }
+}
+
+fn supervise(dir: &Path) -> Result<()> {
+    let container = ContainerDir::new(dir);
+    let spec: ShimSpec = read_json(&container.shim_spec_path())?;
+    // Our own diagnostics go to a file beside the container's; the agent's pipes are only for the handshake.
+    let diagnostics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"))
+        .map_err(io_err("opening", dir.join("shim.log")))?;
+    // SAFETY: dup2 onto our own stderr.
+    unsafe { libc::dup2(diagnostics.as_raw_fd(), 2) };
+    drop(diagnostics);
+
+    let lock =
+        File::create(container.lock_path()).map_err(io_err("creating", container.lock_path()))?;
+    // SAFETY: flock on a descriptor we own; held until this process ends.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(RuntimeError::Protocol(
+            "the container is already running".into(),
+        ));
+    }
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the supervisor outlives the signals meant for its agent or terminal.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+
+    let socket = container.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(io_err("binding", &socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("restricting", &socket))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("configuring", &socket))?;
+
+    let stdio = Stdio::new(spec.tty, spec.open_stdin)?;
+    let (go_r, go_w) = pipe()?;
+    let pid = spawn_container(&spec, &stdio, &go_r)?;
+    drop(go_r);
+    let Stdio {
+        outputs,
+        input,
+        master,
+        child,
+    } = stdio;
+    drop(child);
+
+    // SAFETY: getpid cannot fail.
+    let shim_pid = unsafe { libc::getpid() } as u32;
+    let _ = writeln!(std::io::stdout(), "ready {pid} {shim_pid}");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = BufReader::new(std::io::stdin().lock()).read_line(&mut answer);
+    if answer.trim() != "go" {
+        // The agent could not set the container up (or died trying); it cleans up.
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(RuntimeError::Protocol(
+            "the agent abandoned the start".into(),
+        ));
+    }
+    let null = dev_null()?;
+    // SAFETY: dup2 over our own standard streams: nothing of the agent's stays open here.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+
+    let mut clients = Vec::new();
+    if spec.wait_for_attach {
+        if let Some(client) = accept_within(&listener, ATTACH_WAIT) {
+            clients.push(Client::new(client)?);
+        }
+    }
+    write_json(
+        &container.state_path(),
+        &RunState {
+            shim_pid,
+            pid: pid as u32,
+            started: now_rfc3339(),
+        },
+    )?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(container.log_path())
+        .map_err(io_err("opening", container.log_path()))?;
+    // Release the container: it runs its init now.
+    (&File::from(go_w))
+        .write_all(b"g")
+        .map_err(io_err("starting", dir))?;
+
+    let mut pump = Pump {
+        listener,
+        clients,
+        outputs,
+        input,
+        master,
+        pending_input: Vec::new(),
+        close_input: false,
+        log,
+    };
+    let code = pump.run(pid)?;
+    write_json(
+        &container.exit_path(),
+        &ExitRecord {
+            code,
+            finished: now_rfc3339(),
+        },
+    )?;
+    pump.say_goodbye(code);
+    drop(lock);
+    Ok(())
+}
+
+fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return Some(stream),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut fd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd.
+        unsafe { libc::poll(&mut fd, 1, left.as_millis().min(1000) as libc::c_int) };
+    }
+}
+
+/// Clones the container's first process into its new namespaces. It waits
+/// for a byte on `go` before it runs init, and never returns here.
+fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc::pid_t> {
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if spec.new_netns {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // clone without a new stack behaves as fork, with namespaces: the child
+    // is PID 1 of its own PID namespace and still our child, so we can wait
+    // for it. Safe here because this process has one thread.
+    // SAFETY: raw clone with fork semantics; the child only runs `container_child`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(RuntimeError::Io {
+            op: "creating the container's namespaces:",
+            path: "clone".into(),
+            source,
+        });
+    }
+    if pid == 0 {
+        let code = container_child(spec, stdio, go);
+        // SAFETY: leave without running the supervisor's destructors twice.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(pid as libc::pid_t)
+}
+
+/// In the child: wait for the go, take the streams, run init. Returns only
+/// the code to exit with when the container could not start.
+fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
+    // A container never outlives its supervisor: nobody could see it end.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
+        // SAFETY: ignored signals would stay ignored across exec.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: read into a one-byte buffer.
+    if unsafe { libc::read(go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+        return 125;
+    }
+    if let Some(path) = &spec.join_netns {
+        let joined = File::open(path).and_then(|ns| {
+            // SAFETY: setns on a namespace file we opened.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+        if let Err(err) = joined {
+            eprintln!(
+                "tartan: joining the network namespace {}: {err}",
+                path.display()
+            );
+            return 125;
+        }
+    }
+    if spec.tty {
+        // SAFETY: a new session whose controlling terminal is the container's.
+        unsafe {
+            libc::setsid();
+            libc::ioctl(stdio.child[0].as_raw_fd(), libc::TIOCSCTTY, 0);
+        }
+    }
+    for (target, fd) in stdio.child.iter().enumerate() {
+        // SAFETY: dup2 onto the standard descriptors (dup2 clears close-on-exec).
+        unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) };
+    }
+    // Nothing of the supervisor's (its lock above all) may outlive it in the container.
+    // SAFETY: closes every descriptor above stderr.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let err = crate::init::run(&crate::syscall::LinuxSyscall, &spec.init);
+    eprintln!("tartan: {err}");
+    crate::init::failure_code(&err)
+}
+
+struct Client {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+    /// The client closed its sending side: it still reads output.
+    sent_all: bool,
+}
+
+impl Client {
+    fn new(stream: UnixStream) -> Result<Client> {
+        stream
+            .set_nonblocking(true)
+            .map_err(io_err("configuring", "an attach client"))?;
+        Ok(Client {
+            stream,
+            decoder: FrameDecoder::default(),
+            out: Vec::new(),
+            sent_all: false,
+        })
+    }
+
+    /// Writes what it can; false when the client is gone.
+    fn flush(&mut self) -> bool {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// The supervisor's event loop state.
+struct Pump {
+    listener: UnixListener,
+    clients: Vec<Client>,
+    outputs: Vec<(OwnedFd, Stream)>,
+    input: Option<OwnedFd>,
+    master: Option<OwnedFd>,
+    pending_input: Vec<u8>,
+    close_input: bool,
+    log: File,
+}
+
+/// What a read of a nonblocking descriptor gave.
+enum ReadOutcome {
+    Data(usize),
+    Again,
+    Closed,
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> ReadOutcome {
+    // SAFETY: read into a buffer we own.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n > 0 {
+        return ReadOutcome::Data(n as usize);
+    }
+    if n == 0 {
+        return ReadOutcome::Closed;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => ReadOutcome::Again,
+        // EIO: a terminal whose other side is closed for good.
+        _ => ReadOutcome::Closed,
+    }
+}
+
+impl Pump {
+    /// Copies until the container's output ends, then reaps it.
+    fn run(&mut self, pid: libc::pid_t) -> Result<i32> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut exited: Option<i32> = None;
+        while !self.outputs.is_empty() {
+            let mut fds = vec![libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let polled_clients = self.clients.len();
+            for client in &self.clients {
+                let mut events = if client.sent_all { 0 } else { libc::POLLIN };
+                if !client.out.is_empty() {
+                    events |= libc::POLLOUT;
+                }
+                fds.push(libc::pollfd {
+                    fd: client.stream.as_raw_fd(),
+                    events,
+                    revents: 0,
+                });
+            }
+            for (fd, _) in &self.outputs {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let input_slot = fds.len();
+            if let Some(input) = self
+                .input
+                .as_ref()
+                .filter(|_| !self.pending_input.is_empty())
+            {
+                fds.push(libc::pollfd {
+                    fd: input.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                });
+            }
+            let timeout = if exited.is_some() { 200 } else { 1000 };
+            // SAFETY: poll over a vector of pollfds we own.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(os_error("poll"));
+            }
+            if ready == 0 && exited.is_some() {
+                // The process is gone and the output is quiet: whatever still holds it open is not ours to wait for.
+                break;
+            }
+            if fds[0].revents != 0 {
+                while let Ok((stream, _)) = self.listener.accept() {
+                    if let Ok(client) = Client::new(stream) {
+                        self.clients.push(client);
+                    }
+                }
+            }
+            let client_count = polled_clients;
+            let client_revents: Vec<libc::c_short> =
+                fds[1..1 + client_count].iter().map(|f| f.revents).collect();
+            let output_revents: Vec<libc::c_short> = fds
+                [1 + client_count..1 + client_count + self.outputs.len()]
+                .iter()
+                .map(|f| f.revents)
+                .collect();
+            let input_ready = fds.get(input_slot).map(|f| f.revents != 0).unwrap_or(false);
+
+            // Output first: it is what the container is waiting on.
+            let mut index = 0;
+            let mut slot = 0;
+            while index < self.outputs.len() {
+                let revents = output_revents[slot];
+                slot += 1;
+                if revents == 0 {
+                    index += 1;
+                    continue;
+                }
+                let (fd, stream) = (&self.outputs[index].0, self.outputs[index].1);
+                match read_fd(fd.as_raw_fd(), &mut buf) {
+                    ReadOutcome::Data(n) => {
+                        self.output(stream, &buf[..n]);
+                        index += 1;
+                    }
+                    ReadOutcome::Again => index += 1,
+                    ReadOutcome::Closed => {
+                        self.outputs.remove(index);
+                    }
+                }
+            }
+            self.serve_clients(&client_revents, &mut buf);
+            if input_ready {
+                self.feed_input();
+            }
+            if exited.is_none() {
+                let mut status = 0;
+                // SAFETY: reaping our own child without blocking.
+                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                    exited = Some(exit_code(status));
+                }
+            }
+        }
+        if let Some(code) = exited {
+            return Ok(code);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: reaping our own child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if rc == pid {
+                return Ok(exit_code(status));
+            }
+            if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return Err(os_error("waitpid"));
+            }
+        }
+    }
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) {
+        // A full disk must not stop the container: the log loses lines, clients still get them.
+        let _ = LogRecord::new(stream, bytes).write_to(&mut self.log);
+        let frame = match stream {
+            Stream::Stdout => Frame::Stdout(bytes.to_vec()),
+            Stream::Stderr => Frame::Stderr(bytes.to_vec()),
+        };
+        let wire = frame.to_bytes();
+        self.clients.retain_mut(|client| {
+            client.out.extend_from_slice(&wire);
+            client.out.len() <= CLIENT_BACKLOG && client.flush()
+        });
+    }
+
+    fn serve_clients(&mut self, revents: &[libc::c_short], buf: &mut [u8]) {
+        let mut keep = Vec::with_capacity(self.clients.len());
+        let clients = std::mem::take(&mut self.clients);
+        for (index, mut client) in clients.into_iter().enumerate() {
+            // Clients accepted during this round have no revents yet.
+            let events = revents.get(index).copied().unwrap_or(0);
+            let mut alive = true;
+            if events & libc::POLLOUT != 0 {
+                alive = client.flush();
+            }
+            if client.sent_all && events & (libc::POLLHUP | libc::POLLERR) != 0 {
+                alive = false;
+            }
+            if alive
+                && !client.sent_all
+                && events & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+            {
+                match client.stream.read(buf) {
+                    // A half-close: no more input from it, output still wanted.
+                    Ok(0) => client.sent_all = true,
+                    Ok(n) => {
+                        client.decoder.push(&buf[..n]);
+                        loop {
+                            match client.decoder.next_frame() {
+                                Ok(Some(frame)) => self.handle_client_frame(frame),
+                                Ok(None) => break,
+                                Err(_) => {
+                                    alive = false;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => alive = false,
+                }
+            }
+            if alive {
+                keep.push(client);
+            }
+        }
+        self.clients = keep;
+    }
+
+    fn handle_client_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Stdin(data) => {
+                if self.input.is_some() && self.pending_input.len() + data.len() <= STDIN_BACKLOG {
+                    self.pending_input.extend_from_slice(&data);
+                    self.feed_input();
+                }
+            }
+            Frame::StdinClose => {
+                // On a terminal, end of input is the EOF character the client already sent.
+                if self.master.is_none() {
+                    self.close_input = true;
+                    self.feed_input();
+                }
+            }
+            Frame::Resize { rows, cols } => {
+                if let Some(master) = &self.master {
+                    let size = libc::winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // SAFETY: TIOCSWINSZ with a winsize we own.
+                    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                }
+            }
+            Frame::Stdout(_) | Frame::Stderr(_) | Frame::Exit(_) => {}
+        }
+    }
+
+    fn feed_input(&mut self) {
+        let Some(input) = &self.input else {
+            self.pending_input.clear();
+            return;
+        };
+        while !self.pending_input.is_empty() {
+            // SAFETY: write from a buffer we own.
+            let n = unsafe {
+                libc::write(
+                    input.as_raw_fd(),
+                    self.pending_input.as_ptr().cast(),
+                    self.pending_input.len(),
+                )
+            };
+            if n > 0 {
+                self.pending_input.drain(..n as usize);
+                continue;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => return,
+                Some(libc::EINTR) => {}
+                _ => {
+                    // The container closed its input: what is left has no reader.
+                    self.pending_input.clear();
+                    self.input = None;
+                    return;
+                }
+            }
+        }
+        if self.close_input {
+            self.input = None;
+        }
+    }
+
+    /// Tells every client how the container ended, giving each a moment to read it.
+    fn say_goodbye(&mut self, code: i32) {
+        let wire = Frame::Exit(code).to_bytes();
+        for client in &mut self.clients {
+            client.out.extend_from_slice(&wire);
+            let _ = client.stream.set_nonblocking(false);
+            let _ = client
+                .stream
+                .set_write_timeout(Some(Duration::from_secs(2)));
+            let _ = client.stream.write_all(&client.out);
+        }
+    }
+}

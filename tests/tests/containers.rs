@@ -1,0 +1,629 @@
+//! The bundled runtime end to end: busybox containers started by agents on
+//! simulated hosts, reaching each other over the overlay, surviving agent
+//! restarts, and the Docker-style commands around them.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use tartan_tests::agent::Agent;
+use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::rootfs::{busybox_rootfs, tarball};
+use tartan_tests::wait::wait_until;
+
+const VXLAN: &str = r#"{"Network": "10.5.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the CLI and insists on success; returns stdout.
+fn cli_ok(agent: &Agent, args: &[&str]) -> Result<String> {
+    let out = agent.cli(args)?;
+    ensure!(
+        out.status.success(),
+        "tartan {args:?} failed ({}): {}{}",
+        out.status,
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    Ok(text(&out.stdout))
+}
+
+/// Imports a busybox image as `busybox` into the agent's store.
+fn import_busybox(agent: &Agent) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("busybox.tar");
+    std::fs::write(&archive, tarball(&busybox_rootfs(dir.path())?, false)?)?;
+    cli_ok(
+        agent,
+        &["import", &archive.display().to_string(), "busybox"],
+    )?;
+    Ok(())
+}
+
+fn inspect(agent: &Agent, name: &str) -> Result<Value> {
+    let out = cli_ok(agent, &["inspect", name])?;
+    let parsed: Value =
+        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
+    Ok(parsed[0].clone())
+}
+
+fn address_of(agent: &Agent, name: &str) -> Result<Ipv4Addr> {
+    let info = inspect(agent, name)?;
+    info["network"]["ip_address"]
+        .as_str()
+        .with_context(|| format!("{name} has no address: {info}"))?
+        .parse()
+        .context("parsing the address")
+}
+
+fn exec(agent: &Agent, name: &str, command: &[&str]) -> Result<Output> {
+    let mut args = vec!["exec", name];
+    args.extend_from_slice(command);
+    agent.cli(&args)
+}
+
+fn pings(agent: &Agent, from: &str, to: Ipv4Addr) -> Result<bool> {
+    Ok(exec(
+        agent,
+        from,
+        &["ping", "-c", "1", "-W", "1", &to.to_string()],
+    )?
+    .status
+    .success())
+}
+
+/// Host ends of container interfaces in the agent's host namespace.
+fn container_links(cluster: &Cluster, host: usize) -> Result<usize> {
+    let out = cluster.hosts[host]
+        .netns
+        .exec("ip", &["-o", "link", "show"])?;
+    Ok(text(&out.stdout)
+        .lines()
+        .filter(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("vt")))
+        .count())
+}
+
+fn container_dirs(agent: &Agent) -> usize {
+    std::fs::read_dir(agent.state_dir().join("containers"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<()> {
+    let mut cluster = Cluster::start("ct", 225, VXLAN, 2)?;
+    import_busybox(&cluster.agents[0])?;
+    import_busybox(&cluster.agents[1])?;
+    let id = cli_ok(
+        &cluster.agents[0],
+        &["run", "-d", "--name", "web", "busybox", "sleep", "1000"],
+    )?;
+    ensure!(id.trim().len() == 64, "run -d prints the id: {id}");
+    cli_ok(
+        &cluster.agents[1],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "--hostname",
+            "dbhost",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let web = address_of(&cluster.agents[0], "web")?;
+    let db = address_of(&cluster.agents[1], "db")?;
+    let subnet0 = cluster.agents[0].subnet()?;
+    ensure!(
+        tartan_tests::agent::network_of(&format!("{web}/24"))? == subnet0,
+        "{web} is in host 0's subnet {subnet0}"
+    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(&cluster.agents[0], "web", db)
+    })
+    .with_context(|| format!("web ({web}) never reached db ({db})"))?;
+    ensure!(pings(&cluster.agents[1], "db", web)?, "db reaches web");
+
+    // The container's view of itself.
+    let out = exec(
+        &cluster.agents[1],
+        "db",
+        &["sh", "-c", "hostname; cat /etc/hostname; grep dbhost /etc/hosts; cat /sys/class/net/eth0/mtu; echo $$"],
+    )?;
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    ensure!(out.status.success(), "exec: {}", text(&out.stderr));
+    assert_eq!(lines[0], "dbhost");
+    assert_eq!(lines[1], "dbhost");
+    assert_eq!(lines[2], format!("{db}\tdbhost db"));
+    assert_eq!(lines[3], "1450", "eth0 follows the vxlan MTU");
+    ensure!(lines[4] != "1", "exec runs beside PID 1, not as it");
+
+    // Names and id prefixes both work.
+    let by_prefix = inspect(&cluster.agents[0], &id.trim()[..6])?;
+    assert_eq!(by_prefix["name"], "web");
+    assert_eq!(by_prefix["state"]["status"], "running");
+
+    // kill -9 the agent: the container carries on, reachable.
+    let links_before = container_links(&cluster, 0)?;
+    cluster.agents[0].kill()?;
+    ensure!(
+        pings(&cluster.agents[1], "db", web)?,
+        "web answers with its agent dead"
+    );
+    cluster.agents[0].restart()?;
+    cluster.agents[0].wait_ready(READY)?;
+    let ps = cli_ok(&cluster.agents[0], &["ps"])?;
+    ensure!(
+        ps.contains("web") && ps.contains("Up "),
+        "ps after the restart:\n{ps}"
+    );
+    assert_eq!(address_of(&cluster.agents[0], "web")?, web, "same address");
+    assert_eq!(container_links(&cluster, 0)?, links_before);
+    ensure!(
+        pings(&cluster.agents[0], "web", db)?,
+        "exec works after the restart"
+    );
+
+    // stop: sleep as PID 1 ignores SIGTERM, so SIGKILL after -t.
+    cli_ok(&cluster.agents[0], &["stop", "-t", "1", "web"])?;
+    let stopped = inspect(&cluster.agents[0], "web")?;
+    assert_eq!(stopped["state"]["status"], "exited");
+    assert_eq!(stopped["state"]["exit_code"], 137);
+    ensure!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(
+            container_links(&cluster, 0)? == links_before - 1
+        ))
+        .is_ok(),
+        "a stopped container has no interface"
+    );
+    cli_ok(&cluster.agents[0], &["start", "web"])?;
+    assert_eq!(
+        address_of(&cluster.agents[0], "web")?,
+        web,
+        "start keeps the address"
+    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(&cluster.agents[1], "db", web)
+    })?;
+    cli_ok(&cluster.agents[0], &["restart", "-t", "0", "web"])?;
+    assert_eq!(
+        inspect(&cluster.agents[0], "web")?["state"]["status"],
+        "running"
+    );
+
+    // rm refuses a running container; rm -f frees the interface and the address.
+    let refused = cluster.agents[0].cli(&["rm", "web"])?;
+    ensure!(
+        !refused.status.success(),
+        "rm of a running container is refused"
+    );
+    ensure!(
+        text(&refused.stderr).contains("rm -f"),
+        "{}",
+        text(&refused.stderr)
+    );
+    cli_ok(&cluster.agents[0], &["rm", "-f", "web"])?;
+    assert_eq!(container_links(&cluster, 0)?, links_before - 1);
+    assert_eq!(container_dirs(&cluster.agents[0]), 0);
+    let again = cli_ok(
+        &cluster.agents[0],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web2",
+            "--ip",
+            &web.to_string(),
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    ensure!(!again.is_empty(), "the address is free again");
+    assert_eq!(address_of(&cluster.agents[0], "web2")?, web);
+    Ok(())
+}
+
+/// Waits for a child with a deadline, killing it when it runs over.
+fn finish(mut child: Child, limit: Duration) -> Result<Output> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            let out = child.wait_with_output()?;
+            anyhow::bail!(
+                "still running after {limit:?}; it printed {:?} / {:?}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+#[test]
+fn foreground_runs_stream_output_take_input_and_exit_with_the_code() -> Result<()> {
+    let cluster = Cluster::start("cf", 226, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+
+    let out = agent.cli(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ])?;
+    assert_eq!(text(&out.stdout), "out\n", "{out:?}");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "run exits with the container's code"
+    );
+    ensure!(
+        cli_ok(agent, &["ps", "-a", "-q"])?.trim().is_empty(),
+        "--rm removed it"
+    );
+    assert_eq!(container_dirs(agent), 0);
+    assert_eq!(container_links(&cluster, 0)?, 0, "--rm freed the interface");
+    let missing = agent.cli(&["run", "--rm", "busybox", "/no/such/program"])?;
+    assert_eq!(
+        missing.status.code(),
+        Some(127),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    // -i: standard input reaches the container, and its end ends the command.
+    let mut child = agent
+        .cli_command(&["run", "-i", "--rm", "busybox", "tr", "a-z", "A-Z"])?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(b"hello tartan\n")?;
+    let out = finish(child, Duration::from_secs(20))?;
+    assert_eq!(text(&out.stdout), "HELLO TARTAN\n", "{}", text(&out.stderr));
+    ensure!(out.status.success());
+
+    // -t: a terminal inside, under a terminal outside (script gives us one).
+    let inner = format!(
+        "ip netns exec {} env TARTAN_API_SOCKET={} {} run -t --rm busybox sh -c 'test -t 0 && test -t 1 && echo tty-yes; tty >/dev/null; exit 4'",
+        cluster.hosts[0].netns.name(),
+        agent.api_socket().display(),
+        tartan_tests::agent::tartan_bin()?.display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running script (bsdutils)")?;
+    let out = finish(child, Duration::from_secs(20))?;
+    ensure!(
+        text(&out.stdout).contains("tty-yes\r\n"),
+        "a terminal, with its line discipline: {:?} {:?}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4));
+
+    // logs, and logs -f that ends when the container does.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "chatty",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; echo two >&2; exec sleep 1000",
+        ],
+    )?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok(cli_ok(agent, &["logs", "chatty"])?.contains("one"))
+    })?;
+    let logs = agent.cli(&["logs", "chatty"])?;
+    assert_eq!(text(&logs.stdout), "one\n");
+    assert_eq!(text(&logs.stderr), "two\n");
+    let follower = agent
+        .cli_command(&["logs", "-f", "chatty"])?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    cli_ok(agent, &["stop", "-t", "1", "chatty"])?;
+    let followed = finish(follower, Duration::from_secs(10))?;
+    assert_eq!(text(&followed.stdout), "one\n");
+
+    // exec: exit codes, and a stopped container refuses.
+    cli_ok(agent, &["start", "chatty"])?;
+    assert_eq!(
+        exec(agent, "chatty", &["sh", "-c", "exit 7"])?
+            .status
+            .code(),
+        Some(7)
+    );
+    assert_eq!(
+        exec(agent, "chatty", &["/no/such"])?.status.code(),
+        Some(127)
+    );
+    let mut child = agent
+        .cli_command(&["exec", "-i", "chatty", "cat"])?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(b"through exec\n")?;
+    assert_eq!(
+        text(&finish(child, Duration::from_secs(10))?.stdout),
+        "through exec\n"
+    );
+    cli_ok(agent, &["stop", "-t", "0", "chatty"])?;
+    let refused = exec(agent, "chatty", &["true"])?;
+    ensure!(
+        !refused.status.success() && text(&refused.stderr).contains("not running"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // export: the image plus what the container changed, deletions included.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ex",
+            "busybox",
+            "sh",
+            "-c",
+            "touch /made; rm /bin/tty; exec sleep 1000",
+        ],
+    )?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok(exec(agent, "ex", &["test", "-e", "/made"])?
+            .status
+            .success())
+    })?;
+    let dir = tempfile::tempdir()?;
+    let tarball = dir.path().join("ex.tar");
+    cli_ok(
+        agent,
+        &["export", "-o", &tarball.display().to_string(), "ex"],
+    )?;
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tarball)
+        .output()?;
+    let listing = text(&listing.stdout);
+    let entries: Vec<&str> = listing
+        .lines()
+        .map(|l| l.trim_start_matches("./"))
+        .collect();
+    for wanted in ["made", "bin/busybox", "etc/hosts"] {
+        ensure!(
+            entries.contains(&wanted),
+            "{wanted} in the export: {entries:?}"
+        );
+    }
+    ensure!(
+        !entries.contains(&"bin/tty"),
+        "a deleted file stays deleted: {entries:?}"
+    );
+
+    // An image in use stays.
+    let rmi = agent.cli(&["rmi", "busybox"])?;
+    ensure!(
+        !rmi.status.success() && text(&rmi.stderr).contains("in use"),
+        "{}",
+        text(&rmi.stderr)
+    );
+
+    // The other network modes.
+    let none = cli_ok(
+        agent,
+        &[
+            "run", "--rm", "--net", "none", "busybox", "ip", "-o", "link",
+        ],
+    )?;
+    assert_eq!(none.lines().count(), 1, "only loopback: {none}");
+    ensure!(none.contains("lo:") && none.contains("UP"), "{none}");
+    let host = cli_ok(
+        agent,
+        &[
+            "run", "--rm", "--net", "host", "busybox", "ip", "-o", "-4", "addr",
+        ],
+    )?;
+    ensure!(
+        host.contains(&cluster.hosts[0].ip.to_string()),
+        "the host's addresses: {host}"
+    );
+    let ex_address = address_of(agent, "ex")?;
+    let shared = cli_ok(
+        agent,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "container:ex",
+            "busybox",
+            "ip",
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "eth0",
+        ],
+    )?;
+    ensure!(
+        shared.contains(&ex_address.to_string()),
+        "ex's network: {shared}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_nothing_behind() -> Result<()> {
+    let cluster = Cluster::start("cb", 227, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "taken", "busybox", "sleep", "1000"],
+    )?;
+    let taken = address_of(agent, "taken")?;
+    let outside = "10.99.0.5";
+    let taken_text = taken.to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["nosuchimage".into(), "true".into()], "no such image"),
+        (
+            vec![
+                "--name".into(),
+                "taken".into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "already in use",
+        ),
+        (
+            vec![
+                "--name".into(),
+                "bad/name".into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "invalid container name",
+        ),
+        (
+            vec![
+                "--ip".into(),
+                outside.into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "outside the node subnet",
+        ),
+        (
+            vec![
+                "--ip".into(),
+                taken.to_string(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            &taken_text,
+        ),
+        (
+            vec![
+                "--ip".into(),
+                "banana".into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "not an IPv4 address",
+        ),
+        (
+            vec![
+                "--net".into(),
+                "macvlan".into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "invalid --net",
+        ),
+        (
+            vec![
+                "--net".into(),
+                "container:ghost".into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "no such container",
+        ),
+        (
+            vec![
+                "--net".into(),
+                "host".into(),
+                "--ip".into(),
+                taken.to_string(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "--ip needs --net overlay",
+        ),
+        (
+            vec!["-e".into(), "=x".into(), "busybox".into(), "true".into()],
+            "invalid environment entry",
+        ),
+        (
+            vec![
+                "-w".into(),
+                "relative".into(),
+                "busybox".into(),
+                "true".into(),
+            ],
+            "not absolute",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["run", "-d"];
+        full.extend(args.iter().map(String::as_str));
+        let out = agent.cli(&full)?;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{full:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{full:?}: one line: {stderr}");
+        ensure!(
+            stderr.contains(needle),
+            "{full:?}: {stderr} should say {needle:?}"
+        );
+    }
+    for (args, needle) in [
+        (vec!["stop", "ghost"], "no such container"),
+        (vec!["rm", "ghost"], "no such container"),
+        (vec!["logs", "ghost"], "no such container"),
+        (vec!["exec", "ghost", "true"], "no such container"),
+        (vec!["stop", "-t", "soon", "taken"], "invalid value"),
+    ] {
+        let out = agent.cli(&args)?;
+        ensure!(!out.status.success(), "{args:?} succeeded");
+        ensure!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Nothing half-made: one container, one directory, one interface, and
+    // the refused addresses are still free.
+    assert_eq!(cli_ok(agent, &["ps", "-a", "-q"])?.lines().count(), 1);
+    assert_eq!(container_dirs(agent), 1);
+    assert_eq!(container_links(&cluster, 0)?, 1);
+    let subnet = agent.subnet()?;
+    let free = subnet.replace(".0/24", ".200");
+    cli_ok(
+        agent,
+        &["run", "-d", "--ip", &free, "busybox", "sleep", "1000"],
+    )?;
+    Ok(())
+}
