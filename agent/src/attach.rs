@@ -6,9 +6,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tartan_dataplane::{Netlink, VethSpec};
 use tartan_ipam::HostAllocator;
 use tokio::sync::Mutex;
+
+/// Owner prefix of an address whose interface is still going away.
+const RELEASING: &str = "releasing:";
+/// How long the kernel may take to remove a dead namespace's interface
+/// before it is deleted explicitly, and how long a request waits for such an address.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
 
 /// The interface name containers get.
 const CONTAINER_IFNAME: &str = "eth0";
@@ -101,7 +109,7 @@ pub struct Attacher {
     subnet: Ipv4Network,
     mtu: u32,
     bridge_index: u32,
-    allocations: Mutex<HostAllocator>,
+    allocations: Arc<Mutex<HostAllocator>>,
     store: PathBuf,
 }
 
@@ -127,7 +135,7 @@ impl Attacher {
             subnet,
             mtu,
             bridge_index,
-            allocations: Mutex::new(allocations),
+            allocations: Arc::new(Mutex::new(allocations)),
             store,
         })
     }
@@ -169,6 +177,17 @@ impl Attacher {
         }
     }
 
+    /// Owner keys with `prefix`, e.g. every container's.
+    pub async fn owners_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.allocations
+            .lock()
+            .await
+            .allocations()
+            .map(|(_, owner)| owner.to_string())
+            .filter(|owner| owner.starts_with(prefix))
+            .collect()
+    }
+
     pub async fn address_of(&self, key: &str) -> Option<Ipv4Addr> {
         self.allocations.lock().await.address_of(key)
     }
@@ -186,6 +205,20 @@ impl Attacher {
             .map(|text| parse_requested(text, &self.subnet))
             .transpose()?;
         let mut book = self.allocations.lock().await;
+        // An address whose interface is still going away is as good as free: wait for it.
+        let deadline = Instant::now() + RELEASE_WAIT;
+        while let Some(owner) = requested
+            .or(preferred)
+            .and_then(|addr| book.owner_of(addr))
+            .filter(|owner| owner.starts_with(RELEASING))
+        {
+            if Instant::now() >= deadline {
+                bail!("the address is still held by {owner}");
+            }
+            drop(book);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            book = self.allocations.lock().await;
+        }
         let addr = match (book.address_of(key), requested) {
             (Some(have), Some(want)) if have != want => {
                 bail!("{key} already has {have}, not {want}")
@@ -200,7 +233,7 @@ impl Attacher {
                 None => book.allocate(key)?,
             },
         };
-        if let Err(err) = book.save(&self.store) {
+        if let Err(err) = book.save_unsynced(&self.store) {
             book.release(key);
             return Err(err).context("saving container addresses");
         }
@@ -235,6 +268,74 @@ impl Attacher {
         Ok(())
     }
 
+    /// For a container that ended: its network namespace is dying, and the
+    /// kernel removes the interface with it, at the pace of RCU grace
+    /// periods. Rather than make the caller wait, the address is held under
+    /// a `releasing:` owner until the interface is gone (or, if something
+    /// still holds the namespace, until it has been deleted here), and freed
+    /// then. Returns the address.
+    pub async fn release_when_gone(&self, key: &str) -> Result<Option<Ipv4Addr>> {
+        let tombstone = format!("{RELEASING}{key}");
+        let addr = {
+            let mut book = self.allocations.lock().await;
+            let Some(addr) = book.release(key) else {
+                return Ok(None);
+            };
+            book.allocate_specific(&tombstone, addr)?;
+            book.save_unsynced(&self.store)
+                .context("saving container addresses")?;
+            addr
+        };
+        self.finish_release(tombstone);
+        Ok(Some(addr))
+    }
+
+    /// Frees the addresses an earlier agent left `releasing:`.
+    pub async fn finish_releases(&self) {
+        let tombstones: Vec<String> = self
+            .allocations
+            .lock()
+            .await
+            .allocations()
+            .map(|(_, owner)| owner.to_string())
+            .filter(|owner| owner.starts_with(RELEASING))
+            .collect();
+        for tombstone in tombstones {
+            self.finish_release(tombstone);
+        }
+    }
+
+    fn finish_release(&self, tombstone: String) {
+        let netlink = self.netlink.clone();
+        let book = self.allocations.clone();
+        let store = self.store.clone();
+        let host_name = host_ifname_for(&tombstone[RELEASING.len()..]);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + RELEASE_WAIT;
+            loop {
+                match netlink.link(&host_name).await {
+                    Ok(None) => break,
+                    Ok(Some(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    // Still there: something else holds the namespace (a container sharing it).
+                    _ => {
+                        if let Err(err) = netlink.detach_veth(&host_name).await {
+                            tracing::warn!(interface = %host_name, error = %err, "could not remove a container interface; its address stays booked");
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            let mut book = book.lock().await;
+            book.release(&tombstone);
+            if let Err(err) = book.save_unsynced(&store) {
+                tracing::warn!(error = %err, "could not save container addresses");
+            }
+        });
+    }
+
     /// Removes `key`'s interface (if it is still there) and frees its
     /// address. Returns the address it had, `None` when it had none.
     pub async fn release(&self, key: &str) -> Result<Option<Ipv4Addr>> {
@@ -243,7 +344,7 @@ impl Attacher {
         let Some(addr) = book.release(key) else {
             return Ok(None);
         };
-        book.save(&self.store)
+        book.save_unsynced(&self.store)
             .context("saving container addresses")?;
         Ok(Some(addr))
     }

@@ -300,6 +300,24 @@ impl Containers {
             }
         }
         info!(running, "found containers");
+        // Bookings whose container is gone (a power cut can bring back an
+        // older address book): freed once the node has its address book.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let attacher = loop {
+                if let Some(attacher) = this.inner.attacher.get() {
+                    break attacher;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            for key in attacher.owners_with_prefix("container:").await {
+                let id = &key["container:".len()..];
+                if !this.lock().contains_key(id) {
+                    warn!(key = %key, "freeing the address of a container that no longer exists");
+                    let _ = attacher.release_when_gone(&key).await;
+                }
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -616,7 +634,7 @@ impl Containers {
             Ok(()) => {
                 if config.network == NetworkMode::Overlay {
                     config.address = address.map(|a| a.to_string());
-                    if let Err(err) = dir.write_config(&config) {
+                    if let Err(err) = dir.update_config(&config) {
                         warn!(error = %err, "could not record the container's address");
                     }
                     if let Some(entry) = self.lock().get_mut(id) {
@@ -710,8 +728,10 @@ impl Containers {
             BufReader::new(stdout).read_line(&mut line),
         )
         .await;
-        // The first process forks the supervisor off and exits at once.
-        let _ = shim.wait().await;
+        // The supervisor is this agent's child until the agent goes: reap it when it ends.
+        tokio::spawn(async move {
+            let _ = shim.wait().await;
+        });
         match read {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => bail!("reading from the container's supervisor: {err}"),
@@ -812,7 +832,7 @@ impl Containers {
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };
-            if let Err(err) = attacher.release(&address_key(id)).await {
+            if let Err(err) = attacher.release_when_gone(&address_key(id)).await {
                 warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
             }
         }
@@ -889,7 +909,7 @@ impl Containers {
         if config.network == NetworkMode::Overlay {
             if let Some(attacher) = self.inner.attacher.get() {
                 attacher
-                    .release(&address_key(id))
+                    .release_when_gone(&address_key(id))
                     .await
                     .context("freeing the container's address")?;
             }

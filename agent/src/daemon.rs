@@ -246,6 +246,7 @@ async fn run_node(
             devices.bridge,
             &opts.state_dir,
         )?;
+        node_attacher.finish_releases().await;
         let _ = attacher.set(node_attacher);
     }
     subnet_file(held.subnet).write(&opts.subnet_file)?;

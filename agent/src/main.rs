@@ -482,10 +482,13 @@ fn main() -> ExitCode {
         }
         command => Cli { command },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The agent serves many clients at once; a CLI command is one client,
+    // and a single-threaded runtime starts faster.
+    let builder = match cli.command {
+        Command::Agent(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tartan: cannot start the async runtime: {err}");

@@ -2,14 +2,30 @@
 //! veth pair, and unplugging it.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::netlink_err;
 use crate::{DataplaneError, Netlink, Result};
+
+/// Puts the veth request's peer into the namespace behind `netns`, with `mtu`.
+fn place_peer(request: &mut LinkMessage, netns: RawFd, mtu: u32) {
+    for attribute in &mut request.attributes {
+        let LinkAttribute::LinkInfo(infos) = attribute else {
+            continue;
+        };
+        for info in infos {
+            if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
+                peer.attributes.push(LinkAttribute::NetNsFd(netns));
+                peer.attributes.push(LinkAttribute::Mtu(mtu));
+            }
+        }
+    }
+}
 
 /// One container interface on the node bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +43,20 @@ pub struct VethSpec {
 }
 
 impl Netlink {
-    /// Creates the pair, moves one end into the container and configures
-    /// both. On any failure the pair is deleted again: nothing half-made stays.
+    /// Creates the pair with one end already inside the container and
+    /// configures both. On any failure the pair is deleted again: nothing
+    /// half-made stays.
+    ///
+    /// The container end is created in the container's namespace (the
+    /// peer's IFLA_NET_NS_FD) rather than created on the host and moved:
+    /// moving a device between namespaces waits for an RCU grace period,
+    /// which costs tens of milliseconds per container.
     pub async fn attach_veth(&self, spec: &VethSpec) -> Result<()> {
+        let netns =
+            std::fs::File::open(&spec.netns).map_err(|source| DataplaneError::EnterNetns {
+                path: spec.netns.clone(),
+                source,
+            })?;
         let container = Netlink::connect_in_netns(&spec.netns).await?;
         if container.link(&spec.container_name).await?.is_some() {
             return Err(DataplaneError::Conflict(format!(
@@ -44,20 +71,17 @@ impl Netlink {
                 spec.host_name
             )));
         }
-        // A temporary name for the container end while it is still on the host,
-        // so that it cannot clash with a host interface called eth0.
-        let peer_name = format!("{}p", &spec.host_name[..spec.host_name.len().min(14)]);
+        let mut request = LinkVeth::new(&spec.host_name, &spec.container_name)
+            .mtu(spec.mtu)
+            .build();
+        place_peer(&mut request, netns.as_raw_fd(), spec.mtu);
         self.handle
             .link()
-            .add(
-                LinkVeth::new(&spec.host_name, &peer_name)
-                    .mtu(spec.mtu)
-                    .build(),
-            )
+            .add(request)
             .execute()
             .await
             .map_err(netlink_err("veth add"))?;
-        let result = self.finish_attach(spec, &container, &peer_name).await;
+        let result = self.finish_attach(spec, &container).await;
         if result.is_err() {
             if let Ok(Some(host)) = self.link(&spec.host_name).await {
                 let _ = self.delete_link(host.index).await;
@@ -66,48 +90,13 @@ impl Netlink {
         result
     }
 
-    async fn finish_attach(
-        &self,
-        spec: &VethSpec,
-        container: &Netlink,
-        peer_name: &str,
-    ) -> Result<()> {
+    async fn finish_attach(&self, spec: &VethSpec, container: &Netlink) -> Result<()> {
         let missing =
             |name: &str| DataplaneError::Conflict(format!("{name} vanished while attaching"));
-        let peer = self
-            .link(peer_name)
-            .await?
-            .ok_or_else(|| missing(peer_name))?;
-        let netns =
-            std::fs::File::open(&spec.netns).map_err(|source| DataplaneError::EnterNetns {
-                path: spec.netns.clone(),
-                source,
-            })?;
-        let move_msg = LinkUnspec::new_with_index(peer.index)
-            .setns_by_fd(netns.as_raw_fd())
-            .build();
-        self.handle
-            .link()
-            .set(move_msg)
-            .execute()
-            .await
-            .map_err(netlink_err("veth move to netns"))?;
-
         let inner = container
-            .link(peer_name)
+            .link(&spec.container_name)
             .await?
-            .ok_or_else(|| missing(peer_name))?;
-        let rename = LinkUnspec::new_with_index(inner.index)
-            .name(spec.container_name.clone())
-            .mtu(spec.mtu)
-            .build();
-        container
-            .handle
-            .link()
-            .set(rename)
-            .execute()
-            .await
-            .map_err(netlink_err("container link rename"))?;
+            .ok_or_else(|| missing(&spec.container_name))?;
         container
             .handle
             .address()

@@ -94,6 +94,18 @@ impl HostAllocator {
     /// over `path`; the directory is synced too so the rename survives a
     /// power cut. The file is private to its owner (mode 0600 on Unix).
     pub fn save(&self, path: &Path) -> Result<(), IpamError> {
+        self.write(path, true)
+    }
+
+    /// As `save`, without waiting for the disk: the file is replaced
+    /// atomically, so a crashed process never leaves it torn, but a power
+    /// cut may bring back the previous version. For bookings that a restart
+    /// reconciles anyway (container addresses: nothing runs after a power cut).
+    pub fn save_unsynced(&self, path: &Path) -> Result<(), IpamError> {
+        self.write(path, false)
+    }
+
+    fn write(&self, path: &Path, durable: bool) -> Result<(), IpamError> {
         let write_err = |source| IpamError::Write {
             path: path.to_path_buf(),
             source,
@@ -135,10 +147,15 @@ impl HostAllocator {
             .tempfile_in(dir)
             .map_err(write_err)?;
         tmp.write_all(&text).map_err(write_err)?;
-        tmp.as_file().sync_all().map_err(write_err)?;
+        if durable {
+            tmp.as_file().sync_all().map_err(write_err)?;
+        }
         // On failure the temporary file is dropped, which removes it.
         tmp.persist(path).map_err(|err| write_err(err.error))?;
-        sync_dir(dir).map_err(write_err)
+        if durable {
+            sync_dir(dir).map_err(write_err)?;
+        }
+        Ok(())
     }
 }
 
@@ -221,6 +238,17 @@ mod tests {
         assert_eq!(json["subnet"], "10.5.34.0/24");
         assert_eq!(json["allocations"][1]["address"], "10.5.34.77");
         assert_eq!(json["allocations"][1]["owner"], "c2");
+    }
+
+    #[test]
+    fn an_unsynced_save_reads_back_the_same() {
+        let (_dir, path) = scratch();
+        let subnet = net("10.5.34.0/24");
+        let mut book = HostAllocator::new(subnet).expect("valid");
+        book.allocate("c1").expect("free");
+        book.save_unsynced(&path).expect("saved");
+        let restored = HostAllocator::load_or_new(&path, subnet).expect("loaded");
+        assert_eq!(restored, book);
     }
 
     #[test]

@@ -196,21 +196,50 @@ pub(crate) fn exec_command(args: &[String], env: &[String]) -> RuntimeError {
             "a command or environment entry holds a NUL byte".into(),
         );
     };
-    let Some(program) = c_args.first() else {
+    if c_args.is_empty() {
         return RuntimeError::BadReference("no command to run".into());
-    };
+    }
     let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    // execvpe searches PATH from the environment given, as a shell would.
-    // SAFETY: NUL-terminated argument and environment arrays of valid strings.
-    unsafe { libc::execvpe(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    let mut failure = std::io::Error::from_raw_os_error(libc::ENOENT);
+    for candidate in search_path(&args[0], env) {
+        let Ok(program) = CString::new(candidate.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: NUL-terminated argument and environment arrays of valid strings.
+        unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let err = std::io::Error::last_os_error();
+        // As a shell does: a file that exists but cannot run is the error to report.
+        if err.raw_os_error() != Some(libc::ENOENT) || failure.raw_os_error() == Some(libc::ENOENT)
+        {
+            failure = err;
+        }
+    }
     RuntimeError::Io {
         op: "running",
         path: PathBuf::from(&args[0]),
-        source: std::io::Error::last_os_error(),
+        source: failure,
     }
+}
+
+/// Where to look for `program`: itself when it names a path, otherwise each
+/// directory of the container's `PATH` (not the caller's, which libc's
+/// execvpe would use).
+fn search_path(program: &str, env: &[String]) -> Vec<PathBuf> {
+    if program.contains('/') {
+        return vec![PathBuf::from(program)];
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|dir| if dir.is_empty() { "." } else { dir })
+        .map(|dir| PathBuf::from(dir).join(program))
+        .collect()
 }
 
 #[cfg(test)]
@@ -218,6 +247,20 @@ mod tests {
     use super::*;
     use crate::syscall::{Call, RecordingSyscall};
     use std::path::Path;
+
+    #[test]
+    fn commands_are_found_on_the_containers_path_not_the_callers() {
+        let env = vec!["PATH=/opt/bin:/bin".to_string()];
+        assert_eq!(
+            search_path("true", &env),
+            [PathBuf::from("/opt/bin/true"), PathBuf::from("/bin/true")]
+        );
+        assert_eq!(search_path("./run.sh", &env), [PathBuf::from("./run.sh")]);
+        assert_eq!(
+            search_path("sh", &[]).last(),
+            Some(&PathBuf::from("/bin/sh"))
+        );
+    }
 
     #[test]
     fn the_spec_round_trips_and_preparation_ends_in_the_container() {

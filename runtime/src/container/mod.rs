@@ -165,8 +165,15 @@ impl ContainerDir {
     pub fn read_config(&self) -> Result<ContainerConfig> {
         read_json(&self.config_path())
     }
+    /// Writes the record durably (fsync), as at creation.
     pub fn write_config(&self, config: &ContainerConfig) -> Result<()> {
-        write_json(&self.config_path(), config)
+        write_json(&self.config_path(), config, true)
+    }
+    /// Rewrites the record atomically without waiting for the disk: after a
+    /// power loss the earlier version is as good (only the last address
+    /// would be lost, and nothing runs after a power loss).
+    pub fn update_config(&self, config: &ContainerConfig) -> Result<()> {
+        write_json(&self.config_path(), config, false)
     }
     /// `None` when the process has not started since the last (re)start.
     pub fn read_state(&self) -> Option<RunState> {
@@ -209,8 +216,10 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// Writes through a temporary file and a rename: readers see the old
-/// content or the new, never half of it.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+/// content or the new, never half of it. `durable` also waits for the disk;
+/// run-time records (pids, exit status) skip that, since a machine that
+/// lost power runs no containers whatever they say.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::Store {
         path: path.to_path_buf(),
@@ -218,7 +227,9 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     })?;
     let mut file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
     file.write_all(&bytes).map_err(io_err("writing", &tmp))?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    if durable {
+        file.sync_all().map_err(io_err("syncing", &tmp))?;
+    }
     std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
 }
 

@@ -1,8 +1,8 @@
 //! `tartan shim DIR`: the small supervisor every running container has.
 //!
 //! The agent starts it and may then die, restart or be killed without the
-//! container noticing. The supervisor detaches (a fork the agent reaps at
-//! once, then a session of its own), takes the container's lock, creates
+//! container noticing. The supervisor detaches (a session of its own),
+//! takes the container's lock, creates
 //! the container's first process in new mount, PID, UTS, IPC and (per the
 //! network mode) network namespaces, and tells the agent its pid on
 //! standard output. The process waits on a pipe while the agent plugs its
@@ -50,25 +50,14 @@ fn check(rc: libc::c_int, op: &'static str) -> Result<libc::c_int> {
     }
 }
 
-/// Runs the supervisor; the return value is the exit code of the process
-/// that called it. The first process returns at once (its child carries
-/// on); any failure before the container starts is reported to the agent as
-/// one `error:` line on standard output.
+/// Runs the supervisor; the return value is this process's exit code. Any
+/// failure before the container starts is reported to the agent as one
+/// `error:` line on standard output.
 pub fn main(dir: &Path) -> i32 {
-    // SAFETY: called before any thread exists (`tartan shim` starts no runtime).
-    match unsafe { libc::fork() } {
-        -1 => {
-            let _ = writeln!(
-                std::io::stdout(),
-                "error: fork: {}",
-                std::io::Error::last_os_error()
-            );
-            return 1;
-        }
-        0 => {}
-        _ => return 0,
-    }
-    // SAFETY: plain syscall; a new session so no terminal or group signal of the agent's reaches us.
+    // A session of its own: no signal meant for the agent's process group or
+    // terminal reaches the supervisor. (The agent reaps it while it lives;
+    // after that, whoever inherits it does.)
+    // SAFETY: plain syscall.
     unsafe { libc::setsid() };
     match supervise(dir) {
         Ok(()) => 0,
@@ -273,6 +262,7 @@ fn supervise(dir: &Path) -> Result<()> {
             pid: pid as u32,
             started: now_rfc3339(),
         },
+        false,
     )?;
     let log = OpenOptions::new()
         .create(true)
@@ -301,6 +291,7 @@ fn supervise(dir: &Path) -> Result<()> {
             code,
             finished: now_rfc3339(),
         },
+        false,
     )?;
     pump.say_goodbye(code);
     drop(lock);
