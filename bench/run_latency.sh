@@ -102,7 +102,6 @@ done
 LOOP
 export tartan work tag runs
 unshare --mount --propagation private bash "$work/loop.sh"
-cp "$work/agent.log" /tmp/bench-agent.log
 leftover=$("$tartan" ps -a -q | wc -l)
 python3 - "$work/tartan.ms" "$work/crun.ms" "$runs" "$leftover" <<'PY'
 import statistics, sys

@@ -72,7 +72,12 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         args: config.args,
         pid,
         exit_code,
-        address: config.address.unwrap_or_default(),
+        // A stopped container's address is back in the book; it shows none, as in Docker.
+        address: if pid != 0 {
+            config.address.unwrap_or_default()
+        } else {
+            String::new()
+        },
         network: view.network,
         hostname: config.hostname,
         created: config.created,

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The README's two-host walk-through, run for real on one machine: two hosts
+# (network namespaces) on a simulated underlay with etcd, an agent on each,
+# a busybox image imported on each, a container run on each, and one pinging
+# the other across hosts over the VXLAN overlay. Everything is torn down at
+# the end; nothing outside the namespaces it creates is touched.
+#
+#   sudo examples/containers.sh       (needs etcd, etcdctl, iproute2, busybox-static)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
+for tool in etcd etcdctl ip busybox tar; do
+  command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install etcd-server etcd-client iproute2 busybox-static)" >&2; exit 1; }
+done
+cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
+tartan=$root/target/release/tartan
+
+tag=tctr$$
+hub=$tag-hub
+work=$(mktemp -d)
+namespaces=()
+cleanup() {
+  exec 2>/dev/null
+  # Containers outlive their agent by design: their supervisors go first.
+  pkill -9 -f "$work/.*/containers/" || true
+  for ns in "${namespaces[@]}"; do
+    for pid in $(ip netns pids "$ns"); do kill -9 "$pid" || true; done
+    ip netns del "$ns" || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '\033[2m%s$ %s\033[0m\n' "$1" "${*:2}"; "${@:2}"; }
+newns() { ip netns add "$1"; ip -n "$1" link set lo up; namespaces+=("$1"); }
+
+say "underlay 10.241.0.0/24 with etcd on 10.241.0.254:2379"
+newns "$hub"
+ip -n "$hub" link add br0 type bridge
+ip -n "$hub" addr add 10.241.0.254/24 dev br0
+ip -n "$hub" link set br0 up
+endpoint=http://10.241.0.254:2379
+ip netns exec "$hub" etcd --name demo --data-dir "$work/etcd" \
+  --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
+  --listen-peer-urls http://10.241.0.254:2380 --initial-advertise-peer-urls http://10.241.0.254:2380 \
+  --initial-cluster demo=http://10.241.0.254:2380 >"$work/etcd.log" 2>&1 &
+for _ in $(seq 100); do
+  ip netns exec "$hub" etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && break; sleep 0.1
+done
+run hub ip netns exec "$hub" etcdctl --endpoints "$endpoint" put /coreos.com/network/config \
+  '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+
+for h in 1 2; do
+  ns=$tag-host$h
+  newns "$ns"
+  ip -n "$hub" link add "v$h" type veth peer name eth0 netns "$ns"
+  ip -n "$hub" link set "v$h" master br0 up
+  ip -n "$ns" addr add "10.241.0.$h/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add default via 10.241.0.254
+  mkdir -p "$work/host$h"
+  ip netns exec "$ns" "$tartan" agent --etcd-endpoints "$endpoint" --state-dir "$work/host$h/state" \
+    --subnet-file "$work/host$h/subnet.env" --api-socket "$work/host$h/tartan.sock" >"$work/host$h/agent.log" 2>&1 &
+done
+for h in 1 2; do
+  for _ in $(seq 200); do [ -f "$work/host$h/subnet.env" ] && break; sleep 0.05; done
+done
+# On each host, `tartan` talks to that host's agent.
+on() { local h=$1; shift; ip netns exec "$tag-host$h" env TARTAN_API_SOCKET="$work/host$h/tartan.sock" "$tartan" "$@"; }
+
+say "an image: a busybox root filesystem as a tarball"
+mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
+cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
+for applet in sh ping ip hostname cat sleep echo; do ln -s busybox "$work/rootfs/bin/$applet"; done
+tar -C "$work/rootfs" -cf "$work/busybox.tar" .
+for h in 1 2; do run "host$h" on "$h" import "$work/busybox.tar" busybox; done
+run host1 on 1 images
+
+say "a container on each host"
+run host1 on 1 run -d --name web busybox sleep 3600
+run host2 on 2 run -d --name db busybox sleep 3600
+run host1 on 1 ps
+run host2 on 2 ps
+web=$(on 1 inspect web | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["network"]["ip_address"])')
+db=$(on 2 inspect db | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["network"]["ip_address"])')
+
+say "web ($web, host 1) pings db ($db, host 2) across the overlay"
+for _ in $(seq 50); do on 1 exec web ping -c 1 -W 1 "$db" >/dev/null 2>&1 && break; sleep 0.2; done
+run host1 on 1 exec web ping -c 3 "$db"
+run host2 on 2 exec db sh -c 'hostname; cat /etc/hosts | tail -1'
+
+say "foreground run: output and exit code"
+set +e
+run host2 on 2 run --rm busybox sh -c "ping -c 1 -W 1 $web >/dev/null && echo reached web; exit 3"
+echo "exit code: $?"
+set -e
+
+say "stop and remove"
+run host1 on 1 stop -t 1 web
+run host1 on 1 ps -a
+run host1 on 1 rm web
+run host2 on 2 rm -f db
