@@ -17,6 +17,7 @@ pub mod shim;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -159,7 +160,9 @@ impl ContainerDir {
         for dir in [self.upper(), self.work(), self.rootfs()] {
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
-        Ok(())
+        // The log and the container's files are its owner's business only.
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("restricting", &self.path))
     }
 
     pub fn read_config(&self) -> Result<ContainerConfig> {
@@ -258,6 +261,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let container = ContainerDir::new(dir.path());
         container.create().expect("create");
+        let mode = std::fs::metadata(dir.path())
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
         let config = ContainerConfig {
             id: "ab".repeat(32),
             name: "web".into(),
