@@ -7,6 +7,7 @@ use anyhow::{ensure, Context, Result};
 use tartan_tests::etcd::EtcdServer;
 use tartan_tests::netns::{Netns, Underlay};
 use tartan_tests::proxy::TcpProxy;
+use tartan_tests::wait::wait_until;
 use tartan_tests::{compact, prereq, put_flannel_config, put_lease, unique_prefix};
 
 fn prerequisites() -> Result<()> {
@@ -227,6 +228,17 @@ fn dropping_the_underlay_takes_surviving_hosts_with_it() -> Result<()> {
     // A process left running in the host must not keep it alive.
     let mut sleeper = host.netns.command("sleep").arg("60").spawn()?;
     let name = host.netns.name().to_string();
+    // `ip netns exec` enters the namespace after the spawn returns: wait
+    // until it has, or the drop below could miss a process not yet inside.
+    let pid = sleeper.id().to_string();
+    wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &name])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|line| line.trim() == pid))
+    })?;
     drop(underlay);
     ensure!(
         !netns_list()?.contains(&name),
