@@ -131,7 +131,10 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         pings(&cluster.agents[0], "web", db)
     })
     .with_context(|| format!("web ({web}) never reached db ({db})"))?;
-    ensure!(pings(&cluster.agents[1], "db", web)?, "db reaches web");
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(&cluster.agents[1], "db", web)
+    })
+    .context("db reaches web")?;
 
     // The container's view of itself.
     let out = exec(
@@ -160,10 +163,10 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         .state_dir()
         .join("containers/0123456789ab");
     std::fs::create_dir_all(half_made.join("upper"))?;
-    ensure!(
-        pings(&cluster.agents[1], "db", web)?,
-        "web answers with its agent dead"
-    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(&cluster.agents[1], "db", web)
+    })
+    .context("web answers with its agent dead")?;
     cluster.agents[0].restart()?;
     cluster.agents[0].wait_ready(READY)?;
     let ps = cli_ok(&cluster.agents[0], &["ps"])?;
@@ -173,23 +176,20 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
     );
     assert_eq!(address_of(&cluster.agents[0], "web")?, web, "same address");
     assert_eq!(container_links(&cluster, 0)?, links_before);
-    ensure!(
-        pings(&cluster.agents[0], "web", db)?,
-        "exec works after the restart"
-    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(&cluster.agents[0], "web", db)
+    })
+    .context("exec works after the restart")?;
 
     // stop: sleep as PID 1 ignores SIGTERM, so SIGKILL after -t.
     cli_ok(&cluster.agents[0], &["stop", "-t", "1", "web"])?;
     let stopped = inspect(&cluster.agents[0], "web")?;
     assert_eq!(stopped["state"]["status"], "exited");
     assert_eq!(stopped["state"]["exit_code"], 137);
-    ensure!(
-        wait_until(Duration::from_secs(5), Duration::from_millis(50), || Ok(
-            container_links(&cluster, 0)? == links_before - 1
-        ))
-        .is_ok(),
-        "a stopped container has no interface"
-    );
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok(container_links(&cluster, 0)? == links_before - 1)
+    })
+    .context("a stopped container has no interface")?;
     cli_ok(&cluster.agents[0], &["start", "web"])?;
     assert_eq!(
         address_of(&cluster.agents[0], "web")?,
@@ -217,7 +217,11 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         text(&refused.stderr)
     );
     cli_ok(&cluster.agents[0], &["rm", "-f", "web"])?;
-    assert_eq!(container_links(&cluster, 0)?, links_before - 1);
+    // The kernel removes the interface with the namespace, a moment after the container dies.
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok(container_links(&cluster, 0)? == links_before - 1)
+    })
+    .context("rm -f leaves no interface")?;
     assert_eq!(container_dirs(&cluster.agents[0]), 0);
     let again = cli_ok(
         &cluster.agents[0],
@@ -282,7 +286,10 @@ fn foreground_runs_stream_output_take_input_and_exit_with_the_code() -> Result<(
         "--rm removed it"
     );
     assert_eq!(container_dirs(agent), 0);
-    assert_eq!(container_links(&cluster, 0)?, 0, "--rm freed the interface");
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok(container_links(&cluster, 0)? == 0)
+    })
+    .context("--rm leaves no interface")?;
     let missing = agent.cli(&["run", "--rm", "busybox", "/no/such/program"])?;
     assert_eq!(
         missing.status.code(),

@@ -215,8 +215,13 @@ fn supervise(dir: &Path) -> Result<()> {
 
     let stdio = Stdio::new(spec.tty, spec.open_stdin)?;
     let (go_r, go_w) = pipe()?;
+    // Closed by the kernel when the container's command has been exec'd (or
+    // the first process has died): only then is the container "running",
+    // with its root in place for `exec` to join.
+    let (exec_r, exec_w) = pipe()?;
     let pid = spawn_container(&spec, &stdio, &go_r)?;
     drop(go_r);
+    drop(exec_w);
     let Stdio {
         outputs,
         input,
@@ -255,15 +260,6 @@ fn supervise(dir: &Path) -> Result<()> {
             clients.push(Client::new(client)?);
         }
     }
-    write_json(
-        &container.state_path(),
-        &RunState {
-            shim_pid,
-            pid: pid as u32,
-            started: now_rfc3339(),
-        },
-        false,
-    )?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -273,6 +269,17 @@ fn supervise(dir: &Path) -> Result<()> {
     (&File::from(go_w))
         .write_all(b"g")
         .map_err(io_err("starting", dir))?;
+    let mut rest = Vec::new();
+    let _ = File::from(exec_r).read_to_end(&mut rest);
+    write_json(
+        &container.state_path(),
+        &RunState {
+            shim_pid,
+            pid: pid as u32,
+            started: now_rfc3339(),
+        },
+        false,
+    )?;
 
     let mut pump = Pump {
         listener,
@@ -401,12 +408,43 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
         // SAFETY: dup2 onto the standard descriptors (dup2 clears close-on-exec).
         unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) };
     }
-    // Nothing of the supervisor's (its lock above all) may outlive it in the container.
-    // SAFETY: closes every descriptor above stderr.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // Nothing of the supervisor's (its lock above all) may outlive it in the
+    // container: every descriptor above stderr closes at the exec. Marked
+    // rather than closed, so that the exec itself closes the pipe that
+    // tells the supervisor the command runs.
+    close_on_exec_from(3);
     let err = crate::init::run(&crate::syscall::LinuxSyscall, &spec.init);
     eprintln!("tartan: {err}");
     crate::init::failure_code(&err)
+}
+
+/// Marks every descriptor from `first` up close-on-exec.
+fn close_on_exec_from(first: RawFd) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: one by one.
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<RawFd> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|fd| *fd >= first)
+            .collect();
+        for fd in fds {
+            // SAFETY: fcntl on descriptors of this process.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 struct Client {
