@@ -393,6 +393,27 @@ fn foreground_runs_stream_output_take_input_and_exit_with_the_code() -> Result<(
         text(&finish(child, Duration::from_secs(10))?.stdout),
         "through exec\n"
     );
+    // exec -t: a terminal of its own, under ours.
+    let inner = format!(
+        "ip netns exec {} env TARTAN_API_SOCKET={} {} exec -t chatty sh -c 'test -t 0 && test -t 1 && echo exec-tty'",
+        cluster.hosts[0].netns.name(),
+        agent.api_socket().display(),
+        tartan_tests::agent::tartan_bin()?.display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running script (bsdutils)")?;
+    let out = finish(child, Duration::from_secs(20))?;
+    ensure!(
+        text(&out.stdout).contains("exec-tty\r\n"),
+        "exec -t: {:?} {:?}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     cli_ok(agent, &["stop", "-t", "0", "chatty"])?;
     let refused = exec(agent, "chatty", &["true"])?;
     ensure!(

@@ -199,6 +199,7 @@ fn run_inside(spec: &ExecSpec, slave: Option<&OwnedFd>) -> i32 {
 /// process closes it, with the caller's terminal in raw mode meanwhile.
 fn relay_terminal(master: &OwnedFd, interactive: bool) {
     let raw = RawMode::enable(0);
+    let winch = window_changes();
     let mut buf = vec![0u8; 32 * 1024];
     let mut stdin_open = interactive;
     loop {
@@ -207,6 +208,14 @@ fn relay_terminal(master: &OwnedFd, interactive: bool) {
             events: libc::POLLIN,
             revents: 0,
         }];
+        let winch_slot = fds.len();
+        if let Some(winch) = &winch {
+            fds.push(libc::pollfd {
+                fd: winch.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         if stdin_open {
             fds.push(libc::pollfd {
                 fd: 0,
@@ -231,7 +240,14 @@ fn relay_terminal(master: &OwnedFd, interactive: bool) {
                 break;
             }
         }
-        if stdin_open && fds[1].revents != 0 {
+        if let Some(winch) = winch.as_ref().filter(|_| fds[winch_slot].revents != 0) {
+            let mut info = [0u8; 128];
+            // SAFETY: read one signalfd_siginfo into a buffer of its size.
+            unsafe { libc::read(winch.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+            copy_window_size(master.as_raw_fd());
+        }
+        let stdin_slot = fds.len() - 1;
+        if stdin_open && fds[stdin_slot].revents != 0 {
             // SAFETY: read into a buffer we own.
             let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
@@ -242,6 +258,34 @@ fn relay_terminal(master: &OwnedFd, interactive: bool) {
         }
     }
     drop(raw);
+}
+
+/// SIGWINCH as a descriptor to poll, so that the relay can pass a resized
+/// terminal on; `None` when that cannot be set up (the size stays as it was).
+fn window_changes() -> Option<OwnedFd> {
+    // SAFETY: a signal set we own, SIGWINCH blocked for this single-threaded
+    // process so that it arrives through the signalfd instead.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Gives the terminal behind `master` the size of ours.
+fn copy_window_size(master: RawFd) {
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a winsize we own.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {
+            libc::ioctl(master, libc::TIOCSWINSZ, &size);
+        }
+    }
 }
 
 fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::io::Result<()> {

@@ -171,11 +171,17 @@ impl ImageStore {
     }
 
     /// Removes a tag; layers no image or container uses any more are deleted.
-    /// `in_use` names a container still using the image, if any.
+    /// `in_use` names a container still using the image, if any; it matters
+    /// only for the image's last tag.
     pub fn remove(&self, text: &str, in_use: impl Fn(&Image) -> Option<String>) -> Result<Image> {
         let mut index = self.load_index()?;
         let image = resolve_in(&index.images, text)?;
-        if let Some(user) = in_use(&image) {
+        // As in Docker: another tag of the same image keeps it for its users.
+        let last_tag = !index
+            .images
+            .iter()
+            .any(|i| i.id == image.id && (i.name != image.name || i.tag != image.tag));
+        if let Some(user) = in_use(&image).filter(|_| last_tag) {
             return Err(RuntimeError::ImageInUse {
                 image: image.reference(),
                 user,
