@@ -202,6 +202,24 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AgentService {
+    async fn stop_or_restart(
+        &self,
+        request: StopRequest,
+        restart: bool,
+    ) -> Result<Response<PbContainer>, Status> {
+        let id = self.container_id(&request.container)?;
+        let timeout = Duration::from_secs(u64::from(request.timeout_seconds));
+        let view = if restart {
+            self.containers.restart(&id, timeout).await
+        } else {
+            self.containers.stop(&id, timeout).await
+        }
+        .map_err(failed)?;
+        let done = if restart { "restarted" } else { "stopped" };
+        info!(container = %view.config.name, "{done} a container");
+        Ok(Response::new(to_pb_container(view)))
+    }
+
     fn container_id(&self, text: &str) -> Result<String, Status> {
         self.containers
             .resolve(text)
@@ -264,28 +282,14 @@ impl Agent for AgentService {
         &self,
         request: Request<StopRequest>,
     ) -> Result<Response<PbContainer>, Status> {
-        let r = request.into_inner();
-        let id = self.container_id(&r.container)?;
-        let timeout = Duration::from_secs(u64::from(r.timeout_seconds));
-        let view = self.containers.stop(&id, timeout).await.map_err(failed)?;
-        info!(container = %view.config.name, "stopped a container");
-        Ok(Response::new(to_pb_container(view)))
+        self.stop_or_restart(request.into_inner(), false).await
     }
 
     async fn restart_container(
         &self,
         request: Request<StopRequest>,
     ) -> Result<Response<PbContainer>, Status> {
-        let r = request.into_inner();
-        let id = self.container_id(&r.container)?;
-        let timeout = Duration::from_secs(u64::from(r.timeout_seconds));
-        let view = self
-            .containers
-            .restart(&id, timeout)
-            .await
-            .map_err(failed)?;
-        info!(container = %view.config.name, "restarted a container");
-        Ok(Response::new(to_pb_container(view)))
+        self.stop_or_restart(request.into_inner(), true).await
     }
 
     async fn remove_container(

@@ -260,6 +260,25 @@ fn finish(mut child: Child, limit: Duration) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// `tartan ARGS` (a shell word list) against host 0's agent, with a
+/// terminal of its own as standard input and output (`script` makes one).
+fn under_terminal(cluster: &Cluster, agent: &Agent, args: &str) -> Result<Output> {
+    let inner = format!(
+        "ip netns exec {} env TARTAN_API_SOCKET={} {} {args}",
+        cluster.hosts[0].netns.name(),
+        agent.api_socket().display(),
+        tartan_tests::agent::tartan_bin()?.display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running script (bsdutils)")?;
+    finish(child, Duration::from_secs(20))
+}
+
 #[test]
 fn foreground_runs_stream_output_take_input_and_exit_with_the_code() -> Result<()> {
     let cluster = Cluster::start("cf", 226, VXLAN, 1)?;
@@ -315,20 +334,11 @@ fn foreground_runs_stream_output_take_input_and_exit_with_the_code() -> Result<(
     ensure!(out.status.success());
 
     // -t: a terminal inside, under a terminal outside (script gives us one).
-    let inner = format!(
-        "ip netns exec {} env TARTAN_API_SOCKET={} {} run -t --rm busybox sh -c 'test -t 0 && test -t 1 && echo tty-yes; tty >/dev/null; exit 4'",
-        cluster.hosts[0].netns.name(),
-        agent.api_socket().display(),
-        tartan_tests::agent::tartan_bin()?.display()
-    );
-    let child = std::process::Command::new("script")
-        .args(["-qefc", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running script (bsdutils)")?;
-    let out = finish(child, Duration::from_secs(20))?;
+    let out = under_terminal(
+        &cluster,
+        agent,
+        "run -t --rm busybox sh -c 'test -t 0 && test -t 1 && echo tty-yes; tty >/dev/null; exit 4'",
+    )?;
     ensure!(
         text(&out.stdout).contains("tty-yes\r\n"),
         "a terminal, with its line discipline: {:?} {:?}",
@@ -394,20 +404,11 @@ fn foreground_runs_stream_output_take_input_and_exit_with_the_code() -> Result<(
         "through exec\n"
     );
     // exec -t: a terminal of its own, under ours.
-    let inner = format!(
-        "ip netns exec {} env TARTAN_API_SOCKET={} {} exec -t chatty sh -c 'test -t 0 && test -t 1 && echo exec-tty'",
-        cluster.hosts[0].netns.name(),
-        agent.api_socket().display(),
-        tartan_tests::agent::tartan_bin()?.display()
-    );
-    let child = std::process::Command::new("script")
-        .args(["-qefc", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running script (bsdutils)")?;
-    let out = finish(child, Duration::from_secs(20))?;
+    let out = under_terminal(
+        &cluster,
+        agent,
+        "exec -t chatty sh -c 'test -t 0 && test -t 1 && echo exec-tty'",
+    )?;
     ensure!(
         text(&out.stdout).contains("exec-tty\r\n"),
         "exec -t: {:?} {:?}",
