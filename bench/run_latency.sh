@@ -20,20 +20,9 @@ for tool in etcd etcdctl ip crun python3 busybox unshare; do
 done
 cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
 tartan=$root/target/release/tartan
-tag=trun$$
-work=$(mktemp -d)
-namespaces=()
-cleanup() {
-  exec 2>/dev/null
-  pkill -9 -f "$work/state/containers" || true
-  for ns in "${namespaces[@]}"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-newns() { ip netns add "$1"; ip -n "$1" link set lo up; namespaces+=("$1"); }
+# shellcheck source=examples/testbed.sh
+. "$root/examples/testbed.sh"
+testbed_init "trun$$"
 
 # The root filesystem both runtimes get.
 mkdir -p "$work/bundle/rootfs/bin" "$work/bundle/rootfs/etc"
@@ -54,31 +43,9 @@ json.dump(spec, open(path, "w"), indent=2)
 PY
 
 # One host with an agent on the vxlan backend, etcd in a hub namespace.
-hub=$tag-hub host=$tag-h1 endpoint=http://10.249.0.254:2379
-newns "$hub"
-ip -n "$hub" link add br0 type bridge
-ip -n "$hub" addr add 10.249.0.254/24 dev br0
-ip -n "$hub" link set br0 up
-ip netns exec "$hub" etcd --name b --data-dir "$work/etcd" \
-  --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
-  --listen-peer-urls http://10.249.0.254:2380 --initial-advertise-peer-urls http://10.249.0.254:2380 \
-  --initial-cluster b=http://10.249.0.254:2380 >"$work/etcd.log" 2>&1 &
-for _ in $(seq 100); do
-  ip netns exec "$hub" etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && break; sleep 0.1
-done
-ip netns exec "$hub" etcdctl --endpoints "$endpoint" put /coreos.com/network/config \
-  '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}' >/dev/null
-newns "$host"
-ip -n "$hub" link add v1 type veth peer name eth0 netns "$host"
-ip -n "$hub" link set v1 master br0 up
-ip -n "$host" addr add 10.249.0.1/24 dev eth0
-ip -n "$host" link set eth0 up
-ip -n "$host" route add default via 10.249.0.254
-ip netns exec "$host" "$tartan" agent --etcd-endpoints "$endpoint" --state-dir "$work/state" \
-  --subnet-file "$work/subnet.env" --api-socket "$work/sock" >"$work/agent.log" 2>&1 &
-for _ in $(seq 200); do [ -S "$work/sock" ] && [ -f "$work/subnet.env" ] && break; sleep 0.05; done
-[ -f "$work/subnet.env" ] || { echo "bench: the agent did not come up:" >&2; tail -5 "$work/agent.log" >&2; exit 1; }
-export TARTAN_API_SOCKET=$work/sock
+testbed_hub 249 '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+testbed_host 1
+export TARTAN_API_SOCKET=$work/host1/tartan.sock
 tar -C "$work/bundle/rootfs" -cf "$work/image.tar" .
 "$tartan" import "$work/image.tar" bench >/dev/null
 
@@ -100,6 +67,7 @@ for i in $(seq "$runs"); do
   echo $(( (t1 - t0) / 1000 )) >>"$work/crun.ms"
 done
 LOOP
+tag=$tb_tag
 export tartan work tag runs
 unshare --mount --propagation private bash "$work/loop.sh"
 leftover=$("$tartan" ps -a -q | wc -l)

@@ -16,58 +16,17 @@ done
 cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
 tartan=$root/target/release/tartan
 
-tag=tctr$$
-hub=$tag-hub
-work=$(mktemp -d)
-namespaces=()
-cleanup() {
-  exec 2>/dev/null
-  # Containers outlive their agent by design: their supervisors go first.
-  pkill -9 -f "$work/.*/containers/" || true
-  for ns in "${namespaces[@]}"; do
-    for pid in $(ip netns pids "$ns"); do kill -9 "$pid" || true; done
-    ip netns del "$ns" || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=examples/testbed.sh
+. "$root/examples/testbed.sh"
+testbed_init "tctr$$"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '\033[2m%s$ %s\033[0m\n' "$1" "${*:2}"; "${@:2}"; }
-newns() { ip netns add "$1"; ip -n "$1" link set lo up; namespaces+=("$1"); }
 
-say "underlay 10.241.0.0/24 with etcd on 10.241.0.254:2379"
-newns "$hub"
-ip -n "$hub" link add br0 type bridge
-ip -n "$hub" addr add 10.241.0.254/24 dev br0
-ip -n "$hub" link set br0 up
-endpoint=http://10.241.0.254:2379
-ip netns exec "$hub" etcd --name demo --data-dir "$work/etcd" \
-  --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
-  --listen-peer-urls http://10.241.0.254:2380 --initial-advertise-peer-urls http://10.241.0.254:2380 \
-  --initial-cluster demo=http://10.241.0.254:2380 >"$work/etcd.log" 2>&1 &
-for _ in $(seq 100); do
-  ip netns exec "$hub" etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && break; sleep 0.1
-done
-run hub ip netns exec "$hub" etcdctl --endpoints "$endpoint" put /coreos.com/network/config \
-  '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
-
-for h in 1 2; do
-  ns=$tag-host$h
-  newns "$ns"
-  ip -n "$hub" link add "v$h" type veth peer name eth0 netns "$ns"
-  ip -n "$hub" link set "v$h" master br0 up
-  ip -n "$ns" addr add "10.241.0.$h/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" route add default via 10.241.0.254
-  mkdir -p "$work/host$h"
-  ip netns exec "$ns" "$tartan" agent --etcd-endpoints "$endpoint" --state-dir "$work/host$h/state" \
-    --subnet-file "$work/host$h/subnet.env" --api-socket "$work/host$h/tartan.sock" >"$work/host$h/agent.log" 2>&1 &
-done
-for h in 1 2; do
-  for _ in $(seq 200); do [ -f "$work/host$h/subnet.env" ] && break; sleep 0.05; done
-done
-# On each host, `tartan` talks to that host's agent.
-on() { local h=$1; shift; ip netns exec "$tag-host$h" env TARTAN_API_SOCKET="$work/host$h/tartan.sock" "$tartan" "$@"; }
+say "underlay 10.241.0.0/24 with etcd on 10.241.0.254:2379, network 10.5.0.0/16 (vxlan)"
+testbed_hub 241 '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+say "two hosts, an agent on each"
+testbed_host 1
+testbed_host 2
 
 say "an image: a busybox root filesystem as a tarball"
 mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"

@@ -304,12 +304,7 @@ impl Containers {
         // older address book): freed once the node has its address book.
         let this = self.clone();
         tokio::spawn(async move {
-            let attacher = loop {
-                if let Some(attacher) = this.inner.attacher.get() {
-                    break attacher;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            };
+            let attacher = this.attacher_ready().await;
             for key in attacher.owners_with_prefix("container:").await {
                 let id = &key["container:".len()..];
                 if !this.lock().contains_key(id) {
@@ -318,6 +313,16 @@ impl Containers {
                 }
             }
         });
+    }
+
+    /// The node's address book, once the node holds its lease and bridge.
+    async fn attacher_ready(&self) -> &crate::attach::Attacher {
+        loop {
+            if let Some(attacher) = self.inner.attacher.get() {
+                return attacher;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -531,7 +536,7 @@ impl Containers {
             (id, name, lifecycle)
         };
         let _guard = lifecycle.lock().await;
-        let created = self.create_and_start(&id, !opts.detach).await;
+        let created = self.create_and_start(&id, image, !opts.detach).await;
         if let Err(err) = created {
             self.discard(&id).await;
             return Err(err);
@@ -540,12 +545,17 @@ impl Containers {
         self.view(&id)
     }
 
-    async fn create_and_start(&self, id: &str, wait_for_attach: bool) -> Result<()> {
+    async fn create_and_start(
+        &self,
+        id: &str,
+        image: tartan_runtime::Image,
+        wait_for_attach: bool,
+    ) -> Result<()> {
         let (config, _) = self.entry_parts(id)?;
         let dir = self.dir(id);
         dir.create()?;
         dir.write_config(&config)?;
-        self.start_locked(id, wait_for_attach).await
+        self.start_locked(id, Some(image), wait_for_attach).await
     }
 
     /// Undoes a failed `run`: the address, the interface, the directory, the entry.
@@ -561,24 +571,33 @@ impl Containers {
     pub async fn start(&self, id: &str) -> Result<ContainerView> {
         let (_, lifecycle) = self.entry_parts(id)?;
         let _guard = lifecycle.lock().await;
-        self.start_locked(id, false).await?;
+        self.start_locked(id, None, false).await?;
         self.view(id)
     }
 
     /// Starts the container's supervisor and plugs the container's network
-    /// in before its command runs. The caller holds the lifecycle lock.
-    async fn start_locked(&self, id: &str, wait_for_attach: bool) -> Result<()> {
+    /// in before its command runs. The caller holds the lifecycle lock;
+    /// `image` is the container's image when the caller has it at hand.
+    async fn start_locked(
+        &self,
+        id: &str,
+        image: Option<tartan_runtime::Image>,
+        wait_for_attach: bool,
+    ) -> Result<()> {
         let (mut config, _) = self.entry_parts(id)?;
         let dir = self.dir(id);
         if let Status::Running { .. } = self.status_of(&dir) {
             bail!("container {} is already running", config.name);
         }
-        let image = {
-            let images = self.inner.images.clone();
-            let image_id = config.image_id.clone();
-            tokio::task::spawn_blocking(move || images.resolve(&image_id))
-                .await
-                .context("resolving the image")??
+        let image = match image {
+            Some(image) => image,
+            None => {
+                let images = self.inner.images.clone();
+                let image_id = config.image_id.clone();
+                tokio::task::spawn_blocking(move || images.resolve(&image_id))
+                    .await
+                    .context("resolving the image")??
+            }
         };
         let layers = self.inner.images.layer_dirs(&image);
 
@@ -826,12 +845,7 @@ impl Containers {
             return;
         }
         if config.network == NetworkMode::Overlay {
-            let attacher = loop {
-                if let Some(attacher) = self.inner.attacher.get() {
-                    break attacher;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            };
+            let attacher = self.attacher_ready().await;
             if let Err(err) = attacher.release_when_gone(&address_key(id)).await {
                 warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
             }
@@ -879,7 +893,7 @@ impl Containers {
         let (_, lifecycle) = self.entry_parts(id)?;
         let _guard = lifecycle.lock().await;
         self.stop_locked(id, timeout).await?;
-        self.start_locked(id, false).await?;
+        self.start_locked(id, None, false).await?;
         self.view(id)
     }
 
