@@ -13,8 +13,9 @@ set -euo pipefail
 
 N=${1:-2000}
 root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
-tartan=$root/target/release/tartan
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+build_release
 work=$(mktemp -d)
 etcd_pid=""
 agent_pid=""

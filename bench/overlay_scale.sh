@@ -12,8 +12,9 @@ set -euo pipefail
 N=${1:-5000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (it creates network namespaces)" >&2; exit 1; }
-cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
-tartan=$root/target/release/tartan
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+build_release
 tag=tbench$$
 hub=$tag-hub
 host=$tag-host

@@ -18,8 +18,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 for tool in etcd etcdctl ip crun python3 busybox unshare; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
-cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
-tartan=$root/target/release/tartan
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+build_release
 # shellcheck source=examples/testbed.sh
 . "$root/examples/testbed.sh"
 testbed_init "trun$$"

@@ -15,8 +15,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 for tool in etcd etcdctl ip iperf3 python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
-cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
-tartan=$root/target/release/tartan
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+build_release
 tag=ttput$$
 work=$(mktemp -d)
 namespaces=()

@@ -5,16 +5,15 @@
 # the other across hosts over the VXLAN overlay. Everything is torn down at
 # the end; nothing outside the namespaces it creates is touched.
 #
-#   sudo examples/containers.sh       (needs etcd, etcdctl, iproute2, busybox-static)
+#   examples/containers.sh       (as root; installs what is missing, builds tartan)
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
-for tool in etcd etcdctl ip busybox tar; do
-  command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install etcd-server etcd-client iproute2 busybox-static)" >&2; exit 1; }
-done
-cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
-tartan=$root/target/release/tartan
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/../scripts/lib.sh"
+root=$tartan_root
+need_root containers
+need_packages etcd-server etcd-client iproute2 iputils-ping busybox-static tar
+build_release
 
 # shellcheck source=examples/testbed.sh
 . "$root/examples/testbed.sh"

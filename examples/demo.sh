@@ -10,18 +10,17 @@
 # `tartan attach`, and the containers ping each other across hosts. The
 # script also adds a hand-written flannel lease with etcdctl and shows it
 # arriving as a peer. Nothing outside the namespaces it creates is touched.
-# Needs root, etcd, etcdctl, iproute2 and ping.
+# Run as root; installs what it needs that is missing (etcd, etcdctl,
+# iproute2, ping, the build's packages) and builds tartan first.
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" -eq 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/../scripts/lib.sh"
+need_root demo
 backend=${1:-vxlan}
 case "$backend" in vxlan|host-gw|udp) ;; *) echo "demo: backend must be vxlan, host-gw or udp" >&2; exit 2 ;; esac
-for tool in etcd etcdctl ip ping; do
-  command -v "$tool" >/dev/null || { echo "demo: $tool is missing (apt-get install etcd-server etcd-client iproute2)" >&2; exit 1; }
-done
-cargo build --quiet --release -p tartan-agent --manifest-path "$root/Cargo.toml"
-tartan=$root/target/release/tartan
+need_packages etcd-server etcd-client iproute2 iputils-ping python3
+build_release
 
 tag=tdemo$$
 hub=$tag-hub
