@@ -2,7 +2,10 @@
 //!
 //! The choice follows flannel: keep the lease that already carries this
 //! node's public IP; else take back the subnet the previous subnet file
-//! named, if nobody holds it; else a random free subnet. Taking it is an etcd
+//! named, if nobody holds it; else a random free subnet. A key with no etcd
+//! lease attached is a reservation (flannel's `reservations.md`): the node
+//! whose public IP it carries keeps it as it is, permanent, and every other
+//! node counts it as taken. Taking it is an etcd
 //! transaction conditioned on the key's state at listing time, so of many
 //! agents racing for one subnet exactly one wins and the others choose again.
 
@@ -61,7 +64,16 @@ pub fn plan<R: Rng + ?Sized>(
             raw.mod_revision,
         )
         .ok()?;
-        (lease.attrs.public_ip == public_ip && range.contains(&lease.subnet)).then_some(lease)
+        // A dual-stack key is a flannel node's with IPv6: rewriting it under
+        // an IPv4-only key would leave the old one behind, so it is not ours.
+        let own_key = format!(
+            "{subnets_prefix}{}",
+            tartan_ipam::subnet_to_key(&lease.subnet)
+        );
+        (lease.attrs.public_ip == public_ip
+            && range.contains(&lease.subnet)
+            && raw.key == own_key.as_bytes())
+        .then_some(lease)
     });
     if let Some(lease) = ours {
         return Plan::Reuse {
@@ -97,7 +109,15 @@ pub fn plan<R: Rng + ?Sized>(
 pub struct HeldLease {
     pub subnet: Ipv4Network,
     pub attrs: LeaseAttrs,
+    /// The etcd lease the key is attached to; 0 for a reservation.
     pub etcd_lease: i64,
+}
+
+impl HeldLease {
+    /// A reservation never expires and is never renewed.
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease == 0
+    }
 }
 
 /// Lists, plans and writes until this node holds a lease. Returns an error
@@ -123,13 +143,19 @@ pub async fn acquire(
             &mut rand::rng(),
         );
         debug!(?plan, attempt, "planned subnet acquisition");
-        let (subnet, expected) = match plan {
+        let (subnet, expected, lease_ttl) = match plan {
+            // A reservation stays one: rewritten without a TTL.
+            Plan::Reuse {
+                subnet,
+                mod_revision,
+                old_etcd_lease: 0,
+            } => (subnet, Some(mod_revision), None),
             Plan::Reuse {
                 subnet,
                 mod_revision,
                 ..
-            } => (subnet, Some(mod_revision)),
-            Plan::Create(subnet) => (subnet, None),
+            } => (subnet, Some(mod_revision), Some(ttl)),
+            Plan::Create(subnet) => (subnet, None, Some(ttl)),
             Plan::Full => {
                 return Err(anyhow!(
                     "no free subnet between {} and {} ({} leases held)",
@@ -139,13 +165,23 @@ pub async fn acquire(
                 ))
             }
         };
-        if let Some(etcd_lease) = registry.write_lease(&subnet, attrs, ttl, expected).await? {
+        if let Some(etcd_lease) = registry
+            .write_lease(&subnet, attrs, lease_ttl, expected)
+            .await?
+        {
             if let Plan::Reuse { old_etcd_lease, .. } = plan {
                 if old_etcd_lease != 0 && old_etcd_lease != etcd_lease {
-                    // The key has moved to the new etcd lease; the old one now holds nothing of ours.
-                    let _ = registry.revoke(old_etcd_lease).await;
+                    // The key has moved to the new etcd lease; the old one now
+                    // holds nothing of ours and would expire with its TTL.
+                    if let Err(err) = registry.revoke(old_etcd_lease).await {
+                        debug!(error = %format!("{err:#}"), "could not revoke the previous etcd lease");
+                    }
                 }
-                info!(%subnet, "reusing the lease that carries this node's public IP");
+                if etcd_lease == 0 {
+                    info!(%subnet, "using the subnet reserved for this node's public IP (no TTL)");
+                } else {
+                    info!(%subnet, "reusing the lease that carries this node's public IP");
+                }
             } else {
                 info!(%subnet, "acquired a new subnet lease");
             }
@@ -216,6 +252,62 @@ mod tests {
                 mod_revision: 4,
                 old_etcd_lease: 77
             }
+        );
+    }
+
+    #[test]
+    fn a_reservation_is_reused_by_its_node_and_taken_for_everyone_else() {
+        let mut reserved = raw("10.5.2.0-24", r#"{"PublicIP":"192.168.0.5"}"#, 4);
+        reserved.etcd_lease = 0;
+        let r = range("10.5.0.0/22");
+        let mut rng = StdRng::seed_from_u64(4);
+        assert_eq!(
+            plan(
+                &r,
+                PREFIX,
+                std::slice::from_ref(&reserved),
+                ME,
+                None,
+                &mut rng
+            ),
+            Plan::Reuse {
+                subnet: net("10.5.2.0/24"),
+                mod_revision: 4,
+                old_etcd_lease: 0
+            }
+        );
+        let other = Ipv4Addr::new(192, 168, 0, 6);
+        for _ in 0..20 {
+            match plan(
+                &r,
+                PREFIX,
+                std::slice::from_ref(&reserved),
+                other,
+                Some(net("10.5.2.0/24")),
+                &mut rng,
+            ) {
+                Plan::Create(s) => assert_ne!(s, net("10.5.2.0/24")),
+                p => panic!("unexpected {p:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn dual_stack_keys_are_taken_but_never_rewritten_as_ours() {
+        // 10.5.0.0/22: usable 10.5.1.0, .2.0, .3.0.
+        let r = range("10.5.0.0/22");
+        let listing = [
+            raw("10.5.1.0-24&fc00::-64", r#"{"PublicIP":"192.168.0.5"}"#, 3),
+            raw(
+                "10.5.2.0-24&fc00:0:0:1::-64",
+                r#"{"PublicIP":"192.168.0.9"}"#,
+                4,
+            ),
+        ];
+        let mut rng = StdRng::seed_from_u64(5);
+        assert_eq!(
+            plan(&r, PREFIX, &listing, ME, None, &mut rng),
+            Plan::Create(net("10.5.3.0/24"))
         );
     }
 

@@ -420,8 +420,7 @@ impl Agent for AgentService {
             let mut pb = to_pb(&n.lease.subnet, &n.lease.attrs);
             pb.expires_unix = n
                 .expires_at
-                .duration_since(UNIX_EPOCH)
-                .ok()
+                .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs() as i64);
             pb
         });

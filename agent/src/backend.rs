@@ -59,10 +59,10 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 /// The backend's part of this node's lease value.
 pub fn lease_data(backend: &Backend, vtep_mac: Option<[u8; 6]>) -> Value {
     match (backend, vtep_mac) {
-        (Backend::Vxlan { vni, .. }, Some(mac)) => {
-            json!({ "VNI": vni, "VtepMAC": format_mac(&mac) })
+        (Backend::Vxlan(vx), Some(mac)) => {
+            json!({ "VNI": vx.vni, "VtepMAC": format_mac(&mac) })
         }
-        (Backend::Vxlan { vni, .. }, None) => json!({ "VNI": vni }),
+        (Backend::Vxlan(vx), None) => json!({ "VNI": vx.vni }),
         (Backend::HostGw | Backend::Udp { .. } | Backend::Alloc, _) => Value::Null,
     }
 }
@@ -96,7 +96,7 @@ pub fn desired_overlay<'a>(
         })
     };
     for lease in peers {
-        if lease.attrs.backend_type != backend.type_name() {
+        if !backend.accepts(&lease.attrs.backend_type) {
             skip(
                 lease,
                 format!("backend {:?} is not ours", lease.attrs.backend_type),
@@ -111,8 +111,8 @@ pub fn desired_overlay<'a>(
             onlink: false,
         };
         match backend {
-            Backend::Vxlan { direct_routing, .. } => {
-                if *direct_routing && underlay.is_direct(public_ip) {
+            Backend::Vxlan(vx) => {
+                if vx.direct_routing && underlay.is_direct(public_ip) {
                     state.routes.insert(direct_route);
                     continue;
                 }
@@ -166,6 +166,7 @@ pub fn desired_overlay<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::VxlanOptions;
     use crate::lease::LeaseAttrs;
 
     const UNDERLAY: Underlay = Underlay {
@@ -190,11 +191,10 @@ mod tests {
     }
 
     fn vxlan(direct_routing: bool) -> Backend {
-        Backend::Vxlan {
-            vni: 1,
-            port: 8472,
+        Backend::Vxlan(VxlanOptions {
             direct_routing,
-        }
+            ..VxlanOptions::default()
+        })
     }
 
     #[test]
@@ -301,5 +301,21 @@ mod tests {
         assert!(state.neighbours.is_empty() && state.fdb.is_empty());
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].reason.contains("L2 segment"), "{}", skipped[0]);
+    }
+
+    #[test]
+    fn peer_types_are_taken_as_flannel_takes_them() {
+        // flannel's udp and alloc leases carry no BackendType.
+        let untyped = lease("10.5.7.0/24", [192, 168, 1, 11], "", Value::Null);
+        let (state, skipped) = desired_overlay(&Backend::HostGw, [&untyped], &UNDERLAY, None);
+        assert!(state.routes.is_empty());
+        assert_eq!(skipped.len(), 1, "host-gw wants host-gw leases only");
+        let (_, skipped) = desired_overlay(&vxlan(false), [&untyped], &UNDERLAY, Some(9));
+        assert_eq!(skipped.len(), 1, "vxlan wants vxlan leases only");
+        let udp = Backend::Udp { port: 8285 };
+        assert!(udp.accepts("") && udp.accepts("udp") && udp.accepts("vxlan"));
+        assert_eq!(udp.lease_type(), "", "flannel's udp publishes no type");
+        assert!(!Backend::Alloc.accepts(""));
+        assert!(Backend::HostGw.accepts("host-gw") && !Backend::HostGw.accepts(""));
     }
 }

@@ -49,7 +49,8 @@ pub struct AgentOptions {
 #[derive(Debug, Clone)]
 pub struct NodeLease {
     pub lease: HeldLease,
-    pub expires_at: SystemTime,
+    /// None for a reservation, which never expires.
+    pub expires_at: Option<SystemTime>,
 }
 
 /// What the agent knows, shared between its tasks and the API.
@@ -194,6 +195,9 @@ async fn run_node(
 ) -> Result<()> {
     let config = wait_for_config(&registry, &state).await;
     info!(%config, "network config");
+    for note in &config.notes {
+        warn!(note = %note, "network config");
+    }
     let underlay = underlay_of(iface.as_ref(), public_ip);
     let dataplane = match (&config.backend, underlay) {
         (Backend::Alloc, _) => None,
@@ -205,7 +209,7 @@ async fn run_node(
             network: config.network(),
             udp: std::sync::Mutex::new(None),
             vtep_mac: match backend {
-                Backend::Vxlan { vni, .. } => Some(stable_vtep_mac(public_ip, *vni)),
+                Backend::Vxlan(vx) => Some(stable_vtep_mac(public_ip, vx.vni)),
                 _ => None,
             },
         }),
@@ -218,7 +222,7 @@ async fn run_node(
     let attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
-        backend_type: config.backend.type_name().to_string(),
+        backend_type: config.backend.lease_type().to_string(),
         backend_data: lease_data(&config.backend, dataplane.as_ref().and_then(|d| d.vtep_mac)),
     };
     let previous = previous_subnet(&opts.subnet_file);
@@ -285,8 +289,15 @@ async fn run_node(
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut renew_in = ttl - margin;
     loop {
+        // A reservation has no TTL: nothing to renew, only its loss to notice.
+        let renew = async {
+            if held.is_reservation() {
+                std::future::pending::<()>().await
+            }
+            tokio::time::sleep(renew_in).await
+        };
         let lost = tokio::select! {
-            _ = tokio::time::sleep(renew_in) => false,
+            _ = renew => false,
             Some(()) = lost_rx.recv() => true,
         };
         let lost = lost
@@ -298,7 +309,7 @@ async fn run_node(
                         lock(&state)
                             .node
                             .iter_mut()
-                            .for_each(|n| n.expires_at = SystemTime::now() + remaining);
+                            .for_each(|n| n.expires_at = Some(SystemTime::now() + remaining));
                         renew_in = remaining
                             .saturating_sub(margin)
                             .max(Duration::from_millis(500));
@@ -332,7 +343,7 @@ fn set_node(state: &SharedState, held: &HeldLease, ttl: Duration) -> Vec<LeaseEv
     let mut st = lock(state);
     st.node = Some(NodeLease {
         lease: held.clone(),
-        expires_at: SystemTime::now() + ttl,
+        expires_at: (!held.is_reservation()).then(|| SystemTime::now() + ttl),
     });
     match st.peers.as_mut() {
         Some(peers) => peers.set_own(Some(held.subnet)),

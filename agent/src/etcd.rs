@@ -14,6 +14,8 @@ use etcd_client::{
 };
 use ipnetwork::Ipv4Network;
 
+use tracing::debug;
+
 use crate::lease::{config_key, lease_key, subnets_prefix, LeaseAttrs};
 use crate::peers::RawLease;
 
@@ -161,40 +163,56 @@ impl Registry {
         Ok((leases, revision))
     }
 
-    /// Writes a lease for `subnet` with a fresh etcd lease of `ttl`, but only
-    /// if the key does not exist (`expected_mod_revision` None) or is still at
-    /// `expected_mod_revision`. Returns the etcd lease id, or None when the
-    /// condition failed (someone else got there first).
+    /// Writes a lease for `subnet`, attached to a fresh etcd lease of `ttl`
+    /// (None: attached to none, a permanent reservation), but only if the key
+    /// does not exist (`expected_mod_revision` None) or is still at
+    /// `expected_mod_revision`. Returns the etcd lease id (0 for a
+    /// reservation), or None when the condition failed (someone else got
+    /// there first).
     pub async fn write_lease(
         &self,
         subnet: &Ipv4Network,
         attrs: &LeaseAttrs,
-        ttl: Duration,
+        ttl: Option<Duration>,
         expected_mod_revision: Option<i64>,
     ) -> Result<Option<i64>> {
         let key = lease_key(&self.prefix, subnet);
         let value = serde_json::to_vec(attrs).context("encoding the lease")?;
         let mut client = self.client.clone();
-        let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let grant = bounded("granting an etcd lease", client.lease_grant(ttl_secs, None)).await?;
-        let id = grant.id();
+        let id = match ttl {
+            Some(ttl) => {
+                let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+                bounded("granting an etcd lease", client.lease_grant(ttl_secs, None))
+                    .await?
+                    .id()
+            }
+            None => 0,
+        };
         let compare = match expected_mod_revision {
             None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             Some(rev) => Compare::mod_revision(key.as_str(), CompareOp::Equal, rev),
         };
-        let txn = Txn::new().when([compare]).and_then([TxnOp::put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(id)),
-        )]);
+        let put = if id == 0 {
+            PutOptions::new()
+        } else {
+            PutOptions::new().with_lease(id)
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key.as_str(), value, Some(put))]);
         let resp = bounded("writing the subnet lease", client.txn(txn)).await;
         match resp {
             Ok(resp) if resp.succeeded() => Ok(Some(id)),
-            other => {
-                // Best effort: an unused grant would expire on its own anyway.
-                let _ = bounded("revoking an unused etcd lease", client.lease_revoke(id)).await;
+            other if id != 0 => {
+                if let Err(err) =
+                    bounded("revoking an unused etcd lease", client.lease_revoke(id)).await
+                {
+                    // Harmless: the unused grant expires with its TTL.
+                    debug!(error = %format!("{err:#}"), "could not revoke an unused etcd lease");
+                }
                 other.map(|_| None)
             }
+            other => other.map(|_| None),
         }
     }
 

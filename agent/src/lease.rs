@@ -9,23 +9,58 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tartan_ipam::SubnetRange;
+
+use crate::gojson::field;
 
 /// Values larger than this are not leases anybody wrote by honest means.
 pub const MAX_LEASE_VALUE_BYTES: usize = 64 * 1024;
 
-/// The JSON value of a lease key, field names as flannel spells them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The JSON value of a lease key, field names as flannel spells them. It is
+/// written as flannel writes it (`BackendType` and `BackendData` left out
+/// when empty, as Go's `omitempty` does) and read as flannel reads it (keys
+/// in any case).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
-    #[serde(rename = "PublicIPv6", default)]
+    #[serde(rename = "PublicIPv6")]
     pub public_ipv6: Option<Ipv6Addr>,
-    #[serde(rename = "BackendType", default)]
+    #[serde(rename = "BackendType", skip_serializing_if = "String::is_empty")]
     pub backend_type: String,
-    #[serde(rename = "BackendData", default)]
+    #[serde(rename = "BackendData", skip_serializing_if = "Value::is_null")]
     pub backend_data: Value,
+}
+
+impl<'de> Deserialize<'de> for LeaseAttrs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let obj = Map::<String, Value>::deserialize(deserializer)?;
+        let text = |name: &str| -> Result<Option<&str>, D::Error> {
+            match field(&obj, name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(D::Error::custom(format!(
+                    "{name} must be a string, not {other}"
+                ))),
+            }
+        };
+        let public_ip = text("PublicIP")?
+            .ok_or_else(|| D::Error::custom("no PublicIP"))?
+            .parse()
+            .map_err(|_| D::Error::custom("PublicIP is not an IPv4 address"))?;
+        let public_ipv6 = text("PublicIPv6")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|_| D::Error::custom("PublicIPv6 is not an IPv6 address"))?;
+        Ok(LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type: text("BackendType")?.unwrap_or_default().to_string(),
+            backend_data: field(&obj, "BackendData").cloned().unwrap_or(Value::Null),
+        })
+    }
 }
 
 /// A lease as read from etcd.
@@ -41,7 +76,7 @@ pub struct Lease {
 /// Why a key under `subnets/` was not taken as a lease.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseRejection {
-    #[error("key is not a subnet key like 10.5.34.0-24: {0}")]
+    #[error("key is not a subnet key like 10.5.34.0-24 or 10.5.34.0-24&fc00::-64: {0}")]
     BadKey(String),
     #[error("value is {0} bytes, more than the {MAX_LEASE_VALUE_BYTES} a lease may hold")]
     TooLarge(usize),
@@ -78,13 +113,16 @@ pub fn config_key(prefix: &str) -> String {
     format!("{}/config", prefix.trim_end_matches('/'))
 }
 
-/// Parses the subnet out of a full key under `subnets_prefix`.
+/// Parses the IPv4 subnet out of a full key under `subnets_prefix`. A
+/// dual-stack key (`10.5.34.0-24&fc00::-64`, flannel's with IPv6 on) names
+/// the IPv4 subnet it holds like any other.
 pub fn parse_key(subnets_prefix: &str, key: &[u8]) -> Result<Ipv4Network, LeaseRejection> {
     let text = String::from_utf8_lossy(key);
     let name = text
         .strip_prefix(subnets_prefix)
         .ok_or_else(|| LeaseRejection::BadKey(text.to_string()))?;
-    tartan_ipam::parse_subnet_key(name)
+    tartan_ipam::parse_lease_key(name)
+        .map(|key| key.ipv4)
         .map_err(|_| LeaseRejection::BadKey(name.chars().take(80).collect()))
 }
 
@@ -177,6 +215,41 @@ mod tests {
         assert_eq!(lease.attrs.backend_data["VtepMAC"], "6e:a4:3c:0e:21:9a");
         assert_eq!((lease.etcd_lease, lease.mod_revision), (7, 9));
         assert_eq!(check_peer(&lease, &range(), None), Ok(()));
+    }
+
+    #[test]
+    fn reads_keys_in_any_case_and_dual_stack_keys() {
+        let value = br#"{"publicip":"192.168.1.10","backendtype":"vxlan","backenddata":{"VNI":1}}"#;
+        let lease = parse_lease(
+            PREFIX,
+            b"/coreos.com/network/subnets/10.5.34.0-24&fc00::-64",
+            value,
+            0,
+            1,
+        )
+        .expect("lease");
+        assert_eq!(
+            lease.subnet,
+            "10.5.34.0/24".parse::<Ipv4Network>().expect("cidr")
+        );
+        assert_eq!(lease.attrs.public_ip, Ipv4Addr::new(192, 168, 1, 10));
+        assert_eq!(lease.attrs.backend_type, "vxlan");
+        assert_eq!(lease.attrs.backend_data["VNI"], 1);
+    }
+
+    #[test]
+    fn a_udp_lease_is_written_as_flannel_writes_it() {
+        // flannel's udp backend sets neither BackendType nor BackendData.
+        let attrs = LeaseAttrs {
+            public_ip: Ipv4Addr::new(10, 0, 0, 1),
+            public_ipv6: None,
+            backend_type: String::new(),
+            backend_data: Value::Null,
+        };
+        let text = serde_json::to_string(&attrs).expect("json");
+        assert_eq!(text, r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#);
+        let back: LeaseAttrs = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(back, attrs);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod container_cli;
 mod containers;
 mod daemon;
 mod etcd;
+mod gojson;
 mod images;
 mod lease;
 mod node;

@@ -71,12 +71,14 @@ impl NodeDataplane {
             .await
             .context("setting up the node bridge")?;
         let vxlan = match (&self.backend, self.vtep_mac) {
-            (Backend::Vxlan { vni, port, .. }, Some(mac)) => Some(
+            (Backend::Vxlan(vx), Some(mac)) => Some(
                 self.netlink
                     .ensure_vxlan(&VxlanSpec {
-                        name: vxlan_device_name(*vni),
-                        vni: *vni,
-                        port: *port,
+                        name: vxlan_device_name(vx.vni),
+                        vni: vx.vni,
+                        port: vx.port,
+                        learning: vx.learning,
+                        gbp: vx.gbp,
                         local: self.underlay.ip,
                         underlay_index: self.underlay.index,
                         mac,
@@ -143,7 +145,10 @@ impl NodeDataplane {
     /// Hands the udp packet thread the current peers.
     fn update_udp_peers(&self, own: Ipv4Network, port: u16, peers: &[Lease]) {
         let mut map = PeerMap::new(own.prefix());
-        for lease in peers.iter().filter(|l| l.attrs.backend_type == "udp") {
+        for lease in peers
+            .iter()
+            .filter(|l| self.backend.accepts(&l.attrs.backend_type))
+        {
             map.insert(lease.subnet, SocketAddrV4::new(lease.attrs.public_ip, port));
         }
         if let Some(overlay) = lock_udp(&self.udp).as_ref() {

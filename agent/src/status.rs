@@ -91,7 +91,12 @@ pub fn to_table(status: &StatusResponse) -> String {
             "{:<20} {:<16} {:<10} {}",
             p.subnet,
             p.public_ip,
-            p.backend_type,
+            // flannel's udp and alloc leases carry no type.
+            if p.backend_type.is_empty() {
+                "-"
+            } else {
+                &p.backend_type
+            },
             expires_text(p.expires_unix).unwrap_or_else(|| "-".into())
         );
     }

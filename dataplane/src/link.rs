@@ -20,6 +20,8 @@ pub struct VxlanInfo {
     pub local: Option<Ipv4Addr>,
     pub underlay: Option<u32>,
     pub learning: Option<bool>,
+    /// The GBP flag: present (true) or absent.
+    pub gbp: bool,
 }
 
 /// One link, reduced to what reconciliation compares.
@@ -65,6 +67,7 @@ pub(crate) fn parse_link(msg: &LinkMessage) -> Option<LinkState> {
                                     InfoVxlan::Local(ip) => vx.local = Some(*ip),
                                     InfoVxlan::Link(index) => vx.underlay = Some(*index),
                                     InfoVxlan::Learning(on) => vx.learning = Some(*on),
+                                    InfoVxlan::Gbp => vx.gbp = true,
                                     _ => {}
                                 }
                             }

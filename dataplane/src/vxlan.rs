@@ -1,6 +1,7 @@
 //! The VXLAN device (`tartan.<VNI>`), wire-compatible with flannel's: no
-//! learning, a stable MAC published in the lease, the subnet's base address
-//! as /32, and static neighbour and FDB entries programmed per peer.
+//! learning unless the config asks for it (flannel's `Learning`), VXLAN-GBP
+//! when asked (`GBP`), a stable MAC published in the lease, the subnet's base
+//! address as /32, and static neighbour and FDB entries programmed per peer.
 
 use std::net::Ipv4Addr;
 
@@ -23,6 +24,10 @@ pub struct VxlanSpec {
     pub mtu: u32,
     /// The node subnet's base address, held as /32.
     pub address: Ipv4Addr,
+    /// Source-address learning (flannel's `Learning`; off by default).
+    pub learning: bool,
+    /// The VXLAN Group Based Policy extension (flannel's `GBP`).
+    pub gbp: bool,
 }
 
 /// A device whose identity (VNI, port, local address, underlay) differs can
@@ -34,7 +39,8 @@ fn needs_recreate(link: &LinkState, spec: &VxlanSpec) -> bool {
         || vx.port != Some(spec.port)
         || vx.local != Some(spec.local)
         || vx.underlay != Some(spec.underlay_index)
-        || vx.learning == Some(true)
+        || vx.learning.unwrap_or(false) != spec.learning
+        || vx.gbp != spec.gbp
 }
 
 /// A locally administered unicast MAC derived from the node's public address
@@ -56,16 +62,19 @@ impl Netlink {
                 if let Some(stale) = other {
                     self.delete_link(stale.index).await?;
                 }
-                let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+                let mut builder = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
                     .id(spec.vni)
                     .port(spec.port)
                     .local(spec.local)
                     .dev(spec.underlay_index)
-                    .learning(false)
+                    .learning(spec.learning)
                     .append_info_data(InfoVxlan::Ttl(0))
                     .address(spec.mac.to_vec())
-                    .mtu(spec.mtu)
-                    .build();
+                    .mtu(spec.mtu);
+                if spec.gbp {
+                    builder = builder.gbp();
+                }
+                let msg = builder.build();
                 self.handle
                     .link()
                     .add(msg)
@@ -124,6 +133,8 @@ mod tests {
             mac: stable_vtep_mac(Ipv4Addr::new(192, 168, 1, 10), 1),
             mtu: 1450,
             address: Ipv4Addr::new(10, 5, 34, 0),
+            learning: false,
+            gbp: false,
         }
     }
 
@@ -148,6 +159,7 @@ mod tests {
             local: Some(Ipv4Addr::new(192, 168, 1, 10)),
             underlay: Some(2),
             learning: Some(false),
+            gbp: false,
         };
         assert!(!needs_recreate(&link(good.clone()), &spec()));
         for bad in [
@@ -169,6 +181,10 @@ mod tests {
             },
             VxlanInfo {
                 learning: Some(true),
+                ..good.clone()
+            },
+            VxlanInfo {
+                gbp: true,
                 ..good.clone()
             },
         ] {

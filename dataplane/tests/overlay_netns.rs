@@ -48,7 +48,22 @@ async fn vxlan_overlay_is_reconciled_and_repaired() -> Result<()> {
         mac: stable_vtep_mac(local, 1),
         mtu: 1450,
         address: Ipv4Addr::new(10, 5, 34, 0),
+        learning: false,
+        gbp: false,
     };
+    // flannel's GBP and Learning options: the device is made with them, and
+    // made again without them when they are turned off.
+    let flagged = VxlanSpec {
+        learning: true,
+        gbp: true,
+        ..spec.clone()
+    };
+    nl.ensure_vxlan(&flagged).await?;
+    let details = ns_output(&ns, &["-d", "link", "show", "tartan.1"])?;
+    ensure!(
+        details.contains(" gbp") && !details.contains("nolearning"),
+        "{details}"
+    );
     let index = nl.ensure_vxlan(&spec).await?;
     assert_eq!(
         nl.ensure_vxlan(&spec).await?,
@@ -60,7 +75,10 @@ async fn vxlan_overlay_is_reconciled_and_repaired() -> Result<()> {
         details.contains("vxlan id 1") && details.contains("dstport 8472"),
         "{details}"
     );
-    ensure!(details.contains("nolearning"), "{details}");
+    ensure!(
+        details.contains("nolearning") && !details.contains(" gbp"),
+        "{details}"
+    );
     ensure!(details.contains("mtu 1450"), "{details}");
 
     let bridge = nl

@@ -2,9 +2,9 @@
 //! etcd, where anybody with write access may have put anything, so parsing
 //! accepts only the one canonical spelling of each subnet.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::IpamError;
 
@@ -47,14 +47,64 @@ pub fn parse_subnet_key(key: &str) -> Result<Ipv4Network, IpamError> {
     Ok(subnet)
 }
 
+/// The subnets a lease key names: flannel's dual-stack nodes write
+/// `10.5.34.0-24&fc00::-64`, an IPv4 subnet and an IPv6 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseKey {
+    pub ipv4: Ipv4Network,
+    pub ipv6: Option<Ipv6Network>,
+}
+
+/// Parses a lease key, IPv4-only or dual-stack, each part as strictly as
+/// [`parse_subnet_key`]: the IPv6 part must be the base address in its
+/// canonical (RFC 5952) spelling and a prefix length from 0 to 128.
+pub fn parse_lease_key(key: &str) -> Result<LeaseKey, IpamError> {
+    let Some((v4, v6)) = key.split_once('&') else {
+        return Ok(LeaseKey {
+            ipv4: parse_subnet_key(key)?,
+            ipv6: None,
+        });
+    };
+    let bad = |reason: &'static str| IpamError::BadSubnetKey {
+        key: key.chars().take(ECHO_CHARS).collect(),
+        reason,
+    };
+    let ipv4 = parse_subnet_key(v4)?;
+    // The longest canonical IPv6 address is 39 characters, plus "-128".
+    if v6.len() > 43 {
+        return Err(bad("too long"));
+    }
+    let (addr, prefix) = v6
+        .rsplit_once('-')
+        .ok_or_else(|| bad("no '-' before the IPv6 prefix length"))?;
+    let prefix = parse_prefix_upto(prefix, 128).ok_or_else(|| bad("bad IPv6 prefix length"))?;
+    let addr: Ipv6Addr = addr.parse().map_err(|_| bad("bad IPv6 address"))?;
+    if addr.to_string() != v6[..v6.len() - prefix.to_string().len() - 1] {
+        return Err(bad("IPv6 address not in canonical form"));
+    }
+    let ipv6 = Ipv6Network::new(addr, prefix).map_err(|_| bad("bad IPv6 prefix length"))?;
+    if ipv6.network() != addr {
+        return Err(bad("IPv6 address is not the subnet's base"));
+    }
+    Ok(LeaseKey {
+        ipv4,
+        ipv6: Some(ipv6),
+    })
+}
+
 /// `0` to `32` in canonical decimal.
 fn parse_prefix(text: &str) -> Option<u8> {
+    parse_prefix_upto(text, 32)
+}
+
+/// `0` to `max` in canonical decimal.
+fn parse_prefix_upto(text: &str, max: u8) -> Option<u8> {
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     let canonical = text == "0" || !text.starts_with('0');
-    if !digits_only || !canonical || text.len() > 2 {
+    if !digits_only || !canonical || text.len() > 3 {
         return None;
     }
-    text.parse().ok().filter(|&prefix| prefix <= 32)
+    text.parse().ok().filter(|&prefix| prefix <= max)
 }
 
 #[cfg(test)]
@@ -149,6 +199,29 @@ mod tests {
                 matches!(err, IpamError::BadSubnetKey { .. }),
                 "{key:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn reads_dual_stack_keys() {
+        let key = parse_lease_key("10.5.34.0-24&fc00::-64").expect("dual-stack");
+        assert_eq!(key.ipv4, net("10.5.34.0/24"));
+        assert_eq!(key.ipv6, Some("fc00::/64".parse().expect("v6")));
+        let key = parse_lease_key("10.5.34.0-24").expect("v4 only");
+        assert_eq!((key.ipv4, key.ipv6), (net("10.5.34.0/24"), None));
+        for bad in [
+            "10.5.34.0-24&",
+            "10.5.34.0-24&fc00::",
+            "10.5.34.0-24&fc00::-129",
+            "10.5.34.0-24&fc00::1-64",
+            "10.5.34.0-24&FC00::-64",
+            "10.5.34.0-24&fc00:0::-64",
+            "10.5.34.0-24&fc00::-064",
+            "10.5.34.1-24&fc00::-64",
+            "10.5.34.0-24&fc00::-64&fc01::-64",
+            "&fc00::-64",
+        ] {
+            assert!(parse_lease_key(bad).is_err(), "{bad}");
         }
     }
 

@@ -15,5 +15,5 @@ mod store;
 
 pub use error::IpamError;
 pub use host::HostAllocator;
-pub use key::{parse_subnet_key, subnet_to_key};
+pub use key::{parse_lease_key, parse_subnet_key, subnet_to_key, LeaseKey};
 pub use range::{gateway, gateway_cidr, overlaps, SubnetRange};
