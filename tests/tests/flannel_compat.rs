@@ -201,7 +201,7 @@ fn vxlan_options_are_read_in_any_case_and_honoured() -> Result<()> {
     wait_until(CONVERGE, Duration::from_millis(200), || {
         cluster.ping(&a, b.address)
     })
-    .with_context(|| format!("{}", cluster.agents[0].log_tail(20)))?;
+    .with_context(|| cluster.agents[0].log_tail(20))?;
     Ok(())
 }
 
@@ -232,7 +232,7 @@ fn no_backend_means_udp_with_flannels_untyped_leases() -> Result<()> {
     wait_until(CONVERGE, Duration::from_millis(200), || {
         cluster.ping(&a, b.address)
     })
-    .with_context(|| format!("{}", cluster.agents[0].log_tail(20)))?;
+    .with_context(|| cluster.agents[0].log_tail(20))?;
     ensure!(cluster.ping(&b, a.address)?, "back from b to a");
     Ok(())
 }
