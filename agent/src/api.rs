@@ -228,7 +228,9 @@ impl AgentService {
 
     fn attacher(&self) -> Result<&Attacher, Status> {
         self.attacher.get().ok_or_else(|| {
-            Status::unavailable("the agent holds no subnet lease yet; try again shortly")
+            Status::unavailable(
+                "the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)",
+            )
         })
     }
 }
@@ -397,7 +399,7 @@ impl Agent for AgentService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let (node, config, peers, etcd_reachable) = {
+        let (node, config, peers, etcd_reachable, forward_dropped_by) = {
             let st = lock(&self.state);
             let node = st.node.clone();
             let config = st.config.as_ref().map(|c| PbConfig {
@@ -413,7 +415,13 @@ impl Agent for AgentService {
                 .as_ref()
                 .map(|t| t.peers().cloned().collect())
                 .unwrap_or_default();
-            (node, config, peers, st.etcd_reachable)
+            (
+                node,
+                config,
+                peers,
+                st.etcd_reachable,
+                st.forward_dropped_by.clone(),
+            )
         };
         let expiries = self.peer_expiries(&peers).await;
         let node = node.map(|n| {
@@ -437,6 +445,7 @@ impl Agent for AgentService {
             config,
             peers,
             etcd_reachable,
+            forward_dropped_by,
             etcd_prefix: self.registry.prefix().to_string(),
         }))
     }

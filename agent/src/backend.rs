@@ -33,9 +33,6 @@ pub fn vxlan_device_name(vni: u32) -> String {
     format!("tartan.{vni}")
 }
 
-/// The node bridge's name.
-pub const BRIDGE_NAME: &str = "tartan0";
-
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

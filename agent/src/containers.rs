@@ -453,7 +453,7 @@ impl Containers {
         }
         if let Some(ip) = &opts.ip {
             let attacher = self.inner.attacher.get().ok_or_else(|| {
-                anyhow!("the agent holds no subnet lease yet, or its backend (alloc) has no bridge")
+                anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)")
             })?;
             crate::attach::parse_requested(ip, &attacher.subnet())?;
         }
@@ -606,7 +606,7 @@ impl Containers {
         let (address, join_netns, new_netns) = match &config.network {
             NetworkMode::Overlay => {
                 let attacher = self.inner.attacher.get().ok_or_else(|| {
-                    anyhow!("the agent holds no subnet lease yet, or its backend (alloc) has no bridge; use --net host or none")
+                    anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge); use --net host or none")
                 })?;
                 let previous = config
                     .address

@@ -25,7 +25,7 @@ use crate::containers::Containers;
 use crate::etcd::{EtcdOptions, Registry};
 use crate::images::Images;
 use crate::lease::{lease_key, LeaseAttrs};
-use crate::node::{NodeDataplane, MASQUERADE_TABLE};
+use crate::node::{NodeDataplane, FIREWALL_TABLE};
 use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::subnet_file::{previous_subnet, SubnetFile};
 use crate::{api, node, notify};
@@ -34,7 +34,12 @@ use crate::{api, node, notify};
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub etcd: EtcdOptions,
-    pub iface: Option<InterfaceSelector>,
+    /// Interfaces to try in order; empty: the default route's.
+    pub iface: Vec<InterfaceSelector>,
+    /// The node bridge's name.
+    pub bridge: String,
+    /// The bridge belongs to someone else (docker0): not made, not attached to.
+    pub external_bridge: bool,
     pub public_ip: Option<Ipv4Addr>,
     pub subnet_file: PathBuf,
     pub subnet_lease_ttl: Duration,
@@ -43,6 +48,8 @@ pub struct AgentOptions {
     pub api_socket: PathBuf,
     /// Masquerade traffic from the cluster network to the outside.
     pub ip_masq: bool,
+    /// Accept the cluster network's forwarded traffic in the agent's table.
+    pub forward_rules: bool,
 }
 
 /// This node's lease as the agent holds it.
@@ -62,6 +69,8 @@ pub struct AgentState {
     /// Whether the peer table has been filled by a full listing at least once.
     pub peers_listed: bool,
     pub etcd_reachable: bool,
+    /// Other tables' forward chains whose drop policy may drop our traffic.
+    pub forward_dropped_by: Vec<String>,
 }
 
 pub type SharedState = Arc<Mutex<AgentState>>;
@@ -107,7 +116,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let node = run_node(&opts, registry, state, netlink, public_ip, iface, attacher);
+    let node = run_node(
+        &opts,
+        registry,
+        state.clone(),
+        netlink,
+        public_ip,
+        iface,
+        attacher,
+    );
     let outcome = tokio::select! {
         result = node => result,
         _ = sigterm.recv() => { info!("SIGTERM: shutting down, keeping the lease"); Ok(()) }
@@ -115,14 +132,19 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     let _ = notify::notify("STOPPING=1");
     server.shutdown().await;
-    if opts.ip_masq {
+    // Only a backend that programs the kernel made the table (alloc makes none).
+    let programmed = lock(&state)
+        .config
+        .as_ref()
+        .is_some_and(|c| c.backend != Backend::Alloc);
+    if programmed && (opts.ip_masq || opts.forward_rules) {
         // The rules go with the agent; the next start puts them back.
-        match tokio::task::spawn_blocking(|| tartan_dataplane::remove_masquerade(MASQUERADE_TABLE))
+        match tokio::task::spawn_blocking(|| tartan_dataplane::remove_firewall(FIREWALL_TABLE))
             .await
         {
-            Ok(Ok(())) => info!("removed the masquerading rules"),
-            Ok(Err(err)) => warn!(error = %err, "could not remove the masquerading rules"),
-            Err(err) => warn!(error = %err, "could not remove the masquerading rules"),
+            Ok(Ok(())) => info!("removed the firewall rules"),
+            Ok(Err(err)) => warn!(error = %err, "could not remove the firewall rules"),
+            Err(err) => warn!(error = %err, "could not remove the firewall rules"),
         }
     }
     outcome
@@ -151,14 +173,39 @@ async fn public_address(
     netlink: &Netlink,
     opts: &AgentOptions,
 ) -> Result<(Ipv4Addr, Option<HostInterface>)> {
-    let iface = match (&opts.iface, opts.public_ip) {
-        (Some(selector), _) => Some(netlink.find_interface(selector).await?),
-        (None, Some(ip)) => match netlink.interface_by_address(ip).await? {
+    let iface = match (opts.iface.as_slice(), opts.public_ip) {
+        ([], Some(ip)) => match netlink.interface_by_address(ip).await? {
             Some(iface) => Some(iface),
             // An address we do not carry (NAT, tests): the underlay is the default route's.
             None => netlink.default_route_interface().await?,
         },
-        (None, None) => Some(netlink.public_interface(None).await?),
+        ([], None) => Some(netlink.public_interface(None).await?),
+        // flanneld's repeated -iface: the first that exists wins.
+        (selectors, _) => {
+            let mut last_error = None;
+            let mut found = None;
+            for selector in selectors {
+                match netlink.find_interface(selector).await {
+                    Ok(iface) => {
+                        found = Some(iface);
+                        break;
+                    }
+                    Err(err) => last_error = Some(err),
+                }
+            }
+            match (found, last_error) {
+                (Some(iface), _) => Some(iface),
+                (None, Some(err)) if selectors.len() == 1 => return Err(err.into()),
+                (None, _) => bail!(
+                    "none of the interfaces given with --iface exists or has an IPv4 address: {}",
+                    selectors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
     };
     let public_ip = match (opts.public_ip, &iface) {
         (Some(ip), _) => ip,
@@ -205,8 +252,10 @@ async fn run_node(
             netlink: netlink.clone(),
             backend: backend.clone(),
             underlay,
-            masquerade: opts.ip_masq.then(|| config.network()),
+            masquerade: opts.ip_masq,
+            forward_accept: opts.forward_rules,
             network: config.network(),
+            bridge: (!opts.external_bridge).then(|| opts.bridge.clone()),
             udp: std::sync::Mutex::new(None),
             vtep_mac: match backend {
                 Backend::Vxlan(vx) => Some(stable_vtep_mac(public_ip, vx.vni)),
@@ -243,15 +292,20 @@ async fn run_node(
     };
     if let Some(dataplane) = &dataplane {
         let devices = dataplane.ensure_devices(held.subnet).await?;
-        let node_attacher = Attacher::new(
-            netlink.clone(),
-            held.subnet,
-            dataplane.mtu(),
-            devices.bridge,
-            &opts.state_dir,
-        )?;
-        node_attacher.finish_releases().await;
-        let _ = attacher.set(node_attacher);
+        // An external bridge's consumer hands out its addresses: nothing to attach.
+        if let Some(bridge) = devices.bridge {
+            let node_attacher = Attacher::new(
+                netlink.clone(),
+                held.subnet,
+                dataplane.mtu(),
+                bridge,
+                &opts.state_dir,
+            )?;
+            node_attacher.finish_releases().await;
+            let _ = attacher.set(node_attacher);
+        } else {
+            info!(bridge = %opts.bridge, "the bridge is external: left to its consumer");
+        }
     }
     subnet_file(held.subnet).write(&opts.subnet_file)?;
     {

@@ -9,6 +9,7 @@ mod container_cli;
 mod containers;
 mod daemon;
 mod etcd;
+mod flanneld;
 mod gojson;
 mod images;
 mod lease;
@@ -36,6 +37,7 @@ const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
 #[command(
     name = "tartan",
     version,
+    propagate_version = true,
     about = "Tartan: a multi-host container networking fabric"
 )]
 struct Cli {
@@ -182,9 +184,11 @@ struct AgentArgs {
     etcd_username: Option<String>,
     #[arg(long, env = "TARTAN_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
-    /// Interface (name or IPv4 address) whose address is published and whose MTU is the underlay's.
-    #[arg(long, env = "TARTAN_IFACE")]
-    iface: Option<InterfaceSelector>,
+    /// Interface (name or IPv4 address) whose address is published and whose
+    /// MTU is the underlay's. Repeat it (or separate with commas) to try each
+    /// in order, as flanneld does; the first that exists is used.
+    #[arg(long, env = "TARTAN_IFACE", value_delimiter = ',')]
+    iface: Vec<InterfaceSelector>,
     /// Address published to other nodes (default: the interface's address).
     #[arg(long, env = "TARTAN_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
@@ -198,8 +202,9 @@ struct AgentArgs {
     /// TTL of the subnet lease in etcd (e.g. 24h, 90s).
     #[arg(long, env = "TARTAN_SUBNET_LEASE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     subnet_lease_ttl: Duration,
-    /// Renew the lease this long before it runs out.
-    #[arg(long, env = "TARTAN_SUBNET_LEASE_RENEW_MARGIN", default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Renew the lease this long before it runs out (a bare number is
+    /// minutes, as flanneld reads it).
+    #[arg(long, env = "TARTAN_SUBNET_LEASE_RENEW_MARGIN", default_value = "1h", value_parser = parse_renew_margin)]
     subnet_lease_renew_margin: Duration,
     /// Directory for the agent's persistent state.
     #[arg(long, env = "TARTAN_STATE_DIR", default_value = "/var/lib/tartan")]
@@ -211,6 +216,27 @@ struct AgentArgs {
     /// (nftables table `ip tartan`, removed on clean shutdown).
     #[arg(long, env = "TARTAN_IP_MASQ")]
     ip_masq: bool,
+    /// The node bridge: containers plug into it and it holds the subnet's
+    /// first address.
+    #[arg(long, env = "TARTAN_BRIDGE", default_value = "tartan0")]
+    bridge: String,
+    /// Leave the bridge to its consumer (`dockerd --bip=$FLANNEL_SUBNET`
+    /// makes docker0): the agent neither creates nor addresses it, and
+    /// attaches nothing to it. flanneld's behaviour, and the default when
+    /// invoked as `flanneld`.
+    #[arg(long, env = "TARTAN_EXTERNAL_BRIDGE")]
+    external_bridge: bool,
+    /// Accept the network's forwarded traffic in the agent's nftables table
+    /// (the default, as flanneld's -iptables-forward-rules).
+    #[arg(long, overrides_with = "no_forward_rules")]
+    forward_rules: bool,
+    /// Add no forward accepts.
+    #[arg(
+        long,
+        env = "TARTAN_NO_FORWARD_RULES",
+        overrides_with = "forward_rules"
+    )]
+    no_forward_rules: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -242,6 +268,8 @@ impl AgentArgs {
                 password: self.etcd_password,
             },
             iface: self.iface,
+            bridge: self.bridge,
+            external_bridge: self.external_bridge,
             public_ip: self.public_ip,
             subnet_file: self.subnet_file,
             subnet_lease_ttl: self.subnet_lease_ttl,
@@ -249,7 +277,17 @@ impl AgentArgs {
             state_dir: self.state_dir,
             api_socket: self.api_socket,
             ip_masq: self.ip_masq,
+            forward_rules: !self.no_forward_rules,
         }
+    }
+}
+
+/// `--subnet-lease-renew-margin`: a duration (`1h`, `90s`), or a bare
+/// number of minutes, flanneld's unit.
+fn parse_renew_margin(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(minutes) => Ok(Duration::from_secs(minutes * 60)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
     }
 }
 
@@ -462,7 +500,17 @@ fn exit_with(code: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // flanneld's flag forms and environment, and its name, become ours first.
+    let translated = match flanneld::translate(std::env::args_os().collect(), &|name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(translated) => translated,
+        Err(line) => {
+            eprintln!("tartan: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(translated.args) {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
@@ -501,6 +549,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Agent(args) => {
                 init_logging();
+                for note in &translated.notes {
+                    tracing::warn!("{note}");
+                }
                 done(daemon::run(args.into_options()).await)
             }
             Command::Status(args) => done(status(args).await),

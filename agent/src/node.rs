@@ -10,13 +10,13 @@ use ipnetwork::Ipv4Network;
 use std::net::SocketAddrV4;
 
 use tartan_dataplane::{
-    ensure_masquerade, BridgeSpec, MasqueradeSpec, Netlink, OverlayChanges, OverlayScope, PeerMap,
-    UdpOverlay, UdpOverlaySpec, VxlanSpec,
+    ensure_firewall, forward_drop_policies, BridgeSpec, FirewallSpec, Netlink, OverlayChanges,
+    OverlayScope, PeerMap, UdpOverlay, UdpOverlaySpec, VxlanSpec,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::backend::{desired_overlay, vxlan_device_name, Underlay, BRIDGE_NAME};
+use crate::backend::{desired_overlay, vxlan_device_name, Underlay};
 use crate::config::Backend;
 use crate::daemon::{lock, SharedState};
 use crate::lease::Lease;
@@ -31,10 +31,15 @@ pub struct NodeDataplane {
     pub backend: Backend,
     pub underlay: Underlay,
     pub vtep_mac: Option<[u8; 6]>,
-    /// The cluster network to masquerade (`--ip-masq`), if asked to.
-    pub masquerade: Option<Ipv4Network>,
+    /// Masquerade the cluster network's traffic to the outside (`--ip-masq`).
+    pub masquerade: bool,
+    /// Accept the cluster network's forwarded traffic (`--forward-rules`).
+    pub forward_accept: bool,
     /// The cluster network (the udp backend's TUN device carries all of it).
     pub network: Ipv4Network,
+    /// The bridge the agent keeps, holding the subnet's gateway; None when
+    /// it is external (its consumer, say dockerd --bip, makes it).
+    pub bridge: Option<String>,
     /// The udp backend's packet pump, once started.
     pub udp: std::sync::Mutex<Option<UdpOverlay>>,
 }
@@ -42,14 +47,18 @@ pub struct NodeDataplane {
 /// The udp backend's TUN device.
 pub const UDP_DEVICE_NAME: &str = "tartan-udp";
 
-/// The nf_tables table `--ip-masq` owns.
-pub const MASQUERADE_TABLE: &str = "tartan";
+/// The nf_tables table the agent owns (masquerading, forward accepts).
+pub const FIREWALL_TABLE: &str = "tartan";
 
-/// The indexes of the devices after a setup pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The indexes of the devices after a setup pass, and what stands in the
+/// way of forwarded traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Devices {
-    pub bridge: u32,
+    /// None when the bridge is external.
+    pub bridge: Option<u32>,
     pub vxlan: Option<u32>,
+    /// Other tables' forward chains with a drop policy (`ip filter FORWARD`).
+    pub forward_dropped_by: Vec<String>,
 }
 
 impl NodeDataplane {
@@ -61,15 +70,19 @@ impl NodeDataplane {
     pub async fn ensure_devices(&self, own: Ipv4Network) -> Result<Devices> {
         enable_ip_forwarding()?;
         let gateway = Ipv4Network::new(tartan_ipam::gateway(&own), own.prefix())?;
-        let bridge = self
-            .netlink
-            .ensure_bridge(&BridgeSpec {
-                name: BRIDGE_NAME.to_string(),
-                mtu: self.mtu(),
-                gateway,
-            })
-            .await
-            .context("setting up the node bridge")?;
+        let bridge = match &self.bridge {
+            Some(name) => Some(
+                self.netlink
+                    .ensure_bridge(&BridgeSpec {
+                        name: name.clone(),
+                        mtu: self.mtu(),
+                        gateway,
+                    })
+                    .await
+                    .with_context(|| format!("setting up the node bridge {name}"))?,
+            ),
+            None => None,
+        };
         let vxlan = match (&self.backend, self.vtep_mac) {
             (Backend::Vxlan(vx), Some(mac)) => Some(
                 self.netlink
@@ -93,21 +106,39 @@ impl NodeDataplane {
         if let Backend::Udp { port } = self.backend {
             self.ensure_udp(own, port).await?;
         }
-        if let Some(network) = self.masquerade {
-            let spec = MasqueradeSpec {
-                table: MASQUERADE_TABLE.to_string(),
-                network,
+        let spec = FirewallSpec {
+            table: FIREWALL_TABLE.to_string(),
+            network: self.network,
+            masquerade: self.masquerade,
+            forward_accept: self.forward_accept,
+        };
+        // nf_tables is spoken over a blocking socket; keep it off the runtime's workers.
+        let (rebuilt, dropped_by) = tokio::task::spawn_blocking(move || {
+            let rebuilt = ensure_firewall(&spec)?;
+            let dropped_by = if spec.forward_accept {
+                forward_drop_policies(&spec.table)?
+            } else {
+                Vec::new()
             };
-            // nf_tables is spoken over a blocking socket; keep it off the runtime's workers.
-            let rebuilt = tokio::task::spawn_blocking(move || ensure_masquerade(&spec))
-                .await
-                .context("masquerading task")?
-                .context("installing the masquerading rules")?;
-            if rebuilt {
-                info!(%network, table = MASQUERADE_TABLE, "installed the masquerading rules");
-            }
+            Ok::<_, tartan_dataplane::DataplaneError>((rebuilt, dropped_by))
+        })
+        .await
+        .context("firewall task")?
+        .context("installing the firewall rules")?;
+        if rebuilt {
+            info!(
+                network = %self.network,
+                table = FIREWALL_TABLE,
+                masquerade = self.masquerade,
+                forward_accept = self.forward_accept,
+                "installed the firewall rules"
+            );
         }
-        Ok(Devices { bridge, vxlan })
+        Ok(Devices {
+            bridge,
+            vxlan,
+            forward_dropped_by: dropped_by,
+        })
     }
 
     async fn ensure_udp(&self, own: Ipv4Network, port: u16) -> Result<()> {
@@ -157,12 +188,14 @@ impl NodeDataplane {
     }
 
     /// One reconciliation pass: devices, then the overlay for `peers`.
+    /// Returns the changes made and the foreign forward chains with a drop
+    /// policy.
     async fn reconcile(
         &self,
         own: Ipv4Network,
         peers: &[Lease],
         reported: &mut HashSet<String>,
-    ) -> Result<OverlayChanges> {
+    ) -> Result<(OverlayChanges, Vec<String>)> {
         let devices = self.ensure_devices(own).await?;
         if let Backend::Udp { port } = self.backend {
             self.update_udp_peers(own, port, peers);
@@ -178,7 +211,8 @@ impl NodeDataplane {
         let scope = OverlayScope {
             vxlan_index: devices.vxlan,
         };
-        Ok(self.netlink.apply_overlay(&desired, scope).await?)
+        let changes = self.netlink.apply_overlay(&desired, scope).await?;
+        Ok((changes, devices.forward_dropped_by))
     }
 }
 
@@ -237,7 +271,20 @@ pub async fn reconcile_loop(
             continue;
         };
         let started = std::time::Instant::now();
-        match node.reconcile(own, &peers, &mut reported).await {
+        let result = node.reconcile(own, &peers, &mut reported).await;
+        if let Ok((_, dropped_by)) = &result {
+            let mut st = lock(&state);
+            if st.forward_dropped_by != *dropped_by {
+                if !dropped_by.is_empty() {
+                    warn!(
+                        chains = %dropped_by.join(", "),
+                        "a forward chain of another table has a drop policy: it may drop the network's traffic, whatever tartan's own table accepts"
+                    );
+                }
+                st.forward_dropped_by = dropped_by.clone();
+            }
+        }
+        match result.map(|(changes, _)| changes) {
             Ok(changes) if !changes.is_empty() => {
                 last_error.clear();
                 info!(

@@ -43,6 +43,7 @@ pub fn to_json(status: &StatusResponse) -> Value {
     json!({
         "etcd_prefix": status.etcd_prefix,
         "etcd_reachable": status.etcd_reachable,
+        "forward_dropped_by": status.forward_dropped_by,
         "node": status.node.as_ref().map(lease_json),
         "config": status.config.as_ref().map(config_json),
         "peers": status.peers.iter().map(lease_json).collect::<Vec<_>>(),
@@ -58,6 +59,13 @@ pub fn to_table(status: &StatusResponse) -> String {
         "UNREACHABLE"
     };
     let _ = writeln!(out, "etcd:     {} ({reachable})", status.etcd_prefix);
+    if !status.forward_dropped_by.is_empty() {
+        let _ = writeln!(
+            out,
+            "forward:  a drop policy in {} may drop the network's traffic",
+            status.forward_dropped_by.join(", ")
+        );
+    }
     match &status.config {
         Some(c) => {
             let _ = writeln!(
@@ -145,6 +153,7 @@ mod tests {
 
     fn sample() -> StatusResponse {
         StatusResponse {
+            forward_dropped_by: Vec::new(),
             node: Some(Lease {
                 subnet: "10.5.34.0/24".into(),
                 public_ip: "192.168.1.10".into(),

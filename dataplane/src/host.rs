@@ -58,6 +58,15 @@ impl FromStr for InterfaceSelector {
     }
 }
 
+impl std::fmt::Display for InterfaceSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InterfaceSelector::Name(name) => f.write_str(name),
+            InterfaceSelector::Address(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
 /// A snapshot of one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LinkEntry {

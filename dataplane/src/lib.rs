@@ -21,7 +21,7 @@ pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
 pub use link::{LinkState, VxlanInfo};
 pub use netlink::Netlink;
-pub use nftables::{ensure_masquerade, remove_masquerade, MasqueradeSpec};
+pub use nftables::{ensure_firewall, forward_drop_policies, remove_firewall, FirewallSpec};
 pub use overlay::{
     diff, FdbSpec, NeighbourSpec, OverlayChanges, OverlayScope, OverlayState, RouteSpec,
     ROUTE_PROTOCOL,

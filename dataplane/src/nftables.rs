@@ -1,5 +1,6 @@
-//! Masquerading through nf_tables, spoken directly over netlink: a table of
-//! Tartan's own (`ip tartan`) with one NAT chain and one rule,
+//! The agent's firewall through nf_tables, spoken directly over netlink: a
+//! table of Tartan's own (`ip tartan`) with masquerading and forward accepts
+//! for the cluster network, each when asked for,
 //!
 //! ```text
 //! table ip tartan {
@@ -7,11 +8,19 @@
 //!         type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr NETWORK ip daddr != NETWORK masquerade
 //!     }
+//!     chain forward {
+//!         type filter hook forward priority filter; policy accept;
+//!         ip saddr NETWORK accept
+//!         ip daddr NETWORK accept
+//!     }
 //! }
 //! ```
 //!
 //! Nothing else in the firewall is touched. The table is replaced as a whole
-//! in one atomic batch whenever it is missing or not exactly ours.
+//! in one atomic batch whenever it is missing or not exactly ours. nf_tables
+//! runs every base chain of a hook: an accept here does not overrule a drop
+//! in another table's forward chain (Docker's `FORWARD` policy, say), so
+//! [`forward_drop_policies`] finds such chains for the operator to see.
 
 use ipnetwork::Ipv4Network;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
@@ -24,6 +33,7 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 
@@ -36,8 +46,15 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 
+const NFPROTO_UNSPEC: u8 = 0;
+const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
+const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
+/// The filter priority, where `nft` and iptables-nft put their filter chains.
+const NF_IP_PRI_FILTER: i32 = 0;
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
 /// srcnat: where `nft` puts masquerading.
 const NF_IP_PRI_NAT_SRC: i32 = 100;
 
@@ -45,6 +62,7 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
@@ -72,24 +90,44 @@ const NFTA_CMP_DATA: u16 = 3;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_REG_1: u32 = 1;
+const NFT_REG_VERDICT: u32 = 0;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
 
 /// Offsets of the source and destination addresses in an IPv4 header.
 const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
 
-const CHAIN: &str = "postrouting";
+const POSTROUTING: &str = "postrouting";
+const FORWARD: &str = "forward";
 
-/// What to masquerade: traffic from `network` to anywhere outside it.
+/// The agent's table: what it holds for the cluster `network`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MasqueradeSpec {
+pub struct FirewallSpec {
     pub table: String,
     pub network: Ipv4Network,
+    /// Masquerade traffic from `network` to anywhere outside it.
+    pub masquerade: bool,
+    /// Accept forwarded traffic from and to `network` (flanneld's
+    /// `-iptables-forward-rules`).
+    pub forward_accept: bool,
 }
 
-impl MasqueradeSpec {
-    /// The tag stored in the rule, by which a later check recognises it as current.
-    fn tag(&self) -> Vec<u8> {
-        format!("tartan masquerade {}", self.network).into_bytes()
+impl FirewallSpec {
+    /// The tags stored in the rules, in table order, by which a later check
+    /// recognises the table as current.
+    fn tags(&self) -> Vec<Vec<u8>> {
+        let mut tags = Vec::new();
+        if self.masquerade {
+            tags.push(format!("tartan masquerade {}", self.network).into_bytes());
+        }
+        if self.forward_accept {
+            tags.push(format!("tartan forward from {}", self.network).into_bytes());
+            tags.push(format!("tartan forward to {}", self.network).into_bytes());
+        }
+        tags
     }
 }
 
@@ -167,16 +205,37 @@ fn match_network(offset: u32, network: &Ipv4Network, op: u32) -> Vec<Attrs> {
     ]
 }
 
-fn rule_expressions(network: &Ipv4Network) -> Attrs {
+fn expression_list(exprs: impl IntoIterator<Item = Attrs>) -> Attrs {
     let mut list = Attrs::default();
-    let exprs = match_network(IPV4_SADDR, network, NFT_CMP_EQ)
-        .into_iter()
-        .chain(match_network(IPV4_DADDR, network, NFT_CMP_NEQ))
-        .chain([expression("masq", None)]);
     for expr in exprs {
         list.nested(NFTA_LIST_ELEM, expr);
     }
     list.done()
+}
+
+/// `ip saddr NETWORK ip daddr != NETWORK masquerade`
+fn rule_expressions(network: &Ipv4Network) -> Attrs {
+    expression_list(
+        match_network(IPV4_SADDR, network, NFT_CMP_EQ)
+            .into_iter()
+            .chain(match_network(IPV4_DADDR, network, NFT_CMP_NEQ))
+            .chain([expression("masq", None)]),
+    )
+}
+
+/// `ip saddr NETWORK accept` (or `daddr`, by `offset`).
+fn accept_expressions(offset: u32, network: &Ipv4Network) -> Attrs {
+    let code = Attrs::default().be32(NFTA_VERDICT_CODE, NF_ACCEPT).done();
+    let verdict = Attrs::default().nested(NFTA_DATA_VERDICT, code).done();
+    let immediate = Attrs::default()
+        .be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT)
+        .nested(NFTA_IMMEDIATE_DATA, verdict)
+        .done();
+    expression_list(
+        match_network(offset, network, NFT_CMP_EQ)
+            .into_iter()
+            .chain([expression("immediate", Some(immediate))]),
+    )
 }
 
 /// A batch of nf_tables messages, applied by the kernel all or nothing.
@@ -355,23 +414,41 @@ impl NfSocket {
         })
     }
 
-    /// The user data of every rule in `table`'s chain; None when the table does not exist.
-    fn rule_tags(&mut self, table: &str) -> Result<Option<Vec<Vec<u8>>>> {
+    /// Sends a dump request for `msg` objects of `family`, filtered by `attrs`.
+    fn dump(&mut self, msg: u16, family: u8, attrs: &Attrs) -> Result<()> {
         let seq = self.seq;
         self.seq += 1;
-        let attrs = Attrs::default()
-            .string(NFTA_RULE_TABLE, table)
-            .string(NFTA_RULE_CHAIN, CHAIN)
-            .done();
         let mut request = Vec::new();
         request.extend_from_slice(&((16 + 4 + attrs.0.len()) as u32).to_ne_bytes());
-        request.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE).to_ne_bytes());
+        request.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
         request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         request.extend_from_slice(&seq.to_ne_bytes());
         request.extend_from_slice(&0u32.to_ne_bytes());
-        request.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
+        request.extend_from_slice(&[family, 0, 0, 0]);
         request.extend_from_slice(&attrs.0);
-        self.send(&request)?;
+        self.send(&request)
+    }
+
+    /// The user data of every rule in `table`, in chain then rule order;
+    /// None when the table does not exist.
+    fn rule_tags(&mut self, table: &str) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut tags = Vec::new();
+        for chain in [POSTROUTING, FORWARD] {
+            let attrs = Attrs::default()
+                .string(NFTA_RULE_TABLE, table)
+                .string(NFTA_RULE_CHAIN, chain)
+                .done();
+            match self.chain_rule_tags(&attrs)? {
+                RuleDump::NoTable => return Ok(None),
+                RuleDump::NoChain => {}
+                RuleDump::Tags(found) => tags.extend(found),
+            }
+        }
+        Ok(Some(tags))
+    }
+
+    fn chain_rule_tags(&mut self, attrs: &Attrs) -> Result<RuleDump> {
+        self.dump(NFT_MSG_GETRULE, NFPROTO_IPV4, attrs)?;
         let mut tags = Vec::new();
         let mut missing = false;
         self.receive(|kind, _, payload| match kind {
@@ -401,8 +478,85 @@ impl NfSocket {
             }
             _ => Ok(false),
         })?;
-        Ok((!missing).then_some(tags))
+        if !missing {
+            return Ok(RuleDump::Tags(tags));
+        }
+        // ENOENT is the table's or the chain's absence: ask which.
+        let table = find_attr(&attrs.0, NFTA_RULE_TABLE).unwrap_or_default();
+        let table =
+            String::from_utf8_lossy(table.strip_suffix(b"\0").unwrap_or(&table)).into_owned();
+        Ok(if self.has_table(&table)? {
+            RuleDump::NoChain
+        } else {
+            RuleDump::NoTable
+        })
     }
+
+    /// Whether `table` exists in the ip family.
+    fn has_table(&mut self, table: &str) -> Result<bool> {
+        let mut found = false;
+        self.for_each_chain(NFPROTO_IPV4, |_, chain_table, _, _, _| {
+            found |= chain_table == table;
+        })?;
+        Ok(found)
+    }
+
+    /// Calls `each(family, table, chain, hook, policy)` for every chain of `family`.
+    fn for_each_chain(
+        &mut self,
+        family: u8,
+        mut each: impl FnMut(u8, &str, &str, Option<u32>, Option<u32>),
+    ) -> Result<()> {
+        self.dump(NFT_MSG_GETCHAIN, family, &Attrs::default())?;
+        self.receive(|kind, _, payload| match kind {
+            NLMSG_DONE => Ok(true),
+            NLMSG_ERROR => {
+                let errno = i32::from_ne_bytes(
+                    payload
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or([0; 4]),
+                );
+                match -errno {
+                    0 => Ok(true),
+                    other => Err(nft_error("list chains", other)),
+                }
+            }
+            _ if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN => {
+                let family = payload.first().copied().unwrap_or(0);
+                let attrs = payload.get(4..).unwrap_or_default();
+                let text = |kind| {
+                    find_attr(attrs, kind)
+                        .map(|v| {
+                            String::from_utf8_lossy(v.strip_suffix(b"\0").unwrap_or(&v))
+                                .into_owned()
+                        })
+                        .unwrap_or_default()
+                };
+                let be32 = |bytes: Vec<u8>| bytes.try_into().ok().map(u32::from_be_bytes);
+                let hook = find_attr(attrs, NFTA_CHAIN_HOOK)
+                    .and_then(|hook| find_attr(&hook, NFTA_HOOK_HOOKNUM))
+                    .and_then(be32);
+                let policy = find_attr(attrs, NFTA_CHAIN_POLICY).and_then(be32);
+                each(
+                    family,
+                    &text(NFTA_CHAIN_TABLE),
+                    &text(NFTA_CHAIN_NAME),
+                    hook,
+                    policy,
+                );
+                Ok(false)
+            }
+            _ => Ok(false),
+        })
+    }
+}
+
+/// What a dump of one chain's rules found.
+enum RuleDump {
+    NoTable,
+    NoChain,
+    Tags(Vec<Vec<u8>>),
 }
 
 fn find_attr(mut attrs: &[u8], wanted: u16) -> Option<Vec<u8>> {
@@ -420,12 +574,22 @@ fn find_attr(mut attrs: &[u8], wanted: u16) -> Option<Vec<u8>> {
     None
 }
 
-/// Makes the masquerade table exactly as `spec` says. Returns whether it had
-/// to (re)build it. Blocking: call it off the async runtime.
-pub fn ensure_masquerade(spec: &MasqueradeSpec) -> Result<bool> {
+/// Makes the agent's table exactly as `spec` says; with nothing asked for,
+/// removes it. Returns whether it had to change anything. Blocking: call it
+/// off the async runtime.
+pub fn ensure_firewall(spec: &FirewallSpec) -> Result<bool> {
     let mut socket = NfSocket::open()?;
-    let tag = spec.tag();
-    if socket.rule_tags(&spec.table)? == Some(vec![tag.clone()]) {
+    let tags = spec.tags();
+    let current = socket.rule_tags(&spec.table)?;
+    if tags.is_empty() {
+        if current.is_none() {
+            return Ok(false);
+        }
+        drop(socket);
+        remove_firewall(&spec.table)?;
+        return Ok(true);
+    }
+    if current.as_ref() == Some(&tags) {
         return Ok(false);
     }
     let mut batch = Batch::new(socket.seq);
@@ -434,35 +598,111 @@ pub fn ensure_masquerade(spec: &MasqueradeSpec) -> Result<bool> {
     batch.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, table_attrs(&spec.table));
     batch.nft(NFT_MSG_DELTABLE, 0, table_attrs(&spec.table));
     batch.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, table_attrs(&spec.table));
-    let hook = Attrs::default()
-        .be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING)
-        .be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC as u32)
-        .done();
-    let chain = Attrs::default()
-        .string(NFTA_CHAIN_TABLE, &spec.table)
-        .string(NFTA_CHAIN_NAME, CHAIN)
-        .nested(NFTA_CHAIN_HOOK, hook)
-        .string(NFTA_CHAIN_TYPE, "nat")
-        .done();
-    batch.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, chain);
-    let rule = Attrs::default()
-        .string(NFTA_RULE_TABLE, &spec.table)
-        .string(NFTA_RULE_CHAIN, CHAIN)
-        .nested(NFTA_RULE_EXPRESSIONS, rule_expressions(&spec.network))
-        .bytes(NFTA_RULE_USERDATA, &tag)
-        .done();
-    batch.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, rule);
-    socket.apply("install masquerading", batch)?;
+    let mut tags = tags.into_iter();
+    if spec.masquerade {
+        add_base_chain(
+            &mut batch,
+            &spec.table,
+            POSTROUTING,
+            "nat",
+            NF_INET_POST_ROUTING,
+            NF_IP_PRI_NAT_SRC,
+        );
+        add_rule(
+            &mut batch,
+            &spec.table,
+            POSTROUTING,
+            rule_expressions(&spec.network),
+            tags.next(),
+        );
+    }
+    if spec.forward_accept {
+        add_base_chain(
+            &mut batch,
+            &spec.table,
+            FORWARD,
+            "filter",
+            NF_INET_FORWARD,
+            NF_IP_PRI_FILTER,
+        );
+        add_rule(
+            &mut batch,
+            &spec.table,
+            FORWARD,
+            accept_expressions(IPV4_SADDR, &spec.network),
+            tags.next(),
+        );
+        add_rule(
+            &mut batch,
+            &spec.table,
+            FORWARD,
+            accept_expressions(IPV4_DADDR, &spec.network),
+            tags.next(),
+        );
+    }
+    socket.apply("install the firewall rules", batch)?;
     Ok(true)
 }
 
+fn add_base_chain(
+    batch: &mut Batch,
+    table: &str,
+    name: &str,
+    kind: &str,
+    hook: u32,
+    priority: i32,
+) {
+    let hook = Attrs::default()
+        .be32(NFTA_HOOK_HOOKNUM, hook)
+        .be32(NFTA_HOOK_PRIORITY, priority as u32)
+        .done();
+    let chain = Attrs::default()
+        .string(NFTA_CHAIN_TABLE, table)
+        .string(NFTA_CHAIN_NAME, name)
+        .nested(NFTA_CHAIN_HOOK, hook)
+        .string(NFTA_CHAIN_TYPE, kind)
+        .done();
+    batch.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, chain);
+}
+
+fn add_rule(batch: &mut Batch, table: &str, chain: &str, exprs: Attrs, tag: Option<Vec<u8>>) {
+    let mut rule = Attrs::default();
+    rule.string(NFTA_RULE_TABLE, table)
+        .string(NFTA_RULE_CHAIN, chain)
+        .nested(NFTA_RULE_EXPRESSIONS, exprs);
+    if let Some(tag) = tag {
+        rule.bytes(NFTA_RULE_USERDATA, &tag);
+    }
+    batch.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, rule.done());
+}
+
 /// Deletes the table if it exists. Blocking.
-pub fn remove_masquerade(table: &str) -> Result<()> {
+pub fn remove_firewall(table: &str) -> Result<()> {
     let mut socket = NfSocket::open()?;
     let mut batch = Batch::new(socket.seq);
     batch.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, table_attrs(table));
     batch.nft(NFT_MSG_DELTABLE, 0, table_attrs(table));
-    socket.apply("remove masquerading", batch)
+    socket.apply("remove the firewall rules", batch)
+}
+
+/// Forward chains of other tables (ip or inet) whose policy is drop, as
+/// `family table chain`: they drop what our forward accepts let through,
+/// unless a rule of theirs accepts it. Blocking.
+pub fn forward_drop_policies(own_table: &str) -> Result<Vec<String>> {
+    let mut socket = NfSocket::open()?;
+    let mut found = Vec::new();
+    socket.for_each_chain(NFPROTO_UNSPEC, |family, table, chain, hook, policy| {
+        let family = match family {
+            NFPROTO_IPV4 => "ip",
+            NFPROTO_INET => "inet",
+            _ => return,
+        };
+        let ours = family == "ip" && table == own_table;
+        if !ours && hook == Some(NF_INET_FORWARD) && policy == Some(NF_DROP) {
+            found.push(format!("{family} {table} {chain}"));
+        }
+    })?;
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -81,6 +81,9 @@ pub struct AgentConfig {
     pub netns: Option<String>,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run the binary under the name `flanneld` with flanneld's Go-style
+    /// flags, as a swapped-in flanneld would run.
+    pub as_flanneld: bool,
 }
 
 /// A running (or stopped) agent; killed on drop.
@@ -138,14 +141,26 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = self.command(&bin);
-        cmd.arg("agent")
-            .args(["--etcd-endpoints", &self.config.etcd_endpoints])
-            .args(["--etcd-prefix", &self.config.etcd_prefix])
-            .arg("--state-dir")
+        let mut cmd;
+        if self.config.as_flanneld {
+            let link = self.dir.path().join("flanneld");
+            if !link.exists() {
+                std::os::unix::fs::symlink(&bin, &link).context("linking flanneld")?;
+            }
+            cmd = self.command(&link);
+            cmd.arg(format!("-etcd-endpoints={}", self.config.etcd_endpoints))
+                .arg(format!("-etcd-prefix={}", self.config.etcd_prefix))
+                .arg(format!("-subnet-file={}", self.subnet_file().display()));
+        } else {
+            cmd = self.command(&bin);
+            cmd.arg("agent")
+                .args(["--etcd-endpoints", &self.config.etcd_endpoints])
+                .args(["--etcd-prefix", &self.config.etcd_prefix])
+                .arg("--subnet-file")
+                .arg(self.subnet_file());
+        }
+        cmd.arg("--state-dir")
             .arg(self.state_dir())
-            .arg("--subnet-file")
-            .arg(self.subnet_file())
             .arg("--api-socket")
             .arg(self.api_socket());
         if let Some(ip) = self.config.public_ip {
@@ -163,7 +178,7 @@ impl Agent {
         cmd.args(&self.config.extra_args);
         // Only what the test says: no TARTAN_* from the environment running the suite.
         for (key, _) in std::env::vars() {
-            if key.starts_with("TARTAN_") {
+            if key.starts_with("TARTAN_") || key.starts_with("FLANNEL") {
                 cmd.env_remove(key);
             }
         }

@@ -3,6 +3,7 @@
 //! udp leases. Agents that program nothing (`alloc`) run in the test's own
 //! namespace; the rest run on simulated hosts in namespaces of their own.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -10,6 +11,7 @@ use serde_json::Value;
 use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::cluster::Cluster;
 use tartan_tests::etcd::EtcdServer;
+use tartan_tests::netns::Underlay;
 use tartan_tests::wait::wait_until;
 use tartan_tests::{prereq, put_flannel_config, put_lease, unique_prefix};
 
@@ -234,5 +236,139 @@ fn no_backend_means_udp_with_flannels_untyped_leases() -> Result<()> {
     })
     .with_context(|| cluster.agents[0].log_tail(20))?;
     ensure!(cluster.ping(&b, a.address)?, "back from b to a");
+    Ok(())
+}
+
+/// A host on a fresh underlay with etcd in the hub, and the network config.
+fn host_with_etcd(
+    name: &str,
+    octet: u8,
+    config: &str,
+) -> Result<(Underlay, EtcdServer, tartan_tests::netns::Host, String)> {
+    prereq::require_root()?;
+    prereq::require_binary("etcd")?;
+    prereq::require_binary("etcdctl")?;
+    prereq::require_binary("nft")?;
+    let underlay = Underlay::create(name, (Ipv4Addr::new(10, octet, 0, 0), 24))?;
+    let etcd = EtcdServer::start_on(underlay.hub_ip(), Some(underlay.hub().name()))?;
+    let prefix = unique_prefix(name);
+    let out = underlay
+        .hub()
+        .command("etcdctl")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "put",
+            &format!("{prefix}/config"),
+            config,
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "etcdctl put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = underlay.add_host("h0")?;
+    Ok((underlay, etcd, host, prefix))
+}
+
+#[test]
+fn swapped_in_for_flanneld_it_takes_flanneld_flags_and_leaves_the_bridge_alone() -> Result<()> {
+    let (_underlay, etcd, host, prefix) = host_with_etcd(
+        "fd",
+        231,
+        r#"{"Network":"10.14.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )?;
+    // As a flanneld unit runs it: Go-style flags, the rest from FLANNELD_*.
+    let agent = Agent::start(AgentConfig {
+        etcd_endpoints: etcd.endpoint(),
+        etcd_prefix: prefix.clone(),
+        netns: Some(host.netns.name().to_string()),
+        as_flanneld: true,
+        extra_args: vec!["-iface=nosuch0".into(), "-iface=eth0".into()],
+        env: vec![("FLANNELD_IP_MASQ".into(), "true".into())],
+        ..AgentConfig::default()
+    })?;
+    agent.wait_ready(READY)?;
+    let env = agent.subnet_env()?;
+    assert_eq!(env.get("FLANNEL_IPMASQ").map(String::as_str), Some("true"));
+    assert_eq!(env.get("FLANNEL_MTU").map(String::as_str), Some("1450"));
+    let links = host.netns.exec("ip", &["-o", "link", "show"])?;
+    let links = String::from_utf8_lossy(&links.stdout);
+    ensure!(
+        links.contains("tartan.1"),
+        "the VXLAN device is made:\n{links}"
+    );
+    ensure!(
+        !links.contains("tartan0"),
+        "flanneld makes no bridge; dockerd --bip does:\n{links}"
+    );
+    let rules = host.netns.exec("nft", &["list", "table", "ip", "tartan"])?;
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    ensure!(
+        rules.contains("masquerade") && rules.contains("ip saddr 10.14.0.0/16 accept"),
+        "masquerading and forward accepts:\n{rules}"
+    );
+    // No bridge of its own: nothing to attach to, said in one line.
+    let out = agent.cli(&["attach", "nosuchns"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("--external-bridge")
+            && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
+    // Docker's drop policy in the host's forward hook: status says so.
+    for args in [
+        &["add", "table", "ip", "filter"][..],
+        &[
+            "add", "chain", "ip", "filter", "FORWARD", "{", "type", "filter", "hook", "forward",
+            "priority", "0", ";", "policy", "drop", ";", "}",
+        ],
+    ] {
+        let out = host.netns.exec("nft", args)?;
+        ensure!(out.status.success(), "nft {args:?}");
+    }
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(agent.status_json()?["forward_dropped_by"] == serde_json::json!(["ip filter FORWARD"]))
+    })
+    .context("status names the foreign drop policy")?;
+    let table = agent.cli(&["status"])?;
+    ensure!(
+        String::from_utf8_lossy(&table.stdout).contains("ip filter FORWARD"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_bridge_can_be_named() -> Result<()> {
+    let mut cluster = Cluster::start_with(
+        "bn",
+        232,
+        r#"{"Network":"10.15.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        1,
+        &["--bridge", "cbr0"],
+    )?;
+    let c = cluster.container(0, "bnc")?;
+    let out = cluster.hosts[0]
+        .netns
+        .exec("ip", &["-o", "addr", "show", "dev", "cbr0"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gateway = format!("{}.1/24", {
+        let o = c.address.octets();
+        format!("{}.{}.{}", o[0], o[1], o[2])
+    });
+    ensure!(text.contains(&gateway), "cbr0 holds {gateway}:\n{text}");
+    let links = cluster.hosts[0]
+        .netns
+        .exec("ip", &["-o", "link", "show", "master", "cbr0"])?;
+    ensure!(
+        String::from_utf8_lossy(&links.stdout).lines().count() == 1,
+        "the container's veth is on cbr0"
+    );
     Ok(())
 }
