@@ -128,7 +128,11 @@ async fn the_proxy_forwards_cuts_and_restores() -> Result<()> {
     let etcd = EtcdServer::start()?;
     let proxy = TcpProxy::start(etcd.client_addr())?;
     assert_eq!(proxy.endpoint(), format!("http://{}", proxy.addr()));
-    let mut client = etcd_client::Client::connect([proxy.endpoint()], None).await?;
+    // A request timeout: under load, tonic may hold a request while it
+    // reconnects rather than fail it; through a cut proxy it must not succeed.
+    let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(3));
+    let mut client =
+        etcd_client::Client::connect([proxy.endpoint()], Some(options.clone())).await?;
     client.put("/p", "1", None).await?;
     proxy.cut();
     let cut = tokio::time::timeout(Duration::from_secs(10), client.get("/p", None)).await;
@@ -138,7 +142,7 @@ async fn the_proxy_forwards_cuts_and_restores() -> Result<()> {
     );
     // New connections are closed at once too: etcd itself stays up meanwhile.
     let fresh = tokio::time::timeout(Duration::from_secs(10), async {
-        etcd_client::Client::connect([proxy.endpoint()], None)
+        etcd_client::Client::connect([proxy.endpoint()], Some(options))
             .await?
             .get("/p", None)
             .await
