@@ -399,12 +399,7 @@ impl NfSocket {
         self.send(&bytes)?;
         self.receive(|kind, seq, payload| {
             if kind == NLMSG_ERROR {
-                let errno = i32::from_ne_bytes(
-                    payload
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or([0; 4]),
-                );
+                let errno = ack_errno(payload);
                 if errno != 0 {
                     return Err(nft_error(op, -errno));
                 }
@@ -454,12 +449,7 @@ impl NfSocket {
         self.receive(|kind, _, payload| match kind {
             NLMSG_DONE => Ok(true),
             NLMSG_ERROR => {
-                let errno = i32::from_ne_bytes(
-                    payload
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or([0; 4]),
-                );
+                let errno = ack_errno(payload);
                 match -errno {
                     0 => Ok(true),
                     libc::ENOENT => {
@@ -511,12 +501,7 @@ impl NfSocket {
         self.receive(|kind, _, payload| match kind {
             NLMSG_DONE => Ok(true),
             NLMSG_ERROR => {
-                let errno = i32::from_ne_bytes(
-                    payload
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or([0; 4]),
-                );
+                let errno = ack_errno(payload);
                 match -errno {
                     0 => Ok(true),
                     other => Err(nft_error("list chains", other)),
@@ -557,6 +542,16 @@ enum RuleDump {
     NoTable,
     NoChain,
     Tags(Vec<Vec<u8>>),
+}
+
+/// The (negative) errno of an NLMSG_ERROR payload; 0 is an acknowledgement.
+fn ack_errno(payload: &[u8]) -> i32 {
+    i32::from_ne_bytes(
+        payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 4]),
+    )
 }
 
 fn find_attr(mut attrs: &[u8], wanted: u16) -> Option<Vec<u8>> {

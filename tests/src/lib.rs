@@ -90,6 +90,20 @@ pub async fn compact(client: &mut Client) -> Result<i64> {
     Ok(revision)
 }
 
+/// The JSON value of `key` and the etcd lease it is attached to (0: none).
+pub async fn get_json(client: &mut Client, key: &str) -> Result<Option<(serde_json::Value, i64)>> {
+    let resp = client.get(key, None).await?;
+    match resp.kvs().first() {
+        Some(kv) => Ok(Some((serde_json::from_slice(kv.value())?, kv.lease()))),
+        None => Ok(None),
+    }
+}
+
+/// The etcd key of the lease for `subnet` (`10.5.34.0/24`) under `prefix`.
+pub fn lease_key(prefix: &str, subnet: &str) -> String {
+    format!("{prefix}/subnets/{}", subnet.replace('/', "-"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

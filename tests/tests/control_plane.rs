@@ -16,7 +16,9 @@ use tartan_tests::etcd::EtcdServer;
 use tartan_tests::netns::Underlay;
 use tartan_tests::pki::TestPki;
 use tartan_tests::proxy::TcpProxy;
-use tartan_tests::{compact, prereq, put_flannel_config, put_lease, unique_prefix, wait};
+use tartan_tests::{
+    compact, get_json, lease_key, prereq, put_flannel_config, put_lease, unique_prefix, wait,
+};
 
 /// Agents in the test's own namespace lease only (`alloc`): they must not
 /// create devices or routes there. The multi-host test runs vxlan in namespaces.
@@ -63,18 +65,6 @@ fn peer_subnets(status: &Value) -> HashSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-async fn get_json(client: &mut etcd_client::Client, key: &str) -> Result<Option<(Value, i64)>> {
-    let resp = client.get(key, None).await?;
-    match resp.kvs().first() {
-        Some(kv) => Ok(Some((serde_json::from_slice(kv.value())?, kv.lease()))),
-        None => Ok(None),
-    }
-}
-
-fn lease_key(prefix: &str, subnet: &str) -> String {
-    format!("{prefix}/subnets/{}", subnet.replace('/', "-"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

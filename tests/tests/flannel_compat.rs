@@ -13,7 +13,7 @@ use tartan_tests::cluster::Cluster;
 use tartan_tests::etcd::EtcdServer;
 use tartan_tests::netns::Underlay;
 use tartan_tests::wait::wait_until;
-use tartan_tests::{prereq, put_flannel_config, put_lease, unique_prefix};
+use tartan_tests::{get_json, lease_key, prereq, put_flannel_config, put_lease, unique_prefix};
 
 const READY: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -38,19 +38,6 @@ fn agent_config(etcd: &EtcdServer, prefix: &str, public_ip: &str) -> AgentConfig
         public_ip: Some(public_ip.parse().expect("test address")),
         ..AgentConfig::default()
     }
-}
-
-/// The value and etcd lease id of a key.
-async fn get_json(client: &mut etcd_client::Client, key: &str) -> Result<Option<(Value, i64)>> {
-    let resp = client.get(key, None).await?;
-    match resp.kvs().first() {
-        Some(kv) => Ok(Some((serde_json::from_slice(kv.value())?, kv.lease()))),
-        None => Ok(None),
-    }
-}
-
-fn lease_key(prefix: &str, subnet: &str) -> String {
-    format!("{prefix}/subnets/{}", subnet.replace('/', "-"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
