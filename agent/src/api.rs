@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -26,23 +26,37 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::attach::{Attacher, ContainerRef};
+use crate::attach::{Attacher, AttacherWatch, ContainerRef};
 use crate::containers::{ContainerView, Containers, RunOptions, Status as RunStatus};
-use crate::daemon::{lock, SharedState};
 use crate::etcd::Registry;
 use crate::images::{ChunkReader, Images};
 use crate::lease::Lease;
+use crate::node_state::{EtcdHealth, EtcdMonitor, NodeState};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
+/// How long `status` waits for etcd to answer whether it is there.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `status` spends looking up the peers' lease expiries.
+const STATUS_TTL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Set once the node has its lease and its bridge; attach waits for that.
-pub type SharedAttacher = Arc<OnceLock<Attacher>>;
+/// What the API serves from: the node's facts as they change, and the services.
+pub struct Services {
+    pub node: tokio::sync::watch::Receiver<NodeState>,
+    pub etcd: EtcdMonitor,
+    pub forward_dropped_by: tokio::sync::watch::Receiver<Vec<String>>,
+    pub registry: Registry,
+    pub attacher: AttacherWatch,
+    pub images: Images,
+    pub containers: Containers,
+}
 
 struct AgentService {
-    state: SharedState,
+    node: tokio::sync::watch::Receiver<NodeState>,
+    etcd: EtcdMonitor,
+    forward_dropped_by: tokio::sync::watch::Receiver<Vec<String>>,
     registry: Registry,
-    attacher: SharedAttacher,
+    attacher: AttacherWatch,
     images: Images,
     containers: Containers,
 }
@@ -226,8 +240,9 @@ impl AgentService {
             .map_err(|e| Status::not_found(format!("{e:#}")))
     }
 
-    fn attacher(&self) -> Result<&Attacher, Status> {
-        self.attacher.get().ok_or_else(|| {
+    /// The current subnet's attacher.
+    fn attacher(&self) -> Result<Arc<Attacher>, Status> {
+        self.attacher.borrow().clone().ok_or_else(|| {
             Status::unavailable(
                 "the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)",
             )
@@ -342,6 +357,7 @@ impl Agent for AgentService {
                 let path = path.clone();
                 let read = tokio::task::spawn_blocking(move || read_log_from(&path, offset)).await;
                 let Ok(Ok((records, consumed))) = read else {
+                    // The client may have gone; then there is no one to tell.
                     let _ = tx
                         .send(Err(Status::internal("reading the container log")))
                         .await;
@@ -382,8 +398,11 @@ impl Agent for AgentService {
             };
             let result =
                 tartan_runtime::container::export::export(&layers, &upper, &mountpoint, writer);
-            let _ = std::fs::remove_dir(&mountpoint);
+            if let Err(err) = std::fs::remove_dir(&mountpoint) {
+                warn!(dir = %mountpoint.display(), error = %err, "could not remove the export's mount point");
+            }
             if let Err(err) = result {
+                // The client may have gone; then there is no one to tell.
                 let _ = tx.blocking_send(Err(Status::failed_precondition(format!(
                     "exporting: {:#}",
                     anyhow::Error::from(err)
@@ -399,9 +418,8 @@ impl Agent for AgentService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let (node, config, peers, etcd_reachable, forward_dropped_by) = {
-            let st = lock(&self.state);
-            let node = st.node.clone();
+        let (node, config, peers) = {
+            let st = self.node.borrow();
             let config = st.config.as_ref().map(|c| PbConfig {
                 network: c.network().to_string(),
                 subnet_len: u32::from(c.range.subnet_len()),
@@ -410,20 +428,37 @@ impl Agent for AgentService {
                 backend_type: c.backend.type_name().to_string(),
                 backend_json: c.backend_json.to_string(),
             });
-            let peers: Vec<Lease> = st
-                .peers
-                .as_ref()
-                .map(|t| t.peers().cloned().collect())
-                .unwrap_or_default();
             (
-                node,
+                st.lease.clone(),
                 config,
-                peers,
-                st.etcd_reachable,
-                st.forward_dropped_by.clone(),
+                st.peers.clone().unwrap_or_default(),
             )
         };
-        let expiries = self.peer_expiries(&peers).await;
+        let forward_dropped_by = self.forward_dropped_by.borrow().clone();
+        // Asked now: what the agent last saw may be seconds old.
+        let etcd_reachable = match self.registry.probe(STATUS_PROBE_TIMEOUT).await {
+            Ok(()) => {
+                self.etcd.reachable();
+                true
+            }
+            Err(err) => {
+                self.etcd.unreachable(&err);
+                false
+            }
+        };
+        let (etcd_error, etcd_unreachable_secs) = match self.etcd.current() {
+            EtcdHealth::Unreachable { since, error } if !etcd_reachable => {
+                (error, since.elapsed().as_secs())
+            }
+            _ => (String::new(), 0),
+        };
+        let expiries = if etcd_reachable {
+            tokio::time::timeout(STATUS_TTL_TIMEOUT, self.peer_expiries(&peers))
+                .await
+                .unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
         let node = node.map(|n| {
             let mut pb = to_pb(&n.lease.subnet, &n.lease.attrs);
             pb.expires_unix = n
@@ -445,6 +480,8 @@ impl Agent for AgentService {
             config,
             peers,
             etcd_reachable,
+            etcd_error,
+            etcd_unreachable_secs,
             forward_dropped_by,
             etcd_prefix: self.registry.prefix().to_string(),
         }))
@@ -619,27 +656,39 @@ pub struct ApiServer {
 impl ApiServer {
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
+            // Fails only when the server already stopped on its own.
             let _ = stop.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
-        let _ = std::fs::remove_file(&self.path);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            warn!("the local API did not stop within 5s");
+        }
+        if let Err(err) = crate::teardown::remove_file(&self.path) {
+            warn!(error = %format!("{err:#}"), "could not remove the API socket");
+        }
     }
 }
 
 /// Binds the socket (mode 0600) and serves the API on it in the background.
-pub async fn serve(
-    path: &Path,
-    state: SharedState,
-    registry: Registry,
-    attacher: SharedAttacher,
-    images: Images,
-    containers: Containers,
-) -> Result<ApiServer> {
+pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
     let listener = bind_private(path).await?;
     info!(socket = %path.display(), "serving the local API");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let Services {
+        node,
+        etcd,
+        forward_dropped_by,
+        registry,
+        attacher,
+        images,
+        containers,
+    } = services;
     let service = AgentServer::new(AgentService {
-        state,
+        node,
+        etcd,
+        forward_dropped_by,
         registry,
         attacher,
         images,
@@ -649,6 +698,7 @@ pub async fn serve(
         let result = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                // A dropped sender means shutdown too.
                 let _ = stop_rx.await;
             })
             .await;
@@ -679,15 +729,18 @@ async fn bind_private(path: &Path) -> Result<UnixListener> {
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let staging = path.with_extension(format!("{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
+    crate::teardown::remove_file(&staging)?;
     let listener =
         UnixListener::bind(&staging).with_context(|| format!("binding {}", staging.display()))?;
     let setup = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
         .and_then(|()| std::fs::rename(&staging, path));
     if let Err(err) = setup {
-        let _ = std::fs::remove_file(&staging);
-        return Err(err)
-            .with_context(|| format!("installing the API socket at {}", path.display()));
+        let err = anyhow::Error::from(err)
+            .context(format!("installing the API socket at {}", path.display()));
+        return Err(match crate::teardown::remove_file(&staging) {
+            Ok(()) => err,
+            Err(undo) => crate::teardown::and_undo(err, undo),
+        });
     }
     Ok(listener)
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tartan_dataplane::{Netlink, VethSpec};
@@ -60,6 +61,18 @@ impl ContainerRef {
         }
     }
 
+    /// The reference an owner key was made from (`key`'s inverse); None for
+    /// keys of other owners, such as the runtime's `container:ID`.
+    pub fn from_key(key: &str) -> Option<ContainerRef> {
+        let (kind, rest) = key.split_once(':')?;
+        match kind {
+            "netns" => Some(ContainerRef::Netns(rest.to_string())),
+            "path" => Some(ContainerRef::Path(PathBuf::from(rest))),
+            "pid" => rest.parse().ok().map(ContainerRef::Pid),
+            _ => None,
+        }
+    }
+
     /// The owner key of the container's address in the allocator.
     pub fn key(&self) -> String {
         match self {
@@ -104,13 +117,31 @@ pub fn parse_requested(text: &str, subnet: &Ipv4Network) -> Result<Ipv4Addr> {
 }
 
 /// Attaches and detaches containers; owns the node subnet's address book.
+/// One exists per subnet the node holds: when the subnet changes, a new one
+/// takes over the namespaces and the old one is retired.
 pub struct Attacher {
     netlink: Netlink,
     subnet: Ipv4Network,
     mtu: u32,
-    bridge_index: u32,
+    /// Looked up on every plug: the reconciler recreates a bridge deleted by hand.
+    bridge: String,
     allocations: Arc<Mutex<HostAllocator>>,
     store: PathBuf,
+    /// Set once a successor owns the store: this book must not overwrite it.
+    retired: Arc<AtomicBool>,
+}
+
+/// The attacher of the node's current subnet, as it changes; None while the
+/// node holds no lease or keeps no bridge.
+pub type AttacherWatch = tokio::sync::watch::Receiver<Option<Arc<Attacher>>>;
+
+/// Saves the book unless a successor owns the store.
+fn save_book(book: &HostAllocator, store: &Path, retired: &AtomicBool) -> Result<()> {
+    if retired.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    book.save_unsynced(store)
+        .context("saving container addresses")
 }
 
 impl Attacher {
@@ -118,7 +149,7 @@ impl Attacher {
         netlink: Netlink,
         subnet: Ipv4Network,
         mtu: u32,
-        bridge_index: u32,
+        bridge: String,
         state_dir: &Path,
     ) -> Result<Attacher> {
         let store = state_dir.join("ipam.json");
@@ -134,10 +165,69 @@ impl Attacher {
             netlink,
             subnet,
             mtu,
-            bridge_index,
+            bridge,
             allocations: Arc::new(Mutex::new(allocations)),
             store,
+            retired: Arc::default(),
         })
+    }
+
+    async fn bridge_index(&self) -> Result<u32> {
+        match self.netlink.link(&self.bridge).await? {
+            Some(link) => Ok(link.index),
+            None => bail!("the node bridge {} is missing", self.bridge),
+        }
+    }
+
+    /// Moves the namespaces `tartan attach` plugged in under `old` (a
+    /// previous subnet's attacher) to this subnet: each gets a new address,
+    /// in place of its old interface. Namespaces that are gone are dropped.
+    /// Returns each move made as (who, old address, new address), and the
+    /// failures.
+    pub async fn adopt_attached(
+        &self,
+        old: &Attacher,
+    ) -> (Vec<(String, Ipv4Addr, Ipv4Network)>, Vec<anyhow::Error>) {
+        let owners: Vec<(Ipv4Addr, String)> = old
+            .allocations
+            .lock()
+            .await
+            .allocations()
+            .map(|(addr, owner)| (addr, owner.to_string()))
+            .collect();
+        let mut moved = Vec::new();
+        let mut errors = Vec::new();
+        for (old_addr, key) in owners {
+            let Some(container) = ContainerRef::from_key(&key) else {
+                continue;
+            };
+            let path = container.netns_path();
+            if !path.exists() {
+                tracing::info!(container = %describe(&container), "not moving a namespace that is gone");
+                continue;
+            }
+            let result = async {
+                let address = self.reserve(&key, None, None).await?;
+                if let Err(err) = self.plug(&key, path).await {
+                    if let Err(undo) = self.release(&key).await {
+                        tracing::warn!(key = %key, error = %format!("{undo:#}"), "could not free an address after a failed move");
+                    }
+                    return Err(err);
+                }
+                Ok(address)
+            }
+            .await;
+            match result {
+                Ok(address) => moved.push((describe(&container), old_addr, address)),
+                Err(err) => errors.push(err.context(format!("moving {}", describe(&container)))),
+            }
+        }
+        (moved, errors)
+    }
+
+    /// Hands the store to a successor: from now on this book is only read.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     pub fn subnet(&self) -> Ipv4Network {
@@ -163,7 +253,9 @@ impl Attacher {
         }
         let address = self.reserve(&key, requested, None).await?;
         if let Err(err) = self.plug(&key, path).await {
-            let _ = self.release(&key).await;
+            if let Err(undo) = self.release(&key).await {
+                return Err(crate::teardown::and_undo(err, undo));
+            }
             return Err(err);
         }
         Ok(address)
@@ -233,9 +325,9 @@ impl Attacher {
                 None => book.allocate(key)?,
             },
         };
-        if let Err(err) = book.save_unsynced(&self.store) {
+        if let Err(err) = save_book(&book, &self.store, &self.retired) {
             book.release(key);
-            return Err(err).context("saving container addresses");
+            return Err(err);
         }
         Ok(Ipv4Network::new(addr, self.subnet.prefix())?)
     }
@@ -257,13 +349,16 @@ impl Attacher {
             address: Ipv4Network::new(addr, self.subnet.prefix())?,
             gateway,
             mtu: self.mtu,
-            bridge_index: self.bridge_index,
+            bridge_index: self.bridge_index().await?,
         };
         // A host end left by an earlier run whose namespace is still being torn down.
         self.netlink.detach_veth(&spec.host_name).await?;
         if let Err(err) = self.netlink.attach_veth(&spec).await {
-            let _ = self.netlink.detach_veth(&spec.host_name).await;
-            return Err(err.into());
+            let err = anyhow::Error::from(err);
+            if let Err(undo) = self.netlink.detach_veth(&spec.host_name).await {
+                return Err(crate::teardown::and_undo(err, undo));
+            }
+            return Err(err);
         }
         Ok(())
     }
@@ -282,8 +377,7 @@ impl Attacher {
                 return Ok(None);
             };
             book.allocate_specific(&tombstone, addr)?;
-            book.save_unsynced(&self.store)
-                .context("saving container addresses")?;
+            save_book(&book, &self.store, &self.retired)?;
             addr
         };
         self.finish_release(tombstone);
@@ -309,6 +403,7 @@ impl Attacher {
         let netlink = self.netlink.clone();
         let book = self.allocations.clone();
         let store = self.store.clone();
+        let retired = self.retired.clone();
         let host_name = host_ifname_for(&tombstone[RELEASING.len()..]);
         tokio::spawn(async move {
             let deadline = Instant::now() + RELEASE_WAIT;
@@ -330,8 +425,8 @@ impl Attacher {
             }
             let mut book = book.lock().await;
             book.release(&tombstone);
-            if let Err(err) = book.save_unsynced(&store) {
-                tracing::warn!(error = %err, "could not save container addresses");
+            if let Err(err) = save_book(&book, &store, &retired) {
+                tracing::warn!(error = %format!("{err:#}"), "could not save container addresses");
             }
         });
     }
@@ -344,8 +439,7 @@ impl Attacher {
         let Some(addr) = book.release(key) else {
             return Ok(None);
         };
-        book.save_unsynced(&self.store)
-            .context("saving container addresses")?;
+        save_book(&book, &self.store, &self.retired)?;
         Ok(Some(addr))
     }
 }

@@ -186,12 +186,17 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let code = attach(&container.attach_socket, args.tty, args.interactive).await?;
     if args.rm {
         // The agent removes it too when it sees it end; whoever is second finds nothing.
-        let _ = client
+        let removed = client
             .remove_container(RemoveContainerRequest {
                 container: container.id,
                 force: false,
             })
             .await;
+        if let Err(status) = removed {
+            if status.code() != tonic::Code::NotFound {
+                eprintln!("tartan: removing the container: {}", status.message());
+            }
+        }
     }
     Ok(code)
 }
@@ -226,6 +231,7 @@ async fn attach(socket: &str, tty: bool, interactive: bool) -> Result<i32> {
     });
     if tty {
         if let Some((rows, cols)) = window_size() {
+            // A closed channel means the session already ended: nothing to resize.
             let _ = frames.send(Frame::Resize { rows, cols }).await;
         }
         let resizes = frames.clone();
@@ -251,6 +257,7 @@ async fn attach(socket: &str, tty: bool, interactive: bool) -> Result<i32> {
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
+                        // A closed channel means the session already ended.
                         let _ = input.send(Frame::StdinClose).await;
                         return;
                     }
@@ -458,10 +465,12 @@ pub async fn export(args: ExportArgs) -> Result<()> {
                     .with_context(|| format!("writing {}", path.display()))
             }
             .await;
-            if result.is_err() {
-                let _ = tokio::fs::remove_file(&staging).await;
+            match (result, tokio::fs::remove_file(&staging).await) {
+                (Err(err), Err(undo)) if undo.kind() != std::io::ErrorKind::NotFound => {
+                    Err(crate::teardown::and_undo(err, undo))
+                }
+                (result, _) => result,
             }
-            result
         }
         None => {
             let mut stdout = tokio::io::stdout();

@@ -22,8 +22,9 @@ use tartan_runtime::init::{InitFile, InitSpec};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
-use crate::api::SharedAttacher;
+use crate::attach::{Attacher, AttacherWatch};
 use crate::images::Images;
+use crate::teardown::Teardown;
 
 /// The PATH a container gets unless it sets its own, as Docker gives it.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -90,7 +91,7 @@ pub struct Containers {
 struct Inner {
     root: PathBuf,
     images: Images,
-    attacher: SharedAttacher,
+    attacher: AttacherWatch,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
 }
@@ -194,6 +195,14 @@ fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str) -> String {
     hosts
 }
 
+/// Rewrites a running container's `/etc/hosts`, through its root as its
+/// process sees it.
+fn write_hosts(pid: u32, address: Option<Ipv4Addr>, config: &ContainerConfig) -> Result<()> {
+    let path = PathBuf::from(format!("/proc/{pid}/root/etc/hosts"));
+    std::fs::write(&path, hosts_file(address, &config.hostname, &config.name))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// The container's environment: Docker's defaults, then the operator's.
 fn environment(given: &[String], hostname: &str, tty: bool) -> Vec<String> {
     let mut env: Vec<String> = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
@@ -225,8 +234,11 @@ async fn wait_for_shim_exit(pid: u32, dir: &ContainerDir) {
             tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
         };
         if let Ok(async_fd) = registered {
-            let _ = async_fd.readable().await;
-            return;
+            // Readable means exited; an error here means the same descriptor is unusable,
+            // and the lock below still tells.
+            if async_fd.readable().await.is_ok() {
+                return;
+            }
         }
     }
     while dir.shim_alive() {
@@ -237,7 +249,7 @@ async fn wait_for_shim_exit(pid: u32, dir: &ContainerDir) {
 impl Containers {
     /// Opens `state_dir/containers`, finding the containers an earlier agent
     /// left, running or not. Directories a crash left half-made are removed.
-    pub fn open(state_dir: &Path, images: Images, attacher: SharedAttacher) -> Result<Containers> {
+    pub fn open(state_dir: &Path, images: Images, attacher: AttacherWatch) -> Result<Containers> {
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let shim_binary = std::env::current_exe().context("finding the tartan binary")?;
@@ -259,7 +271,9 @@ impl Containers {
             let dir = ContainerDir::new(&path);
             if !dir.config_path().exists() {
                 warn!(dir = %path.display(), "removing a container directory a crash left half-made");
-                let _ = std::fs::remove_dir_all(&path);
+                if let Err(err) = crate::teardown::remove_dir_all(&path) {
+                    warn!(error = %format!("{err:#}"), "could not remove a half-made container directory");
+                }
                 continue;
             }
             match dir.read_config() {
@@ -304,25 +318,32 @@ impl Containers {
         // older address book): freed once the node has its address book.
         let this = self.clone();
         tokio::spawn(async move {
-            let attacher = this.attacher_ready().await;
+            let Some(attacher) = this.attacher_ready().await else {
+                return;
+            };
             for key in attacher.owners_with_prefix("container:").await {
                 let id = &key["container:".len()..];
                 if !this.lock().contains_key(id) {
                     warn!(key = %key, "freeing the address of a container that no longer exists");
-                    let _ = attacher.release_when_gone(&key).await;
+                    if let Err(err) = attacher.release_when_gone(&key).await {
+                        warn!(key = %key, error = %format!("{err:#}"), "could not free the address");
+                    }
                 }
             }
         });
     }
 
+    /// The current subnet's address book, if the node has one.
+    fn attacher(&self) -> Option<Arc<Attacher>> {
+        self.inner.attacher.borrow().clone()
+    }
+
     /// The node's address book, once the node holds its lease and bridge.
-    async fn attacher_ready(&self) -> &crate::attach::Attacher {
-        loop {
-            if let Some(attacher) = self.inner.attacher.get() {
-                return attacher;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+    /// None when the agent is shutting down.
+    async fn attacher_ready(&self) -> Option<Arc<Attacher>> {
+        let mut watch = self.inner.attacher.clone();
+        let ready = watch.wait_for(Option::is_some).await;
+        ready.ok().and_then(|attacher| attacher.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -452,7 +473,7 @@ impl Containers {
             bail!("--ip needs --net overlay");
         }
         if let Some(ip) = &opts.ip {
-            let attacher = self.inner.attacher.get().ok_or_else(|| {
+            let attacher = self.attacher().ok_or_else(|| {
                 anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)")
             })?;
             crate::attach::parse_requested(ip, &attacher.subnet())?;
@@ -558,13 +579,23 @@ impl Containers {
         self.start_locked(id, Some(image), wait_for_attach).await
     }
 
-    /// Undoes a failed `run`: the address, the interface, the directory, the entry.
+    /// Undoes a failed `run`: the address, the interface, the directory,
+    /// the entry. The run's own error is what the operator sees; failures
+    /// here are logged.
     async fn discard(&self, id: &str) {
-        if let Some(attacher) = self.inner.attacher.get() {
-            let _ = attacher.release(&address_key(id)).await;
+        let mut teardown = Teardown::new();
+        if let Some(attacher) = self.attacher() {
+            teardown.step(
+                "freeing the address",
+                attacher.release(&address_key(id)).await,
+            );
         }
-        let _ = std::fs::remove_dir_all(self.dir(id).path());
+        teardown.step(
+            "removing the container's directory",
+            crate::teardown::remove_dir_all(self.dir(id).path()),
+        );
         self.lock().remove(id);
+        teardown.log("undoing a failed run left something behind");
     }
 
     /// `tartan start`.
@@ -605,7 +636,7 @@ impl Containers {
         let key = address_key(id);
         let (address, join_netns, new_netns) = match &config.network {
             NetworkMode::Overlay => {
-                let attacher = self.inner.attacher.get().ok_or_else(|| {
+                let attacher = self.attacher().ok_or_else(|| {
                     anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge); use --net host or none")
                 })?;
                 let previous = config
@@ -669,8 +700,10 @@ impl Containers {
             }
             Err(err) => {
                 if config.network == NetworkMode::Overlay {
-                    if let Some(attacher) = self.inner.attacher.get() {
-                        let _ = attacher.release(&key).await;
+                    if let Some(attacher) = self.attacher() {
+                        if let Err(undo) = attacher.release(&key).await {
+                            return Err(crate::teardown::and_undo(err, undo));
+                        }
                     }
                 }
                 Err(err)
@@ -749,7 +782,9 @@ impl Containers {
         .await;
         // The supervisor is this agent's child until the agent goes: reap it when it ends.
         tokio::spawn(async move {
-            let _ = shim.wait().await;
+            if let Err(err) = shim.wait().await {
+                warn!(error = %err, "could not reap a container's supervisor");
+            }
         });
         match read {
             Ok(Ok(_)) => {}
@@ -775,7 +810,7 @@ impl Containers {
             ),
         };
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let plugged = match (&config.network, self.inner.attacher.get()) {
+        let plugged = match (&config.network, self.attacher()) {
             (NetworkMode::Overlay, Some(attacher)) => {
                 attacher.plug(&address_key(&config.id), netns).await
             }
@@ -785,7 +820,8 @@ impl Containers {
             _ => Ok(()),
         };
         if let Err(err) = plugged {
-            // The supervisor kills the waiting process and goes.
+            // The supervisor kills the waiting process and goes; a failed
+            // write means it is gone already, and its process with it.
             let _ = go.write_all(b"abort\n").await;
             return Err(err.context("plugging the container into the network"));
         }
@@ -845,13 +881,17 @@ impl Containers {
             return;
         }
         if config.network == NetworkMode::Overlay {
-            let attacher = self.attacher_ready().await;
-            if let Err(err) = attacher.release_when_gone(&address_key(id)).await {
-                warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
+            if let Some(attacher) = self.attacher_ready().await {
+                if let Err(err) = attacher.release_when_gone(&address_key(id)).await {
+                    warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
+                }
             }
         }
         if config.auto_remove && self.lock().contains_key(id) {
-            let _ = std::fs::remove_dir_all(dir.path());
+            if let Err(err) = crate::teardown::remove_dir_all(dir.path()) {
+                warn!(container = %config.name, error = %format!("{err:#}"), "could not remove a container that ended (--rm)");
+                return;
+            }
             self.lock().remove(id);
             info!(container = %config.name, "removed a container that ended (--rm)");
         }
@@ -920,19 +960,120 @@ impl Containers {
             }
             view = self.view(id)?;
         }
+        // Every step is tried; what failed is reported together.
+        let mut teardown = Teardown::new();
         if config.network == NetworkMode::Overlay {
-            if let Some(attacher) = self.inner.attacher.get() {
-                attacher
-                    .release_when_gone(&address_key(id))
-                    .await
-                    .context("freeing the container's address")?;
+            if let Some(attacher) = self.attacher() {
+                teardown.step(
+                    "freeing the container's address",
+                    attacher.release_when_gone(&address_key(id)).await,
+                );
             }
         }
-        std::fs::remove_dir_all(dir.path())
-            .with_context(|| format!("removing {}", dir.path().display()))?;
-        self.lock().remove(id);
-        info!(container = %config.name, "removed a container");
+        let removed = teardown.step(
+            "removing the container",
+            crate::teardown::remove_dir_all(dir.path()),
+        );
+        if removed.is_some() {
+            self.lock().remove(id);
+            info!(container = %config.name, "removed a container");
+        }
+        teardown.finish()?;
         Ok(view)
+    }
+
+    /// Moves the running containers to each new subnet the node takes, for
+    /// as long as the agent runs.
+    pub async fn follow_subnet(self, mut attacher: AttacherWatch) {
+        let mut subnet = attacher.borrow_and_update().as_ref().map(|a| a.subnet());
+        while attacher.changed().await.is_ok() {
+            let Some(current) = attacher.borrow_and_update().clone() else {
+                continue;
+            };
+            if subnet
+                .replace(current.subnet())
+                .is_some_and(|s| s != current.subnet())
+            {
+                self.move_to(&current).await;
+            }
+        }
+    }
+
+    /// Gives every running overlay container an address of `attacher`'s
+    /// subnet: a new interface with the new address and gateway route, and
+    /// `/etc/hosts` rewritten. Containers sharing a moved one's network get
+    /// their `/etc/hosts` rewritten too.
+    async fn move_to(&self, attacher: &Attacher) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        let mut moved: HashMap<String, Ipv4Addr> = HashMap::new();
+        for id in &ids {
+            let Ok((config, lifecycle)) = self.entry_parts(id) else {
+                continue;
+            };
+            if config.network != NetworkMode::Overlay {
+                continue;
+            }
+            let _guard = lifecycle.lock().await;
+            match self.move_one(id, attacher).await {
+                Ok(Some(address)) => {
+                    info!(
+                        container = %config.name,
+                        from = config.address.as_deref().unwrap_or("none"),
+                        to = %address,
+                        "moved the container to the node's new subnet"
+                    );
+                    moved.insert(id.clone(), address.ip());
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    warn!(container = %config.name, error = %format!("{err:#}"), "could not move the container to the node's new subnet");
+                }
+            }
+        }
+        for id in &ids {
+            let Ok((config, _)) = self.entry_parts(id) else {
+                continue;
+            };
+            let NetworkMode::Container(other) = &config.network else {
+                continue;
+            };
+            let Some(address) = moved.get(other) else {
+                continue;
+            };
+            if let Status::Running { pid, .. } = self.status_of(&self.dir(id)) {
+                if let Err(err) = write_hosts(pid, Some(*address), &config) {
+                    warn!(container = %config.name, error = %format!("{err:#}"), "could not rewrite /etc/hosts after a move");
+                }
+            }
+        }
+    }
+
+    /// Moves one container if it runs; returns its new address.
+    async fn move_one(&self, id: &str, attacher: &Attacher) -> Result<Option<Ipv4Network>> {
+        let (mut config, _) = self.entry_parts(id)?;
+        let dir = self.dir(id);
+        let Status::Running { pid, .. } = self.status_of(&dir) else {
+            return Ok(None);
+        };
+        if let Some(requested) = &config.requested_ip {
+            warn!(container = %config.name, ip = %requested, "the --ip address is outside the new subnet; the container gets another");
+        }
+        let key = address_key(id);
+        let address = attacher.reserve(&key, None, None).await?;
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if let Err(err) = attacher.plug(&key, netns).await {
+            if let Err(undo) = attacher.release(&key).await {
+                return Err(crate::teardown::and_undo(err, undo));
+            }
+            return Err(err);
+        }
+        config.address = Some(address.to_string());
+        dir.update_config(&config)?;
+        write_hosts(pid, Some(address.ip()), &config)?;
+        if let Some(entry) = self.lock().get_mut(id) {
+            entry.config = config;
+        }
+        Ok(Some(address))
     }
 
     /// The log file, for `tartan logs`.

@@ -7,27 +7,28 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use tartan_dataplane::{stable_vtep_mac, HostInterface, InterfaceSelector, Netlink};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::acquire::{acquire, HeldLease};
-use crate::api::SharedAttacher;
 use crate::attach::Attacher;
 use crate::backend::{lease_data, Underlay};
 use crate::config::{Backend, NetworkConfig};
 use crate::containers::Containers;
-use crate::etcd::{EtcdOptions, Registry};
+use crate::etcd::{is_unreachable, EtcdOptions, Registry};
 use crate::images::Images;
 use crate::lease::{lease_key, LeaseAttrs};
 use crate::node::{NodeDataplane, FIREWALL_TABLE};
+use crate::node_state::{EtcdMonitor, NodeLease, NodeState};
 use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::subnet_file::{previous_subnet, SubnetFile};
+use crate::teardown::Teardown;
 use crate::{api, node, notify};
 
 /// Everything `tartan agent` is told on its command line.
@@ -50,36 +51,16 @@ pub struct AgentOptions {
     pub ip_masq: bool,
     /// Accept the cluster network's forwarded traffic in the agent's table.
     pub forward_rules: bool,
+    /// How often an etcd outage is logged while it lasts.
+    pub etcd_outage_report_interval: Duration,
 }
 
-/// This node's lease as the agent holds it.
-#[derive(Debug, Clone)]
-pub struct NodeLease {
-    pub lease: HeldLease,
-    /// None for a reservation, which never expires.
-    pub expires_at: Option<SystemTime>,
-}
-
-/// What the agent knows, shared between its tasks and the API.
-#[derive(Default)]
-pub struct AgentState {
-    pub config: Option<NetworkConfig>,
-    pub node: Option<NodeLease>,
-    pub peers: Option<PeerTable>,
-    /// Whether the peer table has been filled by a full listing at least once.
-    pub peers_listed: bool,
-    pub etcd_reachable: bool,
-    /// Other tables' forward chains whose drop policy may drop our traffic.
-    pub forward_dropped_by: Vec<String>,
-}
-
-pub type SharedState = Arc<Mutex<AgentState>>;
-
-/// Locks the state; a panic elsewhere while holding it leaves data that is still usable.
-pub fn lock(state: &SharedState) -> MutexGuard<'_, AgentState> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The channels the node's facts travel on; the control plane writes them.
+struct Publishers {
+    node: watch::Sender<NodeState>,
+    attacher: watch::Sender<Option<Arc<Attacher>>>,
+    forward_dropped_by: watch::Sender<Vec<String>>,
+    etcd: EtcdMonitor,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -98,55 +79,79 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .with_context(|| format!("creating --state-dir {}", opts.state_dir.display()))?;
 
     let connect = Registry::connect_options(&opts.etcd)?;
-    let registry = connect_with_backoff(&opts.etcd, connect).await;
-    let state: SharedState = Arc::new(Mutex::new(AgentState::default()));
-    let attacher: SharedAttacher = Arc::new(OnceLock::new());
+    let publishers = Publishers {
+        node: watch::Sender::new(NodeState::default()),
+        attacher: watch::Sender::new(None),
+        forward_dropped_by: watch::Sender::new(Vec::new()),
+        etcd: EtcdMonitor::default(),
+    };
+    let outage_reports = tokio::spawn(
+        publishers
+            .etcd
+            .clone()
+            .report_outages(opts.etcd_outage_report_interval),
+    );
+    let registry = connect_with_backoff(&opts.etcd, connect, &publishers.etcd).await;
     let images = Images::open(&opts.state_dir)?;
-    let containers = Containers::open(&opts.state_dir, images.clone(), attacher.clone())?;
+    let containers = Containers::open(
+        &opts.state_dir,
+        images.clone(),
+        publishers.attacher.subscribe(),
+    )?;
     containers.recover().await;
+    let mover = tokio::spawn(
+        containers
+            .clone()
+            .follow_subnet(publishers.attacher.subscribe()),
+    );
     let server = api::serve(
         &opts.api_socket,
-        state.clone(),
-        registry.clone(),
-        attacher.clone(),
-        images,
-        containers,
+        api::Services {
+            node: publishers.node.subscribe(),
+            etcd: publishers.etcd.clone(),
+            forward_dropped_by: publishers.forward_dropped_by.subscribe(),
+            registry: registry.clone(),
+            attacher: publishers.attacher.subscribe(),
+            images,
+            containers,
+        },
     )
     .await?;
+    let _background = AbortOnDrop(vec![outage_reports, mover]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let node = run_node(
-        &opts,
-        registry,
-        state.clone(),
-        netlink,
-        public_ip,
-        iface,
-        attacher,
-    );
+    let node_state = publishers.node.subscribe();
+    let node = run_node(&opts, registry, &publishers, netlink, public_ip, iface);
     let outcome = tokio::select! {
         result = node => result,
         _ = sigterm.recv() => { info!("SIGTERM: shutting down, keeping the lease"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down, keeping the lease"); Ok(()) }
     };
-    let _ = notify::notify("STOPPING=1");
+    let mut teardown = Teardown::new();
+    teardown.step("telling systemd", notify::notify("STOPPING=1"));
     server.shutdown().await;
     // Only a backend that programs the kernel made the table (alloc makes none).
-    let programmed = lock(&state)
+    let programmed = node_state
+        .borrow()
         .config
         .as_ref()
         .is_some_and(|c| c.backend != Backend::Alloc);
     if programmed && (opts.ip_masq || opts.forward_rules) {
         // The rules go with the agent; the next start puts them back.
-        match tokio::task::spawn_blocking(|| tartan_dataplane::remove_firewall(FIREWALL_TABLE))
-            .await
+        let removed =
+            tokio::task::spawn_blocking(|| tartan_dataplane::remove_firewall(FIREWALL_TABLE))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from));
+        if teardown
+            .step("removing the firewall rules", removed)
+            .is_some()
         {
-            Ok(Ok(())) => info!("removed the firewall rules"),
-            Ok(Err(err)) => warn!(error = %err, "could not remove the firewall rules"),
-            Err(err) => warn!(error = %err, "could not remove the firewall rules"),
+            info!("removed the firewall rules");
         }
     }
+    teardown.log("shutting down left something behind");
     outcome
 }
 
@@ -155,12 +160,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 async fn connect_with_backoff(
     etcd: &EtcdOptions,
     connect: etcd_client::ConnectOptions,
+    health: &EtcdMonitor,
 ) -> Registry {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut last_error = String::new();
     loop {
         match Registry::connect(etcd, connect.clone()).await {
             Ok(registry) => return registry,
+            Err(err) if is_unreachable(&err) => health.unreachable(&err),
             Err(err) => report_once(&mut last_error, format!("{err:#}")),
         }
         tokio::time::sleep(backoff.next()).await;
@@ -234,21 +241,21 @@ fn underlay_of(iface: Option<&HostInterface>, public_ip: Ipv4Addr) -> Option<Und
 async fn run_node(
     opts: &AgentOptions,
     registry: Registry,
-    state: SharedState,
+    publishers: &Publishers,
     netlink: Netlink,
     public_ip: Ipv4Addr,
     iface: Option<HostInterface>,
-    attacher: SharedAttacher,
 ) -> Result<()> {
-    let config = wait_for_config(&registry, &state).await;
-    info!(%config, "network config");
+    let health = &publishers.etcd;
+    let config = Arc::new(wait_for_config(&registry, health).await);
+    info!(config = %config, "network config");
     for note in &config.notes {
         warn!(note = %note, "network config");
     }
     let underlay = underlay_of(iface.as_ref(), public_ip);
     let dataplane = match (&config.backend, underlay) {
         (Backend::Alloc, _) => None,
-        (backend, Some(underlay)) => Some(NodeDataplane {
+        (backend, Some(underlay)) => Some(Arc::new(NodeDataplane {
             netlink: netlink.clone(),
             backend: backend.clone(),
             underlay,
@@ -257,11 +264,12 @@ async fn run_node(
             network: config.network(),
             bridge: (!opts.external_bridge).then(|| opts.bridge.clone()),
             udp: std::sync::Mutex::new(None),
+            pass: tokio::sync::Mutex::new(()),
             vtep_mac: match backend {
                 Backend::Vxlan(vx) => Some(stable_vtep_mac(public_ip, vx.vni)),
                 _ => None,
             },
-        }),
+        })),
         (backend, None) => bail!(
             "the {} backend needs an underlay interface; pass --iface",
             backend.type_name()
@@ -277,7 +285,7 @@ async fn run_node(
     let previous = previous_subnet(&opts.subnet_file);
     let mut held = acquire_with_backoff(
         &registry,
-        &state,
+        health,
         &config,
         &attrs,
         previous,
@@ -293,50 +301,46 @@ async fn run_node(
     if let Some(dataplane) = &dataplane {
         let devices = dataplane.ensure_devices(held.subnet).await?;
         // An external bridge's consumer hands out its addresses: nothing to attach.
-        if let Some(bridge) = devices.bridge {
-            let node_attacher = Attacher::new(
+        if devices.bridge.is_some() {
+            let attacher = Attacher::new(
                 netlink.clone(),
                 held.subnet,
                 dataplane.mtu(),
-                bridge,
+                opts.bridge.clone(),
                 &opts.state_dir,
             )?;
-            node_attacher.finish_releases().await;
-            let _ = attacher.set(node_attacher);
+            attacher.finish_releases().await;
+            publishers.attacher.send_replace(Some(Arc::new(attacher)));
         } else {
             info!(bridge = %opts.bridge, "the bridge is external: left to its consumer");
         }
     }
     subnet_file(held.subnet).write(&opts.subnet_file)?;
-    {
-        let mut st = lock(&state);
-        st.peers = Some(PeerTable::new(
-            registry.subnets_prefix(),
-            config.range.clone(),
-        ));
+    publishers.node.send_modify(|st| {
         st.config = Some(config.clone());
-    }
-    // The table is still empty here, so there is nothing to withdraw.
-    let _ = set_node(&state, &held, opts.subnet_lease_ttl);
+        st.lease = Some(node_lease(&held, opts.subnet_lease_ttl));
+    });
     if let Err(err) = notify::notify("READY=1") {
         warn!(error = %format!("{err:#}"), "could not notify systemd");
     }
     info!(subnet = %held.subnet, file = %opts.subnet_file.display(), "ready");
 
-    let (events_tx, events_rx) = mpsc::channel(64);
-    let own_events = events_tx.clone();
     let (lost_tx, mut lost_rx) = mpsc::channel(1);
-    let watcher = tokio::spawn(watch_peers(
+    let mut tasks = vec![tokio::spawn(watch_peers(
         registry.clone(),
-        state.clone(),
-        events_tx,
+        publishers.node.clone(),
+        health.clone(),
+        config.range.clone(),
         lost_tx,
-    ));
-    let consumer = match dataplane {
-        Some(dataplane) => tokio::spawn(node::reconcile_loop(dataplane, state.clone(), events_rx)),
-        None => tokio::spawn(node::log_only(events_rx)),
-    };
-    let _tasks = AbortOnDrop(vec![watcher, consumer]);
+    ))];
+    if let Some(dataplane) = &dataplane {
+        tasks.push(tokio::spawn(node::reconcile_loop(
+            dataplane.clone(),
+            publishers.node.subscribe(),
+            publishers.forward_dropped_by.clone(),
+        )));
+    }
+    let _tasks = AbortOnDrop(tasks);
 
     let ttl = opts.subnet_lease_ttl;
     let margin = opts.subnet_lease_renew_margin;
@@ -359,11 +363,13 @@ async fn run_node(
                 match registry.keep_alive(held.etcd_lease).await {
                     Ok(remaining) if remaining > 0 => {
                         backoff.reset();
+                        health.reachable();
                         let remaining = Duration::from_secs(remaining.unsigned_abs());
-                        lock(&state)
-                            .node
-                            .iter_mut()
-                            .for_each(|n| n.expires_at = Some(SystemTime::now() + remaining));
+                        publishers.node.send_modify(|st| {
+                            if let Some(lease) = st.lease.as_mut() {
+                                lease.expires_at = Some(SystemTime::now() + remaining);
+                            }
+                        });
                         renew_in = remaining
                             .saturating_sub(margin)
                             .max(Duration::from_millis(500));
@@ -372,6 +378,9 @@ async fn run_node(
                     }
                     Ok(_) => true,
                     Err(err) => {
+                        if is_unreachable(&err) {
+                            health.unreachable(&err);
+                        }
                         renew_in = backoff.next();
                         warn!(error = %format!("{err:#}"), retry_in = ?renew_in, "could not renew the subnet lease");
                         false
@@ -380,76 +389,119 @@ async fn run_node(
             };
         if lost {
             warn!(subnet = %held.subnet, "the subnet lease is gone from etcd; acquiring again");
-            held = acquire_with_backoff(&registry, &state, &config, &attrs, Some(held.subnet), ttl)
-                .await;
+            let before = held.subnet;
+            held =
+                acquire_with_backoff(&registry, health, &config, &attrs, Some(before), ttl).await;
             subnet_file(held.subnet).write(&opts.subnet_file)?;
-            let withdrawn = set_node(&state, &held, ttl);
-            publish(&own_events, withdrawn, Vec::new()).await;
-            info!(subnet = %held.subnet, "holding the subnet lease again");
+            publishers
+                .node
+                .send_modify(|st| st.lease = Some(node_lease(&held, ttl)));
+            if held.subnet == before {
+                info!(subnet = %held.subnet, "holding the subnet lease again");
+            } else {
+                warn!(from = %before, to = %held.subnet, "the node's subnet changed");
+                if let Some(dataplane) = &dataplane {
+                    move_attachments(dataplane, &publishers.attacher, opts, held.subnet).await;
+                }
+            }
             renew_in = ttl - margin;
         }
     }
 }
 
-/// Records the lease this node holds. Returns the peers withdrawn because
-/// they overlap it (possible only after a re-acquisition to a new subnet).
-fn set_node(state: &SharedState, held: &HeldLease, ttl: Duration) -> Vec<LeaseEvent> {
-    let mut st = lock(state);
-    st.node = Some(NodeLease {
+/// After the node's subnet changed: the bridge takes the new gateway, and a
+/// new address book replaces the old one; the namespaces `attach` plugged
+/// in move over now, and the containers follow the published attacher.
+async fn move_attachments(
+    dataplane: &NodeDataplane,
+    attacher: &watch::Sender<Option<Arc<Attacher>>>,
+    opts: &AgentOptions,
+    subnet: Ipv4Network,
+) {
+    let Some(old) = attacher.borrow().clone() else {
+        return;
+    };
+    // Containers need their gateway on the bridge before they move; the
+    // reconciler retries a failure here.
+    if let Err(err) = dataplane.ensure_devices(subnet).await {
+        warn!(error = %format!("{err:#}"), "could not move the bridge to the new subnet");
+    }
+    old.retire();
+    let new = match Attacher::new(
+        dataplane.netlink.clone(),
+        subnet,
+        dataplane.mtu(),
+        opts.bridge.clone(),
+        &opts.state_dir,
+    ) {
+        Ok(new) => Arc::new(new),
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "no address book for the new subnet: attach and new containers are refused");
+            attacher.send_replace(None);
+            return;
+        }
+    };
+    let (moved, errors) = new.adopt_attached(&old).await;
+    for (who, from, to) in moved {
+        info!(container = %who, from = %from, to = %to, "moved an attached namespace to the new subnet");
+    }
+    for err in errors {
+        warn!(error = %format!("{err:#}"), "could not move an attached namespace");
+    }
+    attacher.send_replace(Some(new));
+}
+
+fn node_lease(held: &HeldLease, ttl: Duration) -> NodeLease {
+    NodeLease {
         lease: held.clone(),
         expires_at: (!held.is_reservation()).then(|| SystemTime::now() + ttl),
-    });
-    match st.peers.as_mut() {
-        Some(peers) => peers.set_own(Some(held.subnet)),
-        None => Vec::new(),
     }
 }
 
 /// Reads the config until it is valid; waits on a watch of the key between tries.
-async fn wait_for_config(registry: &Registry, state: &SharedState) -> NetworkConfig {
+async fn wait_for_config(registry: &Registry, health: &EtcdMonitor) -> NetworkConfig {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut last_error = String::new();
     loop {
-        let problem = match registry.get_config().await {
-            Ok(stored) => {
-                lock(state).etcd_reachable = true;
-                match stored.value.as_deref().map(NetworkConfig::parse) {
-                    Some(Ok(config)) => return config,
-                    Some(Err(err)) => {
-                        let problem = format!(
-                            "invalid network config at {}/config: {err}",
-                            registry.prefix()
-                        );
-                        report_once(&mut last_error, problem);
-                        let _ = registry
-                            .wait_config_change(stored.revision, Duration::from_secs(30))
-                            .await;
-                        continue;
-                    }
-                    None => {
-                        let problem = format!(
-                            "waiting for the network config at {}/config",
-                            registry.prefix()
-                        );
-                        report_once(&mut last_error, problem);
-                        let _ = registry
-                            .wait_config_change(stored.revision, Duration::from_secs(30))
-                            .await;
-                        continue;
-                    }
+        let stored = match registry.get_config().await {
+            Ok(stored) => stored,
+            Err(err) => {
+                if is_unreachable(&err) {
+                    health.unreachable(&err);
+                } else {
+                    report_once(&mut last_error, format!("{err:#}"));
                 }
+                tokio::time::sleep(backoff.next()).await;
+                continue;
             }
-            Err(err) => format!("etcd unreachable: {err:#}"),
         };
-        lock(state).etcd_reachable = false;
+        health.reachable();
+        let problem = match stored.value.as_deref().map(NetworkConfig::parse) {
+            Some(Ok(config)) => return config,
+            Some(Err(err)) => format!(
+                "invalid network config at {}/config: {err}",
+                registry.prefix()
+            ),
+            None => format!(
+                "waiting for the network config at {}/config",
+                registry.prefix()
+            ),
+        };
         report_once(&mut last_error, problem);
-        tokio::time::sleep(backoff.next()).await;
+        if let Err(err) = registry
+            .wait_config_change(stored.revision, Duration::from_secs(30))
+            .await
+        {
+            // Read again after a pause; the read reports an outage.
+            debug!(error = %format!("{err:#}"), "watching the config key");
+            tokio::time::sleep(backoff.next()).await;
+        }
     }
 }
 
 async fn acquire_with_backoff(
     registry: &Registry,
-    state: &SharedState,
+    health: &EtcdMonitor,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Network>,
@@ -460,9 +512,10 @@ async fn acquire_with_backoff(
     loop {
         match acquire(registry, &config.range, attrs, previous, ttl).await {
             Ok(held) => {
-                lock(state).etcd_reachable = true;
+                health.reachable();
                 return held;
             }
+            Err(err) if is_unreachable(&err) => health.unreachable(&err),
             Err(err) => report_once(
                 &mut last_error,
                 format!("could not acquire a subnet lease: {err:#}"),
@@ -479,36 +532,62 @@ fn report_once(last: &mut String, problem: String) {
     }
 }
 
-/// Keeps the peer table current: list, then watch from the listing's
-/// revision. A broken stream is resumed from the last revision seen, so an
-/// etcd blip costs no re-list; a compaction that overtook us forces a re-list,
-/// and the table turns it into the difference.
+/// Keeps the peers in the node's state current: list, then watch from the
+/// listing's revision. A broken stream is resumed from the last revision
+/// seen, so an etcd blip costs no re-list; a compaction that overtook us, or
+/// a change of our own subnet (which changes which leases are peers), forces
+/// a re-list, and the table turns it into the difference.
 async fn watch_peers(
     registry: Registry,
-    state: SharedState,
-    events: mpsc::Sender<Vec<LeaseEvent>>,
+    node: watch::Sender<NodeState>,
+    health: EtcdMonitor,
+    range: tartan_ipam::SubnetRange,
     lost: mpsc::Sender<()>,
 ) {
+    let mut table = PeerTable::new(registry.subnets_prefix(), range);
+    let mut own = node.subscribe();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut resume_from: Option<i64> = None;
     loop {
         let from = match resume_from {
             Some(revision) => revision,
-            None => match relist(&registry, &state, &events, &lost).await {
-                Ok(revision) => revision + 1,
-                Err(err) => {
-                    lock(&state).etcd_reachable = false;
-                    warn!(error = %format!("{err:#}"), "could not list subnet leases");
-                    tokio::time::sleep(backoff.next()).await;
-                    continue;
+            None => {
+                let withdrawn = table.set_own(own.borrow_and_update().subnet());
+                publish(&node, &table, withdrawn, Vec::new());
+                match relist(&registry, &node, &mut table, &lost).await {
+                    Ok(revision) => {
+                        health.reachable();
+                        revision + 1
+                    }
+                    Err(err) => {
+                        if is_unreachable(&err) {
+                            health.unreachable(&err);
+                        }
+                        warn!(error = %format!("{err:#}"), "could not list subnet leases");
+                        tokio::time::sleep(backoff.next()).await;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let mut next = from;
-        match follow(&registry, &state, &events, &lost, &mut next, &mut backoff).await {
+        let mut watch = Follow {
+            registry: &registry,
+            node: &node,
+            table: &mut table,
+            lost: &lost,
+            health: &health,
+        };
+        match watch.follow(&mut own, &mut next, &mut backoff).await {
             Ok(WatchEnd::Compacted) => resume_from = None,
+            Ok(WatchEnd::OwnSubnetChanged) => {
+                info!("the node's subnet changed; listing the leases again");
+                resume_from = None;
+            }
             Err(err) => {
-                lock(&state).etcd_reachable = false;
+                if is_unreachable(&err) {
+                    health.unreachable(&err);
+                }
                 warn!(error = %format!("{err:#}"), resume_from = next, "subnet watch broke");
                 resume_from = Some(next);
                 tokio::time::sleep(backoff.next()).await;
@@ -520,28 +599,17 @@ async fn watch_peers(
 /// Lists every lease and replaces the table with it; returns the revision.
 async fn relist(
     registry: &Registry,
-    state: &SharedState,
-    events: &mpsc::Sender<Vec<LeaseEvent>>,
+    node: &watch::Sender<NodeState>,
+    table: &mut PeerTable,
     lost: &mpsc::Sender<()>,
 ) -> Result<i64> {
     let (listing, revision) = registry.list_leases().await?;
-    lock(state).etcd_reachable = true;
-    if own_lease_missing(state, registry, &listing) {
-        let _ = lost.try_send(());
+    if own_lease_missing(node, registry, &listing) {
+        signal_lost(lost);
     }
-    let (changes, rejected, peers) = {
-        let mut st = lock(state);
-        st.peers_listed = true;
-        match st.peers.as_mut() {
-            Some(table) => {
-                let (changes, rejected) = table.resync(listing);
-                (changes, rejected, table.len())
-            }
-            None => (Vec::new(), Vec::new(), 0),
-        }
-    };
-    info!(peers, revision, "listed subnet leases");
-    publish(events, changes, rejected).await;
+    let (changes, rejected) = table.resync(listing);
+    info!(peers = table.len(), revision, "listed subnet leases");
+    publish(node, table, changes, rejected);
     Ok(revision)
 }
 
@@ -549,81 +617,113 @@ async fn relist(
 enum WatchEnd {
     /// The start revision was compacted away: re-list.
     Compacted,
+    /// The node's subnet changed: leases refused as overlapping the old one
+    /// may be peers now, and the old one's holder is one: re-list.
+    OwnSubnetChanged,
 }
 
-/// Follows the watch from `*next`, advancing it past every event applied.
-async fn follow(
-    registry: &Registry,
-    state: &SharedState,
-    events: &mpsc::Sender<Vec<LeaseEvent>>,
-    lost: &mpsc::Sender<()>,
-    next: &mut i64,
-    backoff: &mut Backoff,
-) -> Result<WatchEnd> {
-    let mut stream = registry.watch_subnets(*next).await?;
-    while let Some(resp) = stream.message().await.context("reading the subnet watch")? {
-        if resp.canceled() {
-            if resp.compact_revision() > 0 {
-                info!(
-                    from = *next,
-                    compacted_to = resp.compact_revision(),
-                    "subnet watch fell behind a compaction; listing again"
-                );
-                return Ok(WatchEnd::Compacted);
+/// One watch of the subnet leases and what it feeds.
+struct Follow<'a> {
+    registry: &'a Registry,
+    node: &'a watch::Sender<NodeState>,
+    table: &'a mut PeerTable,
+    lost: &'a mpsc::Sender<()>,
+    health: &'a EtcdMonitor,
+}
+
+impl Follow<'_> {
+    /// Follows the watch from `*next`, advancing it past every event applied.
+    async fn follow(
+        &mut self,
+        own: &mut watch::Receiver<NodeState>,
+        next: &mut i64,
+        backoff: &mut Backoff,
+    ) -> Result<WatchEnd> {
+        let watching = own.borrow_and_update().subnet();
+        let mut stream = self.registry.watch_subnets(*next).await?;
+        loop {
+            // The stream is dropped when the subnet changes, so an
+            // interrupted read loses nothing that the re-list does not see.
+            let message = tokio::select! {
+                message = stream.message() => message.context("reading the subnet watch")?,
+                changed = own.changed() => {
+                    if changed.is_ok() && own.borrow_and_update().subnet() != watching {
+                        return Ok(WatchEnd::OwnSubnetChanged);
+                    }
+                    continue;
+                }
+            };
+            let Some(resp) = message else {
+                bail!("etcd closed the subnet watch")
+            };
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    info!(
+                        from = *next,
+                        compacted_to = resp.compact_revision(),
+                        "subnet watch fell behind a compaction; listing again"
+                    );
+                    return Ok(WatchEnd::Compacted);
+                }
+                bail!("etcd cancelled the subnet watch: {}", resp.cancel_reason());
             }
-            bail!("etcd cancelled the subnet watch: {}", resp.cancel_reason());
-        }
-        if resp.created() {
-            backoff.reset();
-            let mut st = lock(state);
-            if !st.etcd_reachable {
-                info!("etcd is reachable again; watching subnet leases");
+            if resp.created() {
+                backoff.reset();
+                self.health.reachable();
             }
-            st.etcd_reachable = true;
-        }
-        let mut changes = Vec::with_capacity(resp.events().len());
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            *next = (*next).max(kv.mod_revision() + 1);
-            match event.event_type() {
-                etcd_client::EventType::Put => changes.push(RawChange::Put(RawLease {
-                    key: kv.key().to_vec(),
-                    value: kv.value().to_vec(),
-                    etcd_lease: kv.lease(),
-                    mod_revision: kv.mod_revision(),
-                })),
-                etcd_client::EventType::Delete => changes.push(RawChange::Delete {
-                    key: kv.key().to_vec(),
-                }),
+            let mut changes = Vec::with_capacity(resp.events().len());
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                *next = (*next).max(kv.mod_revision() + 1);
+                match event.event_type() {
+                    etcd_client::EventType::Put => changes.push(RawChange::Put(RawLease {
+                        key: kv.key().to_vec(),
+                        value: kv.value().to_vec(),
+                        etcd_lease: kv.lease(),
+                        mod_revision: kv.mod_revision(),
+                    })),
+                    etcd_client::EventType::Delete => changes.push(RawChange::Delete {
+                        key: kv.key().to_vec(),
+                    }),
+                }
             }
+            if changes.is_empty() {
+                continue;
+            }
+            if own_lease_lost_in(self.node, self.registry, &changes) {
+                signal_lost(self.lost);
+            }
+            let (changes, rejected) = self.table.apply(changes);
+            publish(self.node, self.table, changes, rejected);
         }
-        if changes.is_empty() {
-            continue;
-        }
-        if own_lease_lost_in(state, registry, &changes) {
-            let _ = lost.try_send(());
-        }
-        let (changes, rejected) = match lock(state).peers.as_mut() {
-            Some(table) => table.apply(changes),
-            None => (Vec::new(), Vec::new()),
-        };
-        publish(events, changes, rejected).await;
     }
-    bail!("etcd closed the subnet watch")
+}
+
+/// Tells the lease keeper the lease is gone; one pending notice is enough.
+fn signal_lost(lost: &mpsc::Sender<()>) {
+    // Full: a notice is already pending. Closed: the keeper is shutting down.
+    let _ = lost.try_send(());
 }
 
 /// The key and value of this node's lease, if it holds one.
-fn own_key_and_ip(state: &SharedState, registry: &Registry) -> Option<(String, Ipv4Addr)> {
-    let st = lock(state);
-    let node = st.node.as_ref()?;
+fn own_key_and_ip(
+    node: &watch::Sender<NodeState>,
+    registry: &Registry,
+) -> Option<(String, Ipv4Addr)> {
+    let st = node.borrow();
+    let lease = st.lease.as_ref()?;
     Some((
-        lease_key(registry.prefix(), &node.lease.subnet),
-        node.lease.attrs.public_ip,
+        lease_key(registry.prefix(), &lease.lease.subnet),
+        lease.lease.attrs.public_ip,
     ))
 }
 
-fn own_lease_missing(state: &SharedState, registry: &Registry, listing: &[RawLease]) -> bool {
-    let Some((key, ip)) = own_key_and_ip(state, registry) else {
+fn own_lease_missing(
+    node: &watch::Sender<NodeState>,
+    registry: &Registry,
+    listing: &[RawLease],
+) -> bool {
+    let Some((key, ip)) = own_key_and_ip(node, registry) else {
         return false;
     };
     !listing
@@ -631,8 +731,12 @@ fn own_lease_missing(state: &SharedState, registry: &Registry, listing: &[RawLea
         .any(|raw| raw.key == key.as_bytes() && value_has_ip(&raw.value, ip))
 }
 
-fn own_lease_lost_in(state: &SharedState, registry: &Registry, changes: &[RawChange]) -> bool {
-    let Some((key, ip)) = own_key_and_ip(state, registry) else {
+fn own_lease_lost_in(
+    node: &watch::Sender<NodeState>,
+    registry: &Registry,
+    changes: &[RawChange],
+) -> bool {
+    let Some((key, ip)) = own_key_and_ip(node, registry) else {
         return false;
     };
     changes.iter().any(|change| match change {
@@ -645,16 +749,43 @@ fn value_has_ip(value: &[u8], ip: Ipv4Addr) -> bool {
     serde_json::from_slice::<LeaseAttrs>(value).is_ok_and(|attrs| attrs.public_ip == ip)
 }
 
-async fn publish(
-    events: &mpsc::Sender<Vec<LeaseEvent>>,
+/// Logs what changed and publishes the table as the node's peers (marking
+/// them listed).
+fn publish(
+    node: &watch::Sender<NodeState>,
+    table: &PeerTable,
     changes: Vec<LeaseEvent>,
     rejected: Vec<Rejected>,
 ) {
     for Rejected { key, reason } in rejected {
         warn!(key, %reason, "ignoring subnet lease");
     }
-    if !changes.is_empty() {
-        let _ = events.send(changes).await;
+    log_events(&changes);
+    let peers: Vec<_> = table.peers().cloned().collect();
+    node.send_if_modified(|st| {
+        let unchanged = st.peers.as_deref() == Some(&peers);
+        if !unchanged {
+            st.peers = Some(Arc::new(peers));
+        }
+        !unchanged
+    });
+}
+
+fn log_events(batch: &[LeaseEvent]) {
+    if batch.len() > 16 {
+        info!(changes = batch.len(), "peer leases changed");
+        return;
+    }
+    for event in batch {
+        match event {
+            LeaseEvent::Upserted(lease) => info!(
+                subnet = %lease.subnet,
+                public_ip = %lease.attrs.public_ip,
+                backend = %lease.attrs.backend_type,
+                "peer lease added or changed"
+            ),
+            LeaseEvent::Removed(subnet) => info!(%subnet, "peer lease removed"),
+        }
     }
 }
 

@@ -116,6 +116,19 @@ impl Registry {
         })
     }
 
+    /// One cheap round trip (the config key's count), answered within `limit` or failed.
+    pub async fn probe(&self, limit: Duration) -> Result<()> {
+        let key = config_key(&self.prefix);
+        let mut client = self.client.clone();
+        bounded_by(
+            limit,
+            "asking etcd",
+            client.get(key.as_str(), Some(GetOptions::new().with_count_only())),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Waits until the config key changes after `revision`, or `limit` passes.
     pub async fn wait_config_change(&self, revision: i64, limit: Duration) -> Result<()> {
         let key = config_key(&self.prefix);
@@ -258,15 +271,63 @@ impl Registry {
     }
 }
 
+/// etcd gave no answer in time.
+#[derive(Debug)]
+struct NoAnswer {
+    what: &'static str,
+    limit: Duration,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: etcd did not answer within {}",
+            self.what,
+            humantime::format_duration(self.limit)
+        )
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
+/// Whether `err` says etcd could not be reached (rather than that it
+/// answered with a refusal or a value that does not parse).
+pub fn is_unreachable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if cause.is::<NoAnswer>() {
+            return true;
+        }
+        match cause.downcast_ref::<etcd_client::Error>() {
+            Some(etcd_client::Error::GRpcStatus(status)) => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ),
+            Some(etcd_client::Error::TransportError(_)) | Some(etcd_client::Error::IoError(_)) => {
+                true
+            }
+            _ => false,
+        }
+    })
+}
+
 async fn bounded<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+    bounded_by(OP_TIMEOUT, what, fut).await
+}
+
+async fn bounded_by<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(result) => result.with_context(|| what.to_string()),
-        Err(_) => Err(anyhow!(
-            "{what}: etcd did not answer within {}s",
-            OP_TIMEOUT.as_secs()
-        )),
+        Err(_) => Err(anyhow::Error::new(NoAnswer { what, limit })),
     }
 }

@@ -14,10 +14,12 @@ mod gojson;
 mod images;
 mod lease;
 mod node;
+mod node_state;
 mod notify;
 mod peers;
 mod status;
 mod subnet_file;
+mod teardown;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -237,6 +239,9 @@ struct AgentArgs {
         overrides_with = "forward_rules"
     )]
     no_forward_rules: bool,
+    /// How often an etcd outage is logged again while it lasts.
+    #[arg(long, env = "TARTAN_ETCD_OUTAGE_REPORT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    etcd_outage_report_interval: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,6 +283,7 @@ impl AgentArgs {
             api_socket: self.api_socket,
             ip_masq: self.ip_masq,
             forward_rules: !self.no_forward_rules,
+            etcd_outage_report_interval: self.etcd_outage_report_interval,
         }
     }
 }
@@ -461,6 +467,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
+        // Help on a closed pipe (`tartan --help | head -1`) has no one to tell.
         let _ = err.print();
         return ExitCode::SUCCESS;
     }

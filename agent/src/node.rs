@@ -13,14 +13,13 @@ use tartan_dataplane::{
     ensure_firewall, forward_drop_policies, BridgeSpec, FirewallSpec, Netlink, OverlayChanges,
     OverlayScope, PeerMap, UdpOverlay, UdpOverlaySpec, VxlanSpec,
 };
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backend::{desired_overlay, vxlan_device_name, Underlay};
 use crate::config::Backend;
-use crate::daemon::{lock, SharedState};
 use crate::lease::Lease;
-use crate::peers::LeaseEvent;
+use crate::node_state::NodeState;
 
 /// How often the kernel is compared with the leases even when nothing changed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(3);
@@ -42,6 +41,8 @@ pub struct NodeDataplane {
     pub bridge: Option<String>,
     /// The udp backend's packet pump, once started.
     pub udp: std::sync::Mutex<Option<UdpOverlay>>,
+    /// One setup pass at a time: the reconciler and a subnet change may both ask.
+    pub pass: tokio::sync::Mutex<()>,
 }
 
 /// The udp backend's TUN device.
@@ -68,6 +69,7 @@ impl NodeDataplane {
 
     /// Forwarding on, the bridge holding the gateway, the VXLAN device. Idempotent.
     pub async fn ensure_devices(&self, own: Ipv4Network) -> Result<Devices> {
+        let _pass = self.pass.lock().await;
         enable_ip_forwarding()?;
         let gateway = Ipv4Network::new(tartan_ipam::gateway(&own), own.prefix())?;
         let bridge = match &self.bridge {
@@ -156,7 +158,9 @@ impl NodeDataplane {
             );
             // Stopping joins the packet thread (up to one poll interval): off the async workers.
             let old = lock_udp(&self.udp).take();
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            tokio::task::spawn_blocking(move || drop(old))
+                .await
+                .context("stopping the udp overlay")?;
         }
         let spec = UdpOverlaySpec {
             tun_name: UDP_DEVICE_NAME.to_string(),
@@ -233,13 +237,15 @@ fn enable_ip_forwarding() -> Result<()> {
     Ok(())
 }
 
-/// Consumes lease events and keeps the kernel in line with the peer table.
-/// Nothing is programmed before the first full listing, so that a restart
-/// never withdraws routes that are about to be confirmed.
+/// Keeps the kernel in line with the node's state: on every change of it,
+/// and every few seconds, so that anything deleted by hand comes back.
+/// Nothing is programmed before the first full listing of the leases, so
+/// that a restart never withdraws routes that are about to be confirmed.
+/// Publishes the foreign forward chains with a drop policy it finds.
 pub async fn reconcile_loop(
-    node: NodeDataplane,
-    state: SharedState,
-    mut events: mpsc::Receiver<Vec<LeaseEvent>>,
+    node: std::sync::Arc<NodeDataplane>,
+    mut state: watch::Receiver<NodeState>,
+    forward_dropped_by: watch::Sender<Vec<String>>,
 ) {
     let mut ticker = tokio::time::interval(RESYNC_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,23 +253,13 @@ pub async fn reconcile_loop(
     let mut last_error = String::new();
     loop {
         tokio::select! {
-            batch = events.recv() => match batch {
-                Some(batch) => log_events(&batch),
-                None => return,
-            },
+            changed = state.changed() => if changed.is_err() { return },
             _ = ticker.tick() => {}
         }
-        // Fold a burst of batches into one pass.
-        while let Ok(batch) = events.try_recv() {
-            log_events(&batch);
-        }
         let snapshot = {
-            let st = lock(&state);
-            match (st.peers_listed, st.node.as_ref(), st.peers.as_ref()) {
-                (true, Some(node), Some(table)) => Some((
-                    node.lease.subnet,
-                    table.peers().cloned().collect::<Vec<_>>(),
-                )),
+            let st = state.borrow_and_update();
+            match (st.subnet(), st.peers.as_ref()) {
+                (Some(own), Some(peers)) => Some((own, peers.clone())),
                 _ => None,
             }
         };
@@ -273,16 +269,19 @@ pub async fn reconcile_loop(
         let started = std::time::Instant::now();
         let result = node.reconcile(own, &peers, &mut reported).await;
         if let Ok((_, dropped_by)) = &result {
-            let mut st = lock(&state);
-            if st.forward_dropped_by != *dropped_by {
+            forward_dropped_by.send_if_modified(|current| {
+                if current == dropped_by {
+                    return false;
+                }
                 if !dropped_by.is_empty() {
                     warn!(
                         chains = %dropped_by.join(", "),
                         "a forward chain of another table has a drop policy: it may drop the network's traffic, whatever tartan's own table accepts"
                     );
                 }
-                st.forward_dropped_by = dropped_by.clone();
-            }
+                current.clone_from(dropped_by);
+                true
+            });
         }
         match result.map(|(changes, _)| changes) {
             Ok(changes) if !changes.is_empty() => {
@@ -310,31 +309,6 @@ pub async fn reconcile_loop(
                     last_error = text;
                 }
             }
-        }
-    }
-}
-
-/// The consumer for the lease-only (`alloc`) backend: it only logs.
-pub async fn log_only(mut events: mpsc::Receiver<Vec<LeaseEvent>>) {
-    while let Some(batch) = events.recv().await {
-        log_events(&batch);
-    }
-}
-
-fn log_events(batch: &[LeaseEvent]) {
-    if batch.len() > 16 {
-        info!(changes = batch.len(), "peer leases changed");
-        return;
-    }
-    for event in batch {
-        match event {
-            LeaseEvent::Upserted(lease) => info!(
-                subnet = %lease.subnet,
-                public_ip = %lease.attrs.public_ip,
-                backend = %lease.attrs.backend_type,
-                "peer lease added or changed"
-            ),
-            LeaseEvent::Removed(subnet) => info!(%subnet, "peer lease removed"),
         }
     }
 }

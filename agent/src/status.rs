@@ -43,6 +43,8 @@ pub fn to_json(status: &StatusResponse) -> Value {
     json!({
         "etcd_prefix": status.etcd_prefix,
         "etcd_reachable": status.etcd_reachable,
+        "etcd_error": (!status.etcd_reachable).then_some(&status.etcd_error),
+        "etcd_unreachable_secs": (!status.etcd_reachable).then_some(status.etcd_unreachable_secs),
         "forward_dropped_by": status.forward_dropped_by,
         "node": status.node.as_ref().map(lease_json),
         "config": status.config.as_ref().map(config_json),
@@ -50,13 +52,19 @@ pub fn to_json(status: &StatusResponse) -> Value {
     })
 }
 
+// The tables below are written into Strings, where `writeln!` cannot fail.
+
 /// The status as a human-readable table.
 pub fn to_table(status: &StatusResponse) -> String {
     let mut out = String::new();
     let reachable = if status.etcd_reachable {
-        "reachable"
+        "reachable".to_string()
     } else {
-        "UNREACHABLE"
+        format!(
+            "UNREACHABLE for {}: {}",
+            humantime::format_duration(Duration::from_secs(status.etcd_unreachable_secs)),
+            status.etcd_error
+        )
     };
     let _ = writeln!(out, "etcd:     {} ({reachable})", status.etcd_prefix);
     if !status.forward_dropped_by.is_empty() {
@@ -154,6 +162,8 @@ mod tests {
     fn sample() -> StatusResponse {
         StatusResponse {
             forward_dropped_by: Vec::new(),
+            etcd_error: String::new(),
+            etcd_unreachable_secs: 0,
             node: Some(Lease {
                 subnet: "10.5.34.0/24".into(),
                 public_ip: "192.168.1.10".into(),
@@ -194,6 +204,26 @@ mod tests {
         assert_eq!(v["peers"][0]["public_ip"], "192.168.1.11");
         assert_eq!(v["peers"][0]["expires"], Value::Null);
         assert_eq!(v["etcd_reachable"], true);
+        assert_eq!(v["etcd_error"], Value::Null);
+    }
+
+    #[test]
+    fn an_outage_shows_its_cause_and_length() {
+        let mut status = sample();
+        status.etcd_reachable = false;
+        status.etcd_error = "connection refused".into();
+        status.etcd_unreachable_secs = 95;
+        let table = to_table(&status);
+        assert!(
+            table.starts_with(
+                "etcd:     /coreos.com/network (UNREACHABLE for 1m 35s: connection refused)\n"
+            ),
+            "{table}"
+        );
+        let v = to_json(&status);
+        assert_eq!(v["etcd_reachable"], false);
+        assert_eq!(v["etcd_unreachable_secs"], 95);
+        assert_eq!(v["etcd_error"], "connection refused");
     }
 
     #[test]

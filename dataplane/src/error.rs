@@ -37,6 +37,12 @@ pub enum DataplaneError {
     Unsupported(&'static str),
     #[error("{0:?} is not an interface name or IPv4 address")]
     BadSelector(String),
+    /// A step failed, and so did undoing what it had half-made.
+    #[error("{failed}; undoing it also failed: {undo}")]
+    UndoFailed {
+        failed: Box<DataplaneError>,
+        undo: Box<DataplaneError>,
+    },
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;

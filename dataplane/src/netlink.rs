@@ -47,6 +47,7 @@ impl Netlink {
         std::thread::Builder::new()
             .name("tartan-netns".into())
             .spawn(move || {
+                // The receiver gone means the caller gave up; the socket closes here.
                 let _ = tx.send(socket_in_netns(&thread_path));
             })
             .map_err(|source| DataplaneError::EnterNetns {

@@ -82,10 +82,20 @@ impl Netlink {
             .await
             .map_err(netlink_err("veth add"))?;
         let result = self.finish_attach(spec, &container).await;
-        if result.is_err() {
-            if let Ok(Some(host)) = self.link(&spec.host_name).await {
-                let _ = self.delete_link(host.index).await;
-            }
+        if let Err(failed) = result {
+            // The pair goes with its host end, wherever the other end got to.
+            let undo = match self.link(&spec.host_name).await {
+                Ok(Some(host)) => self.delete_link(host.index).await,
+                Ok(None) => Ok(()),
+                Err(err) => Err(err),
+            };
+            return Err(match undo {
+                Ok(()) => failed,
+                Err(undo) => DataplaneError::UndoFailed {
+                    failed: Box::new(failed),
+                    undo: Box::new(undo),
+                },
+            });
         }
         result
     }

@@ -661,3 +661,119 @@ fn bad_input_is_one_line_and_leaves_nothing_behind() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The node loses its lease and another node takes its subnet at once (its
+/// value written over the key, which etcd sees as one change, so the agent
+/// cannot simply take the subnet back): the agent leases another subnet, and
+/// everything on the old one follows it.
+#[test]
+fn a_new_subnet_moves_running_containers_and_attachments() -> Result<()> {
+    let mut cluster = Cluster::start("sc", 241, VXLAN, 1)?;
+    import_busybox(&cluster.agents[0])?;
+    let agent = &cluster.agents[0];
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "mover", "busybox", "sleep", "1000"],
+    )?;
+    let old_subnet: ipnetwork::Ipv4Network = agent.subnet()?.parse()?;
+    let old_address = address_of(agent, "mover")?;
+    ensure!(
+        old_subnet.contains(old_address),
+        "{old_address} in {old_subnet}"
+    );
+    let attached = cluster.container(0, "sc-att")?;
+    ensure!(old_subnet.contains(attached.address));
+
+    let key = format!(
+        "{}/subnets/{}-{}",
+        cluster.prefix,
+        old_subnet.network(),
+        old_subnet.prefix()
+    );
+    let taker = r#"{"PublicIP":"10.241.0.99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"82:aa:bb:cc:dd:ee"}}"#;
+    // etcd runs in the hub namespace: etcdctl reaches it there.
+    cluster
+        .etcdctl(&["put", &key, taker])
+        .context("taking the node's subnet")?;
+
+    let agent = &cluster.agents[0];
+    let mut new_subnet = old_subnet;
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        new_subnet = agent.subnet()?.parse()?;
+        Ok(new_subnet != old_subnet)
+    })
+    .with_context(|| agent.log_tail(30))?;
+    let gateway = Ipv4Addr::from(u32::from(new_subnet.network()) + 1);
+
+    // The running container: a new address, its gateway, its /etc/hosts.
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        Ok(new_subnet.contains(address_of(agent, "mover")?))
+    })
+    .with_context(|| agent.log_tail(30))?;
+    let new_address = address_of(agent, "mover")?;
+    let addr_out = text(&exec(agent, "mover", &["ip", "-4", "-o", "addr", "show", "eth0"])?.stdout);
+    ensure!(
+        addr_out.contains(&format!("{new_address}/{}", new_subnet.prefix()))
+            && !addr_out.contains(&old_address.to_string()),
+        "eth0 in the container: {addr_out}"
+    );
+    let route_out = text(&exec(agent, "mover", &["ip", "route"])?.stdout);
+    ensure!(
+        route_out.contains(&format!("default via {gateway}")),
+        "routes in the container: {route_out}"
+    );
+    let hosts = text(&exec(agent, "mover", &["cat", "/etc/hosts"])?.stdout);
+    ensure!(
+        hosts.contains(&format!("{new_address}\t")) && !hosts.contains(&old_address.to_string()),
+        "/etc/hosts: {hosts}"
+    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "mover", gateway)
+    })
+    .context("the moved container reaches its new gateway")?;
+    ensure!(
+        agent
+            .log()
+            .contains("moved the container to the node's new subnet"),
+        "the move is logged:\n{}",
+        agent.log_tail(30)
+    );
+
+    // A new container takes an address of the new subnet and reaches the moved one.
+    cli_ok(
+        agent,
+        &[
+            "run", "-d", "--name", "newcomer", "busybox", "sleep", "1000",
+        ],
+    )?;
+    let newcomer = address_of(agent, "newcomer")?;
+    ensure!(new_subnet.contains(newcomer), "{newcomer} in {new_subnet}");
+    ensure!(newcomer != new_address, "two containers, two addresses");
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "newcomer", new_address)
+    })
+    .context("the new container reaches the moved one")?;
+
+    // The namespace `tartan attach` plugged in moved too.
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        let out = cluster.in_container(&attached, "ip", &["-4", "-o", "addr", "show", "eth0"])?;
+        Ok(inet_of(&text(&out.stdout)).is_some_and(|a| new_subnet.contains(a)))
+    })
+    .with_context(|| agent.log_tail(30))?;
+
+    // The subnet's new holder is a peer now, routed over the VXLAN device.
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(cluster
+            .route(0, &old_subnet.to_string())?
+            .contains("dev tartan.1"))
+    })
+    .with_context(|| agent.log_tail(30))?;
+    Ok(())
+}
+
+/// The address in `ip -o addr` output.
+fn inet_of(out: &str) -> Option<Ipv4Addr> {
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    words.next()?.split('/').next()?.parse().ok()
+}

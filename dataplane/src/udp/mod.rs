@@ -164,6 +164,7 @@ impl Drop for UdpOverlay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            // Err only when the packet thread panicked, which the panic hook already reported.
             let _ = thread.join();
         }
     }

@@ -38,6 +38,8 @@ pub fn export(
         sys.mount("", Path::new("/"), "", MS_REC | MS_PRIVATE, "")?;
         sys.mount("overlay", &mountpoint, "overlay", MS_RDONLY, &data)?;
         let written = write_tree(&mountpoint, out);
+        // The mount lives in this thread's private namespace, which ends with
+        // the thread; unmounting first only frees it sooner.
         let _ = sys.umount_detach(&mountpoint);
         written
     });

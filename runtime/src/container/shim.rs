@@ -205,6 +205,7 @@ fn supervise(dir: &Path) -> Result<()> {
     }
 
     let socket = container.socket_path();
+    // A socket left by an earlier run, if any; bind reports anything else.
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(io_err("binding", &socket))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
@@ -232,6 +233,8 @@ fn supervise(dir: &Path) -> Result<()> {
 
     // SAFETY: getpid cannot fail.
     let shim_pid = unsafe { libc::getpid() } as u32;
+    // An agent that cannot be told, or does not answer, has died: no "go"
+    // then, and the container is not started.
     let _ = writeln!(std::io::stdout(), "ready {pid} {shim_pid}");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
@@ -270,6 +273,8 @@ fn supervise(dir: &Path) -> Result<()> {
         .write_all(b"g")
         .map_err(io_err("starting", dir))?;
     let mut rest = Vec::new();
+    // Waits for the close-on-exec pipe to close: the init has exec'd (or died,
+    // which the pump sees as its exit).
     let _ = File::from(exec_r).read_to_end(&mut rest);
     write_json(
         &container.state_path(),
@@ -768,6 +773,7 @@ impl Pump {
     /// Tells every client how the container ended, giving each a moment to read it.
     fn say_goodbye(&mut self, code: i32) {
         let wire = Frame::Exit(code).to_bytes();
+        // A client that cannot be told has gone; the others still are.
         for client in &mut self.clients {
             client.out.extend_from_slice(&wire);
             let _ = client.stream.set_nonblocking(false);

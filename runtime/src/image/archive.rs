@@ -79,6 +79,7 @@ impl Whiteout {
                 if let Some(parent) = full.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
+                // Usually absent; anything else in the way makes mknod fail below.
                 let _ = std::fs::remove_file(&full);
                 let c_path = CString::new(full.as_os_str().as_bytes()).map_err(io::Error::other)?;
                 // SAFETY: mknod with a valid NUL-terminated path.

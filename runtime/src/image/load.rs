@@ -143,6 +143,7 @@ impl ImageStore {
     pub fn load(&self, reader: impl Read) -> Result<Vec<Image>> {
         let staging = tempdir_in(&self.tmp_dir())?;
         let result = self.load_staged(reader, &staging);
+        // Best effort: the store empties tmp/ at every open anyway.
         let _ = std::fs::remove_dir_all(&staging);
         if result.is_err() {
             // Layers stored before the failure belong to no image: drop them.

@@ -127,6 +127,7 @@ impl ImageStore {
         let layer = match extracted {
             Ok(layer) => layer,
             Err(err) => {
+                // Best effort: the store empties tmp/ at every open anyway.
                 let _ = std::fs::remove_dir_all(&staging);
                 return Err(err);
             }
@@ -138,6 +139,7 @@ impl ImageStore {
         } else {
             let rootfs = staging.join("rootfs");
             std::fs::rename(&rootfs, &target).map_err(io_err("storing the layer", &target))?;
+            // Best effort: the store empties tmp/ at every open anyway.
             let _ = std::fs::remove_dir_all(&staging);
         }
         let layers = vec![layer.digest];
