@@ -313,16 +313,32 @@ async fn the_agent_rides_out_an_etcd_outage() -> Result<()> {
         let mut client = etcd.client().await?;
         put_flannel_config(&mut client, &prefix, CONFIG).await?;
     }
-    let agent = Agent::start(agent_config(&etcd, &prefix, "10.250.3.1"))?;
+    let mut cfg = agent_config(&etcd, &prefix, "10.250.3.1");
+    cfg.extra_args = vec!["--etcd-outage-report-interval".into(), "1s".into()];
+    let agent = Agent::start(cfg)?;
     agent.wait_ready(READY)?;
     let subnet = agent.subnet()?;
 
     etcd.kill()?;
-    wait::wait_until(READY, Duration::from_millis(200), || {
-        Ok(agent.status_json()?["etcd_reachable"] == false)
-    })
-    .with_context(|| agent.log_tail(20))?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The very first status after the outage began says so: it asks etcd.
+    let status = agent.status_json()?;
+    assert_eq!(status["etcd_reachable"], false, "{status}");
+    ensure!(
+        status["etcd_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the cause is shown: {status}"
+    );
+    let table = agent.cli(&["status"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    ensure!(table.contains("UNREACHABLE for"), "{table}");
+    // Logged as it starts, then again while it lasts, with its length.
+    agent.wait_log_contains("etcd is unreachable", READY)?;
+    agent.wait_log_contains("etcd is still unreachable", READY)?;
+    ensure!(
+        agent.log().contains("out_for="),
+        "the outage's length is logged:\n{}",
+        agent.log_tail(20)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
         agent.is_running(),
         "the agent died without etcd:\n{}",
@@ -350,6 +366,33 @@ async fn the_agent_rides_out_an_etcd_outage() -> Result<()> {
     })
     .with_context(|| agent.log_tail(30))?;
     assert_eq!(agent.subnet()?, subnet);
+    agent.wait_log_contains("etcd is reachable again", READY)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_absent_at_start_is_reported_at_once() -> Result<()> {
+    prerequisites()?;
+    // A port nothing listens on: etcd is down from the start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let agent = Agent::start(AgentConfig {
+        etcd_endpoints: format!("http://127.0.0.1:{port}"),
+        etcd_prefix: unique_prefix("absent"),
+        public_ip: Some("10.250.3.9".parse()?),
+        ..AgentConfig::default()
+    })?;
+    agent.wait_log_contains("etcd is unreachable", READY)?;
+    wait::wait_until(READY, Duration::from_millis(200), || {
+        Ok(agent.status_json()?["etcd_reachable"] == false)
+    })
+    .with_context(|| agent.log_tail(20))?;
+    ensure!(
+        agent.is_running(),
+        "it waits for etcd:\n{}",
+        agent.log_tail(20)
+    );
     Ok(())
 }
 
