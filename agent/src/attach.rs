@@ -129,6 +129,14 @@ pub struct Attacher {
     store: PathBuf,
     /// Set once a successor owns the store: this book must not overwrite it.
     retired: Arc<AtomicBool>,
+    /// The bookings of the different subnet an earlier run held, to move.
+    previous: std::sync::Mutex<Vec<(Ipv4Addr, String)>>,
+}
+
+fn owners_of(book: &HostAllocator) -> Vec<(Ipv4Addr, String)> {
+    book.allocations()
+        .map(|(addr, owner)| (addr, owner.to_string()))
+        .collect()
 }
 
 /// The attacher of the node's current subnet, as it changes; None while the
@@ -153,10 +161,18 @@ impl Attacher {
         state_dir: &Path,
     ) -> Result<Attacher> {
         let store = state_dir.join("ipam.json");
+        let mut previous = Vec::new();
         let allocations = match HostAllocator::load_or_new(&store, subnet) {
             Ok(allocator) => allocator,
             Err(tartan_ipam::IpamError::SubnetChanged { stored, .. }) => {
-                tracing::warn!(%stored, %subnet, "the node subnet changed; forgetting the old container addresses");
+                // An earlier run held another subnet: what it booked is to be moved.
+                match HostAllocator::load_or_new(&store, stored) {
+                    Ok(old) => previous = owners_of(&old),
+                    Err(err) => {
+                        tracing::warn!(%stored, error = %err, "could not read the previous subnet's addresses");
+                    }
+                }
+                tracing::warn!(%stored, %subnet, booked = previous.len(), "the node subnet changed since the last run");
                 HostAllocator::new(subnet)?
             }
             Err(err) => return Err(err).context("loading container addresses"),
@@ -169,7 +185,24 @@ impl Attacher {
             allocations: Arc::new(Mutex::new(allocations)),
             store,
             retired: Arc::default(),
+            previous: std::sync::Mutex::new(previous),
         })
+    }
+
+    /// What an earlier run booked on the subnet it held, when that differs
+    /// from this one's; for `adopt_attached`. Empty after the first call.
+    pub fn take_previous(&self) -> Vec<(Ipv4Addr, String)> {
+        std::mem::take(
+            &mut self
+                .previous
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Every booking: (address, owner key).
+    pub async fn bookings(&self) -> Vec<(Ipv4Addr, String)> {
+        owners_of(&*self.allocations.lock().await)
     }
 
     async fn bridge_index(&self) -> Result<u32> {
@@ -179,22 +212,15 @@ impl Attacher {
         }
     }
 
-    /// Moves the namespaces `tartan attach` plugged in under `old` (a
-    /// previous subnet's attacher) to this subnet: each gets a new address,
-    /// in place of its old interface. Namespaces that are gone are dropped.
-    /// Returns each move made as (who, old address, new address), and the
-    /// failures.
+    /// Moves the namespaces `tartan attach` plugged in on a previous subnet
+    /// (`owners`: its bookings) to this one: each gets a new address, in
+    /// place of its old interface. Namespaces that are gone are dropped;
+    /// other owners' bookings (containers') are left to them. Returns each
+    /// move made as (who, old address, new address), and the failures.
     pub async fn adopt_attached(
         &self,
-        old: &Attacher,
+        owners: Vec<(Ipv4Addr, String)>,
     ) -> (Vec<(String, Ipv4Addr, Ipv4Network)>, Vec<anyhow::Error>) {
-        let owners: Vec<(Ipv4Addr, String)> = old
-            .allocations
-            .lock()
-            .await
-            .allocations()
-            .map(|(addr, owner)| (addr, owner.to_string()))
-            .collect();
         let mut moved = Vec::new();
         let mut errors = Vec::new();
         for (old_addr, key) in owners {

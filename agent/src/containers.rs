@@ -982,27 +982,25 @@ impl Containers {
         Ok(view)
     }
 
-    /// Moves the running containers to each new subnet the node takes, for
-    /// as long as the agent runs.
+    /// Keeps the running containers on the node's subnet, for as long as the
+    /// agent runs: whenever an address book is published (at start, and
+    /// when the subnet changes), those with an address outside it move.
     pub async fn follow_subnet(self, mut attacher: AttacherWatch) {
-        let mut subnet = attacher.borrow_and_update().as_ref().map(|a| a.subnet());
-        while attacher.changed().await.is_ok() {
-            let Some(current) = attacher.borrow_and_update().clone() else {
-                continue;
-            };
-            if subnet
-                .replace(current.subnet())
-                .is_some_and(|s| s != current.subnet())
-            {
+        loop {
+            let current = attacher.borrow_and_update().clone();
+            if let Some(current) = current {
                 self.move_to(&current).await;
+            }
+            if attacher.changed().await.is_err() {
+                return;
             }
         }
     }
 
-    /// Gives every running overlay container an address of `attacher`'s
-    /// subnet: a new interface with the new address and gateway route, and
-    /// `/etc/hosts` rewritten. Containers sharing a moved one's network get
-    /// their `/etc/hosts` rewritten too.
+    /// Gives every running overlay container whose address lies outside
+    /// `attacher`'s subnet an address of it: a new interface with the new
+    /// address and gateway route, and `/etc/hosts` rewritten. Containers
+    /// sharing a moved one's network get their `/etc/hosts` rewritten too.
     async fn move_to(&self, attacher: &Attacher) {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         let mut moved: HashMap<String, Ipv4Addr> = HashMap::new();
@@ -1010,7 +1008,12 @@ impl Containers {
             let Ok((config, lifecycle)) = self.entry_parts(id) else {
                 continue;
             };
-            if config.network != NetworkMode::Overlay {
+            let on_subnet = config
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<Ipv4Network>().ok())
+                .is_some_and(|a| attacher.subnet().contains(a.ip()));
+            if config.network != NetworkMode::Overlay || on_subnet {
                 continue;
             }
             let _guard = lifecycle.lock().await;

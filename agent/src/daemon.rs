@@ -310,6 +310,10 @@ async fn run_node(
                 &opts.state_dir,
             )?;
             attacher.finish_releases().await;
+            let previous = attacher.take_previous();
+            if !previous.is_empty() {
+                log_moves(attacher.adopt_attached(previous).await);
+            }
             publishers.attacher.send_replace(Some(Arc::new(attacher)));
         } else {
             info!(bridge = %opts.bridge, "the bridge is external: left to its consumer");
@@ -441,14 +445,17 @@ async fn move_attachments(
             return;
         }
     };
-    let (moved, errors) = new.adopt_attached(&old).await;
+    log_moves(new.adopt_attached(old.bookings().await).await);
+    attacher.send_replace(Some(new));
+}
+
+fn log_moves((moved, errors): (Vec<(String, Ipv4Addr, Ipv4Network)>, Vec<anyhow::Error>)) {
     for (who, from, to) in moved {
         info!(container = %who, from = %from, to = %to, "moved an attached namespace to the new subnet");
     }
     for err in errors {
         warn!(error = %format!("{err:#}"), "could not move an attached namespace");
     }
-    attacher.send_replace(Some(new));
 }
 
 fn node_lease(held: &HeldLease, ttl: Duration) -> NodeLease {
