@@ -41,6 +41,8 @@ const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
     about = "Tartan: a multi-host container networking fabric"
 )]
 struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,7 +66,7 @@ enum Command {
     /// Load a `docker save` archive or an OCI image-layout tarball, keeping its layers.
     Load(LoadArgs),
     /// List images.
-    Images(ApiArgs),
+    Images,
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
     /// Create and start a container: tartan run [OPTIONS] IMAGE [COMMAND [ARG...]].
@@ -101,11 +103,19 @@ struct InitArgs {
     spec: PathBuf,
 }
 
+/// The options of every command. Global, so that they go before the
+/// command or after it, as `docker -H` does.
 #[derive(Args)]
-pub struct ApiArgs {
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    pub api_socket: PathBuf,
+struct ApiArgs {
+    /// Unix socket of the agent's API: where `tartan agent` serves it and
+    /// where the other commands ask.
+    #[arg(
+        long,
+        global = true,
+        env = "TARTAN_API_SOCKET",
+        default_value = DEFAULT_API_SOCKET
+    )]
+    api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -114,8 +124,6 @@ struct ImportArgs {
     file: PathBuf,
     /// NAME[:TAG]; the tag defaults to latest.
     reference: String,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -123,16 +131,12 @@ struct LoadArgs {
     /// The archive; - (the default) for standard input.
     #[arg(short = 'i', long = "input", default_value = "-")]
     input: PathBuf,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
 struct RmiArgs {
     /// NAME[:TAG] or an id prefix.
     image: String,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -140,18 +144,12 @@ struct AttachArgs {
     /// [ADDR/LEN] CONTAINER
     #[arg(required = true, num_args = 1..=2, value_name = "ARG")]
     args: Vec<String>,
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 }
 
 #[derive(Args)]
 struct DetachArgs {
     /// A netns name, netns path or PID.
     container: String,
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -209,9 +207,6 @@ struct AgentArgs {
     /// Directory for the agent's persistent state.
     #[arg(long, env = "TARTAN_STATE_DIR", default_value = "/var/lib/tartan")]
     state_dir: PathBuf,
-    /// Unix socket of the local API.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
     /// Masquerade traffic from the cluster network to destinations outside it
     /// (nftables table `ip tartan`, removed on clean shutdown).
     #[arg(long, env = "TARTAN_IP_MASQ")]
@@ -250,13 +245,10 @@ struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 }
 
 impl AgentArgs {
-    fn into_options(self) -> AgentOptions {
+    fn into_options(self, api_socket: PathBuf) -> AgentOptions {
         AgentOptions {
             etcd: EtcdOptions {
                 endpoints: self.etcd_endpoints,
@@ -275,7 +267,7 @@ impl AgentArgs {
             subnet_lease_ttl: self.subnet_lease_ttl,
             subnet_lease_renew_margin: self.subnet_lease_renew_margin,
             state_dir: self.state_dir,
-            api_socket: self.api_socket,
+            api_socket,
             ip_masq: self.ip_masq,
             forward_rules: !self.no_forward_rules,
         }
@@ -296,13 +288,13 @@ fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-async fn attach(args: AttachArgs) -> Result<()> {
+async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
     let (address, container) = match args.args.as_slice() {
         [container] => (String::new(), container.clone()),
         [address, container] => (address.clone(), container.clone()),
         _ => anyhow::bail!("usage: tartan attach [ADDR/LEN] CONTAINER"),
     };
-    let mut client = api::connect(&args.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let resp = client
         .attach(tartan_proto::v1::AttachRequest { container, address })
         .await
@@ -312,8 +304,8 @@ async fn attach(args: AttachArgs) -> Result<()> {
     Ok(())
 }
 
-async fn detach(args: DetachArgs) -> Result<()> {
-    let mut client = api::connect(&args.api_socket).await?;
+async fn detach(args: DetachArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     client
         .detach(tartan_proto::v1::DetachRequest {
             container: args.container,
@@ -375,11 +367,11 @@ fn upload(
     (tokio_stream::wrappers::ReceiverStream::new(rx), reading)
 }
 
-async fn import(args: ImportArgs) -> Result<()> {
+async fn import(args: ImportArgs, api_socket: &Path) -> Result<()> {
     // Refuse a bad name before reading anything.
     let _: tartan_runtime::Reference = args.reference.parse()?;
     let input = open_input(&args.file).await?;
-    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let (chunks, reading) = upload(input, args.reference);
     let image = client.import(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
@@ -387,9 +379,9 @@ async fn import(args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
-async fn load(args: LoadArgs) -> Result<()> {
+async fn load(args: LoadArgs, api_socket: &Path) -> Result<()> {
     let input = open_input(&args.input).await?;
-    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let (chunks, reading) = upload(input, String::new());
     let loaded = client.load(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
@@ -399,8 +391,8 @@ async fn load(args: LoadArgs) -> Result<()> {
     Ok(())
 }
 
-async fn images(args: ApiArgs) -> Result<()> {
-    let mut client = api::connect(&args.api_socket).await?;
+async fn images(api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let list = client
         .images(tartan_proto::v1::ImagesRequest {})
         .await
@@ -410,8 +402,8 @@ async fn images(args: ApiArgs) -> Result<()> {
     Ok(())
 }
 
-async fn rmi(args: RmiArgs) -> Result<()> {
-    let mut client = api::connect(&args.api.api_socket).await?;
+async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let image = client
         .remove_image(tartan_proto::v1::RemoveImageRequest { image: args.image })
         .await
@@ -434,8 +426,8 @@ fn init_logging() {
         .init();
 }
 
-async fn status(args: StatusArgs) -> Result<()> {
-    let mut client = api::connect(&args.api_socket).await?;
+async fn status(args: StatusArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let resp = client
         .status(tartan_proto::v1::StatusRequest {})
         .await
@@ -521,7 +513,7 @@ fn main() -> ExitCode {
             return exit_with(tartan_runtime::container::shim::main(&args.spec));
         }
         Command::Exec(args) => {
-            return match container_cli::exec(args) {
+            return match container_cli::exec(args, &cli.api.api_socket) {
                 Ok(code) => exit_with(code),
                 Err(err) => {
                     eprintln!("tartan: {err:#}");
@@ -529,7 +521,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        command => Cli { command },
+        command => Cli {
+            api: cli.api,
+            command,
+        },
     };
     // The agent serves many clients at once; a CLI command is one client,
     // and a single-threaded runtime starts faster.
@@ -546,34 +541,35 @@ fn main() -> ExitCode {
     };
     let result: Result<i32> = runtime.block_on(async {
         let done = |r: Result<()>| r.map(|()| 0);
+        let socket = cli.api.api_socket.as_path();
         match cli.command {
             Command::Agent(args) => {
                 init_logging();
                 for note in &translated.notes {
                     tracing::warn!("{note}");
                 }
-                done(daemon::run(args.into_options()).await)
+                done(daemon::run(args.into_options(socket.to_path_buf())).await)
             }
-            Command::Status(args) => done(status(args).await),
-            Command::Attach(args) => done(attach(args).await),
-            Command::Detach(args) => done(detach(args).await),
-            Command::Import(args) => done(import(args).await),
-            Command::Load(args) => done(load(args).await),
-            Command::Images(args) => done(images(args).await),
-            Command::Rmi(args) => done(rmi(args).await),
+            Command::Status(args) => done(status(args, socket).await),
+            Command::Attach(args) => done(attach(args, socket).await),
+            Command::Detach(args) => done(detach(args, socket).await),
+            Command::Import(args) => done(import(args, socket).await),
+            Command::Load(args) => done(load(args, socket).await),
+            Command::Images => done(images(socket).await),
+            Command::Rmi(args) => done(rmi(args, socket).await),
             // Docker's code for a run that failed before the container did anything: 125.
-            Command::Run(args) => container_cli::run(*args).await.or_else(|err| {
+            Command::Run(args) => container_cli::run(*args, socket).await.or_else(|err| {
                 eprintln!("tartan: {err:#}");
                 Ok(125)
             }),
-            Command::Ps(args) => done(container_cli::ps(args).await),
-            Command::Inspect(args) => done(container_cli::inspect(args).await),
-            Command::Logs(args) => done(container_cli::logs(args).await),
-            Command::Stop(args) => done(container_cli::stop(args, false).await),
-            Command::Start(args) => done(container_cli::start(args).await),
-            Command::Restart(args) => done(container_cli::stop(args, true).await),
-            Command::Rm(args) => done(container_cli::rm(args).await),
-            Command::Export(args) => done(container_cli::export(args).await),
+            Command::Ps(args) => done(container_cli::ps(args, socket).await),
+            Command::Inspect(args) => done(container_cli::inspect(args, socket).await),
+            Command::Logs(args) => done(container_cli::logs(args, socket).await),
+            Command::Stop(args) => done(container_cli::stop(args, false, socket).await),
+            Command::Start(args) => done(container_cli::start(args, socket).await),
+            Command::Restart(args) => done(container_cli::stop(args, true, socket).await),
+            Command::Rm(args) => done(container_cli::rm(args, socket).await),
+            Command::Export(args) => done(container_cli::export(args, socket).await),
             Command::Init(_) | Command::Shim(_) | Command::Exec(_) => Err(anyhow::anyhow!(
                 "this command runs before the async runtime starts"
             )),
@@ -588,5 +584,47 @@ fn main() -> ExitCode {
             eprintln!("tartan: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_translator_knows_every_global_option_that_takes_a_value() {
+        let mut globals: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.is_global_set() && arg.get_action().takes_values())
+            .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+            .collect();
+        globals.sort();
+        let mut known: Vec<String> = flanneld::GLOBAL_VALUE_OPTIONS
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(globals, known);
+    }
+
+    #[test]
+    fn the_api_socket_goes_before_or_after_the_command() {
+        for line in [
+            &["tartan", "--api-socket", "/s", "status"][..],
+            &["tartan", "--api-socket=/s", "ps", "-a"],
+            &["tartan", "status", "--api-socket", "/s"],
+            &["tartan", "--api-socket", "/s", "agent", "--ip-masq"],
+            &["tartan", "agent", "--api-socket", "/s"],
+            &["tartan", "run", "--api-socket", "/s", "busybox", "true"],
+        ] {
+            let cli = Cli::try_parse_from(line).expect("parses");
+            assert_eq!(cli.api.api_socket, Path::new("/s"), "{line:?}");
+        }
+        // After the image, it is the container's command's.
+        let cli = Cli::try_parse_from(["tartan", "run", "busybox", "echo", "--api-socket", "/s"])
+            .expect("parses");
+        assert_eq!(cli.api.api_socket, Path::new(DEFAULT_API_SOCKET));
     }
 }

@@ -25,6 +25,49 @@ fn the_cli_says_so_when_no_agent_listens() -> Result<()> {
 }
 
 #[test]
+fn the_api_socket_may_stand_before_the_command() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_tartan");
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("nobody.sock");
+    let socket_text = socket.to_string_lossy().into_owned();
+    let before = ["--api-socket", socket_text.as_str()];
+    let joined = format!("--api-socket={socket_text}");
+    let lines: [Vec<&str>; 4] = [
+        [&before[..], &["status"]].concat(),
+        vec![joined.as_str(), "ps", "-a"],
+        [&before[..], &["images"]].concat(),
+        [&before[..], &["inspect", "web"]].concat(),
+    ];
+    for args in lines {
+        let out = std::process::Command::new(bin).args(&args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Asked the socket given, not the default: the agent is missing there.
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no tartan agent is listening on {socket_text}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The agent serves the socket given there too (and refuses these flags first).
+    let out = std::process::Command::new(bin)
+        .args(before)
+        .args([
+            "agent",
+            "--subnet-lease-ttl",
+            "1m",
+            "--subnet-lease-renew-margin",
+            "2m",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn bad_flags_are_one_line_errors() -> Result<()> {
     let bin = env!("CARGO_BIN_EXE_tartan");
     let cases: [&[&str]; 4] = [
