@@ -159,7 +159,8 @@ struct AgentArgs {
         long,
         env = "TARTAN_ETCD_ENDPOINTS",
         default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_etcd_endpoint
     )]
     etcd_endpoints: Vec<String>,
     /// Key prefix of the network (flannel's default, so both can share a cluster).
@@ -281,6 +282,77 @@ fn parse_renew_margin(text: &str) -> Result<Duration, String> {
         Ok(minutes) => Ok(Duration::from_secs(minutes * 60)),
         Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
     }
+}
+
+/// One `--etcd-endpoints` entry: `http://HOST[:PORT]` or `https://…`, as
+/// flannel requires. Anything else is refused here, at start: the etcd
+/// client would take it and the agent would retry it forever. The scheme
+/// comes back in lower case, the form the etcd client recognises.
+fn parse_etcd_endpoint(text: &str) -> Result<String, String> {
+    const HINT: &str = "use http://HOST:PORT";
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("an empty endpoint; {HINT}"));
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(format!("not a URL; {HINT}"));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "the scheme must be http or https, not {scheme:?}; {HINT}"
+        ));
+    }
+    // A trailing slash is harmless; any other path, a query or credentials are not etcd's.
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if let Some(c) = authority
+        .chars()
+        .find(|c| matches!(c, '/' | '?' | '#' | '@'))
+    {
+        return Err(format!(
+            "only a host and a port may follow {scheme}://, not {c:?}; {HINT}"
+        ));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: [ADDR] or [ADDR]:PORT.
+        Some(bracketed) => {
+            let (address, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("an unclosed [ in the host; {HINT}"))?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{address:?} is not an IPv6 address; {HINT}"));
+            }
+            match after {
+                "" => (address, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (address, Some(port)),
+                    None => return Err(format!("junk after the host: {after:?}; {HINT}")),
+                },
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("no host; {HINT}"));
+    }
+    let host_ok = authority.starts_with('[')
+        || host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name or address; {HINT}"));
+    }
+    if let Some(port) = port {
+        let valid =
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
+        if !valid {
+            return Err(format!("{port:?} is not a port; {HINT}"));
+        }
+    }
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// The agent's refusal, as one line.
@@ -607,6 +679,75 @@ mod tests {
             .collect();
         known.sort();
         assert_eq!(globals, known);
+    }
+
+    #[test]
+    fn etcd_endpoints_are_http_or_https_urls() {
+        for (given, taken) in [
+            ("http://127.0.0.1:2379", "http://127.0.0.1:2379"),
+            (
+                "https://etcd.example.org:2379",
+                "https://etcd.example.org:2379",
+            ),
+            ("http://etcd", "http://etcd"),
+            ("HTTP://etcd-1.local:4001/", "http://etcd-1.local:4001/"),
+            ("http://[fd00::1]:2379", "http://[fd00::1]:2379"),
+            (" http://10.0.0.1:2379 ", "http://10.0.0.1:2379"),
+        ] {
+            assert_eq!(parse_etcd_endpoint(given).as_deref(), Ok(taken), "{given}");
+        }
+        for bad in [
+            "notaurl",
+            "127.0.0.1:2379",
+            "",
+            "unix:///run/etcd.sock",
+            "ftp://etcd:2379",
+            "http://",
+            "http://:2379",
+            "http://etcd:notaport",
+            "http://etcd:99999",
+            "http://etcd:0",
+            "http://etcd:2379/v2/keys",
+            "http://user:pw@etcd:2379",
+            "http://etcd:2379?x=1",
+            "http://et cd:2379",
+            "http://[fd00::1:2379",
+            "http://[nonsense]:2379",
+            "http://etcd:2379:1",
+        ] {
+            let err = parse_etcd_endpoint(bad).expect_err(bad);
+            assert!(err.ends_with("use http://HOST:PORT"), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_etcd_endpoints_are_refused_where_the_flags_are_parsed() {
+        for line in [
+            &["tartan", "agent", "--etcd-endpoints", "notaurl"][..],
+            &[
+                "tartan",
+                "agent",
+                "--etcd-endpoints",
+                "http://a:2379,notaurl",
+            ],
+            &["tartan", "agent", "--etcd-endpoints", "http://a:2379,"],
+        ] {
+            let err = Cli::try_parse_from(line).err().expect("refused");
+            let text = err.render().to_string();
+            assert!(text.contains("use http://HOST:PORT"), "{line:?}: {text}");
+        }
+        let cli = Cli::try_parse_from([
+            "tartan",
+            "agent",
+            "--etcd-endpoints",
+            "http://a:2379,https://b:2379",
+        ])
+        .expect("two URLs");
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent");
+        };
+        assert_eq!(args.etcd_endpoints, ["http://a:2379", "https://b:2379"]);
     }
 
     #[test]
