@@ -731,7 +731,8 @@ impl Containers {
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
             .with_context(|| format!("writing {}", spec_path.display()))?;
 
-        let mut shim = tokio::process::Command::new(&self.inner.shim_binary)
+        let mut command = tokio::process::Command::new(&self.inner.shim_binary);
+        let mut shim = crate::notify::without_service_variables(&mut command)
             .arg("shim")
             .arg(dir.path())
             .stdin(std::process::Stdio::piped())

@@ -242,6 +242,87 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
     Ok(())
 }
 
+/// A process's environment, one `KEY=VALUE` per entry.
+fn environ(pid: u64) -> Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .with_context(|| format!("reading the environment of {pid}"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect())
+}
+
+/// The agent runs as a systemd `Type=notify` service: the notify socket,
+/// socket activation and watchdog variables are its own, and neither a
+/// container's supervisor nor the container inherits them.
+#[test]
+fn containers_inherit_none_of_the_agents_systemd_variables() -> Result<()> {
+    let notify_dir = tempfile::tempdir()?;
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(READY))?;
+    let service_env = [
+        ("NOTIFY_SOCKET", notify_path.to_string_lossy().into_owned()),
+        ("LISTEN_FDS", "0".to_string()),
+        ("LISTEN_PID", "1".to_string()),
+        ("WATCHDOG_USEC", "60000000".to_string()),
+        ("WATCHDOG_PID", "1".to_string()),
+    ];
+    let cluster = Cluster::start_configured("cn", 224, VXLAN, 1, &|agent| {
+        for (key, value) in &service_env {
+            agent.env.push((key.to_string(), value.clone()));
+        }
+    })?;
+    let agent = &cluster.agents[0];
+    // The agent itself has the socket: systemd hears from it.
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).context("no READY=1 from the agent")?;
+    assert_eq!(&buf[..n], b"READY=1");
+
+    import_busybox(agent)?;
+    let id = cli_ok(
+        agent,
+        &["run", "-d", "--name", "quiet", "busybox", "sleep", "1000"],
+    )?;
+    let id = id.trim();
+    let pid = inspect(agent, "quiet")?["state"]["pid"]
+        .as_u64()
+        .context("inspect shows no pid")?;
+    let state_path = agent
+        .state_dir()
+        .join("containers")
+        .join(&id[..12.min(id.len())])
+        .join("state.json");
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+    )?;
+    let shim_pid = state["shim_pid"]
+        .as_u64()
+        .with_context(|| format!("no shim_pid in {state}"))?;
+
+    let shim_env = environ(shim_pid)?;
+    // What the agent was given otherwise reaches the supervisor: the right process was read.
+    ensure!(
+        shim_env.iter().any(|e| e.starts_with("TARTAN_LOG=")),
+        "the supervisor's environment lacks the agent's TARTAN_LOG: {shim_env:?}"
+    );
+    let container_env = environ(pid)?;
+    ensure!(
+        container_env.iter().any(|e| e.starts_with("HOSTNAME=")),
+        "the container's environment: {container_env:?}"
+    );
+    for (who, env) in [("supervisor", &shim_env), ("container", &container_env)] {
+        for (key, _) in &service_env {
+            ensure!(
+                !env.iter().any(|e| e.starts_with(&format!("{key}="))),
+                "the {who} inherited {key} from the agent"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Waits for a child with a deadline, killing it when it runs over.
 fn finish(mut child: Child, limit: Duration) -> Result<Output> {
     let deadline = Instant::now() + limit;
