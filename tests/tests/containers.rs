@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
+use tartan_runtime::container::ContainerDir;
 use tartan_tests::agent::Agent;
 use tartan_tests::cluster::{Cluster, READY};
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
@@ -319,6 +320,69 @@ fn containers_inherit_none_of_the_agents_systemd_variables() -> Result<()> {
                 "the {who} inherited {key} from the agent"
             );
         }
+    }
+    Ok(())
+}
+
+/// A process of the test's own, killed and reaped however the test ends.
+struct Stranger(Child);
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// A container whose recorded pid has passed to an unrelated process (its
+/// first process ended and the pid was reused while its supervisor still
+/// runs): `stop` and `rm -f` must not signal that process.
+#[test]
+fn stop_and_rm_never_signal_a_process_that_took_the_containers_pid() -> Result<()> {
+    let cluster = Cluster::start("cr", 223, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    let id = cli_ok(
+        agent,
+        &[
+            "run", "-d", "--name", "recycled", "busybox", "sleep", "1000",
+        ],
+    )?;
+    let id = id.trim();
+    let dir = ContainerDir::new(agent.state_dir().join("containers").join(&id[..12]));
+    let mut stranger = Stranger(
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .context("starting sleep")?,
+    );
+    // The record rewritten as the supervisor writes it (a whole file, renamed in).
+    let mut state = dir
+        .read_state()
+        .context("the container has no state.json")?;
+    state.pid = stranger.0.id();
+    let staging = dir.state_path().with_extension("json.tmp");
+    std::fs::write(&staging, serde_json::to_vec(&state)?)?;
+    std::fs::rename(&staging, dir.state_path())?;
+
+    for (args, said) in [
+        (&["stop", "-t", "1", "recycled"][..], "did not stop"),
+        (&["rm", "-f", "recycled"], "did not die"),
+    ] {
+        // Bounded by the agent: the timeout given, then 10 s for the supervisor.
+        let out = agent.cli(args)?;
+        ensure!(
+            stranger.0.try_wait()?.is_none(),
+            "tartan {args:?} signalled pid {}, which is not the container's",
+            state.pid
+        );
+        // Nothing was signalled, so the container still runs and says why it did not stop.
+        ensure!(!out.status.success(), "tartan {args:?} succeeded");
+        ensure!(
+            text(&out.stderr).contains(said),
+            "tartan {args:?}: {}",
+            text(&out.stderr)
+        );
     }
     Ok(())
 }
