@@ -2,7 +2,7 @@
 //! `inspect`, `logs`, `exec`, `stop`, `start`, `restart`, `rm`, `export`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -14,7 +14,7 @@ use tartan_runtime::container::exec::{ExecSpec, RawMode};
 use tartan_runtime::container::frame::{Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{api, refused, ApiArgs};
+use crate::{api, refused};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -48,8 +48,6 @@ pub struct RunArgs {
     /// An address in the node subnet (with --net overlay).
     #[arg(long)]
     ip: Option<String>,
-    #[command(flatten)]
-    api: ApiArgs,
     /// NAME[:TAG] or an image id.
     image: String,
     /// The command and its arguments (default: /bin/sh).
@@ -65,8 +63,6 @@ pub struct PsArgs {
     /// Only the ids.
     #[arg(short = 'q', long)]
     quiet: bool,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -74,8 +70,6 @@ pub struct NamesArgs {
     /// Names or id prefixes.
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -85,8 +79,6 @@ pub struct StopArgs {
     time: u32,
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -96,8 +88,6 @@ pub struct RmArgs {
     force: bool,
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -106,8 +96,6 @@ pub struct LogsArgs {
     #[arg(short = 'f', long)]
     follow: bool,
     container: String,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -124,8 +112,6 @@ pub struct ExecArgs {
     /// The working directory (default: the container's).
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
-    #[command(flatten)]
-    api: ApiArgs,
     container: String,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -137,8 +123,6 @@ pub struct ExportArgs {
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     container: String,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 /// `-e KEY` takes the value from this shell, as Docker does; unset keys are dropped.
@@ -156,11 +140,11 @@ fn expand_env(given: &[String]) -> Vec<String> {
 }
 
 /// `tartan run`; returns the exit code to leave with.
-pub async fn run(args: RunArgs) -> Result<i32> {
+pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
     if args.tty && args.interactive && !std::io::stdin().is_terminal() && !args.detach {
         bail!("the input device is not a TTY; drop -t or run from a terminal");
     }
-    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let container = client
         .run_container(RunRequest {
             image: args.image,
@@ -303,8 +287,8 @@ async fn attach(socket: &str, tty: bool, interactive: bool) -> Result<i32> {
     code.context("the container's supervisor went away without an exit status")
 }
 
-pub async fn ps(args: PsArgs) -> Result<()> {
-    let mut client = api::connect(&args.api.api_socket).await?;
+pub async fn ps(args: PsArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let list = client
         .list_containers(ListContainersRequest { all: args.all })
         .await
@@ -320,8 +304,8 @@ pub async fn ps(args: PsArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn inspect(args: NamesArgs) -> Result<()> {
-    let mut client = api::connect(&args.api.api_socket).await?;
+pub async fn inspect(args: NamesArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let mut out = Vec::new();
     for name in args.containers {
         let c = client
@@ -335,8 +319,8 @@ pub async fn inspect(args: NamesArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn logs(args: LogsArgs) -> Result<()> {
-    let mut client = api::connect(&args.api.api_socket).await?;
+pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let mut entries = client
         .container_logs(LogsRequest {
             container: args.container,
@@ -383,8 +367,8 @@ where
 }
 
 /// `tartan stop`, or with `restart` set, `tartan restart`.
-pub async fn stop(args: StopArgs, restart: bool) -> Result<()> {
-    let client = api::connect(&args.api.api_socket).await?;
+pub async fn stop(args: StopArgs, restart: bool, api_socket: &Path) -> Result<()> {
+    let client = api::connect(api_socket).await?;
     each(args.containers, |container| {
         let mut client = client.clone();
         async move {
@@ -403,8 +387,8 @@ pub async fn stop(args: StopArgs, restart: bool) -> Result<()> {
     .await
 }
 
-pub async fn start(args: NamesArgs) -> Result<()> {
-    let client = api::connect(&args.api.api_socket).await?;
+pub async fn start(args: NamesArgs, api_socket: &Path) -> Result<()> {
+    let client = api::connect(api_socket).await?;
     each(args.containers, |container| {
         let mut client = client.clone();
         async move {
@@ -418,8 +402,8 @@ pub async fn start(args: NamesArgs) -> Result<()> {
     .await
 }
 
-pub async fn rm(args: RmArgs) -> Result<()> {
-    let client = api::connect(&args.api.api_socket).await?;
+pub async fn rm(args: RmArgs, api_socket: &Path) -> Result<()> {
+    let client = api::connect(api_socket).await?;
     each(args.containers, |container| {
         let mut client = client.clone();
         async move {
@@ -436,11 +420,11 @@ pub async fn rm(args: RmArgs) -> Result<()> {
     .await
 }
 
-pub async fn export(args: ExportArgs) -> Result<()> {
+pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
     if args.output.is_none() && std::io::stdout().is_terminal() {
         bail!("refusing to write a tarball to a terminal; use -o FILE or redirect");
     }
-    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let mut chunks = client
         .export_container(ContainerRequest {
             container: args.container,
@@ -486,13 +470,13 @@ pub async fn export(args: ExportArgs) -> Result<()> {
 /// `tartan exec`: asks the agent where the container is, then enters it
 /// from this process. Runs before any async runtime thread exists, since
 /// entering namespaces needs a single-threaded process.
-pub fn exec(args: ExecArgs) -> Result<i32> {
+pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
     let lookup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let container = lookup.block_on(async {
-        let mut client = api::connect(&args.api.api_socket).await?;
+        let mut client = api::connect(api_socket).await?;
         let container = client
             .inspect_container(ContainerRequest {
                 container: args.container.clone(),

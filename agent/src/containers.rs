@@ -764,7 +764,8 @@ impl Containers {
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
             .with_context(|| format!("writing {}", spec_path.display()))?;
 
-        let mut shim = tokio::process::Command::new(&self.inner.shim_binary)
+        let mut command = tokio::process::Command::new(&self.inner.shim_binary);
+        let mut shim = crate::notify::without_service_variables(&mut command)
             .arg("shim")
             .arg(dir.path())
             .stdin(std::process::Stdio::piped())
@@ -912,20 +913,21 @@ impl Containers {
 
     async fn stop_locked(&self, id: &str, timeout: Duration) -> Result<()> {
         let dir = self.dir(id);
-        let Status::Running { pid, .. } = self.status_of(&dir) else {
+        let Status::Running { .. } = self.status_of(&dir) else {
             return Ok(());
         };
-        // SAFETY: signalling the container's first process, which its supervisor has not reaped (it lives).
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        if wait_gone(&dir, timeout).await {
-            return Ok(());
+        // By pidfd, and only while the recorded pid is still the container's;
+        // otherwise it has ended and its supervisor is finishing.
+        if dir.signal(libc::SIGTERM)? {
+            if wait_gone(&dir, timeout).await {
+                return Ok(());
+            }
+            dir.signal(libc::SIGKILL)?;
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         if wait_gone(&dir, KILL_TIMEOUT).await {
             return Ok(());
         }
-        bail!("container {id} did not stop within {KILL_TIMEOUT:?} of SIGKILL")
+        bail!("container {id} did not stop: its supervisor still runs {KILL_TIMEOUT:?} later")
     }
 
     /// `tartan restart`.
@@ -943,15 +945,15 @@ impl Containers {
         let _guard = lifecycle.lock().await;
         let dir = self.dir(id);
         let mut view = self.view(id)?;
-        if let Status::Running { pid, .. } = view.status {
+        if let Status::Running { .. } = view.status {
             if !force {
                 bail!(
                     "container {} is running: stop it first, or use rm -f",
                     config.name
                 );
             }
-            // SAFETY: signalling the container's first process.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // False when it has already ended: its supervisor is finishing.
+            dir.signal(libc::SIGKILL)?;
             if !wait_gone(&dir, KILL_TIMEOUT).await {
                 bail!(
                     "container {} did not die within {KILL_TIMEOUT:?}",

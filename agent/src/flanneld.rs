@@ -121,6 +121,30 @@ pub fn invoked_as_flanneld(argv0: &std::ffi::OsStr) -> bool {
         .is_some_and(|name| name == "flanneld")
 }
 
+/// tartan's global options that take a value in the next word (clap's
+/// `global = true` arguments; a unit test in main.rs keeps the two lists equal).
+pub const GLOBAL_VALUE_OPTIONS: &[&str] = &["--api-socket"];
+
+/// Where the subcommand stands in `argv`: the first word that is neither an
+/// option nor the value of a global option before it.
+fn subcommand_at(argv: &[OsString]) -> Option<usize> {
+    let mut at = 1;
+    while let Some(arg) = argv.get(at) {
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            return None;
+        }
+        if GLOBAL_VALUE_OPTIONS.contains(&text.as_ref()) {
+            at += 2;
+        } else if text.starts_with('-') {
+            at += 1;
+        } else {
+            return Some(at);
+        }
+    }
+    None
+}
+
 /// Rewrites `argv` for clap. Invoked as `flanneld`, everything is agent
 /// arguments with flanneld's defaults; invoked as `tartan agent …`,
 /// single-dash flanneld flags are accepted after `agent`. Anything else
@@ -136,10 +160,10 @@ pub fn translate(
     let (mut out, rest) = if as_flanneld {
         (vec![argv0, "agent".into()], &argv[1..])
     } else {
-        match argv.iter().position(|a| a == "agent") {
+        match subcommand_at(&argv) {
             // Global options may stand before the subcommand; they are clap's.
-            Some(at) => (argv[..=at].to_vec(), &argv[at + 1..]),
-            None => {
+            Some(at) if argv[at] == "agent" => (argv[..=at].to_vec(), &argv[at + 1..]),
+            _ => {
                 return Ok(Translated {
                     args: argv,
                     notes: Vec::new(),
@@ -351,6 +375,41 @@ mod tests {
         assert_eq!(translate(line.clone(), &no_env).expect("valid").args, line);
         let line = args(&["tartan", "status", "-o", "json"]);
         assert_eq!(translate(line.clone(), &no_env).expect("valid").args, line);
+    }
+
+    #[test]
+    fn global_options_may_stand_before_agent() {
+        let t = translate(
+            args(&["tartan", "--api-socket", "/s", "agent", "-iface=eth1"]),
+            &no_env,
+        )
+        .expect("valid");
+        assert_eq!(
+            strings(&t),
+            ["tartan", "--api-socket", "/s", "agent", "--iface", "eth1"]
+        );
+        let t = translate(
+            args(&["tartan", "--api-socket=/s", "agent", "-ip-masq"]),
+            &no_env,
+        )
+        .expect("valid");
+        assert_eq!(
+            strings(&t),
+            ["tartan", "--api-socket=/s", "agent", "--ip-masq"]
+        );
+    }
+
+    #[test]
+    fn agent_elsewhere_than_the_subcommand_is_left_alone() {
+        for line in [
+            // A container's command, and a socket that happens to be called agent.
+            &["tartan", "run", "busybox", "agent", "-iface=eth0"][..],
+            &["tartan", "exec", "web", "agent", "-v=2"],
+            &["tartan", "--api-socket", "agent", "status"],
+        ] {
+            let line = args(line);
+            assert_eq!(translate(line.clone(), &no_env).expect("valid").args, line);
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
     about = "Tartan: a multi-host container networking fabric"
 )]
 struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,7 +68,7 @@ enum Command {
     /// Load a `docker save` archive or an OCI image-layout tarball, keeping its layers.
     Load(LoadArgs),
     /// List images.
-    Images(ApiArgs),
+    Images,
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
     /// Create and start a container: tartan run [OPTIONS] IMAGE [COMMAND [ARG...]].
@@ -103,11 +105,19 @@ struct InitArgs {
     spec: PathBuf,
 }
 
+/// The options of every command. Global, so that they go before the
+/// command or after it, as `docker -H` does.
 #[derive(Args)]
-pub struct ApiArgs {
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    pub api_socket: PathBuf,
+struct ApiArgs {
+    /// Unix socket of the agent's API: where `tartan agent` serves it and
+    /// where the other commands ask.
+    #[arg(
+        long,
+        global = true,
+        env = "TARTAN_API_SOCKET",
+        default_value = DEFAULT_API_SOCKET
+    )]
+    api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -116,8 +126,6 @@ struct ImportArgs {
     file: PathBuf,
     /// NAME[:TAG]; the tag defaults to latest.
     reference: String,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -125,16 +133,12 @@ struct LoadArgs {
     /// The archive; - (the default) for standard input.
     #[arg(short = 'i', long = "input", default_value = "-")]
     input: PathBuf,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
 struct RmiArgs {
     /// NAME[:TAG] or an id prefix.
     image: String,
-    #[command(flatten)]
-    api: ApiArgs,
 }
 
 #[derive(Args)]
@@ -142,18 +146,12 @@ struct AttachArgs {
     /// [ADDR/LEN] CONTAINER
     #[arg(required = true, num_args = 1..=2, value_name = "ARG")]
     args: Vec<String>,
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 }
 
 #[derive(Args)]
 struct DetachArgs {
     /// A netns name, netns path or PID.
     container: String,
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -163,7 +161,8 @@ struct AgentArgs {
         long,
         env = "TARTAN_ETCD_ENDPOINTS",
         default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_etcd_endpoint
     )]
     etcd_endpoints: Vec<String>,
     /// Key prefix of the network (flannel's default, so both can share a cluster).
@@ -211,9 +210,6 @@ struct AgentArgs {
     /// Directory for the agent's persistent state.
     #[arg(long, env = "TARTAN_STATE_DIR", default_value = "/var/lib/tartan")]
     state_dir: PathBuf,
-    /// Unix socket of the local API.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
     /// Masquerade traffic from the cluster network to destinations outside it
     /// (nftables table `ip tartan`, removed on clean shutdown).
     #[arg(long, env = "TARTAN_IP_MASQ")]
@@ -255,13 +251,10 @@ struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
-    /// Unix socket of the agent to ask.
-    #[arg(long, env = "TARTAN_API_SOCKET", default_value = DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 }
 
 impl AgentArgs {
-    fn into_options(self) -> AgentOptions {
+    fn into_options(self, api_socket: PathBuf) -> AgentOptions {
         AgentOptions {
             etcd: EtcdOptions {
                 endpoints: self.etcd_endpoints,
@@ -280,7 +273,7 @@ impl AgentArgs {
             subnet_lease_ttl: self.subnet_lease_ttl,
             subnet_lease_renew_margin: self.subnet_lease_renew_margin,
             state_dir: self.state_dir,
-            api_socket: self.api_socket,
+            api_socket,
             ip_masq: self.ip_masq,
             forward_rules: !self.no_forward_rules,
             etcd_outage_report_interval: self.etcd_outage_report_interval,
@@ -297,18 +290,89 @@ fn parse_renew_margin(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// One `--etcd-endpoints` entry: `http://HOST[:PORT]` or `https://…`, as
+/// flannel requires. Anything else is refused here, at start: the etcd
+/// client would take it and the agent would retry it forever. The scheme
+/// comes back in lower case, the form the etcd client recognises.
+fn parse_etcd_endpoint(text: &str) -> Result<String, String> {
+    const HINT: &str = "use http://HOST:PORT";
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("an empty endpoint; {HINT}"));
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(format!("not a URL; {HINT}"));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "the scheme must be http or https, not {scheme:?}; {HINT}"
+        ));
+    }
+    // A trailing slash is harmless; any other path, a query or credentials are not etcd's.
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if let Some(c) = authority
+        .chars()
+        .find(|c| matches!(c, '/' | '?' | '#' | '@'))
+    {
+        return Err(format!(
+            "only a host and a port may follow {scheme}://, not {c:?}; {HINT}"
+        ));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: [ADDR] or [ADDR]:PORT.
+        Some(bracketed) => {
+            let (address, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("an unclosed [ in the host; {HINT}"))?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{address:?} is not an IPv6 address; {HINT}"));
+            }
+            match after {
+                "" => (address, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (address, Some(port)),
+                    None => return Err(format!("junk after the host: {after:?}; {HINT}")),
+                },
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("no host; {HINT}"));
+    }
+    let host_ok = authority.starts_with('[')
+        || host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name or address; {HINT}"));
+    }
+    if let Some(port) = port {
+        let valid =
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
+        if !valid {
+            return Err(format!("{port:?} is not a port; {HINT}"));
+        }
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
 /// The agent's refusal, as one line.
 fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-async fn attach(args: AttachArgs) -> Result<()> {
+async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
     let (address, container) = match args.args.as_slice() {
         [container] => (String::new(), container.clone()),
         [address, container] => (address.clone(), container.clone()),
         _ => anyhow::bail!("usage: tartan attach [ADDR/LEN] CONTAINER"),
     };
-    let mut client = api::connect(&args.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let resp = client
         .attach(tartan_proto::v1::AttachRequest { container, address })
         .await
@@ -318,8 +382,8 @@ async fn attach(args: AttachArgs) -> Result<()> {
     Ok(())
 }
 
-async fn detach(args: DetachArgs) -> Result<()> {
-    let mut client = api::connect(&args.api_socket).await?;
+async fn detach(args: DetachArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     client
         .detach(tartan_proto::v1::DetachRequest {
             container: args.container,
@@ -381,11 +445,11 @@ fn upload(
     (tokio_stream::wrappers::ReceiverStream::new(rx), reading)
 }
 
-async fn import(args: ImportArgs) -> Result<()> {
+async fn import(args: ImportArgs, api_socket: &Path) -> Result<()> {
     // Refuse a bad name before reading anything.
     let _: tartan_runtime::Reference = args.reference.parse()?;
     let input = open_input(&args.file).await?;
-    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let (chunks, reading) = upload(input, args.reference);
     let image = client.import(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
@@ -393,9 +457,9 @@ async fn import(args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
-async fn load(args: LoadArgs) -> Result<()> {
+async fn load(args: LoadArgs, api_socket: &Path) -> Result<()> {
     let input = open_input(&args.input).await?;
-    let mut client = api::connect(&args.api.api_socket).await?;
+    let mut client = api::connect(api_socket).await?;
     let (chunks, reading) = upload(input, String::new());
     let loaded = client.load(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
@@ -405,8 +469,8 @@ async fn load(args: LoadArgs) -> Result<()> {
     Ok(())
 }
 
-async fn images(args: ApiArgs) -> Result<()> {
-    let mut client = api::connect(&args.api_socket).await?;
+async fn images(api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let list = client
         .images(tartan_proto::v1::ImagesRequest {})
         .await
@@ -416,8 +480,8 @@ async fn images(args: ApiArgs) -> Result<()> {
     Ok(())
 }
 
-async fn rmi(args: RmiArgs) -> Result<()> {
-    let mut client = api::connect(&args.api.api_socket).await?;
+async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let image = client
         .remove_image(tartan_proto::v1::RemoveImageRequest { image: args.image })
         .await
@@ -440,8 +504,8 @@ fn init_logging() {
         .init();
 }
 
-async fn status(args: StatusArgs) -> Result<()> {
-    let mut client = api::connect(&args.api_socket).await?;
+async fn status(args: StatusArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
     let resp = client
         .status(tartan_proto::v1::StatusRequest {})
         .await
@@ -528,7 +592,7 @@ fn main() -> ExitCode {
             return exit_with(tartan_runtime::container::shim::main(&args.spec));
         }
         Command::Exec(args) => {
-            return match container_cli::exec(args) {
+            return match container_cli::exec(args, &cli.api.api_socket) {
                 Ok(code) => exit_with(code),
                 Err(err) => {
                     eprintln!("tartan: {err:#}");
@@ -536,7 +600,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        command => Cli { command },
+        command => Cli {
+            api: cli.api,
+            command,
+        },
     };
     // The agent serves many clients at once; a CLI command is one client,
     // and a single-threaded runtime starts faster.
@@ -553,34 +620,35 @@ fn main() -> ExitCode {
     };
     let result: Result<i32> = runtime.block_on(async {
         let done = |r: Result<()>| r.map(|()| 0);
+        let socket = cli.api.api_socket.as_path();
         match cli.command {
             Command::Agent(args) => {
                 init_logging();
                 for note in &translated.notes {
                     tracing::warn!("{note}");
                 }
-                done(daemon::run(args.into_options()).await)
+                done(daemon::run(args.into_options(socket.to_path_buf())).await)
             }
-            Command::Status(args) => done(status(args).await),
-            Command::Attach(args) => done(attach(args).await),
-            Command::Detach(args) => done(detach(args).await),
-            Command::Import(args) => done(import(args).await),
-            Command::Load(args) => done(load(args).await),
-            Command::Images(args) => done(images(args).await),
-            Command::Rmi(args) => done(rmi(args).await),
+            Command::Status(args) => done(status(args, socket).await),
+            Command::Attach(args) => done(attach(args, socket).await),
+            Command::Detach(args) => done(detach(args, socket).await),
+            Command::Import(args) => done(import(args, socket).await),
+            Command::Load(args) => done(load(args, socket).await),
+            Command::Images => done(images(socket).await),
+            Command::Rmi(args) => done(rmi(args, socket).await),
             // Docker's code for a run that failed before the container did anything: 125.
-            Command::Run(args) => container_cli::run(*args).await.or_else(|err| {
+            Command::Run(args) => container_cli::run(*args, socket).await.or_else(|err| {
                 eprintln!("tartan: {err:#}");
                 Ok(125)
             }),
-            Command::Ps(args) => done(container_cli::ps(args).await),
-            Command::Inspect(args) => done(container_cli::inspect(args).await),
-            Command::Logs(args) => done(container_cli::logs(args).await),
-            Command::Stop(args) => done(container_cli::stop(args, false).await),
-            Command::Start(args) => done(container_cli::start(args).await),
-            Command::Restart(args) => done(container_cli::stop(args, true).await),
-            Command::Rm(args) => done(container_cli::rm(args).await),
-            Command::Export(args) => done(container_cli::export(args).await),
+            Command::Ps(args) => done(container_cli::ps(args, socket).await),
+            Command::Inspect(args) => done(container_cli::inspect(args, socket).await),
+            Command::Logs(args) => done(container_cli::logs(args, socket).await),
+            Command::Stop(args) => done(container_cli::stop(args, false, socket).await),
+            Command::Start(args) => done(container_cli::start(args, socket).await),
+            Command::Restart(args) => done(container_cli::stop(args, true, socket).await),
+            Command::Rm(args) => done(container_cli::rm(args, socket).await),
+            Command::Export(args) => done(container_cli::export(args, socket).await),
             Command::Init(_) | Command::Shim(_) | Command::Exec(_) => Err(anyhow::anyhow!(
                 "this command runs before the async runtime starts"
             )),
@@ -595,5 +663,116 @@ fn main() -> ExitCode {
             eprintln!("tartan: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_translator_knows_every_global_option_that_takes_a_value() {
+        let mut globals: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.is_global_set() && arg.get_action().takes_values())
+            .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+            .collect();
+        globals.sort();
+        let mut known: Vec<String> = flanneld::GLOBAL_VALUE_OPTIONS
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(globals, known);
+    }
+
+    #[test]
+    fn etcd_endpoints_are_http_or_https_urls() {
+        for (given, taken) in [
+            ("http://127.0.0.1:2379", "http://127.0.0.1:2379"),
+            (
+                "https://etcd.example.org:2379",
+                "https://etcd.example.org:2379",
+            ),
+            ("http://etcd", "http://etcd"),
+            ("HTTP://etcd-1.local:4001/", "http://etcd-1.local:4001/"),
+            ("http://[fd00::1]:2379", "http://[fd00::1]:2379"),
+            (" http://10.0.0.1:2379 ", "http://10.0.0.1:2379"),
+        ] {
+            assert_eq!(parse_etcd_endpoint(given).as_deref(), Ok(taken), "{given}");
+        }
+        for bad in [
+            "notaurl",
+            "127.0.0.1:2379",
+            "",
+            "unix:///run/etcd.sock",
+            "ftp://etcd:2379",
+            "http://",
+            "http://:2379",
+            "http://etcd:notaport",
+            "http://etcd:99999",
+            "http://etcd:0",
+            "http://etcd:2379/v2/keys",
+            "http://user:pw@etcd:2379",
+            "http://etcd:2379?x=1",
+            "http://et cd:2379",
+            "http://[fd00::1:2379",
+            "http://[nonsense]:2379",
+            "http://etcd:2379:1",
+        ] {
+            let err = parse_etcd_endpoint(bad).expect_err(bad);
+            assert!(err.ends_with("use http://HOST:PORT"), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_etcd_endpoints_are_refused_where_the_flags_are_parsed() {
+        for line in [
+            &["tartan", "agent", "--etcd-endpoints", "notaurl"][..],
+            &[
+                "tartan",
+                "agent",
+                "--etcd-endpoints",
+                "http://a:2379,notaurl",
+            ],
+            &["tartan", "agent", "--etcd-endpoints", "http://a:2379,"],
+        ] {
+            let err = Cli::try_parse_from(line).err().expect("refused");
+            let text = err.render().to_string();
+            assert!(text.contains("use http://HOST:PORT"), "{line:?}: {text}");
+        }
+        let cli = Cli::try_parse_from([
+            "tartan",
+            "agent",
+            "--etcd-endpoints",
+            "http://a:2379,https://b:2379",
+        ])
+        .expect("two URLs");
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent");
+        };
+        assert_eq!(args.etcd_endpoints, ["http://a:2379", "https://b:2379"]);
+    }
+
+    #[test]
+    fn the_api_socket_goes_before_or_after_the_command() {
+        for line in [
+            &["tartan", "--api-socket", "/s", "status"][..],
+            &["tartan", "--api-socket=/s", "ps", "-a"],
+            &["tartan", "status", "--api-socket", "/s"],
+            &["tartan", "--api-socket", "/s", "agent", "--ip-masq"],
+            &["tartan", "agent", "--api-socket", "/s"],
+            &["tartan", "run", "--api-socket", "/s", "busybox", "true"],
+        ] {
+            let cli = Cli::try_parse_from(line).expect("parses");
+            assert_eq!(cli.api.api_socket, Path::new("/s"), "{line:?}");
+        }
+        // After the image, it is the container's command's.
+        let cli = Cli::try_parse_from(["tartan", "run", "busybox", "echo", "--api-socket", "/s"])
+            .expect("parses");
+        assert_eq!(cli.api.api_socket, Path::new(DEFAULT_API_SOCKET));
     }
 }

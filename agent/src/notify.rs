@@ -5,6 +5,28 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use anyhow::{Context, Result};
 
+/// What systemd hands the service itself: its notify socket, its socket
+/// activation and its watchdog. A child that inherited them could report
+/// for the agent (or claim its sockets), so children are started without.
+pub const SERVICE_VARIABLES: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// `command` without the service's own variables.
+pub fn without_service_variables(
+    command: &mut tokio::process::Command,
+) -> &mut tokio::process::Command {
+    for name in SERVICE_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Sends `state` (e.g. "READY=1") to systemd; does nothing when not run by systemd.
 pub fn notify(state: &str) -> Result<()> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -26,6 +48,21 @@ pub fn notify(state: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_are_started_without_the_service_variables() {
+        let mut command = tokio::process::Command::new("true");
+        without_service_variables(&mut command);
+        let removed: Vec<String> = command
+            .as_std()
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.to_string_lossy().into_owned())
+            .collect();
+        for name in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"] {
+            assert!(removed.iter().any(|r| r == name), "{name}: {removed:?}");
+        }
+    }
 
     #[test]
     fn sends_the_state_to_the_socket() {

@@ -4,7 +4,33 @@
 //! Living in this package also makes `cargo test --workspace` build the
 //! binary that the integration tests under `tests/` run.
 
-use anyhow::Result;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+/// Runs `cmd` to its end, killing it after `limit`: an agent that accepts
+/// what it should refuse would otherwise run on.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            let out = child.wait_with_output()?;
+            bail!(
+                "still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
 
 #[test]
 fn the_cli_says_so_when_no_agent_listens() -> Result<()> {
@@ -21,6 +47,49 @@ fn the_cli_says_so_when_no_agent_listens() -> Result<()> {
         stderr.contains("no tartan agent is listening on"),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[test]
+fn the_api_socket_may_stand_before_the_command() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_tartan");
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("nobody.sock");
+    let socket_text = socket.to_string_lossy().into_owned();
+    let before = ["--api-socket", socket_text.as_str()];
+    let joined = format!("--api-socket={socket_text}");
+    let lines: [Vec<&str>; 4] = [
+        [&before[..], &["status"]].concat(),
+        vec![joined.as_str(), "ps", "-a"],
+        [&before[..], &["images"]].concat(),
+        [&before[..], &["inspect", "web"]].concat(),
+    ];
+    for args in lines {
+        let out = std::process::Command::new(bin).args(&args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Asked the socket given, not the default: the agent is missing there.
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no tartan agent is listening on {socket_text}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The agent serves the socket given there too (and refuses these flags first).
+    let out = std::process::Command::new(bin)
+        .args(before)
+        .args([
+            "agent",
+            "--subnet-lease-ttl",
+            "1m",
+            "--subnet-lease-renew-margin",
+            "2m",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
     Ok(())
 }
 
@@ -58,5 +127,41 @@ fn bad_flags_are_one_line_errors() -> Result<()> {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "nothing created");
+    Ok(())
+}
+
+#[test]
+fn an_etcd_endpoint_that_is_no_url_is_refused_at_start() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_tartan");
+    let dir = tempfile::tempdir()?;
+    let cases: [(&[&str], Option<&str>); 3] = [
+        (&["agent", "--etcd-endpoints", "notaurl"], None),
+        (&["agent", "-etcd-endpoints=notaurl"], None),
+        (&["agent"], Some("http://127.0.0.1:2379,notaurl")),
+    ];
+    for (args, env) in cases {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--api-socket")
+            .arg(dir.path().join("s.sock"))
+            .arg("--subnet-file")
+            .arg(dir.path().join("subnet.env"))
+            .env_remove("TARTAN_ETCD_ENDPOINTS")
+            .env_remove("FLANNELD_ETCD_ENDPOINTS");
+        if let Some(value) = env {
+            cmd.env("TARTAN_ETCD_ENDPOINTS", value);
+        }
+        let out = output_within(&mut cmd, Duration::from_secs(10))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains("'notaurl'") && stderr.contains("use http://HOST:PORT"),
+            "{args:?} {env:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "nothing created");
+    }
     Ok(())
 }

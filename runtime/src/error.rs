@@ -22,6 +22,13 @@ pub enum RuntimeError {
     ImageInUse { image: String, user: String },
     #[error("{0}")]
     Protocol(String),
+    #[error("{op} process {pid}")]
+    Process {
+        op: &'static str,
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     #[error("the image store at {path} is damaged")]

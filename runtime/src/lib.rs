@@ -3,12 +3,14 @@
 //! containers share, never copy); the container's init (its root
 //! filesystem, overlay, kernel filesystems and pivot_root, and the step
 //! down to Docker's default privileges) behind a syscall seam; and each
-//! container's supervisor, log, attach protocol, exec and export.
+//! container's supervisor, log, attach protocol, exec and export, with
+//! signals to its process sent by pidfd.
 
 pub mod container;
 mod error;
 pub mod image;
 pub mod init;
+pub mod process;
 pub mod rootfs;
 pub mod syscall;
 

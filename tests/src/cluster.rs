@@ -46,6 +46,22 @@ impl Cluster {
         hosts: usize,
         agent_args: &[&str],
     ) -> Result<Cluster> {
+        Self::start_configured(name, octet, config, hosts, &|agent| {
+            agent
+                .extra_args
+                .extend(agent_args.iter().map(|a| a.to_string()));
+        })
+    }
+
+    /// As `start`, with each agent's configuration adjusted by `configure`
+    /// (its environment, its arguments) before it starts.
+    pub fn start_configured(
+        name: &str,
+        octet: u8,
+        config: &str,
+        hosts: usize,
+        configure: &dyn Fn(&mut AgentConfig),
+    ) -> Result<Cluster> {
         prereq::require_root()?;
         prereq::require_binary("ip")?;
         let underlay = Underlay::create(name, (Ipv4Addr::new(10, octet, 0, 0), 24))?;
@@ -61,13 +77,14 @@ impl Cluster {
         cluster.etcdctl(&["put", &format!("{}/config", cluster.prefix), config])?;
         for i in 0..hosts {
             let host = cluster.underlay.add_host(&format!("h{i}"))?;
-            let agent = Agent::start(AgentConfig {
+            let mut agent_config = AgentConfig {
                 etcd_endpoints: cluster.etcd.endpoint(),
                 etcd_prefix: cluster.prefix.clone(),
                 netns: Some(host.netns.name().to_string()),
-                extra_args: agent_args.iter().map(|a| a.to_string()).collect(),
                 ..AgentConfig::default()
-            })?;
+            };
+            configure(&mut agent_config);
+            let agent = Agent::start(agent_config)?;
             cluster.hosts.push(host);
             cluster.agents.push(agent);
         }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
+use tartan_runtime::container::ContainerDir;
 use tartan_tests::agent::Agent;
 use tartan_tests::cluster::{Cluster, READY};
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
@@ -239,6 +240,150 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
     )?;
     ensure!(!again.is_empty(), "the address is free again");
     assert_eq!(address_of(&cluster.agents[0], "web2")?, web);
+    Ok(())
+}
+
+/// A process's environment, one `KEY=VALUE` per entry.
+fn environ(pid: u64) -> Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .with_context(|| format!("reading the environment of {pid}"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect())
+}
+
+/// The agent runs as a systemd `Type=notify` service: the notify socket,
+/// socket activation and watchdog variables are its own, and neither a
+/// container's supervisor nor the container inherits them.
+#[test]
+fn containers_inherit_none_of_the_agents_systemd_variables() -> Result<()> {
+    let notify_dir = tempfile::tempdir()?;
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(READY))?;
+    let service_env = [
+        ("NOTIFY_SOCKET", notify_path.to_string_lossy().into_owned()),
+        ("LISTEN_FDS", "0".to_string()),
+        ("LISTEN_PID", "1".to_string()),
+        ("WATCHDOG_USEC", "60000000".to_string()),
+        ("WATCHDOG_PID", "1".to_string()),
+    ];
+    let cluster = Cluster::start_configured("cn", 224, VXLAN, 1, &|agent| {
+        for (key, value) in &service_env {
+            agent.env.push((key.to_string(), value.clone()));
+        }
+    })?;
+    let agent = &cluster.agents[0];
+    // The agent itself has the socket: systemd hears from it.
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).context("no READY=1 from the agent")?;
+    assert_eq!(&buf[..n], b"READY=1");
+
+    import_busybox(agent)?;
+    let id = cli_ok(
+        agent,
+        &["run", "-d", "--name", "quiet", "busybox", "sleep", "1000"],
+    )?;
+    let id = id.trim();
+    let pid = inspect(agent, "quiet")?["state"]["pid"]
+        .as_u64()
+        .context("inspect shows no pid")?;
+    let state_path = agent
+        .state_dir()
+        .join("containers")
+        .join(&id[..12.min(id.len())])
+        .join("state.json");
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+    )?;
+    let shim_pid = state["shim_pid"]
+        .as_u64()
+        .with_context(|| format!("no shim_pid in {state}"))?;
+
+    let shim_env = environ(shim_pid)?;
+    // What the agent was given otherwise reaches the supervisor: the right process was read.
+    ensure!(
+        shim_env.iter().any(|e| e.starts_with("TARTAN_LOG=")),
+        "the supervisor's environment lacks the agent's TARTAN_LOG: {shim_env:?}"
+    );
+    let container_env = environ(pid)?;
+    ensure!(
+        container_env.iter().any(|e| e.starts_with("HOSTNAME=")),
+        "the container's environment: {container_env:?}"
+    );
+    for (who, env) in [("supervisor", &shim_env), ("container", &container_env)] {
+        for (key, _) in &service_env {
+            ensure!(
+                !env.iter().any(|e| e.starts_with(&format!("{key}="))),
+                "the {who} inherited {key} from the agent"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A process of the test's own, killed and reaped however the test ends.
+struct Stranger(Child);
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// A container whose recorded pid has passed to an unrelated process (its
+/// first process ended and the pid was reused while its supervisor still
+/// runs): `stop` and `rm -f` must not signal that process.
+#[test]
+fn stop_and_rm_never_signal_a_process_that_took_the_containers_pid() -> Result<()> {
+    let cluster = Cluster::start("cr", 223, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    let id = cli_ok(
+        agent,
+        &[
+            "run", "-d", "--name", "recycled", "busybox", "sleep", "1000",
+        ],
+    )?;
+    let id = id.trim();
+    let dir = ContainerDir::new(agent.state_dir().join("containers").join(&id[..12]));
+    let mut stranger = Stranger(
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .context("starting sleep")?,
+    );
+    // The record rewritten as the supervisor writes it (a whole file, renamed in).
+    let mut state = dir
+        .read_state()
+        .context("the container has no state.json")?;
+    state.pid = stranger.0.id();
+    let staging = dir.state_path().with_extension("json.tmp");
+    std::fs::write(&staging, serde_json::to_vec(&state)?)?;
+    std::fs::rename(&staging, dir.state_path())?;
+
+    for (args, said) in [
+        (&["stop", "-t", "1", "recycled"][..], "did not stop"),
+        (&["rm", "-f", "recycled"], "did not die"),
+    ] {
+        // Bounded by the agent: the timeout given, then 10 s for the supervisor.
+        let out = agent.cli(args)?;
+        ensure!(
+            stranger.0.try_wait()?.is_none(),
+            "tartan {args:?} signalled pid {}, which is not the container's",
+            state.pid
+        );
+        // Nothing was signalled, so the container still runs and says why it did not stop.
+        ensure!(!out.status.success(), "tartan {args:?} succeeded");
+        ensure!(
+            text(&out.stderr).contains(said),
+            "tartan {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;
 use crate::init::InitSpec;
+use crate::process::{proc_stat, Pidfd, ProcStat};
 use crate::{Result, RuntimeError};
 
 /// How a container is networked (`--net`).
@@ -100,6 +101,18 @@ pub struct RunState {
     /// The container's first process, as the host's PID namespace numbers it.
     pub pid: u32,
     pub started: String,
+    /// That process's start time (`/proc/PID/stat`), which tells it from a
+    /// later process given the same pid. Absent from older supervisors' records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+}
+
+impl RunState {
+    /// Whether `stat` describes the container's first process: a child of
+    /// the supervisor (which makes no other), started when it was.
+    pub fn describes(&self, stat: &ProcStat) -> bool {
+        stat.ppid == self.shim_pid && self.start_time.is_none_or(|t| t == stat.start_time)
+    }
 }
 
 /// Written by the supervisor when the container's process has ended.
@@ -208,6 +221,26 @@ impl ContainerDir {
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         rc != 0
     }
+
+    /// Sends `signal` to the container's first process, but only to it: the
+    /// recorded pid may belong to another process once the container has
+    /// ended. A pidfd is opened first; if the pid then still names a child
+    /// of the live supervisor with the recorded start time, that process
+    /// lived when the pidfd was opened, so the pidfd is its. Returns false,
+    /// sending nothing, when the container's process is gone.
+    pub fn signal(&self, signal: libc::c_int) -> Result<bool> {
+        let Some(state) = self.read_state() else {
+            return Ok(false);
+        };
+        let Some(pidfd) = Pidfd::open(state.pid)? else {
+            return Ok(false);
+        };
+        let ours = proc_stat(state.pid).is_some_and(|stat| state.describes(&stat));
+        if !ours || !self.shim_alive() {
+            return Ok(false);
+        }
+        pidfd.send_signal(signal, state.pid)
+    }
 }
 
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -295,6 +328,106 @@ mod tests {
         assert!(!container.shim_alive());
         std::fs::write(container.config_path(), b"{").expect("corrupt");
         assert!(container.read_config().is_err());
+    }
+
+    #[test]
+    fn the_state_describes_only_the_supervisors_child_started_when_recorded() {
+        let state = RunState {
+            shim_pid: 100,
+            pid: 200,
+            started: now_rfc3339(),
+            start_time: Some(5000),
+        };
+        let same = ProcStat {
+            ppid: 100,
+            start_time: 5000,
+        };
+        assert!(state.describes(&same));
+        assert!(!state.describes(&ProcStat { ppid: 1, ..same }));
+        assert!(!state.describes(&ProcStat {
+            start_time: 7000,
+            ..same
+        }));
+        // An older supervisor's record: the parent alone tells.
+        let older = RunState {
+            start_time: None,
+            ..state
+        };
+        assert!(older.describes(&ProcStat {
+            start_time: 7000,
+            ..same
+        }));
+        assert!(!older.describes(&ProcStat { ppid: 1, ..same }));
+        let old_json = r#"{"shim_pid":100,"pid":200,"started":"2020-01-01T00:00:00Z"}"#;
+        let parsed: RunState = serde_json::from_str(old_json).expect("an older record");
+        assert_eq!(parsed.start_time, None);
+    }
+
+    /// Waits up to 5 s for `child` to end; whether it did.
+    fn ends(child: &mut std::process::Child) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_signal_reaches_the_containers_process_and_no_stranger_with_its_pid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let container = ContainerDir::new(dir.path());
+        container.create().expect("create");
+        // This test stands in for the supervisor: `sleep` is its child, the lock is its.
+        let lock = File::create(container.lock_path()).expect("lock file");
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        // SAFETY: getpid cannot fail.
+        let me = unsafe { libc::getpid() } as u32;
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = sleeper.id();
+        let stat = proc_stat(pid).expect("stat");
+        let record = |shim_pid: u32, start_time: Option<u64>| {
+            let state = RunState {
+                shim_pid,
+                pid,
+                started: now_rfc3339(),
+                start_time,
+            };
+            write_json(&container.state_path(), &state, false).expect("state");
+        };
+
+        // A record whose pid now names someone else: another parent, or a later start.
+        for (shim_pid, start_time) in [
+            (1, None),
+            (me, Some(stat.start_time + 1)),
+            (1, Some(stat.start_time)),
+        ] {
+            record(shim_pid, start_time);
+            assert!(!container.signal(libc::SIGTERM).expect("no error"));
+        }
+        // The right record, but no supervisor holds the lock.
+        record(me, Some(stat.start_time));
+        drop(lock);
+        assert!(!container.signal(libc::SIGTERM).expect("no error"));
+        assert!(
+            sleeper.try_wait().expect("try_wait").is_none(),
+            "a stranger was signalled"
+        );
+
+        let lock = File::create(container.lock_path()).expect("lock file");
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        assert!(container.signal(libc::SIGTERM).expect("signalled"));
+        assert!(ends(&mut sleeper), "SIGTERM did not end the process");
+        // Reaped and gone: nothing is sent.
+        assert!(!container.signal(libc::SIGKILL).expect("no error"));
+        drop(lock);
     }
 
     #[test]

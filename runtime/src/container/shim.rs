@@ -282,6 +282,8 @@ fn supervise(dir: &Path) -> Result<()> {
             shim_pid,
             pid: pid as u32,
             started: now_rfc3339(),
+            // Read while the process is our unreaped child: the pid is surely its.
+            start_time: crate::process::proc_stat(pid as u32).map(|stat| stat.start_time),
         },
         false,
     )?;
