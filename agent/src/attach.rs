@@ -172,7 +172,7 @@ impl Attacher {
                         tracing::warn!(%stored, error = %err, "could not read the previous subnet's addresses");
                     }
                 }
-                tracing::warn!(%stored, %subnet, booked = previous.len(), "the node subnet changed since the last run");
+                tracing::warn!(%stored, %subnet, booked = previous.len(), "the saved container addresses are of another subnet: what they belong to moves to this one");
                 HostAllocator::new(subnet)?
             }
             Err(err) => return Err(err).context("loading container addresses"),

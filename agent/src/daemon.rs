@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
-use tartan_dataplane::{stable_vtep_mac, HostInterface, InterfaceSelector, Netlink};
+use tartan_dataplane::{
+    stable_bridge_mac, stable_vtep_mac, HostInterface, InterfaceSelector, Netlink,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -263,6 +265,7 @@ async fn run_node(
             forward_accept: opts.forward_rules,
             network: config.network(),
             bridge: (!opts.external_bridge).then(|| opts.bridge.clone()),
+            bridge_mac: stable_bridge_mac(public_ip),
             udp: std::sync::Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
             vtep_mac: match backend {

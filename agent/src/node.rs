@@ -39,6 +39,8 @@ pub struct NodeDataplane {
     /// The bridge the agent keeps, holding the subnet's gateway; None when
     /// it is external (its consumer, say dockerd --bip, makes it).
     pub bridge: Option<String>,
+    /// The bridge's fixed MAC.
+    pub bridge_mac: [u8; 6],
     /// The udp backend's packet pump, once started.
     pub udp: std::sync::Mutex<Option<UdpOverlay>>,
     /// One setup pass at a time: the reconciler and a subnet change may both ask.
@@ -79,6 +81,7 @@ impl NodeDataplane {
                         name: name.clone(),
                         mtu: self.mtu(),
                         gateway,
+                        mac: self.bridge_mac,
                     })
                     .await
                     .with_context(|| format!("setting up the node bridge {name}"))?,

@@ -1,6 +1,8 @@
 //! The node bridge (`tartan0`): containers' veths hang off it and it holds
 //! the node subnet's gateway address.
 
+use std::net::Ipv4Addr;
+
 use ipnetwork::Ipv4Network;
 use rtnetlink::LinkBridge;
 
@@ -13,6 +15,18 @@ pub struct BridgeSpec {
     pub mtu: u32,
     /// The gateway address with the node subnet's prefix, e.g. 10.5.34.1/24.
     pub gateway: Ipv4Network,
+    /// A fixed MAC: without one the kernel gives the bridge the lowest MAC
+    /// of its ports, so a container leaving changes the gateway's MAC under
+    /// the neighbour caches of the others, whose frames the bridge then drops.
+    pub mac: [u8; 6],
+}
+
+/// A stable, locally administered MAC for the node bridge of the node
+/// publishing `public_ip`.
+pub fn stable_bridge_mac(public_ip: Ipv4Addr) -> [u8; 6] {
+    let ip = public_ip.octets();
+    // 0x0a: locally administered (bit 1), unicast (bit 0 clear); distinct from the VTEP's 0x0e.
+    [0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]]
 }
 
 impl Netlink {
@@ -42,6 +56,9 @@ impl Netlink {
                 })?
             }
         };
+        if link.mac != Some(spec.mac) {
+            self.set_mac(link.index, spec.mac, "bridge set mac").await?;
+        }
         self.ensure_sole_ipv4(link.index, spec.gateway.ip(), spec.gateway.prefix())
             .await?;
         if !link.up || link.mtu != spec.mtu {

@@ -16,7 +16,7 @@ pub mod udp;
 mod veth;
 mod vxlan;
 
-pub use bridge::BridgeSpec;
+pub use bridge::{stable_bridge_mac, BridgeSpec};
 pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
 pub use link::{LinkState, VxlanInfo};

@@ -134,6 +134,18 @@ impl Netlink {
     }
 
     /// Brings a link up and sets its MTU.
+    pub(crate) async fn set_mac(&self, index: u32, mac: [u8; 6], op: &'static str) -> Result<()> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|source| DataplaneError::Netlink { op, source })
+    }
+
     pub(crate) async fn set_up_with_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
         self.handle

@@ -97,18 +97,7 @@ impl Netlink {
             }
         };
         if link.mac != Some(spec.mac) {
-            let msg = rtnetlink::LinkUnspec::new_with_index(link.index)
-                .address(spec.mac.to_vec())
-                .build();
-            self.handle
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .map_err(|source| DataplaneError::Netlink {
-                    op: "vxlan set mac",
-                    source,
-                })?;
+            self.set_mac(link.index, spec.mac, "vxlan set mac").await?;
         }
         self.ensure_sole_ipv4(link.index, spec.address, 32).await?;
         if !link.up || link.mtu != spec.mtu {

@@ -86,9 +86,35 @@ async fn vxlan_overlay_is_reconciled_and_repaired() -> Result<()> {
             name: "tartan0".into(),
             mtu: 1450,
             gateway: "10.5.34.1/24".parse()?,
+            mac: [0x0a, 0x58, 10, 0, 0, 1],
         })
         .await?;
     ensure!(ns_output(&ns, &["addr", "show", "tartan0"])?.contains("10.5.34.1/24"));
+    // The MAC stays put as ports with lower MACs come and go, which an
+    // unset bridge MAC would follow.
+    for args in [
+        &[
+            "link",
+            "add",
+            "lowport",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lowpeer",
+        ][..],
+        &["link", "set", "lowport", "master", "tartan0", "up"][..],
+    ] {
+        ns_output(&ns, args)?;
+    }
+    ensure!(
+        ns_output(&ns, &["link", "show", "tartan0"])?.contains("link/ether 0a:58:0a:00:00:01"),
+        "{}",
+        ns_output(&ns, &["link", "show", "tartan0"])?
+    );
+    ns_output(&ns, &["link", "del", "lowport"])?;
 
     let peer_mac = [0x0e, 0, 0, 0, 0, 7];
     let mut desired = OverlayState::default();

@@ -875,7 +875,16 @@ fn a_new_subnet_moves_running_containers_and_attachments() -> Result<()> {
     wait_until(CONVERGE, Duration::from_millis(200), || {
         pings(agent, "mover", gateway)
     })
-    .context("the moved container reaches its new gateway")?;
+    .with_context(|| {
+        format!(
+            "the moved container reaches its new gateway {gateway}; bridge: {:?} {:?} {:?} {:?}\n{}",
+            cluster.hosts[0].netns.exec("ip", &["-o", "addr", "show", "tartan0"]).map(|o| text(&o.stdout)),
+            cluster.hosts[0].netns.exec("sh", &["-c", "ip neigh; bridge fdb show br tartan0; ip route; nft list ruleset; sysctl net.ipv4.conf.tartan0.arp_ignore net.ipv4.conf.all.rp_filter net.ipv4.conf.tartan0.rp_filter"]).map(|o| text(&o.stdout) + &text(&o.stderr)),
+            exec(agent, "mover", &["sh", "-c", "ip addr; ip route; ip neigh"]).map(|o| text(&o.stdout)),
+            exec(agent, "mover", &["ping", "-c", "1", "-W", "1", &gateway.to_string()]).map(|o| format!("{}{}", text(&o.stdout), text(&o.stderr))),
+            agent.log_tail(40)
+        )
+    })?;
     ensure!(
         agent
             .log()
@@ -911,6 +920,47 @@ fn a_new_subnet_moves_running_containers_and_attachments() -> Result<()> {
         Ok(cluster
             .route(0, &old_subnet.to_string())?
             .contains("dev tartan.1"))
+    })
+    .with_context(|| agent.log_tail(30))?;
+
+    // While the agent is down, another node takes its subnet again: on its
+    // return the agent leases a third one, and what runs follows it there.
+    cluster.agents[0].kill()?;
+    cluster
+        .etcdctl(&[
+            "put",
+            &format!(
+                "{}/subnets/{}-{}",
+                cluster.prefix,
+                new_subnet.network(),
+                new_subnet.prefix()
+            ),
+            r#"{"PublicIP":"10.241.0.98","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"82:aa:bb:cc:dd:ef"}}"#,
+        ])
+        .context("taking the node's second subnet")?;
+    cluster.agents[0].restart()?;
+    let agent = &cluster.agents[0];
+    agent.wait_ready(READY)?;
+    let third: ipnetwork::Ipv4Network = agent.subnet()?.parse()?;
+    ensure!(
+        third != new_subnet && third != old_subnet,
+        "a third subnet: {third}"
+    );
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        Ok(third.contains(address_of(agent, "mover")?)
+            && third.contains(address_of(agent, "newcomer")?))
+    })
+    .with_context(|| agent.log_tail(30))?;
+    let moved = address_of(agent, "mover")?;
+    let hosts = text(&exec(agent, "mover", &["cat", "/etc/hosts"])?.stdout);
+    ensure!(hosts.contains(&format!("{moved}\t")), "/etc/hosts: {hosts}");
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "newcomer", moved)
+    })
+    .context("the containers reach each other on the third subnet")?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        let out = cluster.in_container(&attached, "ip", &["-4", "-o", "addr", "show", "eth0"])?;
+        Ok(inet_of(&text(&out.stdout)).is_some_and(|a| third.contains(a)))
     })
     .with_context(|| agent.log_tail(30))?;
     Ok(())
