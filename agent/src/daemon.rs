@@ -31,7 +31,7 @@ use crate::node_state::{EtcdMonitor, NodeLease, NodeState};
 use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::subnet_file::{previous_subnet, SubnetFile};
 use crate::teardown::Teardown;
-use crate::{api, node, notify};
+use crate::{api, claim, node, notify};
 
 /// Everything `tartan agent` is told on its command line.
 #[derive(Debug, Clone)]
@@ -77,6 +77,19 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let netlink = Netlink::connect().context("opening netlink")?;
     let (public_ip, iface) = public_address(&netlink, &opts).await?;
     info!(%public_ip, iface = iface.as_ref().map(|i| i.name.as_str()), "using public address");
+    let holder = claim::Holder {
+        pid: std::process::id(),
+        state_dir: opts.state_dir.display().to_string(),
+        api_socket: opts.api_socket.display().to_string(),
+    };
+    // Two agents with one public address and prefix would share one lease.
+    let prefix = opts.etcd.prefix.trim_end_matches('/');
+    let _lease_claim = claim::take(
+        &format!("lease {prefix} {public_ip}"),
+        &holder,
+        &format!("leases the subnet of {public_ip} under {prefix}"),
+    )
+    .await?;
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating --state-dir {}", opts.state_dir.display()))?;
 
@@ -124,7 +137,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let node_state = publishers.node.subscribe();
-    let node = run_node(&opts, registry, &publishers, netlink, public_ip, iface);
+    let node = run_node(
+        &opts,
+        registry,
+        &publishers,
+        netlink,
+        (public_ip, iface),
+        &holder,
+    );
     let outcome = tokio::select! {
         result = node => result,
         _ = sigterm.recv() => { info!("SIGTERM: shutting down, keeping the lease"); Ok(()) }
@@ -245,8 +265,8 @@ async fn run_node(
     registry: Registry,
     publishers: &Publishers,
     netlink: Netlink,
-    public_ip: Ipv4Addr,
-    iface: Option<HostInterface>,
+    (public_ip, iface): (Ipv4Addr, Option<HostInterface>),
+    holder: &claim::Holder,
 ) -> Result<()> {
     let health = &publishers.etcd;
     let config = Arc::new(wait_for_config(&registry, health).await);
@@ -254,6 +274,16 @@ async fn run_node(
     for note in &config.notes {
         warn!(note = %note, "network config");
     }
+    // The devices, routes and firewall table are the namespace's, whatever the prefix.
+    let _dataplane_claim = match config.backend {
+        Backend::Alloc => None,
+        _ => Some(claim::take(
+            "dataplane",
+            holder,
+            "programs its network (the bridge, the overlay devices and routes, the firewall table)",
+        )
+        .await?),
+    };
     let underlay = underlay_of(iface.as_ref(), public_ip);
     let dataplane = match (&config.backend, underlay) {
         (Backend::Alloc, _) => None,

@@ -4,6 +4,7 @@ mod acquire;
 mod api;
 mod attach;
 mod backend;
+mod claim;
 mod config;
 mod container_cli;
 mod containers;

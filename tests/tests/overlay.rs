@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::cluster::{Cluster, Container, READY};
 use tartan_tests::wait::wait_until;
 
@@ -401,5 +402,67 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
     pid_sleeper.kill().ok();
     sleeper.wait().ok();
     pid_sleeper.wait().ok();
+    Ok(())
+}
+
+/// A second agent in a network namespace that already has one is refused
+/// before it leases or programs anything, in one line naming the first,
+/// which carries on untouched.
+#[test]
+fn a_second_agent_in_one_network_namespace_is_refused() -> Result<()> {
+    let cluster = Cluster::start(
+        "dup",
+        242,
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        1,
+    )?;
+    let first = &cluster.agents[0];
+    let subnet = subnet_of(&cluster, 0)?;
+    let first_dir = first.state_dir().display().to_string();
+    let same_namespace = |public_ip: Option<&str>| -> Result<Agent> {
+        Agent::start(AgentConfig {
+            etcd_endpoints: cluster.etcd.endpoint(),
+            etcd_prefix: cluster.prefix.clone(),
+            netns: Some(cluster.hosts[0].netns.name().to_string()),
+            public_ip: public_ip.map(str::parse).transpose()?,
+            ..AgentConfig::default()
+        })
+    };
+
+    // Its own --state-dir, --subnet-file and --api-socket, the same address.
+    let mut second = same_namespace(None)?;
+    let exit = second.wait_exit(READY)?;
+    ensure!(!exit.success(), "the second agent must fail: {exit}");
+    let log = second.log();
+    ensure!(
+        log.contains("another tartan agent runs in this network namespace (pid ")
+            && log.contains(&format!("--state-dir {first_dir},"))
+            && log.contains("leases the subnet of"),
+        "{log}"
+    );
+
+    // Another address: a lease of its own, but the namespace's devices are the first's.
+    let mut third = same_namespace(Some("10.242.0.77"))?;
+    let exit = third.wait_exit(READY)?;
+    ensure!(!exit.success(), "the third agent must fail: {exit}");
+    let log = third.log();
+    ensure!(
+        log.contains(&format!("--state-dir {first_dir},")) && log.contains("programs its network"),
+        "{log}"
+    );
+    let leases = cluster.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{}/subnets/", cluster.prefix),
+    ])?;
+    ensure!(
+        leases.lines().filter(|l| !l.trim().is_empty()).count() == 1,
+        "only the first agent holds a lease: {leases}"
+    );
+
+    ensure!(first.is_running(), "{}", first.log_tail(20));
+    ensure!(subnet_of(&cluster, 0)? == subnet);
+    ensure!(first.status_json()?["node"]["subnet"] == subnet.as_str());
     Ok(())
 }
