@@ -436,21 +436,20 @@ impl Agent for AgentService {
         };
         let forward_dropped_by = self.forward_dropped_by.borrow().clone();
         // Asked now: what the agent last saw may be seconds old.
-        let etcd_reachable = match self.registry.probe(STATUS_PROBE_TIMEOUT).await {
-            Ok(()) => {
-                self.etcd.reachable();
-                true
+        let probe = self.registry.probe(STATUS_PROBE_TIMEOUT).await;
+        match &probe {
+            Ok(()) => self.etcd.reachable(),
+            // A refusal (say, of authentication) is an answer, not an outage.
+            Err(err) if crate::etcd::is_unreachable(err) => self.etcd.unreachable(err),
+            Err(_) => {}
+        }
+        let etcd_reachable = probe.is_ok();
+        let (etcd_error, etcd_unreachable_secs) = match (probe, self.etcd.current()) {
+            (Ok(()), _) => (String::new(), 0),
+            (Err(err), EtcdHealth::Unreachable { since, .. }) => {
+                (format!("{err:#}"), since.elapsed().as_secs())
             }
-            Err(err) => {
-                self.etcd.unreachable(&err);
-                false
-            }
-        };
-        let (etcd_error, etcd_unreachable_secs) = match self.etcd.current() {
-            EtcdHealth::Unreachable { since, error } if !etcd_reachable => {
-                (error, since.elapsed().as_secs())
-            }
-            _ => (String::new(), 0),
+            (Err(err), _) => (format!("{err:#}"), 0),
         };
         let expiries = if etcd_reachable {
             tokio::time::timeout(STATUS_TTL_TIMEOUT, self.peer_expiries(&peers))

@@ -129,6 +129,10 @@ pub struct Attacher {
     store: PathBuf,
     /// Set once a successor owns the store: this book must not overwrite it.
     retired: Arc<AtomicBool>,
+    /// Shared by an attacher and its successors: plugging holds it to read,
+    /// the hand-over to a successor to write, so that nothing is half
+    /// plugged on the old subnet while its bookings move.
+    handover: Arc<tokio::sync::RwLock<()>>,
     /// The bookings of the different subnet an earlier run held, to move.
     previous: std::sync::Mutex<Vec<(Ipv4Addr, String)>>,
 }
@@ -185,8 +189,44 @@ impl Attacher {
             allocations: Arc::new(Mutex::new(allocations)),
             store,
             retired: Arc::default(),
+            handover: Arc::default(),
             previous: std::sync::Mutex::new(previous),
         })
+    }
+
+    /// A fresh, empty book for `subnet` that takes this one's place; it
+    /// owns the store from its first booking on.
+    pub fn successor(&self, subnet: Ipv4Network) -> Result<Attacher> {
+        Ok(Attacher {
+            netlink: self.netlink.clone(),
+            subnet,
+            mtu: self.mtu,
+            bridge: self.bridge.clone(),
+            allocations: Arc::new(Mutex::new(HostAllocator::new(subnet)?)),
+            store: self.store.clone(),
+            retired: Arc::default(),
+            handover: self.handover.clone(),
+            previous: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Held while a booking is made and plugged in, so that a hand-over to
+    /// a successor waits for it (and it for the hand-over).
+    pub async fn hold(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.handover.clone().read_owned().await
+    }
+
+    /// Held by the hand-over to a successor.
+    pub async fn hold_for_handover(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.handover.clone().write_owned().await
+    }
+
+    /// A retired book takes no more changes: its successor has the bookings.
+    fn check_current(&self) -> Result<()> {
+        if self.retired.load(Ordering::Acquire) {
+            bail!("the node's subnet just changed; try again");
+        }
+        Ok(())
     }
 
     /// What an earlier run booked on the subnet it held, when that differs
@@ -232,6 +272,12 @@ impl Attacher {
                 tracing::info!(container = %describe(&container), "not moving a namespace that is gone");
                 continue;
             }
+            // A pid reused by a process of the agent's own namespace would
+            // have the host's network reconfigured.
+            if same_file(&path, Path::new("/proc/self/ns/net")) {
+                tracing::warn!(container = %describe(&container), "not moving: it now names the agent's own network namespace");
+                continue;
+            }
             let result = async {
                 let address = self.reserve(&key, None, None).await?;
                 if let Err(err) = self.plug(&key, path).await {
@@ -249,6 +295,11 @@ impl Attacher {
             }
         }
         (moved, errors)
+    }
+
+    /// Writes the book now (a successor's store holds its predecessor's until then).
+    pub async fn persist(&self) -> Result<()> {
+        save_book(&*self.allocations.lock().await, &self.store, &self.retired)
     }
 
     /// Hands the store to a successor: from now on this book is only read.
@@ -273,7 +324,14 @@ impl Attacher {
                 path.display()
             );
         }
+        if same_file(&path, Path::new("/proc/self/ns/net")) {
+            bail!(
+                "{} is the agent's own network namespace: refusing to give it a container interface and default route",
+                describe(container)
+            );
+        }
         let key = container.key();
+        let _hold = self.hold().await;
         if let Some(addr) = self.address_of(&key).await {
             bail!("{} is already attached with {addr}", describe(container));
         }
@@ -289,6 +347,7 @@ impl Attacher {
 
     /// Unplugs the container and frees its address. Returns the address it had.
     pub async fn detach(&self, container: &ContainerRef) -> Result<Ipv4Addr> {
+        let _hold = self.hold().await;
         match self.release(&container.key()).await? {
             Some(addr) => Ok(addr),
             None => bail!("{} is not attached", describe(container)),
@@ -319,6 +378,7 @@ impl Attacher {
         requested: Option<&str>,
         preferred: Option<Ipv4Addr>,
     ) -> Result<Ipv4Network> {
+        self.check_current()?;
         let requested = requested
             .map(|text| parse_requested(text, &self.subnet))
             .transpose()?;
@@ -396,6 +456,7 @@ impl Attacher {
     /// still holds the namespace, until it has been deleted here), and freed
     /// then. Returns the address.
     pub async fn release_when_gone(&self, key: &str) -> Result<Option<Ipv4Addr>> {
+        self.check_current()?;
         let tombstone = format!("{RELEASING}{key}");
         let addr = {
             let mut book = self.allocations.lock().await;
@@ -460,6 +521,7 @@ impl Attacher {
     /// Removes `key`'s interface (if it is still there) and frees its
     /// address. Returns the address it had, `None` when it had none.
     pub async fn release(&self, key: &str) -> Result<Option<Ipv4Addr>> {
+        self.check_current()?;
         let mut book = self.allocations.lock().await;
         self.netlink.detach_veth(&host_ifname_for(key)).await?;
         let Some(addr) = book.release(key) else {
@@ -467,6 +529,14 @@ impl Attacher {
         };
         save_book(&book, &self.store, &self.retired)?;
         Ok(Some(addr))
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

@@ -79,8 +79,14 @@ pub async fn take(what: &str, holder: &Holder, refusal: &str) -> Result<Claim> {
     let line = holder.line();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, say: the claim holds; answers wait.
+                    tracing::debug!(error = %err, "could not accept on the agent's claim");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let line = line.clone();
             tokio::spawn(async move {

@@ -76,6 +76,16 @@ pub struct ContainerView {
     pub attach_socket: PathBuf,
 }
 
+/// How a container's network is made at its start.
+struct NetworkPlan {
+    address: Option<Ipv4Network>,
+    /// The namespace of the container whose network is shared.
+    join_netns: Option<PathBuf>,
+    new_netns: bool,
+    /// The overlay's attacher: the one the address is booked in.
+    attacher: Option<Arc<Attacher>>,
+}
+
 struct Entry {
     config: ContainerConfig,
     /// Serializes start, stop and removal of this container.
@@ -634,11 +644,20 @@ impl Containers {
 
         // The network: an address booked before the process exists, so that /etc/hosts can name it.
         let key = address_key(id);
-        let (address, join_netns, new_netns) = match &config.network {
+        // One attacher from booking to plugging, held so that a subnet
+        // change waits until this start is done (and then moves it).
+        let overlay = match &config.network {
             NetworkMode::Overlay => {
                 let attacher = self.attacher().ok_or_else(|| {
                     anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge); use --net host or none")
                 })?;
+                let hold = attacher.hold().await;
+                Some((attacher, hold))
+            }
+            _ => None,
+        };
+        let plan = match (&config.network, &overlay) {
+            (NetworkMode::Overlay, Some((attacher, _))) => {
                 let previous = config
                     .address
                     .as_deref()
@@ -647,11 +666,26 @@ impl Containers {
                 let address = attacher
                     .reserve(&key, config.requested_ip.as_deref(), previous)
                     .await?;
-                (Some(address), None, true)
+                NetworkPlan {
+                    address: Some(address),
+                    join_netns: None,
+                    new_netns: true,
+                    attacher: Some(attacher.clone()),
+                }
             }
-            NetworkMode::Host => (None, None, false),
-            NetworkMode::None => (None, None, true),
-            NetworkMode::Container(other) => {
+            (NetworkMode::Overlay, None) | (NetworkMode::None, _) => NetworkPlan {
+                address: None,
+                join_netns: None,
+                new_netns: true,
+                attacher: None,
+            },
+            (NetworkMode::Host, _) => NetworkPlan {
+                address: None,
+                join_netns: None,
+                new_netns: false,
+                attacher: None,
+            },
+            (NetworkMode::Container(other), _) => {
                 let view = self
                     .view(other)
                     .map_err(|_| anyhow!("the container whose network was shared is gone"))?;
@@ -661,29 +695,21 @@ impl Containers {
                         view.config.name
                     );
                 };
-                let address = view.config.address.as_deref().and_then(|a| a.parse().ok());
-                (
-                    address,
-                    Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
-                    false,
-                )
+                NetworkPlan {
+                    address: view.config.address.as_deref().and_then(|a| a.parse().ok()),
+                    join_netns: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+                    new_netns: false,
+                    attacher: None,
+                }
             }
         };
         let started = self
-            .launch(
-                &dir,
-                &config,
-                &layers,
-                address,
-                join_netns,
-                new_netns,
-                wait_for_attach,
-            )
+            .launch(&dir, &config, &layers, &plan, wait_for_attach)
             .await;
         match started {
             Ok(()) => {
                 if config.network == NetworkMode::Overlay {
-                    config.address = address.map(|a| a.to_string());
+                    config.address = plan.address.map(|a| a.to_string());
                     if let Err(err) = dir.update_config(&config) {
                         warn!(error = %err, "could not record the container's address");
                     }
@@ -699,11 +725,9 @@ impl Containers {
                 Ok(())
             }
             Err(err) => {
-                if config.network == NetworkMode::Overlay {
-                    if let Some(attacher) = self.attacher() {
-                        if let Err(undo) = attacher.release(&key).await {
-                            return Err(crate::teardown::and_undo(err, undo));
-                        }
+                if let Some(attacher) = &plan.attacher {
+                    if let Err(undo) = attacher.release(&key).await {
+                        return Err(crate::teardown::and_undo(err, undo));
                     }
                 }
                 Err(err)
@@ -711,17 +735,15 @@ impl Containers {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn launch(
         &self,
         dir: &ContainerDir,
         config: &ContainerConfig,
         layers: &[PathBuf],
-        address: Option<Ipv4Network>,
-        join_netns: Option<PathBuf>,
-        new_netns: bool,
+        plan: &NetworkPlan,
         wait_for_attach: bool,
     ) -> Result<()> {
+        let address = plan.address;
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let hosts = match config.network {
             NetworkMode::Host => std::fs::read_to_string("/etc/hosts")
@@ -755,8 +777,8 @@ impl Containers {
             },
             tty: config.tty,
             open_stdin: config.open_stdin,
-            new_netns,
-            join_netns,
+            new_netns: plan.new_netns,
+            join_netns: plan.join_netns.clone(),
             wait_for_attach,
         };
         dir.clear_run()?;
@@ -811,7 +833,7 @@ impl Containers {
             ),
         };
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let plugged = match (&config.network, self.attacher()) {
+        let plugged = match (&config.network, &plan.attacher) {
             (NetworkMode::Overlay, Some(attacher)) => {
                 attacher.plug(&address_key(&config.id), netns).await
             }
@@ -882,10 +904,15 @@ impl Containers {
             return;
         }
         if config.network == NetworkMode::Overlay {
-            if let Some(attacher) = self.attacher_ready().await {
-                if let Err(err) = attacher.release_when_gone(&address_key(id)).await {
-                    warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
+            match self.attacher() {
+                Some(attacher) => {
+                    if let Err(err) = attacher.release_when_gone(&address_key(id)).await {
+                        warn!(container = %config.name, error = %format!("{err:#}"), "could not free the container's address");
+                    }
                 }
+                // No address book yet (the agent is starting): freed once
+                // there is one, without holding up this container's commands.
+                None => self.release_later(id.to_string()),
             }
         }
         if config.auto_remove && self.lock().contains_key(id) {
@@ -896,6 +923,27 @@ impl Containers {
             self.lock().remove(id);
             info!(container = %config.name, "removed a container that ended (--rm)");
         }
+    }
+
+    fn release_later(&self, id: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(attacher) = this.attacher_ready().await else {
+                return;
+            };
+            // Unless it started again meanwhile, with an address of its own.
+            let lifecycle = this.entry_parts(&id).ok().map(|(_, lifecycle)| lifecycle);
+            let _guard = match &lifecycle {
+                Some(lifecycle) => Some(lifecycle.lock().await),
+                None => None,
+            };
+            if this.dir(&id).shim_alive() {
+                return;
+            }
+            if let Err(err) = attacher.release_when_gone(&address_key(&id)).await {
+                warn!(container = %id, error = %format!("{err:#}"), "could not free the container's address");
+            }
+        });
     }
 
     /// `tartan stop`: SIGTERM, then SIGKILL after `timeout`. A container
@@ -1060,8 +1108,8 @@ impl Containers {
         let Status::Running { pid, .. } = self.status_of(&dir) else {
             return Ok(None);
         };
-        if let Some(requested) = &config.requested_ip {
-            warn!(container = %config.name, ip = %requested, "the --ip address is outside the new subnet; the container gets another");
+        if let Some(requested) = config.requested_ip.take() {
+            warn!(container = %config.name, ip = %requested, "the --ip address is outside the new subnet; the container gets another, and keeps it");
         }
         let key = address_key(id);
         let address = attacher.reserve(&key, None, None).await?;

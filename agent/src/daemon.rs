@@ -137,13 +137,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let node_state = publishers.node.subscribe();
+    // Held until the firewall table is removed below, not only while the node runs.
+    let mut dataplane_claim = None;
     let node = run_node(
         &opts,
         registry,
         &publishers,
         netlink,
         (public_ip, iface),
-        &holder,
+        (&holder, &mut dataplane_claim),
     );
     let outcome = tokio::select! {
         result = node => result,
@@ -266,7 +268,7 @@ async fn run_node(
     publishers: &Publishers,
     netlink: Netlink,
     (public_ip, iface): (Ipv4Addr, Option<HostInterface>),
-    holder: &claim::Holder,
+    (holder, dataplane_claim): (&claim::Holder, &mut Option<claim::Claim>),
 ) -> Result<()> {
     let health = &publishers.etcd;
     let config = Arc::new(wait_for_config(&registry, health).await);
@@ -275,15 +277,16 @@ async fn run_node(
         warn!(note = %note, "network config");
     }
     // The devices, routes and firewall table are the namespace's, whatever the prefix.
-    let _dataplane_claim = match config.backend {
-        Backend::Alloc => None,
-        _ => Some(claim::take(
-            "dataplane",
-            holder,
-            "programs its network (the bridge, the overlay devices and routes, the firewall table)",
-        )
-        .await?),
-    };
+    if config.backend != Backend::Alloc {
+        *dataplane_claim = Some(
+            claim::take(
+                "dataplane",
+                holder,
+                "programs its network (the bridge, the overlay devices and routes, the firewall table)",
+            )
+            .await?,
+        );
+    }
     let underlay = underlay_of(iface.as_ref(), public_ip);
     let dataplane = match (&config.backend, underlay) {
         (Backend::Alloc, _) => None,
@@ -438,7 +441,7 @@ async fn run_node(
             } else {
                 warn!(from = %before, to = %held.subnet, "the node's subnet changed");
                 if let Some(dataplane) = &dataplane {
-                    move_attachments(dataplane, &publishers.attacher, opts, held.subnet).await;
+                    move_attachments(dataplane, &publishers.attacher, held.subnet).await;
                 }
             }
             renew_in = ttl - margin;
@@ -452,7 +455,6 @@ async fn run_node(
 async fn move_attachments(
     dataplane: &NodeDataplane,
     attacher: &watch::Sender<Option<Arc<Attacher>>>,
-    opts: &AgentOptions,
     subnet: Ipv4Network,
 ) {
     let Some(old) = attacher.borrow().clone() else {
@@ -463,22 +465,20 @@ async fn move_attachments(
     if let Err(err) = dataplane.ensure_devices(subnet).await {
         warn!(error = %format!("{err:#}"), "could not move the bridge to the new subnet");
     }
-    old.retire();
-    let new = match Attacher::new(
-        dataplane.netlink.clone(),
-        subnet,
-        dataplane.mtu(),
-        opts.bridge.clone(),
-        &opts.state_dir,
-    ) {
+    let new = match old.successor(subnet) {
         Ok(new) => Arc::new(new),
         Err(err) => {
-            warn!(error = %format!("{err:#}"), "no address book for the new subnet: attach and new containers are refused");
-            attacher.send_replace(None);
+            warn!(error = %format!("{err:#}"), "no address book for the new subnet: attachments stay on the old one");
             return;
         }
     };
+    // Attachments being made finish first; new ones wait for the successor.
+    let _handover = old.hold_for_handover().await;
+    old.retire();
     log_moves(new.adopt_attached(old.bookings().await).await);
+    if let Err(err) = new.persist().await {
+        warn!(error = %format!("{err:#}"), "could not save the new subnet's addresses");
+    }
     attacher.send_replace(Some(new));
 }
 
@@ -589,11 +589,18 @@ async fn watch_peers(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut resume_from: Option<i64> = None;
     loop {
+        // A subnet change the watch did not see (it broke, or was being
+        // listed) still needs the re-list.
+        if resume_from.is_some() && own.borrow().subnet() != table.own() {
+            info!("the node's subnet changed; listing the leases again");
+            resume_from = None;
+        }
         let from = match resume_from {
             Some(revision) => revision,
             None => {
-                let withdrawn = table.set_own(own.borrow_and_update().subnet());
-                publish(&node, &table, withdrawn, Vec::new());
+                // Logged, not published: the listing below publishes the
+                // whole table, and before the first one nothing is withdrawn.
+                log_events(&table.set_own(own.borrow_and_update().subnet()));
                 match relist(&registry, &node, &mut table, &lost).await {
                     Ok(revision) => {
                         health.reachable();
@@ -679,17 +686,22 @@ impl Follow<'_> {
         next: &mut i64,
         backoff: &mut Backoff,
     ) -> Result<WatchEnd> {
-        let watching = own.borrow_and_update().subnet();
+        // What the table was listed for; a change since then is news.
+        let watching = self.table.own();
         let mut stream = self.registry.watch_subnets(*next).await?;
         loop {
+            if own.borrow_and_update().subnet() != watching {
+                return Ok(WatchEnd::OwnSubnetChanged);
+            }
             // The stream is dropped when the subnet changes, so an
             // interrupted read loses nothing that the re-list does not see.
             let message = tokio::select! {
                 message = stream.message() => message.context("reading the subnet watch")?,
                 changed = own.changed() => {
-                    if changed.is_ok() && own.borrow_and_update().subnet() != watching {
-                        return Ok(WatchEnd::OwnSubnetChanged);
+                    if changed.is_err() {
+                        bail!("the node's state is gone: the agent is stopping");
                     }
+                    // Compared at the top of the loop.
                     continue;
                 }
             };

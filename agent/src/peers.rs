@@ -71,6 +71,11 @@ impl PeerTable {
         self.peers.values()
     }
 
+    /// This node's own subnet, as last set.
+    pub fn own(&self) -> Option<Ipv4Network> {
+        self.own
+    }
+
     pub fn len(&self) -> usize {
         self.peers.len()
     }

@@ -59,12 +59,14 @@ pub fn to_table(status: &StatusResponse) -> String {
     let mut out = String::new();
     let reachable = if status.etcd_reachable {
         "reachable".to_string()
-    } else {
+    } else if status.etcd_unreachable_secs > 0 {
         format!(
             "UNREACHABLE for {}: {}",
             humantime::format_duration(Duration::from_secs(status.etcd_unreachable_secs)),
             status.etcd_error
         )
+    } else {
+        format!("UNREACHABLE: {}", status.etcd_error)
     };
     let _ = writeln!(out, "etcd:     {} ({reachable})", status.etcd_prefix);
     if !status.forward_dropped_by.is_empty() {

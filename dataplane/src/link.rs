@@ -133,7 +133,7 @@ impl Netlink {
             .map_err(netlink_err("link delete"))
     }
 
-    /// Brings a link up and sets its MTU.
+    /// Sets a link's MAC address; `op` names the step in errors.
     pub(crate) async fn set_mac(&self, index: u32, mac: [u8; 6], op: &'static str) -> Result<()> {
         let msg = rtnetlink::LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
@@ -146,6 +146,7 @@ impl Netlink {
             .map_err(|source| DataplaneError::Netlink { op, source })
     }
 
+    /// Brings a link up and sets its MTU.
     pub(crate) async fn set_up_with_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
         self.handle

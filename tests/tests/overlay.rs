@@ -80,6 +80,20 @@ fn scenario(name: &str, octet: u8, config: &str, per_peer_routes: bool) -> Resul
         cluster.ping(&b, a.address)?,
         "connectivity after the restart"
     );
+    // ...without withdrawing a route it is about to confirm.
+    let log = cluster.agents[1].log();
+    let since_restart = log
+        .rsplit("using public address")
+        .next()
+        .unwrap_or_default();
+    let withdrew = since_restart
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("routes_removed="))
+        .any(|n| n != "0");
+    ensure!(
+        !withdrew,
+        "the restarted agent withdrew routes:\n{since_restart}"
+    );
 
     // A host that stops and whose lease is deleted disappears from the others.
     ensure!(
@@ -333,7 +347,12 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
     // Bad input: one line, non-zero, and no new interface on the host.
     let links_before = host_links(&cluster)?;
     let spare = tartan_tests::netns::Netns::create("ats")?;
+    let agent_pid = cluster.agents[0].pid().context("the agent's pid")?;
     for (args, needle) in [
+        (
+            vec!["attach".into(), agent_pid.to_string()],
+            "the agent's own network namespace",
+        ),
         (
             vec![
                 "attach".to_string(),
