@@ -607,10 +607,13 @@ async fn watch_peers(
                         revision + 1
                     }
                     Err(err) => {
+                        // An outage is the monitor's to tell, once.
                         if is_unreachable(&err) {
                             health.unreachable(&err);
+                            debug!(error = %format!("{err:#}"), "could not list subnet leases");
+                        } else {
+                            warn!(error = %format!("{err:#}"), "could not list subnet leases");
                         }
-                        warn!(error = %format!("{err:#}"), "could not list subnet leases");
                         tokio::time::sleep(backoff.next()).await;
                         continue;
                     }
@@ -632,10 +635,13 @@ async fn watch_peers(
                 resume_from = None;
             }
             Err(err) => {
+                // An outage is the monitor's to tell, once.
                 if is_unreachable(&err) {
                     health.unreachable(&err);
+                    debug!(error = %format!("{err:#}"), resume_from = next, "subnet watch broke");
+                } else {
+                    warn!(error = %format!("{err:#}"), resume_from = next, "subnet watch broke");
                 }
-                warn!(error = %format!("{err:#}"), resume_from = next, "subnet watch broke");
                 resume_from = Some(next);
                 tokio::time::sleep(backoff.next()).await;
             }
@@ -696,7 +702,9 @@ impl Follow<'_> {
             // The stream is dropped when the subnet changes, so an
             // interrupted read loses nothing that the re-list does not see.
             let message = tokio::select! {
-                message = stream.message() => message.context("reading the subnet watch")?,
+                message = stream.message() => message
+                    .map_err(crate::etcd::etcd_failure)
+                    .context("reading the subnet watch")?,
                 changed = own.changed() => {
                     if changed.is_err() {
                         bail!("the node's state is gone: the agent is stopping");

@@ -90,6 +90,7 @@ impl Registry {
     pub async fn connect(opts: &EtcdOptions, connect: ConnectOptions) -> Result<Registry> {
         let client = Client::connect(&opts.endpoints, Some(connect))
             .await
+            .map_err(etcd_failure)
             .with_context(|| format!("connecting to etcd at {}", opts.endpoints.join(",")))?;
         Ok(Registry {
             client,
@@ -148,7 +149,9 @@ impl Registry {
             Ok::<(), etcd_client::Error>(())
         };
         match tokio::time::timeout(limit, wait).await {
-            Ok(result) => result.context("watching the network config"),
+            Ok(result) => result
+                .map_err(etcd_failure)
+                .context("watching the network config"),
             Err(_) => Ok(()),
         }
     }
@@ -291,6 +294,44 @@ impl std::fmt::Display for NoAnswer {
 
 impl std::error::Error for NoAnswer {}
 
+/// An etcd client error, told in one short line: the client's own text
+/// nests the whole transport chain with its Debug forms.
+#[derive(Debug)]
+pub struct EtcdFailure(etcd_client::Error);
+
+impl std::fmt::Display for EtcdFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (head, mut source): (String, Option<&dyn std::error::Error>) = match &self.0 {
+            etcd_client::Error::GRpcStatus(status) if !status.message().is_empty() => (
+                status.message().to_string(),
+                std::error::Error::source(status),
+            ),
+            etcd_client::Error::TransportError(err) => (
+                "transport error".to_string(),
+                std::error::Error::source(err),
+            ),
+            other => return write!(f, "{other}"),
+        };
+        // The innermost cause says what happened (connection refused, …).
+        let mut innermost = None;
+        while let Some(cause) = source {
+            innermost = Some(cause);
+            source = cause.source();
+        }
+        match innermost {
+            Some(cause) => write!(f, "{head}: {cause}"),
+            None => f.write_str(&head),
+        }
+    }
+}
+
+impl std::error::Error for EtcdFailure {}
+
+/// Wraps an etcd client error for `anyhow`, keeping it classifiable.
+pub fn etcd_failure(err: etcd_client::Error) -> anyhow::Error {
+    anyhow::Error::new(EtcdFailure(err))
+}
+
 /// Whether `err` says etcd could not be reached (rather than that it
 /// answered with a refusal or a value that does not parse).
 pub fn is_unreachable(err: &anyhow::Error) -> bool {
@@ -298,7 +339,11 @@ pub fn is_unreachable(err: &anyhow::Error) -> bool {
         if cause.is::<NoAnswer>() {
             return true;
         }
-        match cause.downcast_ref::<etcd_client::Error>() {
+        let client_error = cause
+            .downcast_ref::<EtcdFailure>()
+            .map(|failure| &failure.0)
+            .or_else(|| cause.downcast_ref::<etcd_client::Error>());
+        match client_error {
             Some(etcd_client::Error::GRpcStatus(status)) => matches!(
                 status.code(),
                 tonic::Code::Unavailable
@@ -327,7 +372,35 @@ async fn bounded_by<T>(
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
-        Ok(result) => result.with_context(|| what.to_string()),
+        Ok(result) => result.map_err(|err| etcd_failure(err).context(what)),
         Err(_) => Err(anyhow::Error::new(NoAnswer { what, limit })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_are_one_short_line_and_stay_classifiable() {
+        let mut status = tonic::Status::unavailable("tcp connect error");
+        status.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        let err = etcd_failure(etcd_client::Error::GRpcStatus(status)).context("asking etcd");
+        assert_eq!(
+            format!("{err:#}"),
+            "asking etcd: tcp connect error: connection refused"
+        );
+        assert!(is_unreachable(&err));
+        let refused = etcd_failure(etcd_client::Error::GRpcStatus(
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+        ));
+        assert_eq!(format!("{refused:#}"), "etcdserver: permission denied");
+        assert!(!is_unreachable(&refused), "a refusal is an answer");
+        assert!(is_unreachable(&anyhow::Error::new(NoAnswer {
+            what: "asking etcd",
+            limit: Duration::from_secs(1),
+        })));
     }
 }
