@@ -14,7 +14,8 @@ need_root test
 # What the tests run or observe with: etcd and etcdctl, ip, ping, nft,
 # openssl (test certificates), python3, busybox-static (the containers'
 # image), tar and gzip (image archives), script from bsdutils (a terminal
-# for the run -t test), unshare from util-linux.
+# for the run -t test), unshare and nsenter from
+# util-linux.
 need_packages "${build_packages[@]}" \
   etcd-server etcd-client iproute2 iputils-ping procps openssl nftables python3 \
   busybox-static tar gzip bsdutils util-linux

@@ -458,16 +458,18 @@ impl Attacher {
     pub async fn release_when_gone(&self, key: &str) -> Result<Option<Ipv4Addr>> {
         self.check_current()?;
         let tombstone = format!("{RELEASING}{key}");
-        let addr = {
+        let (addr, saved) = {
             let mut book = self.allocations.lock().await;
             let Some(addr) = book.release(key) else {
                 return Ok(None);
             };
             book.allocate_specific(&tombstone, addr)?;
-            save_book(&book, &self.store, &self.retired)?;
-            addr
+            (addr, save_book(&book, &self.store, &self.retired))
         };
+        // The book in memory is right even when the disk is not: the
+        // address is freed when the interface is gone either way.
         self.finish_release(tombstone);
+        saved?;
         Ok(Some(addr))
     }
 

@@ -972,3 +972,86 @@ fn inet_of(out: &str) -> Option<Ipv4Addr> {
     words.find(|w| *w == "inet")?;
     words.next()?.split('/').next()?.parse().ok()
 }
+
+/// A tmpfs mounted in a process's mount namespace, unmounted on drop, so
+/// that a failed test leaves no mount behind.
+struct Mounted {
+    pid: u32,
+    path: std::path::PathBuf,
+}
+
+impl Mounted {
+    fn new(pid: u32, path: &std::path::Path) -> Result<Mounted> {
+        let status = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "mount", "-t", "tmpfs", "none"])
+            .arg(path)
+            .status()
+            .context("running nsenter")?;
+        ensure!(status.success(), "mounting a tmpfs on {}", path.display());
+        Ok(Mounted {
+            pid,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // Best effort: the namespace goes with the agent anyway.
+        let _ = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "umount"])
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// `rm` tries every step of its teardown and reports every failure in one
+/// line; what could not be done then can be done again.
+#[test]
+fn rm_reports_every_failed_step_together() -> Result<()> {
+    let cluster = Cluster::start("rmf", 243, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "doomed", "busybox", "sleep", "1000"],
+    )?;
+    let id = inspect(agent, "doomed")?["id"]
+        .as_str()
+        .context("the container's id")?
+        .to_string();
+    // The container's directory holds a mount point, and the address book
+    // cannot be written: both steps of `rm` fail.
+    let busy = agent
+        .state_dir()
+        .join("containers")
+        .join(&id[..12])
+        .join("busy");
+    std::fs::create_dir(&busy)?;
+    // In the agent's own mount namespace, where it removes the directory.
+    let mounted = Mounted::new(agent.pid().context("the agent's pid")?, &busy)?;
+    let book = agent.state_dir().join("ipam.json");
+    std::fs::remove_file(&book)?;
+    std::fs::create_dir(&book)?;
+
+    let out = agent.cli(&["rm", "-f", "doomed"])?;
+    let err = text(&out.stderr);
+    // The container's line, then the count of containers that failed.
+    let line = err.lines().next().unwrap_or_default();
+    ensure!(
+        !out.status.success()
+            && line.contains("freeing the container's address")
+            && line.contains("; removing the container"),
+        "rm -f ({}): {err:?}",
+        out.status
+    );
+
+    drop(mounted);
+    std::fs::remove_dir(&book)?;
+    cli_ok(agent, &["rm", "-f", "doomed"]).context("rm again once nothing is in the way")?;
+    ensure!(
+        !cli_ok(agent, &["ps", "-a"])?.contains("doomed"),
+        "the container is gone"
+    );
+    Ok(())
+}
