@@ -15,10 +15,10 @@ need_root test
 # openssl (test certificates), python3, busybox-static (the containers'
 # image), tar and gzip (image archives), script from bsdutils (a terminal
 # for the run -t test), unshare and nsenter from
-# util-linux.
+# util-linux, systemd-analyze (the unit is verified).
 need_packages "${build_packages[@]}" \
   etcd-server etcd-client iproute2 iputils-ping procps openssl nftables python3 \
-  busybox-static tar gzip bsdutils util-linux
+  busybox-static tar gzip bsdutils util-linux systemd
 find_cargo
 
 echo "test: $(etcd --version | head -n1); $(protoc --version); $(cargo --version)"
