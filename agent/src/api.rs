@@ -13,9 +13,10 @@ use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
-    AttachRequest, AttachResponse, Container as PbContainer, ContainerRequest, ContainersResponse,
-    DetachRequest, DetachResponse, ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse,
-    ImportChunk, Lease as PbLease, ListContainersRequest, LogEntry, LogsRequest,
+    AttachRequest, AttachResponse, Attachment as PbAttachment, AttachmentsResponse,
+    Container as PbContainer, ContainerRequest, ContainersResponse, DetachRequest, DetachResponse,
+    ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse, ImportChunk, Lease as PbLease,
+    ListAttachmentsRequest, ListContainersRequest, LogEntry, LogsRequest,
     NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RunRequest,
     StatusRequest, StatusResponse, StopRequest,
 };
@@ -500,6 +501,9 @@ impl Agent for AgentService {
             .await
             .map_err(failed)?;
         info!(container = %request.container, %address, "attached");
+        if let ContainerRef::Pid(pid) = container {
+            crate::attach::free_when_process_ends(self.attacher.clone(), pid);
+        }
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
         }))
@@ -566,6 +570,27 @@ impl Agent for AgentService {
                 .await?;
         info!(image = %removed.reference(), "removed an image");
         Ok(Response::new(to_pb_image(removed)))
+    }
+
+    async fn list_attachments(
+        &self,
+        _request: Request<ListAttachmentsRequest>,
+    ) -> Result<Response<AttachmentsResponse>, Status> {
+        let current = self.attacher.borrow().clone();
+        let attachments = match current {
+            Some(attacher) => attacher.attachments().await,
+            None => Vec::new(),
+        };
+        Ok(Response::new(AttachmentsResponse {
+            attachments: attachments
+                .into_iter()
+                .map(|(container, address, host_interface)| PbAttachment {
+                    container,
+                    address: address.to_string(),
+                    host_interface,
+                })
+                .collect(),
+        }))
     }
 
     async fn detach(

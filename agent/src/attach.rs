@@ -73,6 +73,15 @@ impl ContainerRef {
         }
     }
 
+    /// The reference as an operator types it (what `parse` takes back).
+    pub fn to_arg(&self) -> String {
+        match self {
+            ContainerRef::Netns(name) => name.clone(),
+            ContainerRef::Path(path) => path.display().to_string(),
+            ContainerRef::Pid(pid) => pid.to_string(),
+        }
+    }
+
     /// The owner key of the container's address in the allocator.
     pub fn key(&self) -> String {
         match self {
@@ -300,6 +309,25 @@ impl Attacher {
     /// Writes the book now (a successor's store holds its predecessor's until then).
     pub async fn persist(&self) -> Result<()> {
         save_book(&*self.allocations.lock().await, &self.store, &self.retired)
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// What `tartan attach` plugged in: (the reference as typed, address,
+    /// host interface).
+    pub async fn attachments(&self) -> Vec<(String, Ipv4Network, String)> {
+        let prefix = self.subnet.prefix();
+        self.bookings()
+            .await
+            .into_iter()
+            .filter_map(|(addr, key)| {
+                let container = ContainerRef::from_key(&key)?;
+                let address = Ipv4Network::new(addr, prefix).ok()?;
+                Some((container.to_arg(), address, host_ifname_for(&key)))
+            })
+            .collect()
     }
 
     /// Hands the store to a successor: from now on this book is only read.
@@ -532,6 +560,67 @@ impl Attacher {
         save_book(&book, &self.store, &self.retired)?;
         Ok(Some(addr))
     }
+}
+
+/// Frees the address of a namespace attached by its pid once that process
+/// has ended, as a container's is freed when it ends, so that attachments of
+/// short-lived processes do not pile up in the book. Follows the node's
+/// current book, wherever the attachment moved.
+pub fn free_when_process_ends(mut attachers: AttacherWatch, pid: u32) {
+    tokio::spawn(async move {
+        match tartan_runtime::process::Pidfd::open(pid) {
+            Ok(Some(pidfd)) => {
+                // SAFETY: the AsyncFd owns the descriptor for its whole life.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        pidfd.into_fd(),
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                match registered {
+                    Ok(fd) => {
+                        if let Err(err) = fd.readable().await {
+                            tracing::warn!(pid, error = %err, "cannot follow an attached process; detach it by hand");
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(pid, error = %err, "cannot follow an attached process; detach it by hand");
+                        return;
+                    }
+                }
+            }
+            // Gone already.
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(pid, error = %err, "cannot follow an attached process; detach it by hand");
+                return;
+            }
+        }
+        let key = ContainerRef::Pid(pid).key();
+        loop {
+            let current = attachers.borrow_and_update().clone();
+            let Some(attacher) = current else { return };
+            if attacher.is_retired() {
+                // A hand-over is under way: its successor has the booking.
+                if attachers.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            match attacher.release_when_gone(&key).await {
+                Ok(Some(address)) => {
+                    tracing::info!(pid, %address, "freed the address of an attached process that ended");
+                }
+                // Detached meanwhile.
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(pid, error = %format!("{err:#}"), "could not free the address of an attached process that ended");
+                }
+            }
+            return;
+        }
+    });
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

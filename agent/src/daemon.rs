@@ -350,7 +350,16 @@ async fn run_node(
             if !previous.is_empty() {
                 log_moves(attacher.adopt_attached(previous).await);
             }
-            publishers.attacher.send_replace(Some(Arc::new(attacher)));
+            let attacher = Arc::new(attacher);
+            publishers.attacher.send_replace(Some(attacher.clone()));
+            // Processes attached before this start: freed when they end.
+            for (_, key) in attacher.bookings().await {
+                if let Some(crate::attach::ContainerRef::Pid(pid)) =
+                    crate::attach::ContainerRef::from_key(&key)
+                {
+                    crate::attach::free_when_process_ends(publishers.attacher.subscribe(), pid);
+                }
+            }
         } else {
             info!(bridge = %opts.bridge, "the bridge is external: left to its consumer");
         }

@@ -64,6 +64,8 @@ enum Command {
     Attach(AttachArgs),
     /// Unplug a container and free its address.
     Detach(DetachArgs),
+    /// List the namespaces plugged in with attach, and their addresses (weave's ps).
+    Attachments(AttachmentsArgs),
     /// Import a root filesystem tarball as an image: tartan import FILE|- NAME[:TAG].
     Import(ImportArgs),
     /// Load a `docker save` archive or an OCI image-layout tarball, keeping its layers.
@@ -147,6 +149,13 @@ struct AttachArgs {
     /// [ADDR/LEN] CONTAINER
     #[arg(required = true, num_args = 1..=2, value_name = "ARG")]
     args: Vec<String>,
+}
+
+#[derive(Args)]
+struct AttachmentsArgs {
+    /// Print only the containers, one per line.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -394,6 +403,18 @@ async fn detach(args: DetachArgs, api_socket: &Path) -> Result<()> {
     Ok(())
 }
 
+async fn attachments(args: AttachmentsArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
+    let listed = client
+        .list_attachments(tartan_proto::v1::ListAttachmentsRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .attachments;
+    print!("{}", status::attachments_table(&listed, args.quiet));
+    Ok(())
+}
+
 /// Opens FILE, or standard input for `-`.
 async fn open_input(file: &Path) -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
     if file.as_os_str() == "-" {
@@ -633,6 +654,7 @@ fn main() -> ExitCode {
             Command::Status(args) => done(status(args, socket).await),
             Command::Attach(args) => done(attach(args, socket).await),
             Command::Detach(args) => done(detach(args, socket).await),
+            Command::Attachments(args) => done(attachments(args, socket).await),
             Command::Import(args) => done(import(args, socket).await),
             Command::Load(args) => done(load(args, socket).await),
             Command::Images => done(images(socket).await),

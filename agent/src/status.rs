@@ -425,3 +425,57 @@ mod container_tests {
         assert_eq!(container_json(&exited)["network"]["ip_address"], "10.5.1.2");
     }
 }
+
+/// `tartan attachments`: one line per namespace plugged in, weave's `ps` in
+/// Tartan's columns; `quiet` prints only the containers.
+pub fn attachments_table(attachments: &[tartan_proto::v1::Attachment], quiet: bool) -> String {
+    let mut out = String::new();
+    if quiet {
+        for a in attachments {
+            let _ = writeln!(out, "{}", a.container);
+        }
+        return out;
+    }
+    let width = attachments
+        .iter()
+        .map(|a| a.container.len())
+        .max()
+        .unwrap_or(0)
+        .max("CONTAINER".len());
+    let _ = writeln!(
+        out,
+        "{:width$}  {:18}  HOST INTERFACE",
+        "CONTAINER", "ADDRESS"
+    );
+    for a in attachments {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:18}  {}",
+            a.container, a.address, a.host_interface
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+
+    #[test]
+    fn attachments_are_a_table_or_just_names() {
+        let listed = [tartan_proto::v1::Attachment {
+            container: "web".into(),
+            address: "10.5.34.2/24".into(),
+            host_interface: "vt0123456789".into(),
+        }];
+        assert_eq!(
+            attachments_table(&listed, false),
+            "CONTAINER  ADDRESS             HOST INTERFACE\nweb        10.5.34.2/24        vt0123456789\n"
+        );
+        assert_eq!(attachments_table(&listed, true), "web\n");
+        assert_eq!(
+            attachments_table(&[], false),
+            "CONTAINER  ADDRESS             HOST INTERFACE\n"
+        );
+    }
+}

@@ -39,6 +39,11 @@ impl Pidfd {
         Ok(Some(Pidfd { fd }))
     }
 
+    /// The descriptor, which turns readable when the process ends.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Sends `signal`; false when the process has ended (even if its pid lives on in another).
     pub fn send_signal(&self, signal: libc::c_int, pid: u32) -> Result<bool> {
         // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo and no flags.

@@ -417,10 +417,54 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
         !ok && err.contains(&format!("already attached with {prefix}.77")),
         "{err}"
     );
+
+    // Attachments are listed as they were named (weave's `ps`).
+    let (ok, listed, err) = cli(&cluster, &["attachments"])?;
+    ensure!(ok, "attachments: {err}");
+    let pid = pid_sleeper.id().to_string();
+    for (who, address) in [
+        (named.name().to_string(), format!("{prefix}.77/24")),
+        (pid.clone(), format!("{prefix}.3/24")),
+        (spare.name().to_string(), format!("{prefix}.2/24")),
+    ] {
+        ensure!(
+            listed.lines().any(|l| l
+                .split_whitespace()
+                .take(2)
+                .eq([who.as_str(), address.as_str()])),
+            "{who} with {address} in:\n{listed}"
+        );
+    }
+    let attached = |who: &str| -> Result<bool> {
+        let (ok, names, err) = cli(&cluster, &["attachments", "-q"])?;
+        ensure!(ok, "attachments -q: {err}");
+        Ok(names.lines().any(|l| l == who))
+    };
+
+    // A process attached by PID gives its address back when it ends, with
+    // no detach: one attached before the restart, and one after it.
+    pid_sleeper.kill()?;
+    pid_sleeper.wait()?;
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        Ok(!attached(&pid)?)
+    })
+    .context("the address of an ended process attached before the restart is freed")?;
+    let late_ns = tartan_tests::netns::Netns::create("atl")?;
+    let mut late = late_ns.command("sleep").arg("60").spawn()?;
+    let late_pid = late.id().to_string();
+    let (ok, _, err) = cli(&cluster, &["attach", &late_pid])?;
+    ensure!(ok, "attach by pid after the restart: {err}");
+    ensure!(attached(&late_pid)?);
+    late.kill()?;
+    late.wait()?;
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        Ok(!attached(&late_pid)?)
+    })
+    .context("the address of an ended process attached after the restart is freed")?;
+    ensure!(attached(named.name())?, "other attachments stay");
+
     sleeper.kill().ok();
-    pid_sleeper.kill().ok();
     sleeper.wait().ok();
-    pid_sleeper.wait().ok();
     Ok(())
 }
 
