@@ -232,6 +232,18 @@ impl Registry {
         }
     }
 
+    /// The lease key of `subnet` as stored: its value and the etcd lease
+    /// behind it (0 for a reservation); None when there is no such key.
+    pub async fn get_lease(&self, subnet: &Ipv4Network) -> Result<Option<(Vec<u8>, i64)>> {
+        let key = lease_key(&self.prefix, subnet);
+        let mut client = self.client.clone();
+        let resp = bounded("reading a subnet lease", client.get(key.as_str(), None)).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.lease())))
+    }
+
     /// Revokes an etcd lease; its keys go with it.
     pub async fn revoke(&self, id: i64) -> Result<()> {
         let mut client = self.client.clone();

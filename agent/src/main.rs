@@ -18,6 +18,7 @@ mod node;
 mod node_state;
 mod notify;
 mod peers;
+mod reset;
 mod status;
 mod subnet_file;
 mod teardown;
@@ -66,6 +67,12 @@ enum Command {
     Detach(DetachArgs),
     /// List the namespaces plugged in with attach, and their addresses (weave's ps).
     Attachments(AttachmentsArgs),
+    /// Remove everything the agent made on this host (weave's reset); the agent must be stopped.
+    ///
+    /// The bridge and the ports on it, the VXLAN and TUN devices, tartan's
+    /// routes, the nf_tables table, the subnet file and the address book.
+    /// Refused while containers run, unless -f (which kills them).
+    Reset(Box<ResetArgs>),
     /// Import a root filesystem tarball as an image: tartan import FILE|- NAME[:TAG].
     Import(ImportArgs),
     /// Load a `docker save` archive or an OCI image-layout tarball, keeping its layers.
@@ -152,6 +159,35 @@ struct AttachArgs {
 }
 
 #[derive(Args)]
+struct ResetArgs {
+    /// Kill running containers instead of refusing.
+    #[arg(short, long)]
+    force: bool,
+    /// Release this node's subnet lease in etcd too (not a reservation).
+    #[arg(long)]
+    release_lease: bool,
+    /// The node bridge, as given to the agent.
+    #[arg(long, env = "TARTAN_BRIDGE", default_value = "tartan0")]
+    bridge: String,
+    /// The bridge is someone else's (docker0): left alone.
+    #[arg(long, env = "TARTAN_EXTERNAL_BRIDGE")]
+    external_bridge: bool,
+    #[arg(
+        long,
+        env = "TARTAN_SUBNET_FILE",
+        default_value = "/run/tartan/subnet.env"
+    )]
+    subnet_file: PathBuf,
+    #[arg(long, env = "TARTAN_STATE_DIR", default_value = "/var/lib/tartan")]
+    state_dir: PathBuf,
+    /// The address the agent published, if not one of this host's.
+    #[arg(long, env = "TARTAN_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+#[derive(Args)]
 struct AttachmentsArgs {
     /// Print only the containers, one per line.
     #[arg(short, long)]
@@ -164,8 +200,9 @@ struct DetachArgs {
     container: String,
 }
 
+/// How to reach etcd: the agent's flags, shared by `reset --release-lease`.
 #[derive(Args)]
-struct AgentArgs {
+struct EtcdArgs {
     /// etcd endpoints, comma-separated.
     #[arg(
         long,
@@ -195,6 +232,26 @@ struct AgentArgs {
     etcd_username: Option<String>,
     #[arg(long, env = "TARTAN_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    fn into_options(self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints,
+            prefix: self.etcd_prefix,
+            ca_file: self.etcd_cafile,
+            cert_file: self.etcd_certfile,
+            key_file: self.etcd_keyfile,
+            username: self.etcd_username,
+            password: self.etcd_password,
+        }
+    }
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Interface (name or IPv4 address) whose address is published and whose
     /// MTU is the underlay's. Repeat it (or separate with commas) to try each
     /// in order, as flanneld does; the first that exists is used.
@@ -266,15 +323,7 @@ struct StatusArgs {
 impl AgentArgs {
     fn into_options(self, api_socket: PathBuf) -> AgentOptions {
         AgentOptions {
-            etcd: EtcdOptions {
-                endpoints: self.etcd_endpoints,
-                prefix: self.etcd_prefix,
-                ca_file: self.etcd_cafile,
-                cert_file: self.etcd_certfile,
-                key_file: self.etcd_keyfile,
-                username: self.etcd_username,
-                password: self.etcd_password,
-            },
+            etcd: self.etcd.into_options(),
             iface: self.iface,
             bridge: self.bridge,
             external_bridge: self.external_bridge,
@@ -400,6 +449,23 @@ async fn detach(args: DetachArgs, api_socket: &Path) -> Result<()> {
         })
         .await
         .map_err(refused)?;
+    Ok(())
+}
+
+async fn reset(args: ResetArgs, api_socket: &Path) -> Result<()> {
+    let opts = reset::ResetOptions {
+        bridge: args.bridge,
+        external_bridge: args.external_bridge,
+        subnet_file: args.subnet_file,
+        state_dir: args.state_dir,
+        api_socket: api_socket.to_path_buf(),
+        public_ip: args.public_ip,
+        force: args.force,
+        release_lease: args.release_lease.then(|| args.etcd.into_options()),
+    };
+    for line in reset::reset(&opts).await? {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -655,6 +721,7 @@ fn main() -> ExitCode {
             Command::Attach(args) => done(attach(args, socket).await),
             Command::Detach(args) => done(detach(args, socket).await),
             Command::Attachments(args) => done(attachments(args, socket).await),
+            Command::Reset(args) => done(reset(*args, socket).await),
             Command::Import(args) => done(import(args, socket).await),
             Command::Load(args) => done(load(args, socket).await),
             Command::Images => done(images(socket).await),
@@ -777,7 +844,10 @@ mod tests {
         let Command::Agent(args) = cli.command else {
             panic!("not the agent");
         };
-        assert_eq!(args.etcd_endpoints, ["http://a:2379", "https://b:2379"]);
+        assert_eq!(
+            args.etcd.etcd_endpoints,
+            ["http://a:2379", "https://b:2379"]
+        );
     }
 
     #[test]

@@ -1055,3 +1055,159 @@ fn rm_reports_every_failed_step_together() -> Result<()> {
     );
     Ok(())
 }
+
+/// `tartan reset` (weave's): refused while the agent runs, then while a
+/// container runs; forced, it leaves nothing of Tartan's on the host, and
+/// the agent starts afresh afterwards.
+#[test]
+fn reset_removes_everything_the_agent_made() -> Result<()> {
+    let mut cluster = Cluster::start("rst", 217, VXLAN, 2)?;
+    import_busybox(&cluster.agents[0])?;
+    cli_ok(
+        &cluster.agents[0],
+        &["run", "-d", "--name", "victim", "busybox", "sleep", "1000"],
+    )?;
+    let ours: ipnetwork::Ipv4Network = cluster.agents[0].subnet()?.parse()?;
+    let theirs = cluster.agents[1].subnet()?;
+    let attached = cluster.container(0, "rst-att")?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(!cluster.route(0, &theirs)?.is_empty())
+    })?;
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let agent = &cluster.agents[0];
+    let key = format!(
+        "{}/subnets/{}-{}",
+        cluster.prefix,
+        ours.network(),
+        ours.prefix()
+    );
+    let flags: Vec<String> = vec![
+        "--state-dir".into(),
+        agent.state_dir().display().to_string(),
+        "--subnet-file".into(),
+        agent.subnet_file().display().to_string(),
+        "--api-socket".into(),
+        agent.api_socket().display().to_string(),
+        "--etcd-endpoints".into(),
+        cluster.etcd.endpoint(),
+        "--etcd-prefix".into(),
+        cluster.prefix.clone(),
+    ];
+    let reset = |extra: &[&str]| -> Result<Output> {
+        let mut cmd = cluster.hosts[0]
+            .netns
+            .command(&tartan.display().to_string());
+        cmd.arg("reset").args(extra).args(&flags);
+        cmd.output().context("running tartan reset")
+    };
+
+    let out = reset(&[])?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains("stop it first"),
+        "refused while the agent runs: {}",
+        text(&out.stderr)
+    );
+    // Killed, as a crashed agent: everything it made is still there.
+    cluster.agents[0].kill()?;
+    let tables = text(
+        &cluster.hosts[0]
+            .netns
+            .exec("nft", &["list", "tables"])?
+            .stdout,
+    );
+    ensure!(tables.contains("ip tartan"), "the table is there: {tables}");
+    let out = reset(&[])?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains("a container is running: victim"),
+        "refused while a container runs: {}",
+        text(&out.stderr)
+    );
+    ensure!(
+        cluster.hosts[0]
+            .netns
+            .exec("ip", &["link", "show", "tartan0"])?
+            .status
+            .success(),
+        "a refused reset changes nothing"
+    );
+
+    let out = reset(&["-f", "--release-lease"])?;
+    ensure!(
+        out.status.success(),
+        "reset -f: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let said = text(&out.stdout);
+    for line in [
+        "killed container victim",
+        "removed tartan0",
+        "removed tartan.1",
+        "nf_tables table ip tartan: gone",
+        &format!("released the lease of {ours}"),
+    ] {
+        ensure!(said.contains(line), "{line:?} in:\n{said}");
+    }
+    let links = text(
+        &cluster.hosts[0]
+            .netns
+            .exec("ip", &["-o", "link", "show"])?
+            .stdout,
+    );
+    ensure!(
+        !links.contains("tartan") && !links.contains(" vt"),
+        "links left: {links}"
+    );
+    let routes = text(
+        &cluster.hosts[0]
+            .netns
+            .exec("ip", &["route", "show", "proto", "84"])?
+            .stdout,
+    );
+    ensure!(routes.trim().is_empty(), "routes left: {routes}");
+    let tables = text(
+        &cluster.hosts[0]
+            .netns
+            .exec("nft", &["list", "tables"])?
+            .stdout,
+    );
+    ensure!(!tables.contains("ip tartan"), "tables left: {tables}");
+    ensure!(
+        !cluster.agents[0].subnet_file().exists(),
+        "the subnet file is gone"
+    );
+    ensure!(
+        !cluster.agents[0].state_dir().join("ipam.json").exists(),
+        "the address book is gone"
+    );
+    ensure!(
+        cluster.etcdctl(&["get", &key])?.trim().is_empty(),
+        "the lease is released"
+    );
+    ensure!(
+        !cluster
+            .etcdctl(&["get", "--prefix", &format!("{}/subnets/", cluster.prefix)])?
+            .is_empty(),
+        "the other host's lease stays"
+    );
+    ensure!(
+        cluster
+            .in_container(&attached, "ip", &["link", "show", "eth0"])?
+            .status
+            .code()
+            != Some(0),
+        "the attachment's interface went with its host end"
+    );
+    // Nothing left to do: a second reset is quiet and succeeds.
+    let again = reset(&[])?;
+    ensure!(again.status.success(), "{}", text(&again.stderr));
+
+    cluster.agents[0].restart()?;
+    cluster.agents[0].wait_ready(READY)?;
+    ensure!(cluster.hosts[0]
+        .netns
+        .exec("ip", &["link", "show", "tartan0"])?
+        .status
+        .success());
+    Ok(())
+}

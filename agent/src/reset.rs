@@ -1,0 +1,263 @@
+//! `tartan reset`: removes everything the agent made on this host, as
+//! weave's `reset` does: the bridge and the ports on it, the VXLAN and TUN
+//! devices, Tartan's routes, the nf_tables table, the subnet file and the
+//! address book; on request the etcd lease. It runs with no agent, and
+//! refuses while one runs in this network namespace, or while containers
+//! run (unless forced, which kills them).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tartan_dataplane::{Netlink, OverlayScope, OverlayState};
+use tartan_runtime::container::ContainerDir;
+
+use crate::claim;
+use crate::etcd::{EtcdOptions, Registry};
+use crate::lease::{lease_key, parse_lease};
+use crate::node::{FIREWALL_TABLE, UDP_DEVICE_NAME};
+use crate::subnet_file::previous_subnet;
+use crate::teardown::Teardown;
+
+/// How long a killed container may take to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// What `tartan reset` is told: the agent's own settings, so that the same
+/// environment (`/etc/default/tartan`) names the same things.
+pub struct ResetOptions {
+    pub bridge: String,
+    pub external_bridge: bool,
+    pub subnet_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub public_ip: Option<Ipv4Addr>,
+    pub force: bool,
+    /// Release this node's lease in etcd too.
+    pub release_lease: Option<EtcdOptions>,
+}
+
+/// Removes what the agent made; returns one line per thing removed.
+pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
+    if tokio::net::UnixStream::connect(&opts.api_socket)
+        .await
+        .is_ok()
+    {
+        bail!(
+            "an agent is serving {}: stop it first (systemctl stop tartan)",
+            opts.api_socket.display()
+        );
+    }
+    // Held while resetting, so that no agent starts here meanwhile; refused
+    // with the running agent's name if there is one.
+    let holder = claim::Holder {
+        pid: std::process::id(),
+        state_dir: opts.state_dir.display().to_string(),
+        api_socket: format!("{} (tartan reset)", opts.api_socket.display()),
+    };
+    let _claim = claim::take(
+        "dataplane",
+        &holder,
+        "programs its network: stop it first (systemctl stop tartan)",
+    )
+    .await?;
+
+    let mut done = Vec::new();
+    let mut teardown = Teardown::new();
+    stop_containers(opts, &mut done, &mut teardown).await?;
+
+    let netlink = Netlink::connect().context("opening netlink")?;
+    remove_links(&netlink, opts, &mut done, &mut teardown).await;
+    if let Some(removed) = teardown.step(
+        "removing tartan's routes",
+        netlink
+            .apply_overlay(&OverlayState::default(), OverlayScope { vxlan_index: None })
+            .await,
+    ) {
+        if !removed.remove_routes.is_empty() {
+            done.push(format!("removed {} routes", removed.remove_routes.len()));
+        }
+    }
+    let firewall =
+        tokio::task::spawn_blocking(|| tartan_dataplane::remove_firewall(FIREWALL_TABLE))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(anyhow::Error::from));
+    if teardown
+        .step("removing the nf_tables table", firewall)
+        .is_some()
+    {
+        // Removing an absent table succeeds too: say what is true either way.
+        done.push(format!("nf_tables table ip {FIREWALL_TABLE}: gone"));
+    }
+
+    // The subnet file names the lease: released before the file goes.
+    if let Some(etcd) = &opts.release_lease {
+        if let Some(line) = teardown.step(
+            "releasing the subnet lease",
+            release_lease(etcd, &netlink, opts).await,
+        ) {
+            done.push(line);
+        }
+    }
+    for (what, path) in [
+        ("the subnet file", opts.subnet_file.clone()),
+        ("the address book", opts.state_dir.join("ipam.json")),
+    ] {
+        if path.exists()
+            && teardown
+                .step(what, crate::teardown::remove_file(&path))
+                .is_some()
+        {
+            done.push(format!("removed {}", path.display()));
+        }
+    }
+    teardown.finish()?;
+    Ok(done)
+}
+
+/// Running containers refuse the reset, unless forced: then they are killed.
+async fn stop_containers(
+    opts: &ResetOptions,
+    done: &mut Vec<String>,
+    teardown: &mut Teardown,
+) -> Result<()> {
+    let root = opts.state_dir.join("containers");
+    let mut running = Vec::new();
+    if let Ok(listing) = std::fs::read_dir(&root) {
+        for entry in listing.flatten() {
+            let dir = ContainerDir::new(entry.path());
+            if dir.shim_alive() {
+                let name = dir
+                    .read_config()
+                    .map(|c| c.name)
+                    .unwrap_or_else(|_| entry.file_name().to_string_lossy().into_owned());
+                running.push((name, dir));
+            }
+        }
+    }
+    if running.is_empty() {
+        return Ok(());
+    }
+    if !opts.force {
+        let names: Vec<&str> = running.iter().map(|(name, _)| name.as_str()).collect();
+        bail!(
+            "{} running: {}; stop them first, or reset -f to kill them",
+            if names.len() == 1 {
+                "a container is".to_string()
+            } else {
+                format!("{} containers are", names.len())
+            },
+            names.join(", ")
+        );
+    }
+    for (name, dir) in running {
+        let killed = dir
+            .signal(libc::SIGKILL)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| {
+                let deadline = Instant::now() + KILL_WAIT;
+                while dir.shim_alive() {
+                    if Instant::now() >= deadline {
+                        bail!("still running {}s after SIGKILL", KILL_WAIT.as_secs());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(())
+            });
+        if teardown
+            .step(&format!("killing container {name}"), killed)
+            .is_some()
+        {
+            done.push(format!("killed container {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// The ports on the bridge (containers' and attachments' host ends), the
+/// bridge, the VXLAN devices and the udp backend's TUN device.
+async fn remove_links(
+    netlink: &Netlink,
+    opts: &ResetOptions,
+    done: &mut Vec<String>,
+    teardown: &mut Teardown,
+) {
+    let Some(links) = teardown.step("listing the interfaces", netlink.links_state().await) else {
+        return;
+    };
+    let bridge = links
+        .iter()
+        .find(|l| l.name == opts.bridge && l.kind.as_deref() == Some("bridge"))
+        .filter(|_| !opts.external_bridge);
+    let mut doomed: Vec<&tartan_dataplane::LinkState> = Vec::new();
+    if let Some(bridge) = bridge {
+        doomed.extend(
+            links
+                .iter()
+                .filter(|l| l.controller == Some(bridge.index) && l.name.starts_with("vt")),
+        );
+        doomed.push(bridge);
+    }
+    doomed.extend(links.iter().filter(|l| {
+        (l.kind.as_deref() == Some("vxlan") && l.name.starts_with("tartan."))
+            || l.name == UDP_DEVICE_NAME
+    }));
+    for link in doomed {
+        if teardown
+            .step(
+                &format!("removing {}", link.name),
+                netlink.delete_link(link.index).await,
+            )
+            .is_some()
+        {
+            done.push(format!("removed {}", link.name));
+        }
+    }
+}
+
+/// Revokes this node's lease, named by the subnet file, if it is this
+/// host's (its PublicIP is an address here, or --public-ip) and not a
+/// reservation.
+async fn release_lease(
+    etcd: &EtcdOptions,
+    netlink: &Netlink,
+    opts: &ResetOptions,
+) -> Result<String> {
+    let Some(subnet) = previous_subnet(&opts.subnet_file) else {
+        bail!(
+            "{} names no subnet: nothing to release",
+            opts.subnet_file.display()
+        );
+    };
+    let registry = Registry::connect(etcd, Registry::connect_options(etcd)?).await?;
+    let Some((value, etcd_lease)) = registry.get_lease(&subnet).await? else {
+        return Ok(format!("no lease for {subnet} in etcd"));
+    };
+    let key = lease_key(registry.prefix(), &subnet);
+    let attrs = parse_lease(
+        &registry.subnets_prefix(),
+        key.as_bytes(),
+        &value,
+        etcd_lease,
+        0,
+    )
+    .map_err(|reason| anyhow::anyhow!("the lease of {subnet} does not parse: {reason}"))?
+    .attrs;
+    let ours = Some(attrs.public_ip) == opts.public_ip
+        || netlink
+            .interface_by_address(attrs.public_ip)
+            .await?
+            .is_some();
+    if !ours {
+        bail!(
+            "the lease of {subnet} is {}'s, not this host's: kept",
+            attrs.public_ip
+        );
+    }
+    if etcd_lease == 0 {
+        return Ok(format!("kept the reservation of {subnet}"));
+    }
+    registry.revoke(etcd_lease).await?;
+    Ok(format!("released the lease of {subnet}"))
+}
