@@ -72,6 +72,11 @@ impl NodeDataplane {
     /// Forwarding on, the bridge holding the gateway, the VXLAN device. Idempotent.
     pub async fn ensure_devices(&self, own: Ipv4Network) -> Result<Devices> {
         let _pass = self.pass.lock().await;
+        self.ensure_devices_in_pass(own).await
+    }
+
+    /// As `ensure_devices`, for a caller that holds the pass.
+    async fn ensure_devices_in_pass(&self, own: Ipv4Network) -> Result<Devices> {
         enable_ip_forwarding()?;
         let gateway = Ipv4Network::new(tartan_ipam::gateway(&own), own.prefix())?;
         let bridge = match &self.bridge {
@@ -194,7 +199,8 @@ impl NodeDataplane {
         }
     }
 
-    /// One reconciliation pass: devices, then the overlay for `peers`.
+    /// One reconciliation pass: devices, then the overlay for `peers`. The
+    /// caller holds the pass.
     /// Returns the changes made and the foreign forward chains with a drop
     /// policy.
     async fn reconcile(
@@ -203,7 +209,7 @@ impl NodeDataplane {
         peers: &[Lease],
         reported: &mut HashSet<String>,
     ) -> Result<(OverlayChanges, Vec<String>)> {
-        let devices = self.ensure_devices(own).await?;
+        let devices = self.ensure_devices_in_pass(own).await?;
         if let Backend::Udp { port } = self.backend {
             self.update_udp_peers(own, port, peers);
         }
@@ -259,6 +265,9 @@ pub async fn reconcile_loop(
             changed = state.changed() => if changed.is_err() { return },
             _ = ticker.tick() => {}
         }
+        // The pass first, then the state: a subnet change that held the pass
+        // meanwhile is seen, never undone with the old subnet's gateway.
+        let _pass = node.pass.lock().await;
         let snapshot = {
             let st = state.borrow_and_update();
             match (st.subnet(), st.peers.as_ref()) {
