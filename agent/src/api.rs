@@ -104,6 +104,11 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         env: config.env,
         workdir: config.cwd,
         attach_socket: view.attach_socket.display().to_string(),
+        privileged: config.security.privileged,
+        security_opt: config.security.security_opts(),
+        cap_add: config.security.cap_add.clone(),
+        cap_drop: config.security.cap_drop.clone(),
+        sysctls: config.security.sysctl_flags(),
     }
 }
 
@@ -281,6 +286,11 @@ impl Agent for AgentService {
             interactive: r.interactive,
             detach: r.detach,
             auto_remove: r.auto_remove,
+            privileged: r.privileged,
+            security_opt: r.security_opt,
+            cap_add: r.cap_add,
+            cap_drop: r.cap_drop,
+            sysctls: r.sysctls,
         };
         let view = self.containers.run(opts).await.map_err(failed)?;
         Ok(Response::new(to_pb_container(view)))

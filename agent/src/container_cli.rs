@@ -12,6 +12,7 @@ use tartan_proto::v1::{
 };
 use tartan_runtime::container::exec::{ExecSpec, RawMode};
 use tartan_runtime::container::frame::{Frame, FrameDecoder};
+use tartan_runtime::security::Security;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{api, refused};
@@ -48,6 +49,21 @@ pub struct RunArgs {
     /// An address in the node subnet (with --net overlay).
     #[arg(long)]
     ip: Option<String>,
+    /// Every capability, no seccomp filter, no masked or read-only paths.
+    #[arg(long)]
+    privileged: bool,
+    /// no-new-privileges, seccomp=unconfined or seccomp=FILE (Docker's JSON format). Repeatable.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// A capability to add to Docker's default set (NET_ADMIN, or ALL). Repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// A capability to drop (or ALL). Repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// A sysctl of the container's own namespaces (net.*, kernel.shm*, ...), set at its start. Repeatable.
+    #[arg(long = "sysctl", value_name = "KEY=VALUE")]
+    sysctl: Vec<String>,
     /// NAME[:TAG] or an image id.
     image: String,
     /// The command and its arguments (default: /bin/sh).
@@ -139,11 +155,27 @@ fn expand_env(given: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// `seccomp=FILE` becomes `seccomp=CONTENTS`: the file is read here, as
+/// Docker's CLI does, since the agent may not see the same files.
+fn read_security_opts(opts: &[String]) -> Result<Vec<String>> {
+    opts.iter()
+        .map(|opt| match opt.split_once(['=', ':']) {
+            Some(("seccomp", file)) if file != "unconfined" && !file.is_empty() => {
+                let profile = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the seccomp profile {file}"))?;
+                Ok(format!("seccomp={profile}"))
+            }
+            _ => Ok(opt.clone()),
+        })
+        .collect()
+}
+
 /// `tartan run`; returns the exit code to leave with.
 pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
     if args.tty && args.interactive && !std::io::stdin().is_terminal() && !args.detach {
         bail!("the input device is not a TTY; drop -t or run from a terminal");
     }
+    let security_opt = read_security_opts(&args.security_opt)?;
     let mut client = api::connect(api_socket).await?;
     let container = client
         .run_container(RunRequest {
@@ -159,6 +191,11 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             interactive: args.interactive,
             detach: args.detach,
             auto_remove: args.rm,
+            privileged: args.privileged,
+            security_opt,
+            cap_add: args.cap_add,
+            cap_drop: args.cap_drop,
+            sysctls: args.sysctl,
         })
         .await
         .map_err(refused)?
@@ -500,7 +537,16 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
         env.retain(|e| e.split('=').next() != Some(key.as_str()));
         env.push(entry);
     }
+    let security = Security::from_flags(
+        container.privileged,
+        &container.security_opt,
+        &container.cap_add,
+        &container.cap_drop,
+        &container.sysctls,
+    )
+    .context("the container's privileges")?;
     let spec = ExecSpec {
+        security,
         pid: container.pid,
         args: args.command,
         env,

@@ -19,6 +19,7 @@ use tartan_runtime::container::{
     now_rfc3339, ContainerConfig, ContainerDir, NetworkMode, ShimSpec,
 };
 use tartan_runtime::init::{InitFile, InitSpec};
+use tartan_runtime::security::Security;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
@@ -48,6 +49,12 @@ pub struct RunOptions {
     pub interactive: bool,
     pub detach: bool,
     pub auto_remove: bool,
+    /// `--privileged`, `--security-opt`, `--cap-add`, `--cap-drop`, `--sysctl`.
+    pub privileged: bool,
+    pub security_opt: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub sysctls: Vec<String>,
 }
 
 /// A container's lifecycle state, read from its supervisor's files.
@@ -498,6 +505,19 @@ impl Containers {
                 bail!("invalid environment entry {entry:?}: use KEY=VALUE");
             }
         }
+        let security = Security::from_flags(
+            opts.privileged,
+            &opts.security_opt,
+            &opts.cap_add,
+            &opts.cap_drop,
+            &opts.sysctls,
+        )?;
+        // As Docker: a net.* sysctl would change the host's or another container's network.
+        if security.sets_network_sysctls()
+            && matches!(network, NetworkMode::Host | NetworkMode::Container(_))
+        {
+            bail!("a net.* sysctl needs the container's own network namespace (not --net host or container:)");
+        }
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
@@ -555,6 +575,7 @@ impl Containers {
                 address: None,
                 auto_remove: opts.auto_remove,
                 created: now_rfc3339(),
+                security,
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
             entries.insert(
@@ -774,6 +795,7 @@ impl Containers {
                         contents: resolv_conf(&host_resolv, config.network != NetworkMode::Host),
                     },
                 ],
+                security: config.security.clone(),
             },
             tty: config.tty,
             open_stdin: config.open_stdin,

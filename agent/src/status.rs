@@ -389,6 +389,13 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "ip_address": ip,
             "prefix_len": prefix,
         },
+        "host_config": {
+            "privileged": c.privileged,
+            "security_opt": c.security_opt,
+            "cap_add": c.cap_add,
+            "cap_drop": c.cap_drop,
+            "sysctls": c.sysctls,
+        },
     })
 }
 

@@ -29,6 +29,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A privilege setting that cannot be applied (flags, profiles).
+    #[error("{0}")]
+    Security(String),
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     #[error("the image store at {path} is damaged")]

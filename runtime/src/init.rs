@@ -1,14 +1,16 @@
 //! The container's first process (`tartan init`), run inside namespaces its
 //! parent created (mount, PID, UTS, IPC and, per network mode, network): it
-//! builds the root filesystem, pivots into it, sets the hostname, gives up
-//! privileges and execs the container's command.
+//! builds the root filesystem, pivots into it, closes Docker's read-only and
+//! masked kernel paths, sets the hostname, takes the container's privileges
+//! (capabilities, seccomp, `no_new_privs` on request) and execs its command.
 
 use std::ffi::CString;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rootfs::{mount_rootfs, pivot_into, RootfsLayout};
+use crate::rootfs::{mount_rootfs, pivot_into, restrict_kernel_paths, RootfsLayout};
+use crate::security::Security;
 use crate::syscall::Syscall;
 use crate::{Result, RuntimeError};
 
@@ -29,6 +31,9 @@ pub struct InitSpec {
     /// cannot point them at the host.
     #[serde(default)]
     pub files: Vec<InitFile>,
+    /// Docker's defaults unless `run` said otherwise.
+    #[serde(default)]
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +72,19 @@ fn os_err(what: &str) -> RuntimeError {
     }
 }
 
+/// The highest capability this kernel knows: asking capset for more fails.
+fn kernel_last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(LAST_CAPABILITY)
+}
+
 /// Drops every capability outside `keep` from the bounding set, then sets
 /// the effective, permitted and inheritable sets to `keep`.
 pub(crate) fn restrict_capabilities(keep: &[u32]) -> Result<()> {
+    let last = kernel_last_capability();
+    let keep: Vec<u32> = keep.iter().copied().filter(|c| *c <= last).collect();
     for cap in 0..=LAST_CAPABILITY {
         if keep.contains(&cap) {
             continue;
@@ -83,7 +98,7 @@ pub(crate) fn restrict_capabilities(keep: &[u32]) -> Result<()> {
     }
     let mut low = 0u32;
     let mut high = 0u32;
-    for cap in keep {
+    for cap in &keep {
         if *cap < 32 {
             low |= 1 << cap;
         } else {
@@ -135,11 +150,7 @@ pub fn run(sys: &dyn Syscall, spec: &InitSpec) -> RuntimeError {
 
 fn prepare(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
     build_root(sys, spec)?;
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(os_err("setting no_new_privs"));
-    }
-    restrict_capabilities(&DEFAULT_CAPABILITIES)
+    spec.security.privileges()?.apply()
 }
 
 /// The container's root, its files, hostname and working directory.
@@ -149,9 +160,11 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
         upper: spec.upper.clone(),
         work: spec.work.clone(),
         merged: spec.merged.clone(),
+        privileged: spec.security.privileged,
     };
     mount_rootfs(sys, &layout)?;
     pivot_into(sys, &spec.merged)?;
+    restrict_kernel_paths(sys, &spec.security.sysctls, spec.security.privileged)?;
     for file in &spec.files {
         if let Some(parent) = file.path.parent() {
             sys.mkdir_all(parent)?;
@@ -277,6 +290,7 @@ mod tests {
                 path: "/etc/hostname".into(),
                 contents: "web\n".into(),
             }],
+            security: Security::default(),
         };
         let text = serde_json::to_string(&spec).expect("json");
         assert_eq!(

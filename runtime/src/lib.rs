@@ -2,7 +2,8 @@
 //! filesystem tarballs imported into content-addressed layers that
 //! containers share, never copy); the container's init (its root
 //! filesystem, overlay, kernel filesystems and pivot_root, and the step
-//! down to Docker's default privileges) behind a syscall seam; and each
+//! down to Docker's default privileges: capabilities, seccomp, masked and
+//! read-only kernel paths) behind a syscall seam; and each
 //! container's supervisor, log, attach protocol, exec and export, with
 //! signals to its process sent by pidfd.
 
@@ -12,6 +13,9 @@ pub mod image;
 pub mod init;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
+mod seccomp_x86_64;
+pub mod security;
 pub mod syscall;
 
 pub use error::{Result, RuntimeError};

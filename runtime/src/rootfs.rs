@@ -1,12 +1,16 @@
 //! A container's root filesystem: the image layers under an overlay with a
 //! private upper directory, the kernel filesystems on top, then pivot_root.
 //! Everything here runs inside the container's own mount namespace, so the
-//! mounts vanish with it and the host never sees them.
+//! mounts vanish with it and the host never sees them. Once it is the root,
+//! Docker's read-only and masked kernel paths close the ways out through
+//! `/proc` and `/sys`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::syscall::{
-    Syscall, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+    PathKind, Syscall, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+    MS_REMOUNT,
 };
 use crate::Result;
 
@@ -20,7 +24,38 @@ pub struct RootfsLayout {
     pub work: PathBuf,
     /// Where the merged view is mounted before it becomes `/`.
     pub merged: PathBuf,
+    /// `--privileged`: `/sys` stays writable, as in Docker.
+    pub privileged: bool,
 }
+
+/// Docker's default read-only paths (moby `oci/defaults.go`): the host's
+/// kernel settings (`/proc/sys/kernel/core_pattern` runs a program as the
+/// host's root), its interrupts and sysrq.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Docker's default masked paths (moby `oci/defaults.go`): the host's
+/// memory, keys, timers and firmware. A directory gets an empty read-only
+/// tmpfs over it, a file `/dev/null`.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
 
 /// The device nodes every container gets: name, major, minor.
 const DEVICES: [(&str, u32, u32); 6] = [
@@ -60,11 +95,12 @@ pub fn mount_rootfs(sys: &dyn Syscall, layout: &RootfsLayout) -> Result<()> {
         "",
     )?;
     sys.mkdir_all(&root.join("sys"))?;
+    let sys_readonly = if layout.privileged { 0 } else { MS_RDONLY };
     sys.mount(
         "sysfs",
         &root.join("sys"),
         "sysfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+        MS_NOSUID | MS_NODEV | MS_NOEXEC | sys_readonly,
         "",
     )?;
     let dev = root.join("dev");
@@ -120,6 +156,51 @@ pub fn pivot_into(sys: &dyn Syscall, merged: &Path) -> Result<()> {
     sys.chdir(Path::new("/"))
 }
 
+/// Inside the new root: writes the `--sysctl` settings (already checked to
+/// be the container's own), then, unless privileged, makes Docker's
+/// read-only paths read-only and masks its masked paths. Paths this kernel
+/// lacks are skipped.
+pub fn restrict_kernel_paths(
+    sys: &dyn Syscall,
+    sysctls: &BTreeMap<String, String>,
+    privileged: bool,
+) -> Result<()> {
+    for (key, value) in sysctls {
+        let relative = if key.contains('/') {
+            key.clone()
+        } else {
+            key.replace('.', "/")
+        };
+        sys.write_file(&Path::new("/proc/sys").join(relative), value.as_bytes())?;
+    }
+    if privileged {
+        return Ok(());
+    }
+    for path in READONLY_PATHS.map(Path::new) {
+        if sys.path_kind(path)? == PathKind::Missing {
+            continue;
+        }
+        let name = path.display().to_string();
+        sys.mount(&name, path, "", MS_BIND | MS_REC, "")?;
+        // A bind remount sets the mount's flags to exactly these: keep /proc's.
+        sys.mount(
+            &name,
+            path,
+            "",
+            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            "",
+        )?;
+    }
+    for path in MASKED_PATHS.map(Path::new) {
+        match sys.path_kind(path)? {
+            PathKind::Missing => {}
+            PathKind::Directory => sys.mount("tmpfs", path, "tmpfs", MS_RDONLY, "")?,
+            PathKind::Other => sys.mount("/dev/null", path, "", MS_BIND, "")?,
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,7 +215,92 @@ mod tests {
             upper: PathBuf::from("/s/c/upper"),
             work: PathBuf::from("/s/c/work"),
             merged: PathBuf::from("/s/c/rootfs"),
+            privileged: false,
         }
+    }
+
+    fn mounts(sys: &RecordingSyscall) -> Vec<(String, PathBuf, u64)> {
+        sys.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    source,
+                    target,
+                    flags,
+                    ..
+                } => Some((source.clone(), target.clone(), *flags)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sysctls_are_written_before_dockers_paths_close() {
+        let sys = RecordingSyscall {
+            directories: vec![
+                "/proc/sys".into(),
+                "/proc/acpi".into(),
+                "/sys/firmware".into(),
+            ],
+            missing: vec!["/proc/timer_stats".into(), "/proc/bus".into()],
+            ..RecordingSyscall::default()
+        };
+        let sysctls = BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        restrict_kernel_paths(&sys, &sysctls, false).expect("restricts");
+        assert_eq!(
+            sys.calls.borrow()[0],
+            Call::WriteFile("/proc/sys/net/ipv4/ip_forward".into(), b"1".to_vec())
+        );
+        let mounts = mounts(&sys);
+        let ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        let mut expected = Vec::new();
+        for path in ["/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"] {
+            expected.push((path.to_string(), PathBuf::from(path), MS_BIND | MS_REC));
+            expected.push((path.to_string(), PathBuf::from(path), ro));
+        }
+        for path in MASKED_PATHS {
+            let source = match path {
+                "/proc/timer_stats" => continue,
+                "/proc/acpi" | "/sys/firmware" => "tmpfs",
+                _ => "/dev/null",
+            };
+            let flags = if source == "tmpfs" {
+                MS_RDONLY
+            } else {
+                MS_BIND
+            };
+            expected.push((source.to_string(), PathBuf::from(path), flags));
+        }
+        assert_eq!(mounts, expected);
+    }
+
+    #[test]
+    fn privileged_containers_keep_proc_and_sys_open() {
+        let sys = RecordingSyscall::default();
+        let sysctls = BTreeMap::from([("kernel.shmmax".to_string(), "9".to_string())]);
+        restrict_kernel_paths(&sys, &sysctls, true).expect("restricts");
+        assert_eq!(
+            *sys.calls.borrow(),
+            [Call::WriteFile(
+                "/proc/sys/kernel/shmmax".into(),
+                b"9".to_vec()
+            )]
+        );
+        let rootfs = RecordingSyscall::default();
+        mount_rootfs(
+            &rootfs,
+            &RootfsLayout {
+                privileged: true,
+                ..layout()
+            },
+        )
+        .expect("mounts");
+        let sysfs = mounts(&rootfs)
+            .into_iter()
+            .find(|(source, ..)| source == "sysfs")
+            .expect("sysfs");
+        assert_eq!(sysfs.2 & MS_RDONLY, 0, "/sys is writable when privileged");
     }
 
     #[test]

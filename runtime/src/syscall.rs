@@ -16,6 +16,15 @@ pub const MS_NOEXEC: u64 = libc::MS_NOEXEC;
 pub const MS_BIND: u64 = libc::MS_BIND;
 pub const MS_REC: u64 = libc::MS_REC;
 pub const MS_PRIVATE: u64 = libc::MS_PRIVATE;
+pub const MS_REMOUNT: u64 = libc::MS_REMOUNT;
+
+/// What a path is, for choosing how to mask it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    Directory,
+    Other,
+}
 
 /// What container setup asks of the kernel.
 pub trait Syscall {
@@ -36,6 +45,8 @@ pub trait Syscall {
     fn sethostname(&self, name: &str) -> Result<()>;
     /// Replaces a file's contents (or creates it, mode 0644).
     fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()>;
+    /// Whether `path` exists and is a directory (not following a last symlink).
+    fn path_kind(&self, path: &Path) -> Result<PathKind>;
 }
 
 fn cstr(path: &Path) -> std::io::Result<CString> {
@@ -146,6 +157,15 @@ impl Syscall for LinuxSyscall {
     fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
         std::fs::write(path, contents).map_err(io_err("writing", path))
     }
+
+    fn path_kind(&self, path: &Path) -> Result<PathKind> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => Ok(PathKind::Directory),
+            Ok(_) => Ok(PathKind::Other),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(PathKind::Missing),
+            Err(err) => Err(io_err("looking at", path)(err)),
+        }
+    }
 }
 
 /// One recorded call, for tests.
@@ -169,10 +189,13 @@ pub enum Call {
 }
 
 /// Records every call and succeeds, so that unit tests can check what
-/// container setup would do, in which order, without root.
+/// container setup would do, in which order, without root. Paths are files
+/// unless listed in `directories` or `missing`.
 #[derive(Default)]
 pub struct RecordingSyscall {
     pub calls: RefCell<Vec<Call>>,
+    pub directories: Vec<PathBuf>,
+    pub missing: Vec<PathBuf>,
 }
 
 impl Syscall for RecordingSyscall {
@@ -234,5 +257,14 @@ impl Syscall for RecordingSyscall {
             .borrow_mut()
             .push(Call::WriteFile(path.into(), contents.to_vec()));
         Ok(())
+    }
+    fn path_kind(&self, path: &Path) -> Result<PathKind> {
+        Ok(if self.missing.iter().any(|p| p == path) {
+            PathKind::Missing
+        } else if self.directories.iter().any(|p| p == path) {
+            PathKind::Directory
+        } else {
+            PathKind::Other
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! `tartan init` for real: inside fresh mount, PID, UTS, IPC and network
 //! namespaces (made here with `unshare`, as the supervisor will make them),
 //! a busybox image becomes the root, and the command runs as PID 1 with
-//! Docker's default capabilities.
+//! Docker's default capabilities and seccomp filter.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,6 +32,7 @@ fn run_init(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
         cwd: "/".into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         files: Vec::new(),
+        security: Default::default(),
     };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
@@ -48,7 +49,7 @@ fn run_init(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
 fn a_busybox_image_runs_as_pid_1_in_its_own_root() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let script = "echo $GREETING; hostname; echo pid=$$; ls /; grep CapBnd /proc/self/status; \
-                  grep -c NoNewPrivs:.1 /proc/self/status; ls /dev; touch /made-inside; \
+                  grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; ls /dev; touch /made-inside; \
                   ls /proc | grep -c '^[0-9]'";
     let out = run_init(dir.path(), &["sh", "-c", script])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -68,7 +69,14 @@ fn a_busybox_image_runs_as_pid_1_in_its_own_root() -> Result<()> {
         stdout.contains("CapBnd:\t00000000a80425fb"),
         "Docker's default bounding set: {stdout}"
     );
-    ensure!(lines.contains(&"1"), "no_new_privs: {stdout}");
+    ensure!(
+        lines.contains(&"NoNewPrivs:\t0"),
+        "no no_new_privs unless asked, as in Docker: {stdout}"
+    );
+    ensure!(
+        lines.contains(&"Seccomp:\t2"),
+        "Docker's seccomp filter: {stdout}"
+    );
     for node in ["null", "zero", "urandom", "tty", "pts", "ptmx", "shm"] {
         ensure!(lines.contains(&node), "/dev/{node}: {stdout}");
     }

@@ -2,12 +2,13 @@
 //! forks; the child joins the container's namespaces (the mount namespace
 //! last, since it changes what `/proc` means) and forks again, because only
 //! children of a process that joined a PID namespace are inside it. The
-//! grandchild takes Docker's default privileges and execs the command.
+//! grandchild takes the container's privileges and execs the command.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::init::{exec_command, failure_code, restrict_capabilities, DEFAULT_CAPABILITIES};
+use crate::init::{exec_command, failure_code};
+use crate::security::{Privileges, Security};
 use crate::{Result, RuntimeError};
 
 /// What to run, and in which container.
@@ -22,6 +23,8 @@ pub struct ExecSpec {
     pub tty: bool,
     /// Pass the caller's standard input on (otherwise /dev/null).
     pub interactive: bool,
+    /// The container's (capabilities, seccomp, `no_new_privs`), as `run` set them.
+    pub security: Security,
 }
 
 /// The namespaces joined, in order.
@@ -47,6 +50,8 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(RuntimeError::Protocol("exec needs a command".into()));
     }
+    // Compiled here, so that a bad profile is an error before anything forks.
+    let privileges = spec.security.privileges()?;
     let mut namespaces = Vec::new();
     for (name, flag) in NAMESPACES {
         let path = format!("/proc/{}/ns/{name}", spec.pid);
@@ -68,7 +73,12 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
         return Err(last_error("fork"));
     }
     if child == 0 {
-        let code = enter_and_run(spec, &namespaces, terminal.as_ref().map(|(_, slave)| slave));
+        let code = enter_and_run(
+            spec,
+            &privileges,
+            &namespaces,
+            terminal.as_ref().map(|(_, slave)| slave),
+        );
         // SAFETY: leave the child without unwinding into the caller.
         unsafe { libc::_exit(code) };
     }
@@ -120,6 +130,7 @@ fn open_terminal() -> Result<(OwnedFd, OwnedFd)> {
 /// In the first child: join, fork into the PID namespace, wait, pass the code on.
 fn enter_and_run(
     spec: &ExecSpec,
+    privileges: &Privileges,
     namespaces: &[(File, libc::c_int)],
     slave: Option<&OwnedFd>,
 ) -> i32 {
@@ -140,7 +151,7 @@ fn enter_and_run(
     }
     if pid == 0 {
         // SAFETY: leave without returning into the caller.
-        unsafe { libc::_exit(run_inside(spec, slave)) };
+        unsafe { libc::_exit(run_inside(spec, privileges, slave)) };
     }
     let mut status = 0;
     // SAFETY: reaping our own child.
@@ -152,7 +163,7 @@ fn enter_and_run(
     super::exit_code(status)
 }
 
-fn run_inside(spec: &ExecSpec, slave: Option<&OwnedFd>) -> i32 {
+fn run_inside(spec: &ExecSpec, privileges: &Privileges, slave: Option<&OwnedFd>) -> i32 {
     match slave {
         Some(slave) => {
             // SAFETY: a new session whose controlling terminal is the new pty.
@@ -176,15 +187,7 @@ fn run_inside(spec: &ExecSpec, slave: Option<&OwnedFd>) -> i32 {
         eprintln!("tartan: changing to {}: {err}", spec.cwd);
         return 126;
     }
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        eprintln!(
-            "tartan: setting no_new_privs: {}",
-            std::io::Error::last_os_error()
-        );
-        return 126;
-    }
-    if let Err(err) = restrict_capabilities(&DEFAULT_CAPABILITIES) {
+    if let Err(err) = privileges.apply() {
         eprintln!("tartan: {err}");
         return 126;
     }

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::io_err;
 use crate::init::InitSpec;
 use crate::process::{proc_stat, Pidfd, ProcStat};
+use crate::security::Security;
 use crate::{Result, RuntimeError};
 
 /// How a container is networked (`--net`).
@@ -77,6 +78,9 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     /// RFC 3339.
     pub created: String,
+    /// `run`'s privilege flags; absent from older records, which get Docker's defaults.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// What the supervisor runs.
@@ -315,6 +319,10 @@ mod tests {
             address: Some("10.5.1.2/24".into()),
             auto_remove: true,
             created: now_rfc3339(),
+            security: Security {
+                no_new_privileges: true,
+                ..Security::default()
+            },
         };
         container.write_config(&config).expect("write");
         assert_eq!(container.read_config().expect("read"), config);
