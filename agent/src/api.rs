@@ -748,6 +748,13 @@ async fn bind_private(path: &Path) -> Result<UnixListener> {
 pub async fn connect(path: &Path) -> Result<AgentClient<Channel>> {
     // Fail with one clear line before tonic wraps the cause in transport errors.
     if let Err(err) = UnixStream::connect(path).await {
+        // The agent makes its socket 0600: only root may talk to it.
+        if err.kind() == std::io::ErrorKind::PermissionDenied {
+            bail!(
+                "permission denied on the API socket (root only): {}",
+                path.display()
+            );
+        }
         bail!(
             "no tartan agent is listening on {} ({err}); is `tartan agent` running?",
             path.display()

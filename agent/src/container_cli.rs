@@ -34,7 +34,7 @@ pub struct RunArgs {
     #[arg(long)]
     name: Option<String>,
     /// The container's hostname (default: the short id).
-    #[arg(long)]
+    #[arg(short = 'h', long)]
     hostname: Option<String>,
     /// KEY=VALUE, or KEY to pass this shell's value on. Repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -50,6 +50,9 @@ pub struct RunArgs {
     ip: Option<String>,
     /// NAME[:TAG] or an image id.
     image: String,
+    /// Print help (`-h` is `--hostname`, as in Docker).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// The command and its arguments (default: /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,

@@ -73,6 +73,8 @@ enum Command {
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
     /// Create and start a container: tartan run [OPTIONS] IMAGE [COMMAND [ARG...]].
+    // `-h` is `--hostname` here, as in Docker; only `--help` prints help.
+    #[command(disable_help_flag = true)]
     Run(Box<container_cli::RunArgs>),
     /// List containers (running ones; -a for all).
     Ps(container_cli::PsArgs),
@@ -522,10 +524,29 @@ async fn status(args: StatusArgs, api_socket: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The command a command line names, if it names one: the first word that
+/// is neither an option nor the value of the global `--api-socket`.
+fn subcommand_of(args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    let mut words = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        if word == "--api-socket" {
+            words.next();
+        } else if !word.starts_with('-') {
+            return Cli::command()
+                .find_subcommand(word)
+                .map(|c| c.get_name().to_string());
+        }
+    }
+    None
+}
+
 /// Help and version go out as clap writes them; a usage error becomes one
-/// line, the way every other error of this binary reads.
-fn usage_error(err: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
+/// line, the way every other error of this binary reads, and points to the
+/// help of the command it is about. `run` exits 125 on it, as `docker run`
+/// does for a flag it refuses; the other commands exit 2.
+fn usage_error(err: clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
     if matches!(
         err.kind(),
         ErrorKind::DisplayHelp
@@ -536,13 +557,31 @@ fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
-    let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    eprintln!(
-        "tartan: {} (see tartan --help)",
-        first.trim_start_matches("error: ")
-    );
-    ExitCode::from(2)
+    let command = match subcommand_of(args) {
+        Some(name) => format!("tartan {name}"),
+        None => "tartan".to_string(),
+    };
+    let missing = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::Strings(args)) if err.kind() == ErrorKind::MissingRequiredArgument => {
+            Some(args.join(", "))
+        }
+        _ => None,
+    };
+    let line = match missing {
+        // clap lists them on the lines below its first, which a one-line error drops.
+        Some(args) => format!("missing {args}"),
+        None => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            first.trim_start_matches("error: ").to_string()
+        }
+    };
+    eprintln!("tartan: {line} (see {command} --help)");
+    if command == "tartan run" {
+        ExitCode::from(125)
+    } else {
+        ExitCode::from(2)
+    }
 }
 
 /// `tartan init SPEC`: returns only if the container could not be started.
@@ -582,9 +621,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = match Cli::try_parse_from(translated.args) {
+    let cli = match Cli::try_parse_from(&translated.args) {
         Ok(cli) => cli,
-        Err(err) => return usage_error(err),
+        Err(err) => return usage_error(err, &translated.args),
     };
     // Before any runtime thread exists: these fork, enter namespaces or exec.
     let cli = match cli.command {
