@@ -167,7 +167,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         .map_err(refused)?
         .into_inner();
     if args.detach {
-        println!("{}", container.id);
+        crate::stdout::println(&container.id)?;
         return Ok(0);
     }
     let code = attach(&container.attach_socket, args.tty, args.interactive).await?;
@@ -299,10 +299,10 @@ pub async fn ps(args: PsArgs, api_socket: &Path) -> Result<()> {
         .into_inner();
     if args.quiet {
         for c in &list.containers {
-            println!("{}", &c.id[..12.min(c.id.len())]);
+            crate::stdout::println(&c.id[..12.min(c.id.len())])?;
         }
     } else {
-        print!("{}", crate::status::containers_table(&list.containers));
+        crate::stdout::print(crate::status::containers_table(&list.containers))?;
     }
     Ok(())
 }
@@ -318,8 +318,7 @@ pub async fn inspect(args: NamesArgs, api_socket: &Path) -> Result<()> {
             .into_inner();
         out.push(crate::status::container_json(&c));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    crate::stdout::println(serde_json::to_string_pretty(&out)?)
 }
 
 pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
@@ -339,8 +338,7 @@ pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
             stderr.write_all(&entry.data).await?;
             stderr.flush().await?;
         } else {
-            stdout.write_all(&entry.data).await?;
-            stdout.flush().await?;
+            crate::stdout::write(&mut stdout, &entry.data).await?;
         }
     }
     Ok(())
@@ -356,7 +354,11 @@ where
     let mut failures = 0;
     for name in names {
         match op(name.clone()).await {
-            Ok(()) => println!("{name}"),
+            // A closed output must not leave the other containers undone.
+            Ok(()) => match crate::stdout::println(&name) {
+                Err(err) if !crate::stdout::closed(&err) => return Err(err),
+                _ => {}
+            },
             Err(err) => {
                 eprintln!("tartan: {err:#}");
                 failures += 1;
@@ -462,9 +464,8 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
         None => {
             let mut stdout = tokio::io::stdout();
             while let Some(chunk) = chunks.message().await.map_err(refused)? {
-                stdout.write_all(&chunk.data).await?;
+                crate::stdout::write(&mut stdout, &chunk.data).await?;
             }
-            stdout.flush().await?;
             Ok(())
         }
     }

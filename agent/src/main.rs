@@ -19,6 +19,7 @@ mod node_state;
 mod notify;
 mod peers;
 mod status;
+mod stdout;
 mod subnet_file;
 mod teardown;
 
@@ -381,7 +382,7 @@ async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
-    println!("{}", resp.address);
+    stdout::println(&resp.address)?;
     Ok(())
 }
 
@@ -456,7 +457,7 @@ async fn import(args: ImportArgs, api_socket: &Path) -> Result<()> {
     let (chunks, reading) = upload(input, args.reference);
     let image = client.import(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
-    println!("sha256:{}", image?.into_inner().id);
+    stdout::println(format!("sha256:{}", image?.into_inner().id))?;
     Ok(())
 }
 
@@ -467,7 +468,7 @@ async fn load(args: LoadArgs, api_socket: &Path) -> Result<()> {
     let loaded = client.load(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
     for image in loaded?.into_inner().images {
-        println!("Loaded image: {}:{}", image.name, image.tag);
+        stdout::println(format!("Loaded image: {}:{}", image.name, image.tag))?;
     }
     Ok(())
 }
@@ -479,8 +480,7 @@ async fn images(api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
-    print!("{}", status::images_table(&list.images));
-    Ok(())
+    stdout::print(status::images_table(&list.images))
 }
 
 async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
@@ -490,8 +490,7 @@ async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
-    println!("Untagged: {}:{}", image.name, image.tag);
-    Ok(())
+    stdout::println(format!("Untagged: {}:{}", image.name, image.tag))
 }
 
 fn init_logging() {
@@ -515,13 +514,11 @@ async fn status(args: StatusArgs, api_socket: &Path) -> Result<()> {
         .map_err(refused)?
         .into_inner();
     match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&status::to_json(&resp)).context("encoding JSON")?
+        OutputFormat::Json => stdout::println(
+            serde_json::to_string_pretty(&status::to_json(&resp)).context("encoding JSON")?,
         ),
-        OutputFormat::Table => print!("{}", status::to_table(&resp)),
+        OutputFormat::Table => stdout::print(status::to_table(&resp)),
     }
-    Ok(())
 }
 
 /// The command a command line names, if it names one: the first word that
@@ -698,6 +695,8 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(code) => exit_with(code),
+        // The reader of the output has gone (`tartan ps | head -1`): nothing is wrong.
+        Err(err) if stdout::closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the chain of causes joined, as an operator reads it in a terminal or the journal.
             eprintln!("tartan: {err:#}");

@@ -1055,3 +1055,70 @@ fn rm_reports_every_failed_step_together() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs the CLI against `agent` with a standard output whose reader is
+/// already gone, as `tartan … | head -1` leaves it once head has its line.
+fn cli_to_closed_pipe(agent: &Agent, args: &[&str]) -> Result<Output> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let child = agent
+        .cli_command(args)?
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running the tartan CLI")?;
+    finish(child, Duration::from_secs(20))
+}
+
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes() -> Result<()> {
+    let cluster = Cluster::start("pp", 213, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello; sleep 1000",
+        ],
+    )?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(cli_ok(agent, &["logs", "web"])?.contains("hello"))
+    })?;
+    for args in [
+        &["inspect", "web"][..],
+        &["status", "-o", "json"],
+        &["status"],
+        &["ps"],
+        &["images"],
+        &["logs", "web"],
+        &["export", "web"],
+    ] {
+        let out = cli_to_closed_pipe(agent, args)?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "tartan {args:?} on a closed pipe ({}): {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+    // Each container is still done when nobody reads the names printed.
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "db", "busybox", "sleep", "1000"],
+    )?;
+    let out = cli_to_closed_pipe(agent, &["rm", "-f", "web", "db"])?;
+    ensure!(out.status.success(), "rm -f: {}", text(&out.stderr));
+    ensure!(
+        cli_ok(agent, &["ps", "-aq"])?.trim().is_empty(),
+        "both containers are gone"
+    );
+    Ok(())
+}
