@@ -95,6 +95,9 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
     let broken = dir.path().join("broken.tar");
     let full = std::fs::read(&archive)?;
     std::fs::write(&broken, &full[..full.len() / 3])?;
+    let binary = tartan_tests::agent::tartan_bin()?
+        .to_string_lossy()
+        .into_owned();
     for (args, needle) in [
         (
             vec![
@@ -102,7 +105,15 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
                 broken.to_string_lossy().into(),
                 "broken".into(),
             ],
-            "not a usable image",
+            "truncated archive",
+        ),
+        (
+            vec!["import".into(), binary.clone(), "binary".into()],
+            "not a tar archive",
+        ),
+        (
+            vec!["load".into(), "-i".into(), binary.clone()],
+            "not a tar archive",
         ),
         (
             vec![
@@ -122,6 +133,15 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
         let (ok, _, err) = run(&agent, &args)?;
         ensure!(
             !ok && err.lines().count() == 1 && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        // Neither the archive's bytes nor the agent's staging paths.
+        ensure!(
+            err.chars().all(|c| !c.is_control() && c != '\u{fffd}'),
+            "{args:?}: {err:?}"
+        );
+        ensure!(
+            !err.contains(&*agent.state_dir().to_string_lossy()),
             "{args:?}: {err}"
         );
     }
