@@ -1122,3 +1122,99 @@ fn the_cli_ends_quietly_when_its_reader_goes() -> Result<()> {
     );
     Ok(())
 }
+
+/// The ADDRESS column of `ps` for the container named `name`.
+fn ps_addresses(agent: &Agent, name: &str) -> Result<String> {
+    let table = cli_ok(agent, &["ps"])?;
+    let header = table.lines().next().context("a header")?;
+    let from = header.find("ADDRESS").context("an ADDRESS column")?;
+    let to = header.find("NAMES").context("a NAMES column")?;
+    let row = table
+        .lines()
+        .find(|row| row.split_whitespace().last() == Some(name))
+        .with_context(|| format!("no row for {name}: {table}"))?;
+    Ok(row.get(from..to).unwrap_or_default().trim().to_string())
+}
+
+#[test]
+fn ps_shows_the_address_of_every_network_a_container_is_on() -> Result<()> {
+    let cluster = Cluster::start("pa", 214, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    let sleeper = |name: &str, net: &str| {
+        cli_ok(
+            agent,
+            &[
+                "run", "-d", "--name", name, "--net", net, "busybox", "sleep", "1000",
+            ],
+        )
+    };
+    sleeper("web", "overlay")?;
+    sleeper("side", "container:web")?;
+    sleeper("lonely", "none")?;
+    sleeper("hnet", "host")?;
+    let web = address_of(agent, "web")?;
+    let web_len = match &inspect(agent, "web")?["network"]["prefix_len"] {
+        Value::String(len) => len.clone(),
+        other => other.to_string(),
+    };
+    let web = format!("{web}/{web_len}");
+    ensure!(
+        ps_addresses(agent, "web")? == web,
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+
+    // A second address in web's namespace (a documentation range, inside it only).
+    let pid = |name: &str| -> Result<u64> {
+        inspect(agent, name)?["state"]["pid"]
+            .as_u64()
+            .with_context(|| format!("{name} has no pid"))
+    };
+    let netns = format!("--net=/proc/{}/ns/net", pid("web")?);
+    let out = std::process::Command::new("nsenter")
+        .args([
+            netns.as_str(),
+            "ip",
+            "addr",
+            "add",
+            "192.0.2.7/24",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .context("running nsenter (util-linux)")?;
+    ensure!(out.status.success(), "ip addr add: {}", text(&out.stderr));
+    let both = format!("{web},192.0.2.7/24");
+    ensure!(
+        ps_addresses(agent, "web")? == both,
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    // Sharing web's network is having its addresses.
+    ensure!(
+        ps_addresses(agent, "side")? == both,
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    // No network, then one plugged in by `tartan attach`.
+    ensure!(
+        ps_addresses(agent, "lonely")?.is_empty(),
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    let attached = cli_ok(agent, &["attach", &pid("lonely")?.to_string()])?;
+    ensure!(
+        ps_addresses(agent, "lonely")? == attached.trim(),
+        "attached {attached}: {}",
+        cli_ok(agent, &["ps"])?
+    );
+    // The host's addresses are not the container's own.
+    ensure!(
+        ps_addresses(agent, "hnet")?.is_empty(),
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    cli_ok(agent, &["detach", &pid("lonely")?.to_string()])?;
+    Ok(())
+}
