@@ -445,10 +445,13 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
                 let mut file = tokio::fs::File::create(&staging)
                     .await
                     .with_context(|| format!("creating {}", staging.display()))?;
+                let mut progress = crate::progress::Progress::on_terminal("Exporting", None);
                 while let Some(chunk) = chunks.message().await.map_err(refused)? {
                     file.write_all(&chunk.data).await?;
+                    progress.add(chunk.data.len() as u64);
                 }
                 file.sync_all().await?;
+                progress.finish();
                 tokio::fs::rename(&staging, path)
                     .await
                     .with_context(|| format!("writing {}", path.display()))
@@ -463,9 +466,12 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
         }
         None => {
             let mut stdout = tokio::io::stdout();
+            let mut progress = crate::progress::Progress::on_terminal("Exporting", None);
             while let Some(chunk) = chunks.message().await.map_err(refused)? {
                 crate::stdout::write(&mut stdout, &chunk.data).await?;
+                progress.add(chunk.data.len() as u64);
             }
+            progress.finish();
             Ok(())
         }
     }

@@ -18,6 +18,7 @@ mod node;
 mod node_state;
 mod notify;
 mod peers;
+mod progress;
 mod status;
 mod stdout;
 mod subnet_file;
@@ -397,30 +398,52 @@ async fn detach(args: DetachArgs, api_socket: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An archive to send to the agent, and its size when it is a file.
+struct Input {
+    reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    size: Option<u64>,
+}
+
 /// Opens FILE, or standard input for `-`.
-async fn open_input(file: &Path) -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+async fn open_input(file: &Path) -> Result<Input> {
     if file.as_os_str() == "-" {
-        return Ok(Box::new(tokio::io::stdin()));
+        return Ok(Input {
+            reader: Box::new(tokio::io::stdin()),
+            size: None,
+        });
     }
     let opened = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("opening {}", file.display()))?;
-    Ok(Box::new(opened))
+    // A size only for a regular file: a FIFO or device says nothing useful.
+    let size = opened
+        .metadata()
+        .await
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok(Input {
+        reader: Box::new(opened),
+        size,
+    })
 }
 
 /// Streams an archive to the agent in 256 KiB chunks, so that size is no
 /// limit; the first chunk carries `reference`. Returns the stream and the
 /// task reading the input, whose error (if any) matters more than the agent's.
 fn upload(
-    mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    input: Input,
     reference: String,
+    verb: &'static str,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<tartan_proto::v1::ImportChunk>,
     tokio::task::JoinHandle<Result<()>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<tartan_proto::v1::ImportChunk>(4);
+    let Input { mut reader, size } = input;
     let reading = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
+        let mut progress = progress::Progress::on_terminal(verb, size);
         let mut first = true;
         loop {
             let mut data = vec![0u8; 256 * 1024];
@@ -429,8 +452,10 @@ fn upload(
                 .await
                 .context("reading the archive")?;
             if n == 0 && !first {
+                progress.finish();
                 return Ok(());
             }
+            progress.add(n as u64);
             data.truncate(n);
             let chunk = tartan_proto::v1::ImportChunk {
                 reference: if first {
@@ -441,7 +466,11 @@ fn upload(
                 data,
             };
             first = false;
-            if tx.send(chunk).await.is_err() || n == 0 {
+            if tx.send(chunk).await.is_err() {
+                return Ok(());
+            }
+            if n == 0 {
+                progress.finish();
                 return Ok(());
             }
         }
@@ -454,7 +483,7 @@ async fn import(args: ImportArgs, api_socket: &Path) -> Result<()> {
     let _: tartan_runtime::Reference = args.reference.parse()?;
     let input = open_input(&args.file).await?;
     let mut client = api::connect(api_socket).await?;
-    let (chunks, reading) = upload(input, args.reference);
+    let (chunks, reading) = upload(input, args.reference, "Importing");
     let image = client.import(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
     stdout::println(format!("sha256:{}", image?.into_inner().id))?;
@@ -464,7 +493,7 @@ async fn import(args: ImportArgs, api_socket: &Path) -> Result<()> {
 async fn load(args: LoadArgs, api_socket: &Path) -> Result<()> {
     let input = open_input(&args.input).await?;
     let mut client = api::connect(api_socket).await?;
-    let (chunks, reading) = upload(input, String::new());
+    let (chunks, reading) = upload(input, String::new(), "Loading");
     let loaded = client.load(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
     for image in loaded?.into_inner().images {

@@ -149,7 +149,7 @@ fn images_table_at(images: &[tartan_proto::v1::Image], now: std::time::SystemTim
     out
 }
 
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -1218,3 +1218,68 @@ fn ps_shows_the_address_of_every_network_a_container_is_on() -> Result<()> {
     cli_ok(agent, &["detach", &pid("lonely")?.to_string()])?;
     Ok(())
 }
+
+#[test]
+fn archives_show_progress_on_a_terminal_only() -> Result<()> {
+    let cluster = Cluster::start("pg", 215, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("busybox.tar");
+    std::fs::write(&archive, tarball(&busybox_rootfs(dir.path())?, false)?)?;
+    let (l1, l2) = tartan_tests::rootfs::two_layers(dir.path())?;
+    let saved = dir.path().join("save.tar");
+    std::fs::write(
+        &saved,
+        tartan_tests::rootfs::docker_save(dir.path(), &l1, &l2, &["demo:1"])?,
+    )?;
+    let exported = dir.path().join("web.tar");
+    let archive_arg = archive.display().to_string();
+    let saved_arg = saved.display().to_string();
+    let exported_arg = exported.display().to_string();
+
+    // Not on a terminal: the output alone, nothing on standard error.
+    let quiet = |args: &[&str]| -> Result<()> {
+        let out = agent.cli(args)?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "tartan {args:?} ({}): {:?}",
+            out.status,
+            text(&out.stderr)
+        );
+        Ok(())
+    };
+    quiet(&["import", &archive_arg, "busybox"])?;
+    quiet(&["load", "-i", &saved_arg])?;
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "web", "busybox", "sleep", "1000"],
+    )?;
+    quiet(&["export", "-o", &exported_arg, "web"])?;
+
+    // On a terminal: one line redrawn in place, with the bytes and the rate.
+    for (args, verb, size_known) in [
+        (format!("import {archive_arg} busybox:2"), "Importing", true),
+        (format!("load -i {saved_arg}"), "Loading", true),
+        (format!("export -o {exported_arg} web"), "Exporting", false),
+    ] {
+        let out = under_terminal(&cluster, agent, &args)?;
+        let shown = text(&out.stdout);
+        ensure!(out.status.success(), "{args}: {shown}");
+        ensure!(
+            shown.contains(&format!("\r{verb}  ")) && shown.contains("B/s"),
+            "{args}: {shown:?}"
+        );
+        // "Importing  2.0MB/2.0MB  40.1MB/s": of a file, the size too.
+        let last = shown
+            .rsplit(&format!("\r{verb}  "))
+            .next()
+            .and_then(|tail| tail.split('\x1b').next())
+            .unwrap_or_default();
+        let slashes = if size_known { 2 } else { 1 };
+        ensure!(
+            last.matches('/').count() == slashes,
+            "{args}: last line {last:?} of {shown:?}"
+        );
+    }
+    Ok(())
+}
