@@ -109,6 +109,8 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         cap_add: config.security.cap_add.clone(),
         cap_drop: config.security.cap_drop.clone(),
         sysctls: config.security.sysctl_flags(),
+        // Read from the kernel, and only where a listing needs them.
+        addresses: Vec::new(),
     }
 }
 
@@ -337,9 +339,13 @@ impl Agent for AgentService {
         let all = request.into_inner().all;
         let containers = self.containers.clone();
         let views = blocking(move || Ok(containers.list(all))).await?;
-        Ok(Response::new(ContainersResponse {
-            containers: views.into_iter().map(to_pb_container).collect(),
-        }))
+        let mut listed = Vec::with_capacity(views.len());
+        for view in views {
+            let mut container = to_pb_container(view);
+            container.addresses = network_addresses(&container).await;
+            listed.push(container);
+        }
+        Ok(Response::new(ContainersResponse { containers: listed }))
     }
 
     async fn inspect_container(
@@ -779,10 +785,46 @@ async fn bind_private(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// The addresses a running container has on every network it is on, read
+/// from its network namespace: the overlay's, those `tartan attach` gave it,
+/// or those of the container whose network it shares. None with `--net
+/// host`, whose addresses are the host's rather than the container's.
+async fn network_addresses(container: &PbContainer) -> Vec<String> {
+    if container.pid == 0 || container.network == "host" {
+        return Vec::new();
+    }
+    let netns = PathBuf::from(format!("/proc/{}/ns/net", container.pid));
+    let listed = async {
+        tartan_dataplane::Netlink::connect_in_netns(&netns)
+            .await?
+            .global_ipv4_addresses()
+            .await
+    }
+    .await;
+    match listed {
+        Ok(addresses) => addresses
+            .into_iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect(),
+        // It has just ended: a listing shows it without addresses.
+        Err(err) => {
+            tracing::debug!(container = %container.name, error = %err, "could not list its addresses");
+            Vec::new()
+        }
+    }
+}
+
 /// Connects the CLI to the agent behind `path`.
 pub async fn connect(path: &Path) -> Result<AgentClient<Channel>> {
     // Fail with one clear line before tonic wraps the cause in transport errors.
     if let Err(err) = UnixStream::connect(path).await {
+        // The agent makes its socket 0600: only root may talk to it.
+        if err.kind() == std::io::ErrorKind::PermissionDenied {
+            bail!(
+                "permission denied on the API socket (root only): {}",
+                path.display()
+            );
+        }
         bail!(
             "no tartan agent is listening on {} ({err}); is `tartan agent` running?",
             path.display()

@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long)]
     name: Option<String>,
     /// The container's hostname (default: the short id).
-    #[arg(long)]
+    #[arg(short = 'h', long)]
     hostname: Option<String>,
     /// KEY=VALUE, or KEY to pass this shell's value on. Repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -66,6 +66,9 @@ pub struct RunArgs {
     sysctl: Vec<String>,
     /// NAME[:TAG] or an image id.
     image: String,
+    /// Print help (`-h` is `--hostname`, as in Docker).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// The command and its arguments (default: /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -201,7 +204,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         .map_err(refused)?
         .into_inner();
     if args.detach {
-        println!("{}", container.id);
+        crate::stdout::println(&container.id)?;
         return Ok(0);
     }
     let code = attach(&container.attach_socket, args.tty, args.interactive).await?;
@@ -333,10 +336,10 @@ pub async fn ps(args: PsArgs, api_socket: &Path) -> Result<()> {
         .into_inner();
     if args.quiet {
         for c in &list.containers {
-            println!("{}", &c.id[..12.min(c.id.len())]);
+            crate::stdout::println(&c.id[..12.min(c.id.len())])?;
         }
     } else {
-        print!("{}", crate::status::containers_table(&list.containers));
+        crate::stdout::print(crate::status::containers_table(&list.containers))?;
     }
     Ok(())
 }
@@ -352,8 +355,7 @@ pub async fn inspect(args: NamesArgs, api_socket: &Path) -> Result<()> {
             .into_inner();
         out.push(crate::status::container_json(&c));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    crate::stdout::println(serde_json::to_string_pretty(&out)?)
 }
 
 pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
@@ -373,8 +375,7 @@ pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
             stderr.write_all(&entry.data).await?;
             stderr.flush().await?;
         } else {
-            stdout.write_all(&entry.data).await?;
-            stdout.flush().await?;
+            crate::stdout::write(&mut stdout, &entry.data).await?;
         }
     }
     Ok(())
@@ -390,7 +391,11 @@ where
     let mut failures = 0;
     for name in names {
         match op(name.clone()).await {
-            Ok(()) => println!("{name}"),
+            // A closed output must not leave the other containers undone.
+            Ok(()) => match crate::stdout::println(&name) {
+                Err(err) if !crate::stdout::closed(&err) => return Err(err),
+                _ => {}
+            },
             Err(err) => {
                 eprintln!("tartan: {err:#}");
                 failures += 1;
@@ -477,10 +482,13 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
                 let mut file = tokio::fs::File::create(&staging)
                     .await
                     .with_context(|| format!("creating {}", staging.display()))?;
+                let mut progress = crate::progress::Progress::on_terminal("Exporting", None);
                 while let Some(chunk) = chunks.message().await.map_err(refused)? {
                     file.write_all(&chunk.data).await?;
+                    progress.add(chunk.data.len() as u64);
                 }
                 file.sync_all().await?;
+                progress.finish();
                 tokio::fs::rename(&staging, path)
                     .await
                     .with_context(|| format!("writing {}", path.display()))
@@ -495,10 +503,12 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
         }
         None => {
             let mut stdout = tokio::io::stdout();
+            let mut progress = crate::progress::Progress::on_terminal("Exporting", None);
             while let Some(chunk) = chunks.message().await.map_err(refused)? {
-                stdout.write_all(&chunk.data).await?;
+                crate::stdout::write(&mut stdout, &chunk.data).await?;
+                progress.add(chunk.data.len() as u64);
             }
-            stdout.flush().await?;
+            progress.finish();
             Ok(())
         }
     }

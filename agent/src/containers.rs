@@ -423,7 +423,8 @@ impl Containers {
         let entries = self.lock();
         let entry = entries
             .get(id)
-            .ok_or_else(|| anyhow!("no such container: {id}"))?;
+            // Found a moment ago by name or id prefix; the full id would mean nothing to the user.
+            .ok_or_else(|| anyhow!("no such container: it has just been removed"))?;
         Ok((entry.config.clone(), entry.lifecycle.clone()))
     }
 
@@ -997,7 +998,8 @@ impl Containers {
         if wait_gone(&dir, KILL_TIMEOUT).await {
             return Ok(());
         }
-        bail!("container {id} did not stop: its supervisor still runs {KILL_TIMEOUT:?} later")
+        let name = self.entry_parts(id).map(|(config, _)| config.name)?;
+        bail!("container {name} did not stop: its supervisor still runs {KILL_TIMEOUT:?} later")
     }
 
     /// `tartan restart`.

@@ -18,8 +18,10 @@ mod node;
 mod node_state;
 mod notify;
 mod peers;
+mod progress;
 mod reset;
 mod status;
+mod stdout;
 mod subnet_file;
 mod teardown;
 
@@ -82,6 +84,8 @@ enum Command {
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
     /// Create and start a container: tartan run [OPTIONS] IMAGE [COMMAND [ARG...]].
+    // `-h` is `--hostname` here, as in Docker; only `--help` prints help.
+    #[command(disable_help_flag = true)]
     Run(Box<container_cli::RunArgs>),
     /// List containers (running ones; -a for all).
     Ps(container_cli::PsArgs),
@@ -437,7 +441,7 @@ async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
-    println!("{}", resp.address);
+    stdout::println(&resp.address)?;
     Ok(())
 }
 
@@ -464,7 +468,7 @@ async fn reset(args: ResetArgs, api_socket: &Path) -> Result<()> {
         release_lease: args.release_lease.then(|| args.etcd.into_options()),
     };
     for line in reset::reset(&opts).await? {
-        println!("{line}");
+        stdout::println(line)?;
     }
     Ok(())
 }
@@ -477,34 +481,55 @@ async fn attachments(args: AttachmentsArgs, api_socket: &Path) -> Result<()> {
         .map_err(refused)?
         .into_inner()
         .attachments;
-    print!("{}", status::attachments_table(&listed, args.quiet));
-    Ok(())
+    stdout::print(status::attachments_table(&listed, args.quiet))
+}
+
+/// An archive to send to the agent, and its size when it is a file.
+struct Input {
+    reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    size: Option<u64>,
 }
 
 /// Opens FILE, or standard input for `-`.
-async fn open_input(file: &Path) -> Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+async fn open_input(file: &Path) -> Result<Input> {
     if file.as_os_str() == "-" {
-        return Ok(Box::new(tokio::io::stdin()));
+        return Ok(Input {
+            reader: Box::new(tokio::io::stdin()),
+            size: None,
+        });
     }
     let opened = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("opening {}", file.display()))?;
-    Ok(Box::new(opened))
+    // A size only for a regular file: a FIFO or device says nothing useful.
+    let size = opened
+        .metadata()
+        .await
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok(Input {
+        reader: Box::new(opened),
+        size,
+    })
 }
 
 /// Streams an archive to the agent in 256 KiB chunks, so that size is no
 /// limit; the first chunk carries `reference`. Returns the stream and the
 /// task reading the input, whose error (if any) matters more than the agent's.
 fn upload(
-    mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    input: Input,
     reference: String,
+    verb: &'static str,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<tartan_proto::v1::ImportChunk>,
     tokio::task::JoinHandle<Result<()>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<tartan_proto::v1::ImportChunk>(4);
+    let Input { mut reader, size } = input;
     let reading = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
+        let mut progress = progress::Progress::on_terminal(verb, size);
         let mut first = true;
         loop {
             let mut data = vec![0u8; 256 * 1024];
@@ -513,8 +538,10 @@ fn upload(
                 .await
                 .context("reading the archive")?;
             if n == 0 && !first {
+                progress.finish();
                 return Ok(());
             }
+            progress.add(n as u64);
             data.truncate(n);
             let chunk = tartan_proto::v1::ImportChunk {
                 reference: if first {
@@ -525,7 +552,11 @@ fn upload(
                 data,
             };
             first = false;
-            if tx.send(chunk).await.is_err() || n == 0 {
+            if tx.send(chunk).await.is_err() {
+                return Ok(());
+            }
+            if n == 0 {
+                progress.finish();
                 return Ok(());
             }
         }
@@ -538,21 +569,21 @@ async fn import(args: ImportArgs, api_socket: &Path) -> Result<()> {
     let _: tartan_runtime::Reference = args.reference.parse()?;
     let input = open_input(&args.file).await?;
     let mut client = api::connect(api_socket).await?;
-    let (chunks, reading) = upload(input, args.reference);
+    let (chunks, reading) = upload(input, args.reference, "Importing");
     let image = client.import(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
-    println!("sha256:{}", image?.into_inner().id);
+    stdout::println(format!("sha256:{}", image?.into_inner().id))?;
     Ok(())
 }
 
 async fn load(args: LoadArgs, api_socket: &Path) -> Result<()> {
     let input = open_input(&args.input).await?;
     let mut client = api::connect(api_socket).await?;
-    let (chunks, reading) = upload(input, String::new());
+    let (chunks, reading) = upload(input, String::new(), "Loading");
     let loaded = client.load(chunks).await.map_err(refused);
     reading.await.context("reading the archive")??;
     for image in loaded?.into_inner().images {
-        println!("Loaded image: {}:{}", image.name, image.tag);
+        stdout::println(format!("Loaded image: {}:{}", image.name, image.tag))?;
     }
     Ok(())
 }
@@ -564,8 +595,7 @@ async fn images(api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
-    print!("{}", status::images_table(&list.images));
-    Ok(())
+    stdout::print(status::images_table(&list.images))
 }
 
 async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
@@ -575,8 +605,7 @@ async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
-    println!("Untagged: {}:{}", image.name, image.tag);
-    Ok(())
+    stdout::println(format!("Untagged: {}:{}", image.name, image.tag))
 }
 
 fn init_logging() {
@@ -600,19 +629,36 @@ async fn status(args: StatusArgs, api_socket: &Path) -> Result<()> {
         .map_err(refused)?
         .into_inner();
     match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&status::to_json(&resp)).context("encoding JSON")?
+        OutputFormat::Json => stdout::println(
+            serde_json::to_string_pretty(&status::to_json(&resp)).context("encoding JSON")?,
         ),
-        OutputFormat::Table => print!("{}", status::to_table(&resp)),
+        OutputFormat::Table => stdout::print(status::to_table(&resp)),
     }
-    Ok(())
+}
+
+/// The command a command line names, if it names one: the first word that
+/// is neither an option nor the value of the global `--api-socket`.
+fn subcommand_of(args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    let mut words = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        if word == "--api-socket" {
+            words.next();
+        } else if !word.starts_with('-') {
+            return Cli::command()
+                .find_subcommand(word)
+                .map(|c| c.get_name().to_string());
+        }
+    }
+    None
 }
 
 /// Help and version go out as clap writes them; a usage error becomes one
-/// line, the way every other error of this binary reads.
-fn usage_error(err: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
+/// line, the way every other error of this binary reads, and points to the
+/// help of the command it is about. `run` exits 125 on it, as `docker run`
+/// does for a flag it refuses; the other commands exit 2.
+fn usage_error(err: clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
     if matches!(
         err.kind(),
         ErrorKind::DisplayHelp
@@ -623,13 +669,31 @@ fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
-    let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    eprintln!(
-        "tartan: {} (see tartan --help)",
-        first.trim_start_matches("error: ")
-    );
-    ExitCode::from(2)
+    let command = match subcommand_of(args) {
+        Some(name) => format!("tartan {name}"),
+        None => "tartan".to_string(),
+    };
+    let missing = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::Strings(args)) if err.kind() == ErrorKind::MissingRequiredArgument => {
+            Some(args.join(", "))
+        }
+        _ => None,
+    };
+    let line = match missing {
+        // clap lists them on the lines below its first, which a one-line error drops.
+        Some(args) => format!("missing {args}"),
+        None => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            first.trim_start_matches("error: ").to_string()
+        }
+    };
+    eprintln!("tartan: {line} (see {command} --help)");
+    if command == "tartan run" {
+        ExitCode::from(125)
+    } else {
+        ExitCode::from(2)
+    }
 }
 
 /// `tartan init SPEC`: returns only if the container could not be started.
@@ -669,9 +733,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = match Cli::try_parse_from(translated.args) {
+    let cli = match Cli::try_parse_from(&translated.args) {
         Ok(cli) => cli,
-        Err(err) => return usage_error(err),
+        Err(err) => return usage_error(err, &translated.args),
     };
     // Before any runtime thread exists: these fork, enter namespaces or exec.
     let cli = match cli.command {
@@ -748,6 +812,8 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(code) => exit_with(code),
+        // The reader of the output has gone (`tartan ps | head -1`): nothing is wrong.
+        Err(err) if stdout::closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the chain of causes joined, as an operator reads it in a terminal or the journal.
             eprintln!("tartan: {err:#}");

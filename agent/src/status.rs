@@ -122,27 +122,34 @@ pub fn to_table(status: &StatusResponse) -> String {
     out
 }
 
-/// `tartan images`, laid out as `docker images` does it.
+/// `tartan images`, laid out as `docker images` does it, ages included.
 pub fn images_table(images: &[tartan_proto::v1::Image]) -> String {
+    images_table_at(images, std::time::SystemTime::now())
+}
+
+fn images_table_at(images: &[tartan_proto::v1::Image], now: std::time::SystemTime) -> String {
     let mut out = format!(
         "{:<30} {:<12} {:<14} {:<22} SIZE\n",
         "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
     );
     for image in images {
+        let created = age(&image.created, now)
+            .map(|ago| format!("{ago} ago"))
+            .unwrap_or_else(|| image.created.clone());
         let _ = writeln!(
             out,
             "{:<30} {:<12} {:<14} {:<22} {}",
             image.name,
             image.tag,
             image.id.get(..12).unwrap_or(&image.id),
-            image.created,
+            created,
             human_size(image.size)
         );
     }
     out
 }
 
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -238,12 +245,26 @@ mod tests {
             size: 1_982_256,
             created: "2026-11-24T10:00:00Z".into(),
         };
-        let table = images_table(&[image]);
+        let now = humantime::parse_rfc3339("2026-11-24T12:00:00Z").expect("a time");
+        let table = images_table_at(&[image], now);
         assert!(table.starts_with("REPOSITORY"), "{table}");
         assert!(
             table.contains("busybox") && table.contains("0123456789ab ") && table.contains("2.0MB"),
             "{table}"
         );
+        assert!(table.contains(" 2 hours ago "), "{table}");
+        let day = Duration::from_secs(86400);
+        for (before, said) in [
+            (Duration::from_secs(1), "Less than a second"),
+            (Duration::from_secs(61), "1 minute"),
+            (day * 13, "13 days"),
+            (day * 20, "2 weeks"),
+            (day * 100, "3 months"),
+            (day * 1000, "2 years"),
+        ] {
+            let then = humantime::format_rfc3339_seconds(now - before).to_string();
+            assert_eq!(age(&then, now).as_deref(), Some(said), "{before:?}");
+        }
         assert_eq!(human_size(999), "999B");
     }
 
@@ -262,8 +283,10 @@ mod tests {
     }
 }
 
-/// "3 seconds", "5 minutes", as Docker words ages.
+/// "3 seconds", "5 minutes", as Docker words ages; images built long ago
+/// count in weeks, months and years, with Docker's thresholds.
 fn age(since: &str, now: std::time::SystemTime) -> Option<String> {
+    const DAY: u64 = 86400;
     let then = humantime::parse_rfc3339_weak(since).ok()?;
     let secs = now.duration_since(then).unwrap_or_default().as_secs();
     let (n, unit) = match secs {
@@ -271,7 +294,10 @@ fn age(since: &str, now: std::time::SystemTime) -> Option<String> {
         2..=59 => (secs, "second"),
         60..=3599 => (secs / 60, "minute"),
         3600..=86399 => (secs / 3600, "hour"),
-        _ => (secs / 86400, "day"),
+        _ if secs < 14 * DAY => (secs / DAY, "day"),
+        _ if secs < 60 * DAY => (secs / (7 * DAY), "week"),
+        _ if secs < 730 * DAY => (secs / (30 * DAY), "month"),
+        _ => (secs / (365 * DAY), "year"),
     };
     Some(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }))
 }
@@ -309,11 +335,7 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
                     .map(|a| format!("{a} ago"))
                     .unwrap_or_default(),
                 container_status(c, now),
-                if c.address.is_empty() {
-                    c.network.clone()
-                } else {
-                    c.address.clone()
-                },
+                c.addresses.join(","),
                 c.name.clone(),
             ]
         })
@@ -416,13 +438,23 @@ mod container_tests {
             started: started.clone(),
             created: started,
             address: "10.5.1.2/24".into(),
+            addresses: vec!["10.5.1.2/24".into(), "10.5.1.9/24".into()],
+            network: "overlay".into(),
             ..Default::default()
         };
         let table = containers_table(std::slice::from_ref(&c));
         let row = table.lines().nth(1).expect("a row");
         assert!(row.starts_with("0123456789ab   busybox"), "{row}");
         assert!(row.contains("Up 2 minutes"), "{row}");
-        assert!(row.ends_with("10.5.1.2/24   web"), "{row}");
+        assert!(row.ends_with("10.5.1.2/24,10.5.1.9/24   web"), "{row}");
+        // No network of its own: nothing, not the mode's name.
+        let hosted = tartan_proto::v1::Container {
+            addresses: vec![],
+            network: "host".into(),
+            ..c.clone()
+        };
+        let table = containers_table(std::slice::from_ref(&hosted));
+        assert!(!table.contains("host"), "{table}");
         let exited = tartan_proto::v1::Container {
             state: "exited".into(),
             exit_code: Some(3),

@@ -165,3 +165,91 @@ fn an_etcd_endpoint_that_is_no_url_is_refused_at_start() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn run_takes_h_as_its_hostname_and_only_help_for_help() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_tartan");
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("nobody.sock");
+    // A value for -h: the line parses and the missing agent is what stops it.
+    let out = Command::new(bin)
+        .args(["run", "-h", "web", "--api-socket"])
+        .arg(&socket)
+        .args(["busybox", "true"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("no tartan agent is listening"), "{stderr}");
+    let out = Command::new(bin).args(["run", "--help"]).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout.contains("-h, --hostname"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn usage_errors_name_what_is_missing_and_the_command_help() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_tartan");
+    // (arguments, exit code, what the line must say)
+    let cases: [(&[&str], i32, &[&str]); 7] = [
+        (&["run"], 125, &["<IMAGE>", "see tartan run --help"]),
+        (
+            &["run", "--bogus", "busybox"],
+            125,
+            &["--bogus", "see tartan run --help"],
+        ),
+        (&["run", "--ip"], 125, &["--ip", "see tartan run --help"]),
+        (
+            &["--api-socket", "/nowhere", "run", "-h"],
+            125,
+            &["--hostname"],
+        ),
+        (&["stop"], 2, &["<CONTAINER>", "see tartan stop --help"]),
+        (
+            &["exec", "web"],
+            2,
+            &["<COMMAND>", "see tartan exec --help"],
+        ),
+        (
+            &["status", "-o", "yaml"],
+            2,
+            &["yaml", "see tartan status --help"],
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = output_within(Command::new(bin).args(args), Duration::from_secs(10))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        for word in says {
+            assert!(stderr.contains(word), "{args:?}: {stderr}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_user_who_may_not_use_the_socket_is_told_so() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let socket = dir.path().join("agent.sock");
+    // The agent's socket is root's alone (0600).
+    let _listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_tartan"))
+        .args(["ps", "--api-socket"])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("permission denied on the API socket (root only)"),
+        "{stderr}"
+    );
+    Ok(())
+}

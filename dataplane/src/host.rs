@@ -207,6 +207,18 @@ impl Netlink {
         Ok(routes)
     }
 
+    /// The global IPv4 addresses of this namespace's interfaces, with their
+    /// prefix lengths, in interface order.
+    pub async fn global_ipv4_addresses(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        Ok(self
+            .ipv4_addresses()
+            .await?
+            .into_iter()
+            .filter(|a| a.global)
+            .map(|a| (a.ip, a.prefix_len))
+            .collect())
+    }
+
     /// The interface of the IPv4 default route (lowest metric), if there is one.
     pub async fn default_route_interface(&self) -> Result<Option<HostInterface>> {
         let routes = self.default_routes().await?;

@@ -113,7 +113,8 @@ fn an_oci_layout_loads_with_gzip_layers() -> Result<()> {
     let blobs = outer.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
     std::fs::write(blobs.join(sha256(&gz)), &gz)?;
-    let config = b"{}";
+    // Its build time, to the nanosecond as Docker and buildkit write it.
+    let config = br#"{"created":"2024-01-02T03:04:05.123456789Z","architecture":"amd64"}"#;
     std::fs::write(blobs.join(sha256(config)), config)?;
     let manifest = format!(
         r#"{{"schemaVersion":2,"config":{{"digest":"sha256:{}"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{}"}}]}}"#,
@@ -136,6 +137,7 @@ fn an_oci_layout_loads_with_gzip_layers() -> Result<()> {
     let images = store.load(&tarball(&outer, false)?[..])?;
     assert_eq!(images.len(), 1);
     assert_eq!(images[0].reference(), "docker.io/library/demo:oci");
+    assert_eq!(images[0].created, "2024-01-02T03:04:05Z", "from the config");
     assert_eq!(
         images[0].layers,
         vec![sha256(&l1)],

@@ -66,12 +66,23 @@ pub fn two_layers(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// A `docker save` archive of the two layers, tagged with `tags`.
 pub fn docker_save(dir: &Path, l1: &[u8], l2: &[u8], tags: &[&str]) -> Result<Vec<u8>> {
+    docker_save_with_config(dir, l1, l2, tags, "{}")
+}
+
+/// [`docker_save`] with `config` as the image's config JSON.
+pub fn docker_save_with_config(
+    dir: &Path,
+    l1: &[u8],
+    l2: &[u8],
+    tags: &[&str],
+    config: &str,
+) -> Result<Vec<u8>> {
     let outer = dir.join("save");
     std::fs::create_dir_all(outer.join("l1"))?;
     std::fs::create_dir_all(outer.join("l2"))?;
     std::fs::write(outer.join("l1/layer.tar"), l1)?;
     std::fs::write(outer.join("l2/layer.tar"), l2)?;
-    std::fs::write(outer.join("config.json"), "{}")?;
+    std::fs::write(outer.join("config.json"), config)?;
     let tags: Vec<String> = tags.iter().map(|t| format!("{t:?}")).collect();
     std::fs::write(
         outer.join("manifest.json"),

@@ -1211,3 +1211,231 @@ fn reset_removes_everything_the_agent_made() -> Result<()> {
         .success());
     Ok(())
 }
+
+/// Runs the CLI against `agent` with a standard output whose reader is
+/// already gone, as `tartan … | head -1` leaves it once head has its line.
+fn cli_to_closed_pipe(agent: &Agent, args: &[&str]) -> Result<Output> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let child = agent
+        .cli_command(args)?
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running the tartan CLI")?;
+    finish(child, Duration::from_secs(20))
+}
+
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes() -> Result<()> {
+    let cluster = Cluster::start("pp", 213, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello; sleep 1000",
+        ],
+    )?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(cli_ok(agent, &["logs", "web"])?.contains("hello"))
+    })?;
+    for args in [
+        &["inspect", "web"][..],
+        &["status", "-o", "json"],
+        &["status"],
+        &["ps"],
+        &["images"],
+        &["logs", "web"],
+        &["export", "web"],
+    ] {
+        let out = cli_to_closed_pipe(agent, args)?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "tartan {args:?} on a closed pipe ({}): {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+    // Each container is still done when nobody reads the names printed.
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "db", "busybox", "sleep", "1000"],
+    )?;
+    let out = cli_to_closed_pipe(agent, &["rm", "-f", "web", "db"])?;
+    ensure!(out.status.success(), "rm -f: {}", text(&out.stderr));
+    ensure!(
+        cli_ok(agent, &["ps", "-aq"])?.trim().is_empty(),
+        "both containers are gone"
+    );
+    Ok(())
+}
+
+/// The ADDRESS column of `ps` for the container named `name`.
+fn ps_addresses(agent: &Agent, name: &str) -> Result<String> {
+    let table = cli_ok(agent, &["ps"])?;
+    let header = table.lines().next().context("a header")?;
+    let from = header.find("ADDRESS").context("an ADDRESS column")?;
+    let to = header.find("NAMES").context("a NAMES column")?;
+    let row = table
+        .lines()
+        .find(|row| row.split_whitespace().last() == Some(name))
+        .with_context(|| format!("no row for {name}: {table}"))?;
+    Ok(row.get(from..to).unwrap_or_default().trim().to_string())
+}
+
+#[test]
+fn ps_shows_the_address_of_every_network_a_container_is_on() -> Result<()> {
+    let cluster = Cluster::start("pa", 214, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    let sleeper = |name: &str, net: &str| {
+        cli_ok(
+            agent,
+            &[
+                "run", "-d", "--name", name, "--net", net, "busybox", "sleep", "1000",
+            ],
+        )
+    };
+    sleeper("web", "overlay")?;
+    sleeper("side", "container:web")?;
+    sleeper("lonely", "none")?;
+    sleeper("hnet", "host")?;
+    let web = address_of(agent, "web")?;
+    let web_len = match &inspect(agent, "web")?["network"]["prefix_len"] {
+        Value::String(len) => len.clone(),
+        other => other.to_string(),
+    };
+    let web = format!("{web}/{web_len}");
+    ensure!(
+        ps_addresses(agent, "web")? == web,
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+
+    // A second address in web's namespace (a documentation range, inside it only).
+    let pid = |name: &str| -> Result<u64> {
+        inspect(agent, name)?["state"]["pid"]
+            .as_u64()
+            .with_context(|| format!("{name} has no pid"))
+    };
+    let netns = format!("--net=/proc/{}/ns/net", pid("web")?);
+    let out = std::process::Command::new("nsenter")
+        .args([
+            netns.as_str(),
+            "ip",
+            "addr",
+            "add",
+            "192.0.2.7/24",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .context("running nsenter (util-linux)")?;
+    ensure!(out.status.success(), "ip addr add: {}", text(&out.stderr));
+    let both = format!("{web},192.0.2.7/24");
+    ensure!(
+        ps_addresses(agent, "web")? == both,
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    // Sharing web's network is having its addresses.
+    ensure!(
+        ps_addresses(agent, "side")? == both,
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    // No network, then one plugged in by `tartan attach`.
+    ensure!(
+        ps_addresses(agent, "lonely")?.is_empty(),
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    let attached = cli_ok(agent, &["attach", &pid("lonely")?.to_string()])?;
+    ensure!(
+        ps_addresses(agent, "lonely")? == attached.trim(),
+        "attached {attached}: {}",
+        cli_ok(agent, &["ps"])?
+    );
+    // The host's addresses are not the container's own.
+    ensure!(
+        ps_addresses(agent, "hnet")?.is_empty(),
+        "{}",
+        cli_ok(agent, &["ps"])?
+    );
+    cli_ok(agent, &["detach", &pid("lonely")?.to_string()])?;
+    Ok(())
+}
+
+#[test]
+fn archives_show_progress_on_a_terminal_only() -> Result<()> {
+    let cluster = Cluster::start("pg", 215, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("busybox.tar");
+    std::fs::write(&archive, tarball(&busybox_rootfs(dir.path())?, false)?)?;
+    let (l1, l2) = tartan_tests::rootfs::two_layers(dir.path())?;
+    let saved = dir.path().join("save.tar");
+    std::fs::write(
+        &saved,
+        tartan_tests::rootfs::docker_save(dir.path(), &l1, &l2, &["demo:1"])?,
+    )?;
+    let exported = dir.path().join("web.tar");
+    let archive_arg = archive.display().to_string();
+    let saved_arg = saved.display().to_string();
+    let exported_arg = exported.display().to_string();
+
+    // Not on a terminal: the output alone, nothing on standard error.
+    let quiet = |args: &[&str]| -> Result<()> {
+        let out = agent.cli(args)?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "tartan {args:?} ({}): {:?}",
+            out.status,
+            text(&out.stderr)
+        );
+        Ok(())
+    };
+    quiet(&["import", &archive_arg, "busybox"])?;
+    quiet(&["load", "-i", &saved_arg])?;
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "web", "busybox", "sleep", "1000"],
+    )?;
+    quiet(&["export", "-o", &exported_arg, "web"])?;
+
+    // On a terminal: one line redrawn in place, with the bytes and the rate.
+    for (args, verb, size_known) in [
+        (format!("import {archive_arg} busybox:2"), "Importing", true),
+        (format!("load -i {saved_arg}"), "Loading", true),
+        (format!("export -o {exported_arg} web"), "Exporting", false),
+    ] {
+        let out = under_terminal(&cluster, agent, &args)?;
+        let shown = text(&out.stdout);
+        ensure!(out.status.success(), "{args}: {shown}");
+        ensure!(
+            shown.contains(&format!("\r{verb}  ")) && shown.contains("B/s"),
+            "{args}: {shown:?}"
+        );
+        // "Importing  2.0MB/2.0MB  40.1MB/s": of a file, the size too.
+        let last = shown
+            .rsplit(&format!("\r{verb}  "))
+            .next()
+            .and_then(|tail| tail.split('\x1b').next())
+            .unwrap_or_default();
+        let slashes = if size_known { 2 } else { 1 };
+        ensure!(
+            last.matches('/').count() == slashes,
+            "{args}: last line {last:?} of {shown:?}"
+        );
+    }
+    Ok(())
+}

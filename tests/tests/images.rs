@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context, Result};
 use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::etcd::EtcdServer;
-use tartan_tests::rootfs::{busybox_rootfs, docker_save, tarball, two_layers};
+use tartan_tests::rootfs::{
+    busybox_rootfs, docker_save, docker_save_with_config, tarball, two_layers,
+};
 use tartan_tests::{prereq, put_flannel_config, unique_prefix};
 
 const READY: std::time::Duration = std::time::Duration::from_secs(20);
@@ -95,6 +97,9 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
     let broken = dir.path().join("broken.tar");
     let full = std::fs::read(&archive)?;
     std::fs::write(&broken, &full[..full.len() / 3])?;
+    let binary = tartan_tests::agent::tartan_bin()?
+        .to_string_lossy()
+        .into_owned();
     for (args, needle) in [
         (
             vec![
@@ -102,7 +107,15 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
                 broken.to_string_lossy().into(),
                 "broken".into(),
             ],
-            "not a usable image",
+            "truncated archive",
+        ),
+        (
+            vec!["import".into(), binary.clone(), "binary".into()],
+            "not a tar archive",
+        ),
+        (
+            vec!["load".into(), "-i".into(), binary.clone()],
+            "not a tar archive",
         ),
         (
             vec![
@@ -122,6 +135,15 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
         let (ok, _, err) = run(&agent, &args)?;
         ensure!(
             !ok && err.lines().count() == 1 && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        // Neither the archive's bytes nor the agent's staging paths.
+        ensure!(
+            err.chars().all(|c| !c.is_control() && c != '\u{fffd}'),
+            "{args:?}: {err:?}"
+        );
+        ensure!(
+            !err.contains(&*agent.state_dir().to_string_lossy()),
             "{args:?}: {err}"
         );
     }
@@ -184,5 +206,32 @@ async fn a_docker_save_archive_is_loaded_with_its_layers() -> Result<()> {
         2,
         "the store is as it was"
     );
+
+    // CREATED is when the image was built, from its config, and reads as an age.
+    let built = dir.path().join("built.tar");
+    std::fs::write(
+        &built,
+        docker_save_with_config(
+            dir.path(),
+            &l1,
+            &l2,
+            &["built:1"],
+            r#"{"created":"2020-03-04T05:06:07.123456789Z","os":"linux"}"#,
+        )?,
+    )?;
+    let (ok, _, err) = run(&agent, &["load", "-i", &built.to_string_lossy()])?;
+    ensure!(ok, "load: {err}");
+    let (_, table, _) = run(&agent, &["images"])?;
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|row| row.starts_with(name))
+            .map(str::to_string)
+            .with_context(|| format!("no {name}: {table}"))
+    };
+    ensure!(row("built ")?.contains(" years ago "), "{table}");
+    // Without a time in its config: when it was loaded.
+    let demo = row("demo ")?;
+    ensure!(demo.contains(" ago ") && !demo.contains("year"), "{table}");
     Ok(())
 }

@@ -20,6 +20,8 @@ struct DockerManifest {
     repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers")]
     layers: Vec<String>,
+    #[serde(rename = "Config", default)]
+    config: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -37,12 +39,23 @@ struct OciIndex {
 #[derive(Deserialize)]
 struct OciManifest {
     layers: Vec<OciDescriptor>,
+    #[serde(default)]
+    config: Option<OciDescriptor>,
+}
+
+/// The one field of an image's config (Docker's and OCI's alike) kept here.
+#[derive(Deserialize)]
+struct ImageConfig {
+    #[serde(default)]
+    created: Option<String>,
 }
 
 /// An image the archive describes: its names and its layer files, lowest first.
 struct Described {
     references: Vec<Reference>,
     layer_files: Vec<PathBuf>,
+    /// When the image was built, from its config, RFC 3339 to the second.
+    created: Option<String>,
 }
 
 fn corrupt(reason: impl Into<String>) -> RuntimeError {
@@ -64,6 +77,20 @@ fn inside(root: &Path, relative: &str) -> Result<PathBuf> {
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{}: {e}", path.display())))
+}
+
+/// The creation time an image's config records, if the archive holds the
+/// config and it has a time (a config without one is valid; so is an
+/// archive without configs, which Docker never writes but other tools may).
+fn created_of(config: Option<PathBuf>) -> Result<Option<String>> {
+    let Some(path) = config.filter(|path| path.is_file()) else {
+        return Ok(None);
+    };
+    let config: ImageConfig = read_json(&path)?;
+    Ok(config
+        .created
+        .and_then(|text| humantime::parse_rfc3339_weak(&text).ok())
+        .map(|time| humantime::format_rfc3339_seconds(time).to_string()))
 }
 
 fn blob(root: &Path, digest: &str) -> Result<PathBuf> {
@@ -92,9 +119,11 @@ fn describe(root: &Path) -> Result<Vec<Described>> {
                     .iter()
                     .map(|l| inside(root, l))
                     .collect::<Result<_>>()?;
+                let config = entry.config.map(|c| inside(root, &c)).transpose()?;
                 Ok(Described {
                     references,
                     layer_files,
+                    created: created_of(config)?,
                 })
             })
             .collect();
@@ -126,9 +155,11 @@ fn describe(root: &Path) -> Result<Vec<Described>> {
                     .iter()
                     .map(|layer| blob(root, &layer.digest))
                     .collect::<Result<_>>()?;
+                let config = manifest.config.map(|c| blob(root, &c.digest)).transpose()?;
                 Ok(Described {
                     references,
                     layer_files,
+                    created: created_of(config)?,
                 })
             })
             .collect();
@@ -188,8 +219,10 @@ impl ImageStore {
                     tag: reference.tag,
                     layers: layers.clone(),
                     size,
-                    created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                        .to_string(),
+                    // As Docker lists it: when the image was built, else when it came here.
+                    created: image.created.clone().unwrap_or_else(|| {
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+                    }),
                 };
                 index
                     .images
