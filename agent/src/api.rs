@@ -315,7 +315,15 @@ impl Agent for AgentService {
     ) -> Result<Response<PbContainer>, Status> {
         let r = request.into_inner();
         let id = self.container_id(&r.container)?;
-        let view = self.containers.remove(&id, r.force).await.map_err(failed)?;
+        let view = self.containers.remove(&id, r.force).await.map_err(|err| {
+            // Removed meanwhile by another caller (the agent's own `--rm`
+            // clean-up, say): gone, as the caller wanted.
+            if self.containers.view(&id).is_err() {
+                Status::not_found(format!("{err:#}"))
+            } else {
+                failed(err)
+            }
+        })?;
         Ok(Response::new(to_pb_container(view)))
     }
 

@@ -169,7 +169,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
     }
     let code = attach(&container.attach_socket, args.tty, args.interactive).await?;
     if args.rm {
-        // The agent removes it too when it sees it end; whoever is second finds nothing.
+        // The agent removes it too when it sees it end; whoever is second
+        // finds nothing. Either way it is gone when this returns.
         let removed = client
             .remove_container(RemoveContainerRequest {
                 container: container.id,

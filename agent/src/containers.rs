@@ -993,6 +993,17 @@ impl Containers {
         let _guard = lifecycle.lock().await;
         let dir = self.dir(id);
         let mut view = self.view(id)?;
+        if matches!(view.status, Status::Running { .. }) && dir.read_exit().is_some() {
+            // Its process has ended and the supervisor is finishing (telling
+            // `run --rm` the exit code): as good as exited.
+            if !wait_gone(&dir, KILL_TIMEOUT).await {
+                bail!(
+                    "container {} ended but its supervisor still runs {KILL_TIMEOUT:?} later",
+                    config.name
+                );
+            }
+            view = self.view(id)?;
+        }
         if let Status::Running { .. } = view.status {
             if !force {
                 bail!(
