@@ -1,7 +1,11 @@
-//! What a Docker user expects of the container commands: `run --rm`
-//! returns once the container is gone.
+//! What a Docker user expects of the container commands: signals reach a
+//! foreground container, and `run --rm` returns once it is gone.
 
-use anyhow::{ensure, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
 use tartan_tests::agent::Agent;
 use tartan_tests::cluster::Cluster;
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
@@ -37,11 +41,101 @@ fn import_busybox(agent: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// Whether `ps` (with `-a`, `all`) lists a container named `name`.
+fn listed(agent: &Agent, all: bool, name: &str) -> Result<bool> {
+    let args: &[&str] = if all { &["ps", "-a"] } else { &["ps"] };
+    Ok(cli_ok(agent, args)?
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(name)))
+}
+
+/// Waits for a child with a deadline, killing it when it runs over.
+fn finish(mut child: Child, limit: Duration) -> Result<Output> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            let out = child.wait_with_output()?;
+            anyhow::bail!(
+                "still running after {limit:?}; it printed {:?} / {:?}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Starts a foreground `run` of a container that reports the signals it
+/// gets, and waits until it says it is ready for them.
+fn trapping_run(agent: &Agent, extra: &[&str], name: &str) -> Result<Child> {
+    let mut args = vec!["run", "--rm", "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 7' TERM; trap 'echo got-int; exit 8' INT; \
+         echo ready; while true; do sleep 0.1; done",
+    ]);
+    let mut child = agent
+        .cli_command(&args)?
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // The rest goes to the caller through the pipe's end being read here.
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the container never said it was ready")?;
+    ensure!(first == "ready\n", "the container said {first:?}");
+    Ok(child)
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+}
+
 #[test]
-fn run_rm_returns_once_the_container_is_gone() -> Result<()> {
+fn signals_reach_a_foreground_container_and_rm_returns_once_it_is_gone() -> Result<()> {
     let cluster = Cluster::start("ds", 205, VXLAN, 1)?;
     let agent = &cluster.agents[0];
     import_busybox(agent)?;
+
+    // SIGTERM and SIGINT (Ctrl-C) are passed on; the CLI leaves with the
+    // container's code once it has ended, and --rm has removed it.
+    for (sig, code) in [(libc::SIGTERM, 7), (libc::SIGINT, 8)] {
+        let child = trapping_run(agent, &[], "trapper")?;
+        signal(&child, sig);
+        let out = finish(child, Duration::from_secs(20))?;
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "signal {sig}: {}",
+            text(&out.stderr)
+        );
+        ensure!(!listed(agent, true, "trapper")?, "--rm left it");
+    }
+
+    // --sig-proxy=false: the signal is the CLI's alone.
+    let child = trapping_run(agent, &["--sig-proxy=false"], "kept")?;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(20))?;
+    assert_eq!(out.status.code(), None, "the CLI died of the signal");
+    ensure!(listed(agent, false, "kept")?, "the container runs on");
+    cli_ok(agent, &["rm", "-f", "kept"])?;
 
     // `run --rm` returns only once the container is gone: the name is free
     // at once, and nothing is left to report. (The issue saw four of five

@@ -297,6 +297,8 @@ fn supervise(dir: &Path) -> Result<()> {
         pending_input: Vec::new(),
         close_input: false,
         log,
+        child: pid,
+        reaped: false,
     };
     let code = pump.run(pid)?;
     write_json(
@@ -502,6 +504,10 @@ struct Pump {
     pending_input: Vec<u8>,
     close_input: bool,
     log: File,
+    /// The container's first process, and whether it has been reaped: a
+    /// signal goes to it only before, while its pid cannot name another process.
+    child: libc::pid_t,
+    reaped: bool,
 }
 
 /// What a read of a nonblocking descriptor gave.
@@ -630,6 +636,7 @@ impl Pump {
                 // SAFETY: reaping our own child without blocking.
                 if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
                     exited = Some(exit_code(status));
+                    self.reaped = true;
                 }
             }
         }
@@ -732,6 +739,17 @@ impl Pump {
                     };
                     // SAFETY: TIOCSWINSZ with a winsize we own.
                     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                }
+            }
+            Frame::Signal(signal) => {
+                // Our own unreaped child: its pid is surely its. SIGKILL and
+                // SIGSTOP are not proxied (Docker's CLI cannot catch them either).
+                let proxied = (1..=libc::SIGRTMAX()).contains(&signal)
+                    && signal != libc::SIGKILL
+                    && signal != libc::SIGSTOP;
+                if proxied && !self.reaped {
+                    // SAFETY: kill with a pid we have not reaped.
+                    unsafe { libc::kill(self.child, signal) };
                 }
             }
             Frame::Stdout(_) | Frame::Stderr(_) | Frame::Exit(_) => {}
