@@ -255,6 +255,24 @@ fn failed(err: anyhow::Error) -> Status {
     Status::failed_precondition(format!("{err:#}"))
 }
 
+/// The metadata key that carries the exit code of a container whose
+/// command could not run, for the CLI to leave with (127, 126).
+pub const EXIT_CODE_KEY: &str = "tartan-exit-code";
+
+/// As `failed`, with the exit code of a command that could not run.
+fn failed_to_start(err: anyhow::Error) -> Status {
+    let code = err
+        .downcast_ref::<crate::containers::CommandFailed>()
+        .map(|failed| failed.code);
+    let mut status = failed(err);
+    if let Some(code) = code {
+        if let Ok(value) = code.to_string().parse() {
+            status.metadata_mut().insert(EXIT_CODE_KEY, value);
+        }
+    }
+    status
+}
+
 type Streamed<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
 
 #[tonic::async_trait]
@@ -281,7 +299,7 @@ impl Agent for AgentService {
             detach: r.detach,
             auto_remove: r.auto_remove,
         };
-        let view = self.containers.run(opts).await.map_err(failed)?;
+        let view = self.containers.run(opts).await.map_err(failed_to_start)?;
         Ok(Response::new(to_pb_container(view)))
     }
 

@@ -171,9 +171,25 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             detach: args.detach,
             auto_remove: args.rm,
         })
-        .await
-        .map_err(refused)?
-        .into_inner();
+        .await;
+    let container = match container {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            // A command that could not run leaves with its code (127, 126), as in Docker.
+            let code = status
+                .metadata()
+                .get(api::EXIT_CODE_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok());
+            match code {
+                Some(code) => {
+                    eprintln!("tartan: {}", status.message());
+                    return Ok(code);
+                }
+                None => return Err(refused(status)),
+            }
+        }
+    };
     if args.detach {
         println!("{}", container.id);
         return Ok(0);

@@ -562,7 +562,7 @@ fn container_init(spec: &Path) -> ExitCode {
     };
     let err = tartan_runtime::init::run(&tartan_runtime::syscall::LinuxSyscall, &spec);
     let code = tartan_runtime::init::failure_code(&err);
-    eprintln!("tartan init: {:#}", anyhow::Error::from(err));
+    eprintln!("tartan init: {}", tartan_runtime::init::describe(&err));
     ExitCode::from(code as u8)
 }
 

@@ -1,5 +1,6 @@
 //! What a Docker user expects of the container commands: signals reach a
-//! foreground container, and `run --rm` returns once it is gone.
+//! foreground container, `run --rm` returns once it is gone, and a command
+//! that cannot run is an error with its cause at `run -d` too.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
@@ -150,5 +151,59 @@ fn signals_reach_a_foreground_container_and_rm_returns_once_it_is_gone() -> Resu
         let left = cli_ok(agent, &["ps", "-a", "-q"])?;
         ensure!(left.trim().is_empty(), "round {round}: still there: {left}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_command_that_cannot_run_fails_the_run_with_its_cause() -> Result<()> {
+    let cluster = Cluster::start("dx", 206, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+
+    for detach in [true, false] {
+        let mut args = vec!["run", "--rm"];
+        if detach {
+            args.push("-d");
+        }
+        for (command, code, cause) in [
+            ("/nonexistent", 127, "no such file or directory"),
+            ("/etc/passwd", 126, "permission denied"),
+        ] {
+            let mut args = args.clone();
+            args.extend_from_slice(&["busybox", command]);
+            let out = agent.cli(&args)?;
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{args:?}: {}",
+                text(&out.stderr)
+            );
+            let stderr = text(&out.stderr);
+            ensure!(
+                stderr.contains(&format!("running {command}: {cause}")),
+                "{args:?} says why: {stderr:?}"
+            );
+            if detach {
+                ensure!(out.stdout.is_empty(), "no id: {}", text(&out.stdout));
+            }
+        }
+    }
+    let left = cli_ok(agent, &["ps", "-a", "-q"])?;
+    ensure!(left.trim().is_empty(), "nothing left behind: {left}");
+
+    // -w with a missing directory makes it, as Docker does.
+    let out = cli_ok(
+        agent,
+        &["run", "--rm", "-w", "/nope/deeper", "busybox", "pwd"],
+    )?;
+    assert_eq!(out, "/nope/deeper\n");
+    cli_ok(
+        agent,
+        &[
+            "run", "-d", "--name", "w", "-w", "/nope", "busybox", "sleep", "1000",
+        ],
+    )?;
+    ensure!(listed(agent, false, "w")?, "it runs");
+    cli_ok(agent, &["rm", "-f", "w"])?;
     Ok(())
 }

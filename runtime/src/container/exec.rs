@@ -191,7 +191,7 @@ fn run_inside(spec: &ExecSpec, slave: Option<&OwnedFd>) -> i32 {
     // SAFETY: closes every descriptor above stderr before the command runs.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let err = exec_command(&spec.args, &spec.env);
-    eprintln!("tartan: {err}");
+    eprintln!("tartan: {}", crate::init::describe(&err));
     failure_code(&err)
 }
 

@@ -178,6 +178,16 @@ impl Stdio {
     }
 }
 
+/// The ends of the channels between the supervisor and the container's
+/// first process before its command runs.
+struct Handshake {
+    /// Read by the child: the go.
+    go: OwnedFd,
+    /// Written by the child only when its command cannot run ("CODE
+    /// reason"); closed by its exec otherwise.
+    exec_failure: OwnedFd,
+}
+
 fn supervise(dir: &Path) -> Result<()> {
     let container = ContainerDir::new(dir);
     let spec: ShimSpec = read_json(&container.shim_spec_path())?;
@@ -220,16 +230,12 @@ fn supervise(dir: &Path) -> Result<()> {
     // the first process has died): only then is the container "running",
     // with its root in place for `exec` to join.
     let (exec_r, exec_w) = pipe()?;
-    let pid = spawn_container(&spec, &stdio, &go_r)?;
-    drop(go_r);
-    drop(exec_w);
-    let Stdio {
-        outputs,
-        input,
-        master,
-        child,
-    } = stdio;
-    drop(child);
+    let handshake = Handshake {
+        go: go_r,
+        exec_failure: exec_w,
+    };
+    let pid = spawn_container(&spec, &stdio, &handshake)?;
+    drop(handshake);
 
     // SAFETY: getpid cannot fail.
     let shim_pid = unsafe { libc::getpid() } as u32;
@@ -250,13 +256,6 @@ fn supervise(dir: &Path) -> Result<()> {
             "the agent abandoned the start".into(),
         ));
     }
-    let null = dev_null()?;
-    // SAFETY: dup2 over our own standard streams: nothing of the agent's stays open here.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(null.as_raw_fd(), 1);
-    }
-
     let mut clients = Vec::new();
     if spec.wait_for_attach {
         if let Some(client) = accept_within(&listener, ATTACH_WAIT) {
@@ -272,10 +271,39 @@ fn supervise(dir: &Path) -> Result<()> {
     (&File::from(go_w))
         .write_all(b"g")
         .map_err(io_err("starting", dir))?;
-    let mut rest = Vec::new();
-    // Waits for the close-on-exec pipe to close: the init has exec'd (or died,
-    // which the pump sees as its exit).
-    let _ = File::from(exec_r).read_to_end(&mut rest);
+    let mut failure = Vec::new();
+    // Waits for the close-on-exec pipe to close: the init has exec'd, or
+    // has died, after saying why when its command could not run.
+    let _ = File::from(exec_r).read_to_end(&mut failure);
+    let failure = String::from_utf8_lossy(&failure).trim().to_string();
+    // A detached start tells the agent whether the command runs, so that
+    // `run -d` and `start` report a command that cannot (as Docker does).
+    // A foreground one has a client that sees the error and the exit code.
+    let _ = if failure.is_empty() {
+        writeln!(std::io::stdout(), "running")
+    } else {
+        writeln!(std::io::stdout(), "failed {failure}")
+    };
+    let _ = std::io::stdout().flush();
+    let null = dev_null()?;
+    // SAFETY: dup2 over our own standard streams: nothing of the agent's stays open here.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+    if !failure.is_empty() && !spec.wait_for_attach {
+        // The agent reports it and discards the container: nothing to record.
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Ok(());
+    }
+    let Stdio {
+        outputs,
+        input,
+        master,
+        child,
+    } = stdio;
+    drop(child);
     write_json(
         &container.state_path(),
         &RunState {
@@ -338,7 +366,7 @@ fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream>
 
 /// Clones the container's first process into its new namespaces. It waits
 /// for a byte on `go` before it runs init, and never returns here.
-fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc::pid_t> {
+fn spawn_container(spec: &ShimSpec, stdio: &Stdio, handshake: &Handshake) -> Result<libc::pid_t> {
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if spec.new_netns {
@@ -367,7 +395,7 @@ fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc:
         });
     }
     if pid == 0 {
-        let code = container_child(spec, stdio, go);
+        let code = container_child(spec, stdio, handshake);
         // SAFETY: leave without running the supervisor's destructors twice.
         unsafe { libc::_exit(code) };
     }
@@ -375,8 +403,9 @@ fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc:
 }
 
 /// In the child: wait for the go, take the streams, run init. Returns only
-/// the code to exit with when the container could not start.
-fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
+/// the code to exit with when the container could not start, after telling
+/// the supervisor why.
+fn container_child(spec: &ShimSpec, stdio: &Stdio, handshake: &Handshake) -> i32 {
     // A container never outlives its supervisor: nobody could see it end.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -386,9 +415,23 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
     }
     let mut byte = [0u8; 1];
     // SAFETY: read into a one-byte buffer.
-    if unsafe { libc::read(go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+    if unsafe { libc::read(handshake.go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
         return 125;
     }
+    let fail = |code: i32, reason: String| -> i32 {
+        eprintln!("tartan: {reason}");
+        let line = format!("{code} {reason}\n");
+        // Nobody to tell if the supervisor is gone: then the container goes too.
+        // SAFETY: write from a buffer we own.
+        unsafe {
+            libc::write(
+                handshake.exec_failure.as_raw_fd(),
+                line.as_ptr().cast(),
+                line.len(),
+            )
+        };
+        code
+    };
     if let Some(path) = &spec.join_netns {
         let joined = File::open(path).and_then(|ns| {
             // SAFETY: setns on a namespace file we opened.
@@ -399,11 +442,10 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
             }
         });
         if let Err(err) = joined {
-            eprintln!(
-                "tartan: joining the network namespace {}: {err}",
-                path.display()
+            return fail(
+                125,
+                format!("joining the network namespace {}: {err}", path.display()),
             );
-            return 125;
         }
     }
     if spec.tty {
@@ -423,8 +465,7 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
     // tells the supervisor the command runs.
     close_on_exec_from(3);
     let err = crate::init::run(&crate::syscall::LinuxSyscall, &spec.init);
-    eprintln!("tartan: {err}");
-    crate::init::failure_code(&err)
+    fail(crate::init::failure_code(&err), crate::init::describe(&err))
 }
 
 /// Marks every descriptor from `first` up close-on-exec.
