@@ -11,6 +11,7 @@ mod error;
 pub mod image;
 pub mod init;
 pub mod process;
+pub mod pty;
 pub mod rootfs;
 pub mod syscall;
 

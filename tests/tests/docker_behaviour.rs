@@ -1,6 +1,7 @@
 //! What a Docker user expects of the container commands: signals reach a
-//! foreground container, `run --rm` returns once it is gone, and a command
-//! that cannot run is an error with its cause at `run -d` too.
+//! foreground container, `run --rm` returns once it is gone, a command that
+//! cannot run is an error with its cause at `run -d` too, and the terminal
+//! of `-t` is the container's own.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
@@ -66,6 +67,25 @@ fn finish(mut child: Child, limit: Duration) -> Result<Output> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(child.wait_with_output()?)
+}
+
+/// `tartan ARGS` (a shell word list) against host 0's agent, with a
+/// terminal of its own as standard input and output (`script` makes one).
+fn under_terminal(cluster: &Cluster, agent: &Agent, args: &str) -> Result<Output> {
+    let inner = format!(
+        "ip netns exec {} env TARTAN_API_SOCKET={} {} {args}",
+        cluster.hosts[0].netns.name(),
+        agent.api_socket().display(),
+        tartan_tests::agent::tartan_bin()?.display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running script (bsdutils)")?;
+    finish(child, Duration::from_secs(20))
 }
 
 /// Starts a foreground `run` of a container that reports the signals it
@@ -205,5 +225,47 @@ fn a_command_that_cannot_run_fails_the_run_with_its_cause() -> Result<()> {
     )?;
     ensure!(listed(agent, false, "w")?, "it runs");
     cli_ok(agent, &["rm", "-f", "w"])?;
+    Ok(())
+}
+
+#[test]
+fn run_t_and_exec_t_see_their_terminal_in_the_container() -> Result<()> {
+    let cluster = Cluster::start("dt", 207, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+
+    let out = under_terminal(
+        &cluster,
+        agent,
+        "run -t --rm busybox sh -c 'tty; ls /dev/pts; test -c /dev/console && echo console-ok'",
+    )?;
+    let seen = text(&out.stdout);
+    ensure!(
+        seen.contains("/dev/pts/0\r\n") && seen.contains("console-ok"),
+        "run -t: {seen:?} {:?}",
+        text(&out.stderr)
+    );
+    ensure!(
+        seen.lines().any(|l| l.split_whitespace().any(|w| w == "0")),
+        "/dev/pts lists it: {seen:?}"
+    );
+
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "t", "busybox", "sleep", "1000"],
+    )?;
+    let out = under_terminal(&cluster, agent, "exec -t t sh -c 'tty; ls /dev/pts'")?;
+    let seen = text(&out.stdout);
+    let tty = seen.lines().next().unwrap_or_default().trim().to_string();
+    let number = tty
+        .strip_prefix("/dev/pts/")
+        .with_context(|| format!("exec -t: {seen:?} {:?}", text(&out.stderr)))?;
+    ensure!(
+        seen.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().any(|w| w == number)),
+        "/dev/pts lists {tty}: {seen:?}"
+    );
+    cli_ok(agent, &["rm", "-f", "t"])?;
     Ok(())
 }

@@ -113,48 +113,22 @@ fn dev_null() -> Result<OwnedFd> {
 }
 
 impl Stdio {
+    /// With `tty`, the terminal is made later, inside the container (see
+    /// `Handshake::console`): until then the child writes its errors to ours.
     fn new(tty: bool, open_stdin: bool) -> Result<Stdio> {
         if tty {
-            let (mut master, mut slave) = (0, 0);
-            // SAFETY: openpty fills two descriptors we then own.
-            check(
-                unsafe {
-                    libc::openpty(
-                        &mut master,
-                        &mut slave,
-                        std::ptr::null_mut(),
-                        std::ptr::null(),
-                        std::ptr::null(),
-                    )
-                },
-                "openpty",
-            )?;
-            // SAFETY: fresh descriptors from openpty.
-            let (master, slave) =
-                unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-            for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-                // SAFETY: fcntl on descriptors we own.
-                check(
-                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) },
-                    "fcntl",
-                )?;
-            }
-            set_nonblocking(master.as_raw_fd())?;
-            let reader = master.try_clone().map_err(io_err("dup", "pty"))?;
-            let input = if open_stdin {
-                Some(master.try_clone().map_err(io_err("dup", "pty"))?)
-            } else {
-                None
-            };
             let child = [
-                slave.try_clone().map_err(io_err("dup", "pty"))?,
-                slave.try_clone().map_err(io_err("dup", "pty"))?,
-                slave,
+                dev_null()?,
+                dev_null()?,
+                // SAFETY: dup of our own stderr, owned from here on.
+                unsafe {
+                    OwnedFd::from_raw_fd(check(libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3), "dup")?)
+                },
             ];
             return Ok(Stdio {
-                outputs: vec![(reader, Stream::Stdout)],
-                input,
-                master: Some(master),
+                outputs: Vec::new(),
+                input: None,
+                master: None,
                 child,
             });
         }
@@ -176,6 +150,20 @@ impl Stdio {
             child: [child_in, out_w, err_w],
         })
     }
+
+    /// Takes the terminal's master side, received from the container.
+    fn take_terminal(&mut self, master: OwnedFd, open_stdin: bool) -> Result<()> {
+        set_nonblocking(master.as_raw_fd())?;
+        self.outputs = vec![(
+            master.try_clone().map_err(io_err("dup", "pty"))?,
+            Stream::Stdout,
+        )];
+        if open_stdin {
+            self.input = Some(master.try_clone().map_err(io_err("dup", "pty"))?);
+        }
+        self.master = Some(master);
+        Ok(())
+    }
 }
 
 /// The ends of the channels between the supervisor and the container's
@@ -186,6 +174,9 @@ struct Handshake {
     /// Written by the child only when its command cannot run ("CODE
     /// reason"); closed by its exec otherwise.
     exec_failure: OwnedFd,
+    /// With a terminal: the child sends the master side of the terminal it
+    /// made in the container's devpts over it.
+    console: Option<OwnedFd>,
 }
 
 fn supervise(dir: &Path) -> Result<()> {
@@ -224,15 +215,23 @@ fn supervise(dir: &Path) -> Result<()> {
         .set_nonblocking(true)
         .map_err(io_err("configuring", &socket))?;
 
-    let stdio = Stdio::new(spec.tty, spec.open_stdin)?;
+    let mut stdio = Stdio::new(spec.tty, spec.open_stdin)?;
     let (go_r, go_w) = pipe()?;
     // Closed by the kernel when the container's command has been exec'd (or
     // the first process has died): only then is the container "running",
     // with its root in place for `exec` to join.
     let (exec_r, exec_w) = pipe()?;
+    let (console, child_console) = match spec.tty {
+        true => {
+            let (ours, theirs) = crate::pty::socket_pair()?;
+            (Some(ours), Some(theirs))
+        }
+        false => (None, None),
+    };
     let handshake = Handshake {
         go: go_r,
         exec_failure: exec_w,
+        console: child_console,
     };
     let pid = spawn_container(&spec, &stdio, &handshake)?;
     drop(handshake);
@@ -271,6 +270,13 @@ fn supervise(dir: &Path) -> Result<()> {
     (&File::from(go_w))
         .write_all(b"g")
         .map_err(io_err("starting", dir))?;
+    if let Some(console) = &console {
+        // None: the child died before making its terminal; the pump sees its exit.
+        if let Some(master) = crate::pty::recv_fd(console)? {
+            stdio.take_terminal(master, spec.open_stdin)?;
+        }
+    }
+    drop(console);
     let mut failure = Vec::new();
     // Waits for the close-on-exec pipe to close: the init has exec'd, or
     // has died, after saying why when its command could not run.
@@ -448,13 +454,6 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, handshake: &Handshake) -> i32
             );
         }
     }
-    if spec.tty {
-        // SAFETY: a new session whose controlling terminal is the container's.
-        unsafe {
-            libc::setsid();
-            libc::ioctl(stdio.child[0].as_raw_fd(), libc::TIOCSCTTY, 0);
-        }
-    }
     for (target, fd) in stdio.child.iter().enumerate() {
         // SAFETY: dup2 onto the standard descriptors (dup2 clears close-on-exec).
         unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) };
@@ -464,7 +463,17 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, handshake: &Handshake) -> i32
     // rather than closed, so that the exec itself closes the pipe that
     // tells the supervisor the command runs.
     close_on_exec_from(3);
-    let err = crate::init::run(&crate::syscall::LinuxSyscall, &spec.init);
+    let err = crate::init::run_with(&crate::syscall::LinuxSyscall, &spec.init, || {
+        let Some(console) = &handshake.console else {
+            return Ok(());
+        };
+        // In the container's root now: its own devpts instance.
+        let (master, slave) = crate::pty::open_in(Path::new("/dev/pts/ptmx"))?;
+        crate::pty::mount_console(&slave)?;
+        crate::pty::send_fd(console, &master)?;
+        drop(master);
+        crate::pty::take_as_controlling(&slave)
+    });
     fail(crate::init::failure_code(&err), crate::init::describe(&err))
 }
 
