@@ -16,8 +16,8 @@ use tartan_proto::v1::{
     AttachRequest, AttachResponse, Container as PbContainer, ContainerRequest, ContainersResponse,
     DetachRequest, DetachResponse, ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse,
     ImportChunk, Lease as PbLease, ListContainersRequest, LogEntry, LogsRequest,
-    NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RunRequest,
-    StatusRequest, StatusResponse, StopRequest,
+    NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RemoveImageResponse,
+    RunRequest, StatusRequest, StatusResponse, StopRequest,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -583,15 +583,28 @@ impl Agent for AgentService {
     async fn remove_image(
         &self,
         request: Request<RemoveImageRequest>,
-    ) -> Result<Response<PbImage>, Status> {
-        let name = request.into_inner().image;
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
         let images = self.images.clone();
         let containers = self.containers.clone();
-        let removed =
-            blocking(move || images.remove(&name, |image| containers.user_of_image(&image.id)))
-                .await?;
-        info!(image = %removed.reference(), "removed an image");
-        Ok(Response::new(to_pb_image(removed)))
+        let removed = blocking(move || {
+            images.remove(&request.image, request.force, |image| {
+                containers.user_of_image(&image.id)
+            })
+        })
+        .await?;
+        for image in &removed.untagged {
+            info!(image = %image.reference(), "untagged an image");
+        }
+        Ok(Response::new(RemoveImageResponse {
+            id: removed
+                .untagged
+                .first()
+                .map(|i| i.id.clone())
+                .unwrap_or_default(),
+            deleted: removed.deleted,
+            untagged: removed.untagged.into_iter().map(to_pb_image).collect(),
+        }))
     }
 
     async fn detach(

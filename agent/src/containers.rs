@@ -488,12 +488,19 @@ impl Containers {
         views
     }
 
-    /// Who uses the image `image_id`, for `rmi`.
+    /// Who uses the image `image_id`, for `rmi`: "running container web".
     pub fn user_of_image(&self, image_id: &str) -> Option<String> {
-        self.lock()
+        let user = self
+            .lock()
             .values()
             .find(|e| e.config.image_id == image_id)
-            .map(|e| format!("container {}", e.config.name))
+            .map(|e| e.config.clone())?;
+        let state = match self.status_of(&self.dir(&user.id)) {
+            Status::Running { .. } => "running",
+            Status::Exited { .. } => "stopped",
+            Status::Created => "created",
+        };
+        Some(format!("{state} container {}", user.name))
     }
 
     /// `tartan run`: creates the container and starts it. Nothing stays

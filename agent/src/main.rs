@@ -138,6 +138,9 @@ struct LoadArgs {
 
 #[derive(Args)]
 struct RmiArgs {
+    /// By id, remove every tag of an image that has several.
+    #[arg(short = 'f', long)]
+    force: bool,
     /// NAME[:TAG] or an id prefix.
     image: String,
 }
@@ -484,11 +487,20 @@ async fn images(api_socket: &Path) -> Result<()> {
 async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
     let mut client = api::connect(api_socket).await?;
     let image = client
-        .remove_image(tartan_proto::v1::RemoveImageRequest { image: args.image })
+        .remove_image(tartan_proto::v1::RemoveImageRequest {
+            image: args.image,
+            force: args.force,
+        })
         .await
         .map_err(refused)?
         .into_inner();
-    println!("Untagged: {}:{}", image.name, image.tag);
+    // As Docker prints it.
+    for untagged in &image.untagged {
+        println!("Untagged: {}:{}", untagged.name, untagged.tag);
+    }
+    if image.deleted {
+        println!("Deleted: sha256:{}", image.id);
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! What a Docker user expects of the container commands: signals reach a
 //! foreground container, `run --rm` returns once it is gone, a command that
-//! cannot run is an error with its cause at `run -d` too, and the terminal
-//! of `-t` is the container's own.
+//! cannot run is an error with its cause at `run -d` too, the terminal of
+//! `-t` is the container's own, and `rmi` refuses what Docker refuses.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
@@ -267,5 +267,66 @@ fn run_t_and_exec_t_see_their_terminal_in_the_container() -> Result<()> {
         "/dev/pts lists {tty}: {seen:?}"
     );
     cli_ok(agent, &["rm", "-f", "t"])?;
+    Ok(())
+}
+
+#[test]
+fn rmi_refuses_what_docker_refuses() -> Result<()> {
+    let cluster = Cluster::start("dr", 208, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("busybox.tar");
+    std::fs::write(&archive, tarball(&busybox_rootfs(dir.path())?, false)?)?;
+    let archive = archive.display().to_string();
+    let id = cli_ok(agent, &["import", &archive, "busybox"])?;
+    let id = id.trim().trim_start_matches("sha256:").to_string();
+    cli_ok(agent, &["import", &archive, "busybox:other"])?;
+    let short = &id[..12];
+    let tags =
+        |agent: &Agent| -> Result<usize> { Ok(cli_ok(agent, &["images"])?.lines().count() - 1) };
+
+    // By id, an image with two tags needs -f.
+    let out = agent.cli(&["rmi", short])?;
+    ensure!(
+        !out.status.success()
+            && text(&out.stderr).contains(&format!(
+                "conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories"
+            )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(tags(agent)?, 2);
+
+    // -f never removes an image a container uses, running or not.
+    cli_ok(
+        agent,
+        &[
+            "run", "-d", "--name", "user", "--net", "none", "busybox", "sleep", "1000",
+        ],
+    )?;
+    for state in ["running", "stopped"] {
+        let out = agent.cli(&["rmi", "-f", short])?;
+        ensure!(
+            !out.status.success()
+                && text(&out.stderr).contains(&format!("in use by {state} container user")),
+            "{state}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(tags(agent)?, 2, "{state}: nothing removed");
+        cli_ok(agent, &["stop", "-t", "0", "user"])?;
+    }
+    // One tag of two may go while it is used: the other keeps the image.
+    assert_eq!(
+        cli_ok(agent, &["rmi", "busybox:other"])?,
+        "Untagged: busybox:other\n"
+    );
+    cli_ok(agent, &["import", &archive, "busybox:other"])?;
+    cli_ok(agent, &["rm", "user"])?;
+    let out = cli_ok(agent, &["rmi", "-f", short])?;
+    assert_eq!(
+        out,
+        format!("Untagged: busybox:latest\nUntagged: busybox:other\nDeleted: sha256:{id}\n")
+    );
+    assert_eq!(tags(agent)?, 0);
     Ok(())
 }
