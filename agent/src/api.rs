@@ -17,8 +17,8 @@ use tartan_proto::v1::{
     Container as PbContainer, ContainerRequest, ContainersResponse, DetachRequest, DetachResponse,
     ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse, ImportChunk, Lease as PbLease,
     ListAttachmentsRequest, ListContainersRequest, LogEntry, LogsRequest,
-    NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RunRequest,
-    StatusRequest, StatusResponse, StopRequest,
+    NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RemoveImageResponse,
+    RunRequest, StatusRequest, StatusResponse, StopRequest,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -263,6 +263,24 @@ fn failed(err: anyhow::Error) -> Status {
     Status::failed_precondition(format!("{err:#}"))
 }
 
+/// The metadata key that carries the exit code of a container whose
+/// command could not run, for the CLI to leave with (127, 126).
+pub const EXIT_CODE_KEY: &str = "tartan-exit-code";
+
+/// As `failed`, with the exit code of a command that could not run.
+fn failed_to_start(err: anyhow::Error) -> Status {
+    let code = err
+        .downcast_ref::<crate::containers::CommandFailed>()
+        .map(|failed| failed.code);
+    let mut status = failed(err);
+    if let Some(code) = code {
+        if let Ok(value) = code.to_string().parse() {
+            status.metadata_mut().insert(EXIT_CODE_KEY, value);
+        }
+    }
+    status
+}
+
 type Streamed<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
 
 #[tonic::async_trait]
@@ -294,7 +312,7 @@ impl Agent for AgentService {
             cap_drop: r.cap_drop,
             sysctls: r.sysctls,
         };
-        let view = self.containers.run(opts).await.map_err(failed)?;
+        let view = self.containers.run(opts).await.map_err(failed_to_start)?;
         Ok(Response::new(to_pb_container(view)))
     }
 
@@ -328,7 +346,15 @@ impl Agent for AgentService {
     ) -> Result<Response<PbContainer>, Status> {
         let r = request.into_inner();
         let id = self.container_id(&r.container)?;
-        let view = self.containers.remove(&id, r.force).await.map_err(failed)?;
+        let view = self.containers.remove(&id, r.force).await.map_err(|err| {
+            // Removed meanwhile by another caller (the agent's own `--rm`
+            // clean-up, say): gone, as the caller wanted.
+            if self.containers.view(&id).is_err() {
+                Status::not_found(format!("{err:#}"))
+            } else {
+                failed(err)
+            }
+        })?;
         Ok(Response::new(to_pb_container(view)))
     }
 
@@ -577,15 +603,28 @@ impl Agent for AgentService {
     async fn remove_image(
         &self,
         request: Request<RemoveImageRequest>,
-    ) -> Result<Response<PbImage>, Status> {
-        let name = request.into_inner().image;
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
         let images = self.images.clone();
         let containers = self.containers.clone();
-        let removed =
-            blocking(move || images.remove(&name, |image| containers.user_of_image(&image.id)))
-                .await?;
-        info!(image = %removed.reference(), "removed an image");
-        Ok(Response::new(to_pb_image(removed)))
+        let removed = blocking(move || {
+            images.remove(&request.image, request.force, |image| {
+                containers.user_of_image(&image.id)
+            })
+        })
+        .await?;
+        for image in &removed.untagged {
+            info!(image = %image.reference(), "untagged an image");
+        }
+        Ok(Response::new(RemoveImageResponse {
+            id: removed
+                .untagged
+                .first()
+                .map(|i| i.id.clone())
+                .unwrap_or_default(),
+            deleted: removed.deleted,
+            untagged: removed.untagged.into_iter().map(to_pb_image).collect(),
+        }))
     }
 
     async fn list_attachments(

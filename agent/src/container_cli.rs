@@ -31,6 +31,17 @@ pub struct RunArgs {
     /// Remove the container when it ends.
     #[arg(long)]
     rm: bool,
+    /// Pass the signals this command receives on to the container (not with -t).
+    #[arg(
+        long = "sig-proxy",
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    sig_proxy: bool,
     /// A name (letters, digits, _ . -); one is made up otherwise.
     #[arg(long)]
     name: Option<String>,
@@ -200,16 +211,41 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             cap_drop: args.cap_drop,
             sysctls: args.sysctl,
         })
-        .await
-        .map_err(refused)?
-        .into_inner();
+        .await;
+    let container = match container {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            // A command that could not run leaves with its code (127, 126), as in Docker.
+            let code = status
+                .metadata()
+                .get(api::EXIT_CODE_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok());
+            match code {
+                Some(code) => {
+                    eprintln!("tartan: {}", status.message());
+                    return Ok(code);
+                }
+                None => return Err(refused(status)),
+            }
+        }
+    };
     if args.detach {
         crate::stdout::println(&container.id)?;
         return Ok(0);
     }
-    let code = attach(&container.attach_socket, args.tty, args.interactive).await?;
+    // As Docker's CLI: with a terminal, Ctrl-C travels through it instead.
+    let sig_proxy = args.sig_proxy && !args.tty;
+    let code = attach(
+        &container.attach_socket,
+        args.tty,
+        args.interactive,
+        sig_proxy,
+    )
+    .await?;
     if args.rm {
-        // The agent removes it too when it sees it end; whoever is second finds nothing.
+        // The agent removes it too when it sees it end; whoever is second
+        // finds nothing. Either way it is gone when this returns.
         let removed = client
             .remove_container(RemoveContainerRequest {
                 container: container.id,
@@ -237,9 +273,20 @@ fn window_size() -> Option<(u16, u16)> {
     }
 }
 
+/// The signals a foreground `run` passes on, as Docker's CLI does (it
+/// passes all it can catch; these are the ones sent to a command in practice).
+const PROXIED_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// Streams the container's output here and this terminal's input there,
-/// until the supervisor reports the exit code.
-async fn attach(socket: &str, tty: bool, interactive: bool) -> Result<i32> {
+/// until the supervisor reports the exit code; passes signals on with `sig_proxy`.
+async fn attach(socket: &str, tty: bool, interactive: bool, sig_proxy: bool) -> Result<i32> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("attaching to the container at {socket}"))?;
@@ -268,6 +315,21 @@ async fn attach(socket: &str, tty: bool, interactive: bool) -> Result<i32> {
                         if resizes.send(Frame::Resize { rows, cols }).await.is_err() {
                             return;
                         }
+                    }
+                }
+            });
+        }
+    }
+    if sig_proxy {
+        for signal in PROXIED_SIGNALS {
+            let mut caught =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(signal))
+                    .with_context(|| format!("catching signal {signal} to pass it on"))?;
+            let proxy = frames.clone();
+            tokio::spawn(async move {
+                while caught.recv().await.is_some() {
+                    if proxy.send(Frame::Signal(signal)).await.is_err() {
+                        return;
                     }
                 }
             });

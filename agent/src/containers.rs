@@ -57,6 +57,39 @@ pub struct RunOptions {
     pub sysctls: Vec<String>,
 }
 
+/// A container whose command could not be run: what `run -d` and `start`
+/// report, with Docker's exit code (127 not found, 126 not runnable, 125
+/// any other failure of the start).
+#[derive(Debug)]
+pub struct CommandFailed {
+    pub code: i32,
+    pub reason: String,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+impl CommandFailed {
+    /// From the supervisor's "CODE reason".
+    fn parse(report: &str) -> CommandFailed {
+        match report.split_once(' ') {
+            Some((code, reason)) if code.parse::<i32>().is_ok() => CommandFailed {
+                code: code.parse().unwrap_or(125),
+                reason: reason.to_string(),
+            },
+            _ => CommandFailed {
+                code: 125,
+                reason: report.to_string(),
+            },
+        }
+    }
+}
+
 /// A container's lifecycle state, read from its supervisor's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -463,12 +496,19 @@ impl Containers {
         views
     }
 
-    /// Who uses the image `image_id`, for `rmi`.
+    /// Who uses the image `image_id`, for `rmi`: "running container web".
     pub fn user_of_image(&self, image_id: &str) -> Option<String> {
-        self.lock()
+        let user = self
+            .lock()
             .values()
             .find(|e| e.config.image_id == image_id)
-            .map(|e| format!("container {}", e.config.name))
+            .map(|e| e.config.clone())?;
+        let state = match self.status_of(&self.dir(&user.id)) {
+            Status::Running { .. } => "running",
+            Status::Exited { .. } => "stopped",
+            Status::Created => "created",
+        };
+        Some(format!("{state} container {}", user.name))
     }
 
     /// `tartan run`: creates the container and starts it. Nothing stays
@@ -819,13 +859,9 @@ impl Containers {
             .spawn()
             .with_context(|| format!("starting {} shim", self.inner.shim_binary.display()))?;
         let mut go = shim.stdin.take().context("the supervisor's input")?;
-        let stdout = shim.stdout.take().context("the supervisor's output")?;
+        let mut stdout = BufReader::new(shim.stdout.take().context("the supervisor's output")?);
         let mut line = String::new();
-        let read = tokio::time::timeout(
-            SHIM_READY_TIMEOUT,
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
+        let read = tokio::time::timeout(SHIM_READY_TIMEOUT, stdout.read_line(&mut line)).await;
         // The supervisor is this agent's child until the agent goes: reap it when it ends.
         tokio::spawn(async move {
             if let Err(err) = shim.wait().await {
@@ -839,7 +875,8 @@ impl Containers {
                 bail!("the container's supervisor did not report within {SHIM_READY_TIMEOUT:?}")
             }
         }
-        let line = line.trim();
+        let ready = line.trim().to_string();
+        let line = ready.as_str();
         let pid: u32 = match line.strip_prefix("ready ") {
             Some(rest) => rest
                 .split_whitespace()
@@ -875,9 +912,27 @@ impl Containers {
             .await
             .context("starting the container's process")?;
         drop(go);
-        // The state file appears when the supervisor lets the process go.
+        if wait_for_attach {
+            // The client attaching sees the command start, or why it could not.
+            return Ok(());
+        }
+        // The supervisor says whether the command runs once it has been exec'd.
+        let mut report = String::new();
+        let read = tokio::time::timeout(SHIM_READY_TIMEOUT, stdout.read_line(&mut report)).await;
+        let report = report.trim();
+        if let Some(failure) = report.strip_prefix("failed ") {
+            // Gone before the caller removes its directory.
+            if !wait_gone(dir, KILL_TIMEOUT).await {
+                warn!(container = %config.name, "the supervisor of a container that could not start still runs");
+            }
+            return Err(CommandFailed::parse(failure).into());
+        }
+        if read.is_err() {
+            warn!(container = %config.name, "the container's supervisor did not report its command within {SHIM_READY_TIMEOUT:?}");
+        }
+        // The state file follows the report.
         let deadline = Instant::now() + SHIM_READY_TIMEOUT;
-        while dir.read_state().is_none() && dir.read_exit().is_none() && !wait_for_attach {
+        while dir.read_state().is_none() && dir.read_exit().is_none() {
             if Instant::now() > deadline || !dir.shim_alive() {
                 break;
             }
@@ -1017,6 +1072,17 @@ impl Containers {
         let _guard = lifecycle.lock().await;
         let dir = self.dir(id);
         let mut view = self.view(id)?;
+        if matches!(view.status, Status::Running { .. }) && dir.read_exit().is_some() {
+            // Its process has ended and the supervisor is finishing (telling
+            // `run --rm` the exit code): as good as exited.
+            if !wait_gone(&dir, KILL_TIMEOUT).await {
+                bail!(
+                    "container {} ended but its supervisor still runs {KILL_TIMEOUT:?} later",
+                    config.name
+                );
+            }
+            view = self.view(id)?;
+        }
         if let Status::Running { .. } = view.status {
             if !force {
                 bail!(

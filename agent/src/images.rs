@@ -79,10 +79,14 @@ impl Images {
         Ok(self.lock().list()?)
     }
 
-    /// Blocking: removes the tag, and the layers nothing uses any more,
-    /// unless `in_use` names a user of the image.
-    pub fn remove(&self, image: &str, in_use: impl Fn(&Image) -> Option<String>) -> Result<Image> {
-        Ok(self.lock().remove(image, in_use)?)
+    /// Blocking: `rmi` (see `ImageStore::remove`).
+    pub fn remove(
+        &self,
+        image: &str,
+        force: bool,
+        in_use: impl Fn(&Image) -> Option<String>,
+    ) -> Result<tartan_runtime::image::Removed> {
+        Ok(self.lock().remove(image, force, in_use)?)
     }
 
     /// Blocking: a NAME[:TAG] or an id prefix.

@@ -151,6 +151,9 @@ struct LoadArgs {
 
 #[derive(Args)]
 struct RmiArgs {
+    /// By id, remove every tag of an image that has several.
+    #[arg(short = 'f', long)]
+    force: bool,
     /// NAME[:TAG] or an id prefix.
     image: String,
 }
@@ -601,11 +604,21 @@ async fn images(api_socket: &Path) -> Result<()> {
 async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
     let mut client = api::connect(api_socket).await?;
     let image = client
-        .remove_image(tartan_proto::v1::RemoveImageRequest { image: args.image })
+        .remove_image(tartan_proto::v1::RemoveImageRequest {
+            image: args.image,
+            force: args.force,
+        })
         .await
         .map_err(refused)?
         .into_inner();
-    stdout::println(format!("Untagged: {}:{}", image.name, image.tag))
+    // As Docker prints it.
+    for untagged in &image.untagged {
+        stdout::println(format!("Untagged: {}:{}", untagged.name, untagged.tag))?;
+    }
+    if image.deleted {
+        stdout::println(format!("Deleted: sha256:{}", image.id))?;
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -713,7 +726,7 @@ fn container_init(spec: &Path) -> ExitCode {
     };
     let err = tartan_runtime::init::run(&tartan_runtime::syscall::LinuxSyscall, &spec);
     let code = tartan_runtime::init::failure_code(&err);
-    eprintln!("tartan init: {:#}", anyhow::Error::from(err));
+    eprintln!("tartan init: {}", tartan_runtime::init::describe(&err));
     ExitCode::from(code as u8)
 }
 

@@ -18,8 +18,10 @@ pub enum RuntimeError {
     NoSuchImage(String),
     #[error("{0} matches more than one image; give more of the id")]
     Ambiguous(String),
-    #[error("image {image} is in use by {user}")]
+    #[error("conflict: unable to delete {image} (cannot be forced) - image is in use by {user}")]
     ImageInUse { image: String, user: String },
+    #[error("conflict: unable to delete {id} (must be forced) - image is referenced in multiple repositories")]
+    ImageHasTags { id: String },
     #[error("{0}")]
     Protocol(String),
     #[error("{op} process {pid}")]

@@ -142,14 +142,25 @@ pub(crate) fn restrict_capabilities(keep: &[u32]) -> Result<()> {
 
 /// Builds the container and execs its command; returns only on failure.
 pub fn run(sys: &dyn Syscall, spec: &InitSpec) -> RuntimeError {
-    match prepare(sys, spec) {
+    run_with(sys, spec, || Ok(()))
+}
+
+/// As `run`, with `in_root` run once the container's root is in place and
+/// before privileges are given up (the terminal is made there).
+pub fn run_with(
+    sys: &dyn Syscall,
+    spec: &InitSpec,
+    in_root: impl FnOnce() -> Result<()>,
+) -> RuntimeError {
+    match prepare(sys, spec, in_root) {
         Ok(()) => exec(spec),
         Err(err) => err,
     }
 }
 
-fn prepare(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
+fn prepare(sys: &dyn Syscall, spec: &InitSpec, in_root: impl FnOnce() -> Result<()>) -> Result<()> {
     build_root(sys, spec)?;
+    in_root()?;
     spec.security.privileges()?.apply()
 }
 
@@ -171,6 +182,8 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
         }
         sys.write_file(&file.path, file.contents.as_bytes())?;
     }
+    // A missing working directory is made, as Docker does.
+    sys.mkdir_all(&spec.cwd)?;
     sys.sethostname(&spec.hostname)?;
     sys.chdir(&spec.cwd)
 }
@@ -193,6 +206,32 @@ pub fn failure_code(err: &RuntimeError) -> i32 {
             _ => 125,
         },
         _ => 125,
+    }
+}
+
+/// An error of a container's start as one line with its cause, in the
+/// words a shell would use: "running /x: no such file or directory".
+pub fn describe(err: &RuntimeError) -> String {
+    match err {
+        RuntimeError::Io { source, .. } => {
+            let cause = match source.raw_os_error() {
+                Some(libc::ENOENT) => "no such file or directory".to_string(),
+                Some(libc::EACCES) => "permission denied".to_string(),
+                Some(libc::ENOEXEC) => "exec format error: not an executable".to_string(),
+                Some(libc::ENOTDIR) => "not a directory".to_string(),
+                _ => source.to_string(),
+            };
+            format!("{err}: {cause}")
+        }
+        other => {
+            let mut line = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(next) = cause {
+                line.push_str(&format!(": {next}"));
+                cause = next.source();
+            }
+            line
+        }
     }
 }
 
@@ -262,6 +301,27 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn a_failure_to_run_says_why() {
+        for (errno, code, cause) in [
+            (libc::ENOENT, 127, "no such file or directory"),
+            (libc::EACCES, 126, "permission denied"),
+            (libc::ENOEXEC, 126, "not an executable"),
+        ] {
+            let err = RuntimeError::Io {
+                op: "running",
+                path: "/x".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            };
+            assert_eq!(failure_code(&err), code);
+            let line = describe(&err);
+            assert!(
+                line.starts_with("running /x: ") && line.contains(cause),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn commands_are_found_on_the_containers_path_not_the_callers() {
         let env = vec!["PATH=/opt/bin:/bin".to_string()];
         assert_eq!(
@@ -314,6 +374,7 @@ mod tests {
             written > pivot,
             "files are written inside the new root only"
         );
+        assert_eq!(calls[calls.len() - 3], Call::MkdirAll("/".into()));
         assert_eq!(calls[calls.len() - 2], Call::Sethostname("web".into()));
         assert_eq!(calls.last(), Some(&Call::Chdir("/".into())));
         assert!(

@@ -12,6 +12,7 @@ mod error;
 pub mod image;
 pub mod init;
 pub mod process;
+pub mod pty;
 pub mod rootfs;
 pub mod seccomp;
 mod seccomp_x86_64;

@@ -62,16 +62,42 @@ fn import_list_share_and_remove() -> Result<()> {
         "id prefixes resolve"
     );
 
-    // In use: one of two tags may go (the other keeps the image), the last
-    // one is refused. Removing one tag keeps the shared layer; the last one frees it.
-    store.remove("busybox:1.36", |_| Some("container web".into()))?;
-    assert_eq!(store_dirs(&store_root)?, (1, 0));
-    let refused = store.remove("busybox", |_| Some("container web".into()));
+    // By id, an image with two tags is refused unless forced, as in Docker;
+    // forced, it is still refused while a container uses it.
+    let web = |_: &tartan_runtime::Image| Some("stopped container web".to_string());
+    let refused = store.remove(&image.id[..12], false, |_| None);
+    let Err(err @ RuntimeError::ImageHasTags { .. }) = refused else {
+        panic!("{refused:?}");
+    };
+    assert!(err
+        .to_string()
+        .contains("(must be forced) - image is referenced in multiple repositories"));
+    let refused = store.remove(&image.id[..12], true, web);
     assert!(
         matches!(refused, Err(RuntimeError::ImageInUse { .. })),
         "{refused:?}"
     );
-    store.remove("busybox", |_| None)?;
+    assert_eq!(store.list()?.len(), 2, "a refusal removes nothing");
+
+    // In use: one of two tags may go (the other keeps the image), the last
+    // one is refused. Removing one tag keeps the shared layer; the last one frees it.
+    let removed = store.remove("busybox:1.36", false, web)?;
+    assert!(!removed.deleted);
+    assert_eq!(store_dirs(&store_root)?, (1, 0));
+    let refused = store.remove("busybox", true, web);
+    assert!(
+        matches!(refused, Err(RuntimeError::ImageInUse { .. })),
+        "{refused:?}"
+    );
+    let removed = store.remove("busybox", false, |_| None)?;
+    assert!(removed.deleted);
+    assert_eq!(store_dirs(&store_root)?, (0, 0));
+    // Forced by id: every tag goes, and the image.
+    let image = store.import(&gz[..], &"busybox:a".parse()?)?;
+    store.import(&gz[..], &"busybox:b".parse()?)?;
+    let removed = store.remove(&image.id[..12], true, |_| None)?;
+    assert_eq!(removed.untagged.len(), 2);
+    assert!(removed.deleted);
     assert_eq!(store_dirs(&store_root)?, (0, 0));
     assert!(matches!(
         store.resolve("busybox"),

@@ -163,7 +163,10 @@ async fn images_are_imported_listed_and_removed_through_the_agent() -> Result<()
     let (ok, out, _) = run(&agent, &["rmi", "busybox:gz"])?;
     ensure!(ok && out == "Untagged: busybox:gz", "{out}");
     let (ok, out, err) = run(&agent, &["rmi", &id[..8]])?;
-    ensure!(ok && out == "Untagged: busybox:latest", "{out} {err}");
+    ensure!(
+        ok && out == format!("Untagged: busybox:latest\nDeleted: sha256:{id}"),
+        "{out} {err}"
+    );
     assert_eq!(
         std::fs::read_dir(agent.state_dir().join("images/layers"))?.count(),
         0

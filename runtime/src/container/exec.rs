@@ -63,7 +63,7 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
         namespaces.push((file, flag));
     }
     let terminal = if spec.tty {
-        Some(open_terminal()?)
+        Some(open_terminal(spec.pid)?)
     } else {
         None
     };
@@ -100,31 +100,14 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
     }
 }
 
-fn open_terminal() -> Result<(OwnedFd, OwnedFd)> {
-    let (mut master, mut slave) = (0, 0);
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ into a winsize we own; failure leaves it zeroed.
-    let have_size = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut size) } == 0;
-    let size_ptr = if have_size {
-        &size as *const libc::winsize
-    } else {
-        std::ptr::null()
-    };
-    // SAFETY: openpty fills two descriptors we then own.
-    if unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            size_ptr,
-        )
-    } != 0
-    {
-        return Err(last_error("openpty"));
-    }
-    // SAFETY: fresh descriptors from openpty.
-    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+/// A terminal from the container's own devpts instance, reached through
+/// its root, so that inside it the command sees it (`/dev/pts/N`); it gets
+/// the size of ours.
+fn open_terminal(pid: u32) -> Result<(OwnedFd, OwnedFd)> {
+    let ptmx = format!("/proc/{pid}/root/dev/pts/ptmx");
+    let (master, slave) = crate::pty::open_in(std::path::Path::new(&ptmx))?;
+    copy_window_size(master.as_raw_fd());
+    Ok((master, slave))
 }
 
 /// In the first child: join, fork into the PID namespace, wait, pass the code on.
@@ -166,13 +149,9 @@ fn enter_and_run(
 fn run_inside(spec: &ExecSpec, privileges: &Privileges, slave: Option<&OwnedFd>) -> i32 {
     match slave {
         Some(slave) => {
-            // SAFETY: a new session whose controlling terminal is the new pty.
-            unsafe {
-                libc::setsid();
-                libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0);
-                for target in 0..3 {
-                    libc::dup2(slave.as_raw_fd(), target as RawFd);
-                }
+            if let Err(err) = crate::pty::take_as_controlling(slave) {
+                eprintln!("tartan: {}", crate::init::describe(&err));
+                return 126;
             }
         }
         None if !spec.interactive => {
@@ -194,7 +173,7 @@ fn run_inside(spec: &ExecSpec, privileges: &Privileges, slave: Option<&OwnedFd>)
     // SAFETY: closes every descriptor above stderr before the command runs.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let err = exec_command(&spec.args, &spec.env);
-    eprintln!("tartan: {err}");
+    eprintln!("tartan: {}", crate::init::describe(&err));
     failure_code(&err)
 }
 

@@ -19,6 +19,9 @@ pub enum Frame {
         rows: u16,
         cols: u16,
     },
+    /// Client to supervisor: a signal the client received, for the
+    /// container's process (`run --sig-proxy`).
+    Signal(i32),
     /// Supervisor to client: container output.
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
@@ -29,6 +32,7 @@ pub enum Frame {
 const STDIN: u8 = 1;
 const STDIN_CLOSE: u8 = 2;
 const RESIZE: u8 = 3;
+const SIGNAL: u8 = 4;
 const STDOUT: u8 = 11;
 const STDERR: u8 = 12;
 const EXIT: u8 = 20;
@@ -44,6 +48,7 @@ impl Frame {
                 bytes.extend_from_slice(&cols.to_be_bytes());
                 (RESIZE, bytes.into())
             }
+            Frame::Signal(signal) => (SIGNAL, signal.to_be_bytes().to_vec().into()),
             Frame::Stdout(data) => (STDOUT, data.into()),
             Frame::Stderr(data) => (STDERR, data.into()),
             Frame::Exit(code) => (EXIT, code.to_be_bytes().to_vec().into()),
@@ -114,6 +119,12 @@ impl FrameDecoder {
                     cols: u16::from_be_bytes([payload[2], payload[3]]),
                 }
             }
+            SIGNAL => {
+                fixed(4)?;
+                Frame::Signal(i32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]))
+            }
             STDOUT => Frame::Stdout(payload),
             STDERR => Frame::Stderr(payload),
             EXIT => {
@@ -141,6 +152,7 @@ mod tests {
                 rows: 40,
                 cols: 132,
             },
+            Frame::Signal(15),
             Frame::Stdout(vec![0, 1, 2, 255]),
             Frame::Stderr(Vec::new()),
             Frame::Exit(-3),

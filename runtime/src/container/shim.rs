@@ -113,48 +113,22 @@ fn dev_null() -> Result<OwnedFd> {
 }
 
 impl Stdio {
+    /// With `tty`, the terminal is made later, inside the container (see
+    /// `Handshake::console`): until then the child writes its errors to ours.
     fn new(tty: bool, open_stdin: bool) -> Result<Stdio> {
         if tty {
-            let (mut master, mut slave) = (0, 0);
-            // SAFETY: openpty fills two descriptors we then own.
-            check(
-                unsafe {
-                    libc::openpty(
-                        &mut master,
-                        &mut slave,
-                        std::ptr::null_mut(),
-                        std::ptr::null(),
-                        std::ptr::null(),
-                    )
-                },
-                "openpty",
-            )?;
-            // SAFETY: fresh descriptors from openpty.
-            let (master, slave) =
-                unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-            for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-                // SAFETY: fcntl on descriptors we own.
-                check(
-                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) },
-                    "fcntl",
-                )?;
-            }
-            set_nonblocking(master.as_raw_fd())?;
-            let reader = master.try_clone().map_err(io_err("dup", "pty"))?;
-            let input = if open_stdin {
-                Some(master.try_clone().map_err(io_err("dup", "pty"))?)
-            } else {
-                None
-            };
             let child = [
-                slave.try_clone().map_err(io_err("dup", "pty"))?,
-                slave.try_clone().map_err(io_err("dup", "pty"))?,
-                slave,
+                dev_null()?,
+                dev_null()?,
+                // SAFETY: dup of our own stderr, owned from here on.
+                unsafe {
+                    OwnedFd::from_raw_fd(check(libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3), "dup")?)
+                },
             ];
             return Ok(Stdio {
-                outputs: vec![(reader, Stream::Stdout)],
-                input,
-                master: Some(master),
+                outputs: Vec::new(),
+                input: None,
+                master: None,
                 child,
             });
         }
@@ -176,6 +150,33 @@ impl Stdio {
             child: [child_in, out_w, err_w],
         })
     }
+
+    /// Takes the terminal's master side, received from the container.
+    fn take_terminal(&mut self, master: OwnedFd, open_stdin: bool) -> Result<()> {
+        set_nonblocking(master.as_raw_fd())?;
+        self.outputs = vec![(
+            master.try_clone().map_err(io_err("dup", "pty"))?,
+            Stream::Stdout,
+        )];
+        if open_stdin {
+            self.input = Some(master.try_clone().map_err(io_err("dup", "pty"))?);
+        }
+        self.master = Some(master);
+        Ok(())
+    }
+}
+
+/// The ends of the channels between the supervisor and the container's
+/// first process before its command runs.
+struct Handshake {
+    /// Read by the child: the go.
+    go: OwnedFd,
+    /// Written by the child only when its command cannot run ("CODE
+    /// reason"); closed by its exec otherwise.
+    exec_failure: OwnedFd,
+    /// With a terminal: the child sends the master side of the terminal it
+    /// made in the container's devpts over it.
+    console: Option<OwnedFd>,
 }
 
 fn supervise(dir: &Path) -> Result<()> {
@@ -214,22 +215,26 @@ fn supervise(dir: &Path) -> Result<()> {
         .set_nonblocking(true)
         .map_err(io_err("configuring", &socket))?;
 
-    let stdio = Stdio::new(spec.tty, spec.open_stdin)?;
+    let mut stdio = Stdio::new(spec.tty, spec.open_stdin)?;
     let (go_r, go_w) = pipe()?;
     // Closed by the kernel when the container's command has been exec'd (or
     // the first process has died): only then is the container "running",
     // with its root in place for `exec` to join.
     let (exec_r, exec_w) = pipe()?;
-    let pid = spawn_container(&spec, &stdio, &go_r)?;
-    drop(go_r);
-    drop(exec_w);
-    let Stdio {
-        outputs,
-        input,
-        master,
-        child,
-    } = stdio;
-    drop(child);
+    let (console, child_console) = match spec.tty {
+        true => {
+            let (ours, theirs) = crate::pty::socket_pair()?;
+            (Some(ours), Some(theirs))
+        }
+        false => (None, None),
+    };
+    let handshake = Handshake {
+        go: go_r,
+        exec_failure: exec_w,
+        console: child_console,
+    };
+    let pid = spawn_container(&spec, &stdio, &handshake)?;
+    drop(handshake);
 
     // SAFETY: getpid cannot fail.
     let shim_pid = unsafe { libc::getpid() } as u32;
@@ -250,13 +255,6 @@ fn supervise(dir: &Path) -> Result<()> {
             "the agent abandoned the start".into(),
         ));
     }
-    let null = dev_null()?;
-    // SAFETY: dup2 over our own standard streams: nothing of the agent's stays open here.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(null.as_raw_fd(), 1);
-    }
-
     let mut clients = Vec::new();
     if spec.wait_for_attach {
         if let Some(client) = accept_within(&listener, ATTACH_WAIT) {
@@ -272,10 +270,46 @@ fn supervise(dir: &Path) -> Result<()> {
     (&File::from(go_w))
         .write_all(b"g")
         .map_err(io_err("starting", dir))?;
-    let mut rest = Vec::new();
-    // Waits for the close-on-exec pipe to close: the init has exec'd (or died,
-    // which the pump sees as its exit).
-    let _ = File::from(exec_r).read_to_end(&mut rest);
+    if let Some(console) = &console {
+        // None: the child died before making its terminal; the pump sees its exit.
+        if let Some(master) = crate::pty::recv_fd(console)? {
+            stdio.take_terminal(master, spec.open_stdin)?;
+        }
+    }
+    drop(console);
+    let mut failure = Vec::new();
+    // Waits for the close-on-exec pipe to close: the init has exec'd, or
+    // has died, after saying why when its command could not run.
+    let _ = File::from(exec_r).read_to_end(&mut failure);
+    let failure = String::from_utf8_lossy(&failure).trim().to_string();
+    // A detached start tells the agent whether the command runs, so that
+    // `run -d` and `start` report a command that cannot (as Docker does).
+    // A foreground one has a client that sees the error and the exit code.
+    let _ = if failure.is_empty() {
+        writeln!(std::io::stdout(), "running")
+    } else {
+        writeln!(std::io::stdout(), "failed {failure}")
+    };
+    let _ = std::io::stdout().flush();
+    let null = dev_null()?;
+    // SAFETY: dup2 over our own standard streams: nothing of the agent's stays open here.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+    if !failure.is_empty() && !spec.wait_for_attach {
+        // The agent reports it and discards the container: nothing to record.
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Ok(());
+    }
+    let Stdio {
+        outputs,
+        input,
+        master,
+        child,
+    } = stdio;
+    drop(child);
     write_json(
         &container.state_path(),
         &RunState {
@@ -297,6 +331,8 @@ fn supervise(dir: &Path) -> Result<()> {
         pending_input: Vec::new(),
         close_input: false,
         log,
+        child: pid,
+        reaped: false,
     };
     let code = pump.run(pid)?;
     write_json(
@@ -336,7 +372,7 @@ fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream>
 
 /// Clones the container's first process into its new namespaces. It waits
 /// for a byte on `go` before it runs init, and never returns here.
-fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc::pid_t> {
+fn spawn_container(spec: &ShimSpec, stdio: &Stdio, handshake: &Handshake) -> Result<libc::pid_t> {
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if spec.new_netns {
@@ -365,7 +401,7 @@ fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc:
         });
     }
     if pid == 0 {
-        let code = container_child(spec, stdio, go);
+        let code = container_child(spec, stdio, handshake);
         // SAFETY: leave without running the supervisor's destructors twice.
         unsafe { libc::_exit(code) };
     }
@@ -373,8 +409,9 @@ fn spawn_container(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> Result<libc:
 }
 
 /// In the child: wait for the go, take the streams, run init. Returns only
-/// the code to exit with when the container could not start.
-fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
+/// the code to exit with when the container could not start, after telling
+/// the supervisor why.
+fn container_child(spec: &ShimSpec, stdio: &Stdio, handshake: &Handshake) -> i32 {
     // A container never outlives its supervisor: nobody could see it end.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -384,9 +421,23 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
     }
     let mut byte = [0u8; 1];
     // SAFETY: read into a one-byte buffer.
-    if unsafe { libc::read(go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
+    if unsafe { libc::read(handshake.go.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } != 1 {
         return 125;
     }
+    let fail = |code: i32, reason: String| -> i32 {
+        eprintln!("tartan: {reason}");
+        let line = format!("{code} {reason}\n");
+        // Nobody to tell if the supervisor is gone: then the container goes too.
+        // SAFETY: write from a buffer we own.
+        unsafe {
+            libc::write(
+                handshake.exec_failure.as_raw_fd(),
+                line.as_ptr().cast(),
+                line.len(),
+            )
+        };
+        code
+    };
     if let Some(path) = &spec.join_netns {
         let joined = File::open(path).and_then(|ns| {
             // SAFETY: setns on a namespace file we opened.
@@ -397,18 +448,10 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
             }
         });
         if let Err(err) = joined {
-            eprintln!(
-                "tartan: joining the network namespace {}: {err}",
-                path.display()
+            return fail(
+                125,
+                format!("joining the network namespace {}: {err}", path.display()),
             );
-            return 125;
-        }
-    }
-    if spec.tty {
-        // SAFETY: a new session whose controlling terminal is the container's.
-        unsafe {
-            libc::setsid();
-            libc::ioctl(stdio.child[0].as_raw_fd(), libc::TIOCSCTTY, 0);
         }
     }
     for (target, fd) in stdio.child.iter().enumerate() {
@@ -420,9 +463,18 @@ fn container_child(spec: &ShimSpec, stdio: &Stdio, go: &OwnedFd) -> i32 {
     // rather than closed, so that the exec itself closes the pipe that
     // tells the supervisor the command runs.
     close_on_exec_from(3);
-    let err = crate::init::run(&crate::syscall::LinuxSyscall, &spec.init);
-    eprintln!("tartan: {err}");
-    crate::init::failure_code(&err)
+    let err = crate::init::run_with(&crate::syscall::LinuxSyscall, &spec.init, || {
+        let Some(console) = &handshake.console else {
+            return Ok(());
+        };
+        // In the container's root now: its own devpts instance.
+        let (master, slave) = crate::pty::open_in(Path::new("/dev/pts/ptmx"))?;
+        crate::pty::mount_console(&slave)?;
+        crate::pty::send_fd(console, &master)?;
+        drop(master);
+        crate::pty::take_as_controlling(&slave)
+    });
+    fail(crate::init::failure_code(&err), crate::init::describe(&err))
 }
 
 /// Marks every descriptor from `first` up close-on-exec.
@@ -502,6 +554,10 @@ struct Pump {
     pending_input: Vec<u8>,
     close_input: bool,
     log: File,
+    /// The container's first process, and whether it has been reaped: a
+    /// signal goes to it only before, while its pid cannot name another process.
+    child: libc::pid_t,
+    reaped: bool,
 }
 
 /// What a read of a nonblocking descriptor gave.
@@ -630,6 +686,7 @@ impl Pump {
                 // SAFETY: reaping our own child without blocking.
                 if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
                     exited = Some(exit_code(status));
+                    self.reaped = true;
                 }
             }
         }
@@ -732,6 +789,17 @@ impl Pump {
                     };
                     // SAFETY: TIOCSWINSZ with a winsize we own.
                     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                }
+            }
+            Frame::Signal(signal) => {
+                // Our own unreaped child: its pid is surely its. SIGKILL and
+                // SIGSTOP are not proxied (Docker's CLI cannot catch them either).
+                let proxied = (1..=libc::SIGRTMAX()).contains(&signal)
+                    && signal != libc::SIGKILL
+                    && signal != libc::SIGSTOP;
+                if proxied && !self.reaped {
+                    // SAFETY: kill with a pid we have not reaped.
+                    unsafe { libc::kill(self.child, signal) };
                 }
             }
             Frame::Stdout(_) | Frame::Stderr(_) | Frame::Exit(_) => {}

@@ -50,6 +50,15 @@ impl Image {
     }
 }
 
+/// What `remove` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The tags that went.
+    pub untagged: Vec<Image>,
+    /// Whether the image went too (its last tag did).
+    pub deleted: bool,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
     images: Vec<Image>,
@@ -172,29 +181,56 @@ impl ImageStore {
         resolve_in(&self.load_index()?.images, text)
     }
 
-    /// Removes a tag; layers no image or container uses any more are deleted.
-    /// `in_use` names a container still using the image, if any; it matters
-    /// only for the image's last tag.
-    pub fn remove(&self, text: &str, in_use: impl Fn(&Image) -> Option<String>) -> Result<Image> {
+    /// `rmi`, as Docker does it: by `NAME[:TAG]` the one tag goes; by id
+    /// every tag goes, which needs `force` when there are several. The image
+    /// itself goes with its last tag, and then its layers that no other
+    /// image uses; never while `in_use` names a container (running or not)
+    /// that uses it, `force` or not.
+    pub fn remove(
+        &self,
+        text: &str,
+        force: bool,
+        in_use: impl Fn(&Image) -> Option<String>,
+    ) -> Result<Removed> {
         let mut index = self.load_index()?;
         let image = resolve_in(&index.images, text)?;
-        // As in Docker: another tag of the same image keeps it for its users.
-        let last_tag = !index
+        let by_reference = text.parse::<Reference>().is_ok_and(|r| {
+            index
+                .images
+                .iter()
+                .any(|i| i.name == r.name && i.tag == r.tag)
+        });
+        let tags: Vec<Image> = index
             .images
             .iter()
-            .any(|i| i.id == image.id && (i.name != image.name || i.tag != image.tag));
-        if let Some(user) = in_use(&image).filter(|_| last_tag) {
-            return Err(RuntimeError::ImageInUse {
-                image: image.reference(),
-                user,
+            .filter(|i| i.id == image.id)
+            .cloned()
+            .collect();
+        if !by_reference && tags.len() > 1 && !force {
+            return Err(RuntimeError::ImageHasTags {
+                id: image.id.chars().take(12).collect(),
             });
+        }
+        let untagged: Vec<Image> = if by_reference {
+            vec![image.clone()]
+        } else {
+            tags.clone()
+        };
+        let deleted = untagged.len() == tags.len();
+        if deleted {
+            if let Some(user) = in_use(&image) {
+                return Err(RuntimeError::ImageInUse {
+                    image: image.reference(),
+                    user,
+                });
+            }
         }
         index
             .images
-            .retain(|i| !(i.name == image.name && i.tag == image.tag));
+            .retain(|i| !untagged.iter().any(|u| u.name == i.name && u.tag == i.tag));
         self.save(&index)?;
         self.collect_garbage(&index, &HashSet::new())?;
-        Ok(image)
+        Ok(Removed { untagged, deleted })
     }
 
     /// Deletes layers that no image references and `keep` does not hold.
