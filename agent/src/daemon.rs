@@ -18,20 +18,20 @@ use tartan_dataplane::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::acquire::{acquire, HeldLease};
-use crate::attach::Attacher;
-use crate::backend::{lease_data, Underlay};
-use crate::config::{Backend, NetworkConfig};
+use crate::backends::node::{NodeDataplane, FIREWALL_TABLE};
+use crate::backends::{lease_data, Underlay};
+use crate::containers::images::Images;
 use crate::containers::Containers;
-use crate::etcd::{is_unreachable, EtcdOptions, Registry};
-use crate::images::Images;
-use crate::lease::{lease_key, LeaseAttrs};
-use crate::node::{NodeDataplane, FIREWALL_TABLE};
-use crate::node_state::{EtcdMonitor, NodeLease, NodeState};
-use crate::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
-use crate::subnet_file::{previous_subnet, SubnetFile};
+use crate::control::acquire::{acquire, HeldLease};
+use crate::control::config::{Backend, NetworkConfig};
+use crate::control::etcd::{is_unreachable, EtcdOptions, Registry};
+use crate::control::lease::{lease_key, LeaseAttrs};
+use crate::control::node_state::{EtcdMonitor, NodeLease, NodeState};
+use crate::control::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
+use crate::control::subnet_file::{previous_subnet, SubnetFile};
+use crate::networks::attach::Attacher;
 use crate::teardown::Teardown;
-use crate::{api, claim, node, notify};
+use crate::{api, backends::node, claim, notify};
 
 /// Everything `tartan agent` is told on its command line.
 #[derive(Debug, Clone)]
@@ -354,10 +354,13 @@ async fn run_node(
             publishers.attacher.send_replace(Some(attacher.clone()));
             // Processes attached before this start: freed when they end.
             for (_, key) in attacher.bookings().await {
-                if let Some(crate::attach::ContainerRef::Pid(pid)) =
-                    crate::attach::ContainerRef::from_key(&key)
+                if let Some(crate::networks::attach::ContainerRef::Pid(pid)) =
+                    crate::networks::attach::ContainerRef::from_key(&key)
                 {
-                    crate::attach::free_when_process_ends(publishers.attacher.subscribe(), pid);
+                    crate::networks::attach::free_when_process_ends(
+                        publishers.attacher.subscribe(),
+                        pid,
+                    );
                 }
             }
         } else {
@@ -712,7 +715,7 @@ impl Follow<'_> {
             // interrupted read loses nothing that the re-list does not see.
             let message = tokio::select! {
                 message = stream.message() => message
-                    .map_err(crate::etcd::etcd_failure)
+                    .map_err(crate::control::etcd::etcd_failure)
                     .context("reading the subnet watch")?,
                 changed = own.changed() => {
                     if changed.is_err() {

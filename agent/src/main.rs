@@ -1,29 +1,18 @@
 //! `tartan`: the node agent (`tartan agent`) and the CLI that talks to it.
 
-mod acquire;
 mod api;
-mod attach;
-mod backend;
+mod backends;
 mod claim;
-mod config;
-mod container_cli;
+mod cli;
 mod containers;
+mod control;
 mod daemon;
-mod etcd;
-mod flanneld;
-mod gojson;
-mod images;
-mod lease;
-mod node;
-mod node_state;
+mod networks;
 mod notify;
-mod peers;
-mod progress;
 mod reset;
-mod status;
-mod stdout;
-mod subnet_file;
 mod teardown;
+
+use cli::{containers as container_cli, flanneld, progress, status, stdout};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -34,8 +23,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tartan_dataplane::InterfaceSelector;
 
+use crate::control::etcd::EtcdOptions;
 use crate::daemon::AgentOptions;
-use crate::etcd::EtcdOptions;
 
 const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
 

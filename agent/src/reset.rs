@@ -13,11 +13,11 @@ use anyhow::{bail, Context, Result};
 use tartan_dataplane::{Netlink, OverlayScope, OverlayState};
 use tartan_runtime::container::ContainerDir;
 
+use crate::backends::node::{FIREWALL_TABLE, UDP_DEVICE_NAME};
 use crate::claim;
-use crate::etcd::{EtcdOptions, Registry};
-use crate::lease::{lease_key, parse_lease};
-use crate::node::{FIREWALL_TABLE, UDP_DEVICE_NAME};
-use crate::subnet_file::previous_subnet;
+use crate::control::etcd::{EtcdOptions, Registry};
+use crate::control::lease::{lease_key, parse_lease};
+use crate::control::subnet_file::previous_subnet;
 use crate::teardown::Teardown;
 
 /// How long a killed container may take to be gone.

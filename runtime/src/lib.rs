@@ -7,6 +7,7 @@
 //! container's supervisor, log, attach protocol, exec and export, with
 //! signals to its process sent by pidfd.
 
+pub mod capabilities;
 pub mod container;
 mod error;
 pub mod image;

@@ -157,7 +157,7 @@ fn syscall_number(name: &str) -> Option<u32> {
 /// must hold and no `excludes` may.
 fn applies(rule: &Rule, capabilities: &[u32], kernel: (u32, u32)) -> Result<bool> {
     let has_cap = |name: &String| {
-        crate::security::capability_number(name).is_some_and(|c| capabilities.contains(&c))
+        crate::capabilities::capability_number(name).is_some_and(|c| capabilities.contains(&c))
     };
     let at_least = |min: &String| -> Result<bool> {
         let wanted = parse_version(min).ok_or_else(|| bad(format!("bad minKernel {min:?}")))?;
@@ -403,7 +403,7 @@ pub fn load(program: &[Instruction]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::init::DEFAULT_CAPABILITIES;
+    use crate::capabilities::DEFAULT_CAPABILITIES;
 
     /// Runs `program` on one call, as the kernel would: its return value.
     fn run(program: &[Instruction], arch: u32, nr: u32, args: [u64; 6]) -> u32 {

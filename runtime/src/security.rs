@@ -7,54 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::init::DEFAULT_CAPABILITIES;
+use crate::capabilities::{capability_number, CAPABILITY_NAMES, DEFAULT_CAPABILITIES};
 use crate::seccomp::{self, Instruction};
 use crate::{Result, RuntimeError};
-
-/// Capability names by number (linux/capability.h), without `CAP_`.
-pub const CAPABILITY_NAMES: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
 
 /// The sysctls outside `net.*` that Docker lets a container set: they
 /// belong to its own IPC namespace.
@@ -103,16 +58,6 @@ pub struct Security {
 
 fn invalid(message: String) -> RuntimeError {
     RuntimeError::Security(message)
-}
-
-/// A capability's number from its name (`NET_ADMIN`, `cap_net_admin`).
-pub fn capability_number(name: &str) -> Option<u32> {
-    let upper = name.to_ascii_uppercase();
-    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
-    CAPABILITY_NAMES
-        .iter()
-        .position(|n| *n == bare)
-        .map(|n| n as u32)
 }
 
 fn all_capabilities() -> Vec<u32> {
@@ -326,7 +271,7 @@ impl Privileges {
             seccomp::load(program)?;
         }
         if let Some(caps) = &self.capabilities {
-            crate::init::restrict_capabilities(caps)?;
+            crate::capabilities::restrict_capabilities(caps)?;
         }
         Ok(())
     }

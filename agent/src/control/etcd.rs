@@ -16,8 +16,8 @@ use ipnetwork::Ipv4Network;
 
 use tracing::debug;
 
-use crate::lease::{config_key, lease_key, subnets_prefix, LeaseAttrs};
-use crate::peers::RawLease;
+use crate::control::lease::{config_key, lease_key, subnets_prefix, LeaseAttrs};
+use crate::control::peers::RawLease;
 
 /// How long one unary etcd request may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -9,9 +9,9 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::acquire::HeldLease;
-use crate::config::NetworkConfig;
-use crate::lease::Lease;
+use crate::control::acquire::HeldLease;
+use crate::control::config::NetworkConfig;
+use crate::control::lease::Lease;
 
 /// This node's lease as the agent holds it.
 #[derive(Debug, Clone)]

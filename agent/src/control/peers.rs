@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use ipnetwork::Ipv4Network;
 use tartan_ipam::SubnetRange;
 
-use crate::lease::{check_peer, parse_key, parse_lease, Lease, LeaseRejection};
+use crate::control::lease::{check_peer, parse_key, parse_lease, Lease, LeaseRejection};
 
 /// A change to the set of peer leases.
 #[derive(Debug, Clone, PartialEq)]

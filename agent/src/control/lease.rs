@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tartan_ipam::SubnetRange;
 
-use crate::gojson::field;
+use crate::control::gojson::field;
 
 /// Values larger than this are not leases anybody wrote by honest means.
 pub const MAX_LEASE_VALUE_BYTES: usize = 64 * 1024;

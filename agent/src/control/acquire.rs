@@ -19,9 +19,9 @@ use rand::Rng;
 use tartan_ipam::SubnetRange;
 use tracing::{debug, info};
 
-use crate::etcd::Registry;
-use crate::lease::{parse_key, parse_lease, LeaseAttrs};
-use crate::peers::RawLease;
+use crate::control::etcd::Registry;
+use crate::control::lease::{parse_key, parse_lease, LeaseAttrs};
+use crate::control::peers::RawLease;
 
 /// What to do to get a lease, given a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]

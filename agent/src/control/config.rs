@@ -11,7 +11,7 @@ use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value};
 use tartan_ipam::SubnetRange;
 
-use crate::gojson::{field, unknown_keys};
+use crate::control::gojson::{field, unknown_keys};
 
 /// VXLAN's encapsulation overhead on IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 const VXLAN_OVERHEAD: u32 = 50;

@@ -16,10 +16,10 @@ use tartan_dataplane::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backend::{desired_overlay, vxlan_device_name, Underlay};
-use crate::config::Backend;
-use crate::lease::Lease;
-use crate::node_state::NodeState;
+use crate::backends::{desired_overlay, vxlan_device_name, Underlay};
+use crate::control::config::Backend;
+use crate::control::lease::Lease;
+use crate::control::node_state::NodeState;
 
 /// How often the kernel is compared with the leases even when nothing changed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(3);

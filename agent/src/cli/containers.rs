@@ -231,7 +231,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         }
     };
     if args.detach {
-        crate::stdout::println(&container.id)?;
+        crate::cli::stdout::println(&container.id)?;
         return Ok(0);
     }
     // As Docker's CLI: with a terminal, Ctrl-C travels through it instead.
@@ -398,10 +398,10 @@ pub async fn ps(args: PsArgs, api_socket: &Path) -> Result<()> {
         .into_inner();
     if args.quiet {
         for c in &list.containers {
-            crate::stdout::println(&c.id[..12.min(c.id.len())])?;
+            crate::cli::stdout::println(&c.id[..12.min(c.id.len())])?;
         }
     } else {
-        crate::stdout::print(crate::status::containers_table(&list.containers))?;
+        crate::cli::stdout::print(crate::cli::status::containers_table(&list.containers))?;
     }
     Ok(())
 }
@@ -415,9 +415,9 @@ pub async fn inspect(args: NamesArgs, api_socket: &Path) -> Result<()> {
             .await
             .map_err(refused)?
             .into_inner();
-        out.push(crate::status::container_json(&c));
+        out.push(crate::cli::status::container_json(&c));
     }
-    crate::stdout::println(serde_json::to_string_pretty(&out)?)
+    crate::cli::stdout::println(serde_json::to_string_pretty(&out)?)
 }
 
 pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
@@ -437,7 +437,7 @@ pub async fn logs(args: LogsArgs, api_socket: &Path) -> Result<()> {
             stderr.write_all(&entry.data).await?;
             stderr.flush().await?;
         } else {
-            crate::stdout::write(&mut stdout, &entry.data).await?;
+            crate::cli::stdout::write(&mut stdout, &entry.data).await?;
         }
     }
     Ok(())
@@ -454,8 +454,8 @@ where
     for name in names {
         match op(name.clone()).await {
             // A closed output must not leave the other containers undone.
-            Ok(()) => match crate::stdout::println(&name) {
-                Err(err) if !crate::stdout::closed(&err) => return Err(err),
+            Ok(()) => match crate::cli::stdout::println(&name) {
+                Err(err) if !crate::cli::stdout::closed(&err) => return Err(err),
                 _ => {}
             },
             Err(err) => {
@@ -544,7 +544,7 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
                 let mut file = tokio::fs::File::create(&staging)
                     .await
                     .with_context(|| format!("creating {}", staging.display()))?;
-                let mut progress = crate::progress::Progress::on_terminal("Exporting", None);
+                let mut progress = crate::cli::progress::Progress::on_terminal("Exporting", None);
                 while let Some(chunk) = chunks.message().await.map_err(refused)? {
                     file.write_all(&chunk.data).await?;
                     progress.add(chunk.data.len() as u64);
@@ -565,9 +565,9 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
         }
         None => {
             let mut stdout = tokio::io::stdout();
-            let mut progress = crate::progress::Progress::on_terminal("Exporting", None);
+            let mut progress = crate::cli::progress::Progress::on_terminal("Exporting", None);
             while let Some(chunk) = chunks.message().await.map_err(refused)? {
-                crate::stdout::write(&mut stdout, &chunk.data).await?;
+                crate::cli::stdout::write(&mut stdout, &chunk.data).await?;
                 progress.add(chunk.data.len() as u64);
             }
             progress.finish();

@@ -2,6 +2,8 @@
 //! and which routes, neighbours and FDB entries it wants towards its peers.
 //! Pure, so that the rules have unit tests; the dataplane applies the result.
 
+pub mod node;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -9,8 +11,8 @@ use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
 use tartan_dataplane::{FdbSpec, NeighbourSpec, OverlayState, RouteSpec};
 
-use crate::config::Backend;
-use crate::lease::Lease;
+use crate::control::config::Backend;
+use crate::control::lease::Lease;
 
 /// The interface encapsulated (or routed) traffic leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,8 +165,8 @@ pub fn desired_overlay<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VxlanOptions;
-    use crate::lease::LeaseAttrs;
+    use crate::control::config::VxlanOptions;
+    use crate::control::lease::LeaseAttrs;
 
     const UNDERLAY: Underlay = Underlay {
         index: 2,

@@ -27,12 +27,12 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::attach::{Attacher, AttacherWatch, ContainerRef};
+use crate::containers::images::{ChunkReader, Images};
 use crate::containers::{ContainerView, Containers, RunOptions, Status as RunStatus};
-use crate::etcd::Registry;
-use crate::images::{ChunkReader, Images};
-use crate::lease::Lease;
-use crate::node_state::{EtcdHealth, EtcdMonitor, NodeState};
+use crate::control::etcd::Registry;
+use crate::control::lease::Lease;
+use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
+use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
@@ -483,7 +483,7 @@ impl Agent for AgentService {
         match &probe {
             Ok(()) => self.etcd.reachable(),
             // A refusal (say, of authentication) is an answer, not an outage.
-            Err(err) if crate::etcd::is_unreachable(err) => self.etcd.unreachable(err),
+            Err(err) if crate::control::etcd::is_unreachable(err) => self.etcd.unreachable(err),
             Err(_) => {}
         }
         let etcd_reachable = probe.is_ok();
@@ -544,7 +544,7 @@ impl Agent for AgentService {
             .map_err(failed)?;
         info!(container = %request.container, %address, "attached");
         if let ContainerRef::Pid(pid) = container {
-            crate::attach::free_when_process_ends(self.attacher.clone(), pid);
+            crate::networks::attach::free_when_process_ends(self.attacher.clone(), pid);
         }
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
@@ -711,7 +711,7 @@ fn read_log_from(
     tartan_runtime::container::log::read_records(&mut std::io::BufReader::new(file))
 }
 
-fn to_pb(subnet: &ipnetwork::Ipv4Network, attrs: &crate::lease::LeaseAttrs) -> PbLease {
+fn to_pb(subnet: &ipnetwork::Ipv4Network, attrs: &crate::control::lease::LeaseAttrs) -> PbLease {
     PbLease {
         subnet: subnet.to_string(),
         public_ip: attrs.public_ip.to_string(),

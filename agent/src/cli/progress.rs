@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::status::human_size;
+use crate::cli::status::human_size;
 
 /// How often the line is redrawn at most.
 const REDRAW: Duration = Duration::from_millis(100);

@@ -7,6 +7,8 @@
 //! say whether it runs, and the address book of the node subnet holds its
 //! address under the key `container:ID`.
 
+pub mod images;
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,8 @@ use tartan_runtime::security::Security;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
-use crate::attach::{Attacher, AttacherWatch};
-use crate::images::Images;
+use crate::containers::images::Images;
+use crate::networks::attach::{Attacher, AttacherWatch};
 use crate::teardown::Teardown;
 
 /// The PATH a container gets unless it sets its own, as Docker gives it.
@@ -534,7 +536,7 @@ impl Containers {
             let attacher = self.attacher().ok_or_else(|| {
                 anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)")
             })?;
-            crate::attach::parse_requested(ip, &attacher.subnet())?;
+            crate::networks::attach::parse_requested(ip, &attacher.subnet())?;
         }
         if let Some(dir) = &opts.workdir {
             if !dir.starts_with('/') {

@@ -1,0 +1,8 @@
+//! The client side of the binary: commands that talk to the agent, their
+//! output, and the argv translation of the flanneld drop-in.
+
+pub mod containers;
+pub mod flanneld;
+pub mod progress;
+pub mod status;
+pub mod stdout;

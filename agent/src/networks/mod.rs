@@ -1,0 +1,4 @@
+//! Networks and attachments: how a network namespace gets an interface and
+//! an address.
+
+pub mod attach;
