@@ -28,6 +28,10 @@ impl Teardown {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
     /// Ok when every step succeeded; otherwise one error naming them all.
     pub fn finish(self) -> anyhow::Result<()> {
         if self.errors.is_empty() {

@@ -9,7 +9,10 @@ use ipnetwork::Ipv4Network;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tartan_dataplane::{Netlink, VethSpec};
+use tartan_dataplane::Netlink;
+
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::drivers::bridge::BridgeDriver;
 use tartan_ipam::HostAllocator;
 use tokio::sync::Mutex;
 
@@ -132,8 +135,8 @@ pub struct Attacher {
     netlink: Netlink,
     subnet: Ipv4Network,
     mtu: u32,
-    /// Looked up on every plug: the reconciler recreates a bridge deleted by hand.
-    bridge: String,
+    /// How a namespace is plugged in: a veth onto the node bridge.
+    driver: Arc<dyn AttachmentDriver>,
     allocations: Arc<Mutex<HostAllocator>>,
     store: PathBuf,
     /// Set once a successor owns the store: this book must not overwrite it.
@@ -191,10 +194,10 @@ impl Attacher {
             Err(err) => return Err(err).context("loading container addresses"),
         };
         Ok(Attacher {
+            driver: Arc::new(BridgeDriver::new(netlink.clone(), bridge)),
             netlink,
             subnet,
             mtu,
-            bridge,
             allocations: Arc::new(Mutex::new(allocations)),
             store,
             retired: Arc::default(),
@@ -210,7 +213,7 @@ impl Attacher {
             netlink: self.netlink.clone(),
             subnet,
             mtu: self.mtu,
-            bridge: self.bridge.clone(),
+            driver: self.driver.clone(),
             allocations: Arc::new(Mutex::new(HostAllocator::new(subnet)?)),
             store: self.store.clone(),
             retired: Arc::default(),
@@ -252,13 +255,6 @@ impl Attacher {
     /// Every booking: (address, owner key).
     pub async fn bookings(&self) -> Vec<(Ipv4Addr, String)> {
         owners_of(&*self.allocations.lock().await)
-    }
-
-    async fn bridge_index(&self) -> Result<u32> {
-        match self.netlink.link(&self.bridge).await? {
-            Some(link) => Ok(link.index),
-            None => bail!("the node bridge {} is missing", self.bridge),
-        }
     }
 
     /// Moves the namespaces `tartan attach` plugged in on a previous subnet
@@ -456,24 +452,15 @@ impl Attacher {
                 .ok_or_else(|| anyhow!("{key} has no address booked"))?;
             (addr, book.gateway())
         };
-        let spec = VethSpec {
+        let spec = AttachmentSpec {
             netns,
-            host_name: host_ifname_for(key),
-            container_name: CONTAINER_IFNAME.to_string(),
+            ifname: CONTAINER_IFNAME.to_string(),
+            host_ifname: host_ifname_for(key),
             address: Ipv4Network::new(addr, self.subnet.prefix())?,
-            gateway,
+            gateway: Some(gateway),
             mtu: self.mtu,
-            bridge_index: self.bridge_index().await?,
         };
-        // A host end left by an earlier run whose namespace is still being torn down.
-        self.netlink.detach_veth(&spec.host_name).await?;
-        if let Err(err) = self.netlink.attach_veth(&spec).await {
-            let err = anyhow::Error::from(err);
-            if let Err(undo) = self.netlink.detach_veth(&spec.host_name).await {
-                return Err(crate::teardown::and_undo(err, undo));
-            }
-            return Err(err);
-        }
+        self.driver.setup(&spec).await?;
         Ok(())
     }
 
@@ -553,7 +540,18 @@ impl Attacher {
     pub async fn release(&self, key: &str) -> Result<Option<Ipv4Addr>> {
         self.check_current()?;
         let mut book = self.allocations.lock().await;
-        self.netlink.detach_veth(&host_ifname_for(key)).await?;
+        let made = AttachStatus {
+            driver: self.driver.kind(),
+            ifname: CONTAINER_IFNAME.to_string(),
+            host_ifname: Some(host_ifname_for(key)),
+            address: book
+                .address_of(key)
+                .and_then(|a| Ipv4Network::new(a, self.subnet.prefix()).ok()),
+        };
+        self.driver
+            .teardown(&made)
+            .await
+            .map_err(anyhow::Error::new)?;
         let Some(addr) = book.release(key) else {
             return Ok(None);
         };

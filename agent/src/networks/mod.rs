@@ -2,3 +2,5 @@
 //! an address.
 
 pub mod attach;
+pub mod driver;
+pub mod drivers;

@@ -1,0 +1,81 @@
+//! A veth pair whose host end joins a Linux bridge: the overlay's attach
+//! onto `tartan0`, and any bridge network.
+
+use anyhow::{bail, Result};
+use tartan_dataplane::{Netlink, VethSpec};
+
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::teardown::Teardown;
+
+pub struct BridgeDriver {
+    netlink: Netlink,
+    /// Looked up on every setup: the reconciler recreates a bridge deleted by hand.
+    bridge: String,
+}
+
+impl BridgeDriver {
+    pub fn new(netlink: Netlink, bridge: String) -> BridgeDriver {
+        BridgeDriver { netlink, bridge }
+    }
+
+    async fn bridge_index(&self) -> Result<u32> {
+        match self.netlink.link(&self.bridge).await? {
+            Some(link) => Ok(link.index),
+            None => bail!("the bridge {} is missing", self.bridge),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AttachmentDriver for BridgeDriver {
+    fn kind(&self) -> &'static str {
+        "bridge"
+    }
+
+    async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
+        self.validate(spec)?;
+        let Some(gateway) = spec.gateway else {
+            bail!("a bridge attachment needs a gateway");
+        };
+        let veth = VethSpec {
+            netns: spec.netns.clone(),
+            host_name: spec.host_ifname.clone(),
+            container_name: spec.ifname.clone(),
+            address: spec.address,
+            gateway,
+            mtu: spec.mtu,
+            bridge_index: self.bridge_index().await?,
+        };
+        // A host end left by an earlier run whose namespace is still being torn down.
+        self.netlink.detach_veth(&veth.host_name).await?;
+        if let Err(err) = self.netlink.attach_veth(&veth).await {
+            let err = anyhow::Error::from(err);
+            if let Err(undo) = self.netlink.detach_veth(&veth.host_name).await {
+                return Err(crate::teardown::and_undo(err, undo));
+            }
+            return Err(err);
+        }
+        Ok(AttachStatus {
+            driver: self.kind(),
+            ifname: spec.ifname.clone(),
+            host_ifname: Some(spec.host_ifname.clone()),
+            address: Some(spec.address),
+        })
+    }
+
+    async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown> {
+        let mut teardown = Teardown::new();
+        if let Some(host) = &status.host_ifname {
+            // Deleting one end deletes the pair, wherever the other end is.
+            teardown.step(
+                &format!("removing {host}"),
+                self.netlink.detach_veth(host).await,
+            );
+        }
+        if teardown.is_empty() {
+            Ok(())
+        } else {
+            Err(teardown)
+        }
+    }
+}

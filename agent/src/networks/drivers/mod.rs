@@ -1,0 +1,3 @@
+//! The attachment drivers, one module each; `driver.rs` has their trait.
+
+pub mod bridge;
