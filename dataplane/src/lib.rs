@@ -9,6 +9,8 @@ mod bridge;
 mod error;
 mod host;
 mod link;
+mod macvlan;
+mod md5;
 mod netlink;
 mod nftables;
 mod overlay;
@@ -19,7 +21,11 @@ mod vxlan;
 pub use bridge::{stable_bridge_mac, BridgeSpec};
 pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
-pub use link::{LinkState, VxlanInfo};
+pub use link::{check_ifname, Ensured, LinkState, VxlanInfo, MAX_IFNAME_LEN};
+pub use macvlan::{
+    needs_gateway_host_route, parse_mac, pipework_mac, MacvlanMode, MacvlanSpec,
+    DEFAULT_CONTAINER_IFNAME,
+};
 pub use netlink::Netlink;
 pub use nftables::{ensure_firewall, forward_drop_policies, remove_firewall, FirewallSpec};
 pub use overlay::{
