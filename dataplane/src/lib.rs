@@ -16,6 +16,7 @@ mod nftables;
 mod overlay;
 pub mod udp;
 mod veth;
+mod vlan;
 mod vxlan;
 
 pub use bridge::{stable_bridge_mac, BridgeSpec};
@@ -34,4 +35,5 @@ pub use overlay::{
 };
 pub use udp::{PeerMap, UdpOverlay, UdpOverlaySpec};
 pub use veth::VethSpec;
+pub use vlan::{check_vlan_id, parse_vlan_id, vlan_ifname, VLAN_IDS};
 pub use vxlan::{stable_vtep_mac, VxlanSpec};

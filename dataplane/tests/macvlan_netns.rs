@@ -455,3 +455,92 @@ async fn bad_input_is_one_line_and_leaves_nothing() -> Result<()> {
     within("good", nl.ensure_macvlan(&good)).await??;
     Ok(())
 }
+
+/// 802.1Q sub-interfaces and bridge VLAN filtering: refused in one line
+/// where the kernel lacks them (as on the machines this runs on), made where
+/// it has them; either way the outcome is checked, and a refusal leaves the
+/// links as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn vlans_need_kernel_support_and_are_refused_in_one_line_without_it() -> Result<()> {
+    let host = host()?;
+    let n = host.name();
+    ip(&["-n", n, "link", "add", "brv0", "type", "bridge"])?;
+    ip(&[
+        "-n", n, "link", "add", "pv0", "type", "veth", "peer", "name", "pv0p",
+    ])?;
+    ip(&["-n", n, "link", "set", "pv0", "master", "brv0"])?;
+    let before = links(&host)?;
+    let nl = within("connect", Netlink::connect_in_netns(&host.path())).await??;
+
+    match within("vlan", nl.ensure_vlan("hv0", 100)).await? {
+        Err(err) => {
+            assert_eq!(
+                err.to_string(),
+                "this kernel has no 802.1Q VLAN support (module 8021q): use an Open vSwitch bridge for VLANs"
+            );
+            assert_eq!(links(&host)?, before, "a refused VLAN leaves nothing");
+        }
+        Ok((_, made)) => {
+            assert_eq!(made, Ensured::Created);
+            let shown = ns_output(&host, "ip", &["-d", "link", "show", "hv0.100"])?;
+            ensure!(shown.contains("vlan protocol 802.1Q id 100"), "{shown}");
+            let (_, again) = within("vlan again", nl.ensure_vlan("hv0", 100)).await??;
+            assert_eq!(again, Ensured::AlreadyThere);
+            assert!(within("remove vlan", nl.remove_vlan("hv0", 100)).await??);
+            assert_eq!(links(&host)?, before);
+        }
+    }
+    assert!(!within("remove missing vlan", nl.remove_vlan("hv0", 100)).await??);
+
+    let port = nl.link("pv0").await?.context("pv0")?;
+    match within(
+        "bridge vlan",
+        nl.ensure_bridge_access_vlan("brv0", port.index, 100),
+    )
+    .await?
+    {
+        Err(err) => {
+            assert_eq!(
+                err.to_string(),
+                "this kernel has no bridge VLAN filtering support (CONFIG_BRIDGE_VLAN_FILTERING): use an Open vSwitch bridge for VLANs"
+            );
+            assert_eq!(links(&host)?, before, "a refusal changes nothing");
+        }
+        Ok(()) => {
+            let shown = ns_output(&host, "ip", &["-d", "link", "show", "brv0"])?;
+            ensure!(shown.contains("vlan_filtering 1"), "{shown}");
+            let vlans = ns_output(&host, "bridge", &["vlan", "show", "dev", "pv0"])?;
+            ensure!(
+                vlans.contains("100 PVID Egress Untagged") && !vlans.contains(" 1 "),
+                "{vlans}"
+            );
+        }
+    }
+
+    // Bad input is one line and makes nothing, support or not.
+    let before = links(&host)?;
+    for (parent, vid, expected) in [
+        ("hv0", 0, "VLAN 0 is out of range: use 1 to 4094"),
+        ("hv0", 4095, "VLAN 4095 is out of range: use 1 to 4094"),
+        ("nope0", 100, "no interface named nope0"),
+        (
+            "hv0-long-name",
+            100,
+            "interface name \"hv0-long-name.100\" is longer than 15 characters (17)",
+        ),
+    ] {
+        let err = within("bad vlan", nl.ensure_vlan(parent, vid))
+            .await?
+            .expect_err(expected);
+        assert_eq!(err.to_string(), expected);
+    }
+    let err = within(
+        "not a bridge",
+        nl.ensure_bridge_access_vlan("hv0", port.index, 100),
+    )
+    .await?
+    .expect_err("hv0 is no bridge");
+    assert_eq!(err.to_string(), "hv0 is not a Linux bridge");
+    assert_eq!(links(&host)?, before);
+    Ok(())
+}
