@@ -8,6 +8,7 @@
 mod bridge;
 mod error;
 mod host;
+mod host_shim;
 mod link;
 mod macvlan;
 mod md5;
@@ -22,6 +23,7 @@ mod vxlan;
 pub use bridge::{stable_bridge_mac, BridgeSpec};
 pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
+pub use host_shim::HostShimSpec;
 pub use link::{check_ifname, Ensured, LinkState, VxlanInfo, MAX_IFNAME_LEN};
 pub use macvlan::{
     needs_gateway_host_route, parse_mac, pipework_mac, MacvlanMode, MacvlanSpec,

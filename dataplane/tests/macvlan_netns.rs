@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use tartan_dataplane::{
-    parse_mac, pipework_mac, DataplaneError, Ensured, MacvlanMode, MacvlanSpec, Netlink,
+    parse_mac, pipework_mac, DataplaneError, Ensured, HostShimSpec, MacvlanMode, MacvlanSpec,
+    Netlink,
 };
 use tartan_tests::netns::{ip, Netns};
 
@@ -541,6 +542,93 @@ async fn vlans_need_kernel_support_and_are_refused_in_one_line_without_it() -> R
     .await?
     .expect_err("hv0 is no bridge");
     assert_eq!(err.to_string(), "hv0 is not a Linux bridge");
+    assert_eq!(links(&host)?, before);
+    Ok(())
+}
+
+/// The host cannot reach a macvlan container through the parent; with the
+/// shim it can, and removing the shim takes that away again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_shim_lets_the_host_reach_its_macvlan_containers() -> Result<()> {
+    let host = host()?;
+    let (c1, c2) = (Netns::create("mvs1")?, Netns::create("mvs2")?);
+    let nl = within("connect", Netlink::connect_in_netns(&host.path())).await??;
+    within("c1", nl.ensure_macvlan(&spec(&c1, "10.236.0.71/24", None)?)).await??;
+    within("c2", nl.ensure_macvlan(&spec(&c2, "10.236.0.72/24", None)?)).await??;
+    let before = links(&host)?;
+    ensure!(
+        !pings(&host, "10.236.0.71")?,
+        "the host must not reach c1 through the parent"
+    );
+
+    let shim = |container: &str| -> Result<HostShimSpec> {
+        Ok(HostShimSpec {
+            parent: "hv0".into(),
+            name: "tshim0".into(),
+            container: container.parse()?,
+        })
+    };
+    assert_eq!(
+        within("shim", nl.ensure_host_shim(&shim("10.236.0.71")?)).await??,
+        Ensured::Created
+    );
+    assert_eq!(
+        within("shim again", nl.ensure_host_shim(&shim("10.236.0.71")?)).await??,
+        Ensured::AlreadyThere
+    );
+    let shown = ns_output(&host, "ip", &["-d", "link", "show", "tshim0"])?;
+    ensure!(
+        shown.contains("mtu 1400") && shown.contains("macvlan mode bridge"),
+        "{shown}"
+    );
+    ensure!(
+        pings(&host, "10.236.0.71")?,
+        "the host reaches c1 through the shim"
+    );
+    ensure!(
+        !pings(&host, "10.236.0.72")?,
+        "only the container routed through the shim"
+    );
+    assert_eq!(
+        within("second route", nl.ensure_host_shim(&shim("10.236.0.72")?)).await??,
+        Ensured::Created
+    );
+    ensure!(pings(&host, "10.236.0.72")?, "the host reaches c2 too");
+    let shims = links(&host)?
+        .iter()
+        .filter(|l| l.contains("tshim0"))
+        .count();
+    assert_eq!(shims, 1, "one shim per parent");
+
+    // The first container's route goes; the shim stays for the second.
+    assert!(within("remove c1", nl.remove_host_shim(&shim("10.236.0.71")?)).await??);
+    ensure!(!pings(&host, "10.236.0.71")?, "c1's route is gone");
+    ensure!(pings(&host, "10.236.0.72")?, "c2 still reached");
+    assert!(within("remove c2", nl.remove_host_shim(&shim("10.236.0.72")?)).await??);
+    assert!(!within("remove again", nl.remove_host_shim(&shim("10.236.0.72")?)).await??);
+    assert_eq!(links(&host)?, before, "the shim went with its last route");
+    ensure!(!pings(&host, "10.236.0.72")?, "no shim, no way");
+
+    // Bad input: one line, nothing made.
+    let bad = HostShimSpec {
+        parent: "nope0".into(),
+        ..shim("10.236.0.71")?
+    };
+    let err = within("bad parent", nl.ensure_host_shim(&bad))
+        .await?
+        .expect_err("missing parent");
+    assert_eq!(err.to_string(), "no interface named nope0");
+    let taken = HostShimSpec {
+        name: "hv0p".into(),
+        ..shim("10.236.0.71")?
+    };
+    let err = within("taken name", nl.ensure_host_shim(&taken))
+        .await?
+        .expect_err("a veth by that name");
+    assert_eq!(
+        err.to_string(),
+        "hv0p exists but is not a bridge-mode macvlan on hv0"
+    );
     assert_eq!(links(&host)?, before);
     Ok(())
 }
