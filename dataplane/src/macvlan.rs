@@ -117,13 +117,26 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
         }
         *byte = u8::from_str_radix(part, 16).map_err(|_| bad("not hexadecimal"))?;
     }
+    check_mac(mac)?;
+    Ok(mac)
+}
+
+/// Refuses what no interface can have: a multicast or all-zero address.
+fn check_mac(mac: [u8; 6]) -> Result<()> {
+    let bad = |why: &str| {
+        let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        Err(DataplaneError::Invalid(format!(
+            "bad MAC address {:?}: {why}",
+            text.join(":")
+        )))
+    };
     if mac[0] & 1 == 1 {
-        return Err(bad("a multicast address cannot be an interface's"));
+        return bad("a multicast address cannot be an interface's");
     }
     if mac == [0; 6] {
-        return Err(bad("all zeros"));
+        return bad("all zeros");
     }
-    Ok(mac)
+    Ok(())
 }
 
 /// One macvlan attachment of a container.
@@ -147,6 +160,9 @@ impl MacvlanSpec {
     fn check(&self) -> Result<()> {
         check_ifname(&self.parent)?;
         check_ifname(&self.name)?;
+        if let Some(mac) = self.mac {
+            check_mac(mac)?;
+        }
         if let Some(gateway) = self.gateway {
             if gateway == self.address.ip() {
                 return Err(DataplaneError::Invalid(format!(

@@ -415,6 +415,13 @@ async fn bad_input_is_one_line_and_leaves_nothing() -> Result<()> {
         ),
         (
             MacvlanSpec {
+                mac: Some([0x01, 0, 0x5e, 0, 0, 1]),
+                ..good.clone()
+            },
+            "bad MAC address \"01:00:5e:00:00:01\": a multicast address cannot be an interface's",
+        ),
+        (
+            MacvlanSpec {
                 gateway: Some(Ipv4Addr::new(10, 236, 0, 61)),
                 ..good.clone()
             },
