@@ -203,6 +203,11 @@ async fn two_containers_on_one_parent_reach_each_other() -> Result<()> {
         .args(["-c", "echo web1 | md5sum"])
         .output()?;
     let hex = String::from_utf8_lossy(&md5sum.stdout);
+    ensure!(
+        md5sum.status.success() && hex.len() >= 10,
+        "md5sum is needed to check U:STRING MACs: {}",
+        String::from_utf8_lossy(&md5sum.stderr)
+    );
     let expected = format!(
         "02:{}:{}:{}:{}:{}",
         &hex[0..2],
