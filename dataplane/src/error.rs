@@ -37,6 +37,18 @@ pub enum DataplaneError {
     Unsupported(&'static str),
     #[error("{0:?} is not an interface name or IPv4 address")]
     BadSelector(String),
+    /// Input the kernel must never see: a bad name, MAC, VLAN id or mode.
+    #[error("{0}")]
+    Invalid(String),
+    /// VLANs need 802.1Q or bridge VLAN filtering in the kernel; Open vSwitch
+    /// tags in its own datapath and does without either.
+    #[error(
+        "this kernel has no {feature} support ({config}): use an Open vSwitch bridge for VLANs"
+    )]
+    NoVlanSupport {
+        feature: &'static str,
+        config: &'static str,
+    },
     /// A step failed, and so did undoing what it had half-made.
     #[error("{failed}; undoing it also failed: {undo}")]
     UndoFailed {

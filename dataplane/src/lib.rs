@@ -8,18 +8,27 @@
 mod bridge;
 mod error;
 mod host;
+mod host_shim;
 mod link;
+mod macvlan;
+mod md5;
 mod netlink;
 mod nftables;
 mod overlay;
 pub mod udp;
 mod veth;
+mod vlan;
 mod vxlan;
 
 pub use bridge::{stable_bridge_mac, BridgeSpec};
 pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
-pub use link::{LinkState, VxlanInfo};
+pub use host_shim::HostShimSpec;
+pub use link::{check_ifname, Ensured, LinkState, VxlanInfo, MAX_IFNAME_LEN};
+pub use macvlan::{
+    needs_gateway_host_route, parse_mac, pipework_mac, MacvlanMode, MacvlanSpec,
+    DEFAULT_CONTAINER_IFNAME,
+};
 pub use netlink::Netlink;
 pub use nftables::{ensure_firewall, forward_drop_policies, remove_firewall, FirewallSpec};
 pub use overlay::{
@@ -28,4 +37,5 @@ pub use overlay::{
 };
 pub use udp::{PeerMap, UdpOverlay, UdpOverlaySpec};
 pub use veth::VethSpec;
+pub use vlan::{check_vlan_id, parse_vlan_id, vlan_ifname, VLAN_IDS};
 pub use vxlan::{stable_vtep_mac, VxlanSpec};

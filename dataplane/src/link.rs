@@ -93,9 +93,72 @@ fn kind_name(kind: &InfoKind) -> String {
     }
 }
 
+/// What an `ensure_*` call found: the thing made now, or there already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    Created,
+    AlreadyThere,
+}
+
+/// The longest interface name the kernel takes (IFNAMSIZ less the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Checks an interface name before the kernel sees it, so that a bad one is
+/// one clear line and nothing gets made.
+pub fn check_ifname(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(DataplaneError::Invalid(format!(
+            "interface name {name:?} {why}"
+        )))
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return bad(&format!(
+            "is longer than {MAX_IFNAME_LEN} characters ({})",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return bad("is reserved");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("has a character the kernel refuses (/, :, whitespace)");
+    }
+    Ok(())
+}
+
+/// `IFLA_LINK` of a link: the device it sits on (for macvlan and VLAN links).
+pub(crate) fn lower_index(msg: &LinkMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(index) => Some(*index),
+        _ => None,
+    })
+}
+
+/// The kind-specific data (`IFLA_INFO_DATA`) of a link.
+pub(crate) fn info_data(msg: &LinkMessage) -> Option<&InfoData> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+            LinkInfo::Data(data) => Some(data),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 impl Netlink {
     /// The link called `name`, if there is one.
     pub async fn link(&self, name: &str) -> Result<Option<LinkState>> {
+        Ok(self.link_message(name).await?.as_ref().and_then(parse_link))
+    }
+
+    /// The kernel's whole answer about the link called `name`.
+    pub(crate) async fn link_message(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut stream = self
             .handle
             .link()
@@ -103,7 +166,7 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match stream.try_next().await {
-            Ok(Some(msg)) => Ok(parse_link(&msg)),
+            Ok(Some(msg)) => Ok(Some(msg)),
             Ok(None) => Ok(None),
             // ENODEV: no such link.
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
@@ -116,12 +179,46 @@ impl Netlink {
 
     /// Every link of the namespace.
     pub async fn links_state(&self) -> Result<Vec<LinkState>> {
+        Ok(self
+            .link_messages()
+            .await?
+            .iter()
+            .filter_map(parse_link)
+            .collect())
+    }
+
+    /// Every link of the namespace, as the kernel tells it.
+    pub(crate) async fn link_messages(&self) -> Result<Vec<LinkMessage>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
         while let Some(msg) = stream.try_next().await.map_err(netlink_err("link dump"))? {
-            links.extend(parse_link(&msg));
+            links.push(msg);
         }
         Ok(links)
+    }
+
+    /// The IPv4 addresses of a link, with their prefix lengths.
+    pub(crate) async fn link_ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut found = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(netlink_err("address dump"))?
+        {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip))
+                | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            found.extend(ip.map(|ip| (ip, msg.header.prefix_len)));
+        }
+        Ok(found)
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<()> {

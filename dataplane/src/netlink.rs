@@ -41,23 +41,7 @@ impl Netlink {
     /// reactor that dies with that runtime.
     pub async fn connect_in_netns(path: &Path) -> Result<Netlink> {
         let runtime = current_runtime()?;
-        let path: PathBuf = path.to_path_buf();
-        let thread_path = path.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("tartan-netns".into())
-            .spawn(move || {
-                // The receiver gone means the caller gave up; the socket closes here.
-                let _ = tx.send(socket_in_netns(&thread_path));
-            })
-            .map_err(|source| DataplaneError::EnterNetns {
-                path: path.clone(),
-                source,
-            })?;
-        let fd = rx.await.map_err(|_| DataplaneError::EnterNetns {
-            path: path.clone(),
-            source: std::io::Error::other("namespace thread died"),
-        })??;
+        let fd = run_in_netns(path, socket_in_netns).await?;
         // SAFETY: the descriptor is a netlink socket we own; TokioSocket takes
         // it over and registers it with this runtime's reactor. It is already
         // non-blocking, so the only step of from_raw_fd that can still fail
@@ -69,8 +53,35 @@ impl Netlink {
     }
 }
 
-/// Runs on a dedicated thread: enter the namespace, open the socket there.
-fn socket_in_netns(path: &Path) -> Result<OwnedFd> {
+/// Runs `work` on a short-lived thread that has entered the network
+/// namespace at `path`, so that no tokio worker ever changes namespace.
+/// `work` gets the path for its own errors.
+pub(crate) async fn run_in_netns<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce(&Path) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path: PathBuf = path.to_path_buf();
+    let thread_path = path.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tartan-netns".into())
+        .spawn(move || {
+            let result = enter_netns(&thread_path).and_then(|()| work(&thread_path));
+            // The receiver gone means the caller gave up; what was made closes here.
+            let _ = tx.send(result);
+        })
+        .map_err(|source| DataplaneError::EnterNetns {
+            path: path.clone(),
+            source,
+        })?;
+    rx.await.map_err(|_| DataplaneError::EnterNetns {
+        path,
+        source: std::io::Error::other("namespace thread died"),
+    })?
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter_netns(path: &Path) -> Result<()> {
     let enter_err = |source| DataplaneError::EnterNetns {
         path: path.to_path_buf(),
         source,
@@ -85,6 +96,11 @@ fn socket_in_netns(path: &Path) -> Result<OwnedFd> {
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(enter_err(std::io::Error::last_os_error()));
     }
+    Ok(())
+}
+
+/// Runs on a thread inside the namespace: opens the socket there.
+fn socket_in_netns(_path: &Path) -> Result<OwnedFd> {
     let socket = Socket::new(NETLINK_ROUTE).map_err(DataplaneError::Socket)?;
     socket
         .set_non_blocking(true)
