@@ -123,6 +123,65 @@ async fn access_ports_reach_their_own_vlan_and_not_the_other() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_between_two_hosts_carries_both_vlans() -> Result<()> {
+    // Two hosts, each with its own switch, joined by a veth pair whose ends
+    // are untagged (trunk) ports on each host's bridge.
+    let east = Netns::create("ovse")?;
+    let west = Netns::create("ovsw")?;
+    let east_ovs = Ovs::start(&east)?;
+    let west_ovs = Ovs::start(&west)?;
+    ip(&[
+        "-n",
+        east.name(),
+        "link",
+        "add",
+        "trunk",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "trunk",
+        "netns",
+        west.name(),
+    ])?;
+    ip(&["-n", east.name(), "link", "set", "trunk", "up"])?;
+    ip(&["-n", west.name(), "link", "set", "trunk", "up"])?;
+    let east_db = connect(&east_ovs).await?;
+    let west_db = connect(&west_ovs).await?;
+    for db in [&east_db, &west_db] {
+        db.ensure_bridge("ovs0", &owned_by("test")).await?;
+        let trunk = PortSpec {
+            tag: None,
+            ..spec("ovs0", "trunk", PortType::System, 1, "test")
+        };
+        db.ensure_port(&trunk).await?;
+    }
+
+    let red_east = container(&east, "red", "10.78.0.1/24")?;
+    let blue_east = container(&east, "blue", "10.78.0.3/24")?;
+    let _red_west = container(&west, "red", "10.78.0.2/24")?;
+    let blue_west = container(&west, "blue", "10.78.0.4/24")?;
+    for db in [&east_db, &west_db] {
+        db.ensure_port(&spec("ovs0", "red", PortType::System, 100, "red"))
+            .await?;
+        db.ensure_port(&spec("ovs0", "blue", PortType::System, 200, "blue"))
+            .await?;
+    }
+
+    let (timeout, every) = (Duration::from_secs(15), Duration::from_millis(200));
+    wait_until(timeout, every, || pings(&red_east, "10.78.0.2")).context("red across")?;
+    wait_until(timeout, every, || pings(&blue_west, "10.78.0.3")).context("blue across")?;
+    for (from, to) in [(&red_east, "10.78.0.4"), (&blue_east, "10.78.0.2")] {
+        ensure!(
+            !pings(from, to)?,
+            "{} reached {to} on the other VLAN across the trunk",
+            from.name()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ports_are_found_changed_and_removed_by_owner() -> Result<()> {
     let host = Netns::create("ovsh")?;
     let ovs = Ovs::start(&host)?;
