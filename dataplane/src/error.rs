@@ -68,6 +68,8 @@ pub enum DataplaneError {
     OvsInterface { port: String, error: String },
     #[error("{name:?} is not a valid {what} name (1 to 15 characters, no '/' or spaces)")]
     BadOvsName { what: &'static str, name: String },
+    #[error("an OVS {0} needs external_ids naming its owner")]
+    OvsNoOwner(&'static str),
     #[error("VLAN {0} is out of range (1-4094)")]
     BadVlan(u16),
     /// A step failed, and so did undoing what it had half-made.

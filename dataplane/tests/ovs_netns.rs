@@ -252,8 +252,23 @@ async fn ports_are_found_changed_and_removed_by_owner() -> Result<()> {
         "c1p0's device outlived its port"
     );
 
+    ovs.vsctl(&[
+        "add-br",
+        "theirs",
+        "--",
+        "set",
+        "Bridge",
+        "theirs",
+        "datapath_type=netdev",
+    ])?;
+    assert_eq!(db.bridges_owned_by(OWNER, "test").await?, ["ovs0"]);
     assert!(db.remove_bridge("ovs0").await?);
-    assert_eq!(ovs.vsctl(&["list-br"])?.trim(), "");
+    assert!(
+        !db.remove_bridge("ovs0").await?,
+        "removing twice is no error"
+    );
+    assert!(db.bridges_owned_by(OWNER, "test").await?.is_empty());
+    assert_eq!(ovs.vsctl(&["list-br"])?.trim(), "theirs");
     Ok(())
 }
 
@@ -289,6 +304,13 @@ async fn bad_requests_fail_in_one_line_and_leave_nothing() -> Result<()> {
             spec("ovs0", "kept", PortType::Internal, 100, "c1"),
             "OVS port kept already exists",
         ),
+        (
+            PortSpec {
+                external_ids: BTreeMap::new(),
+                ..spec("ovs0", "p1", PortType::Internal, 100, "c1")
+            },
+            "needs external_ids naming its owner",
+        ),
     ];
     for (request, expected) in bad {
         let err = db.ensure_port(&request).await.expect_err(&request.name);
@@ -307,6 +329,15 @@ async fn bad_requests_fail_in_one_line_and_leave_nothing() -> Result<()> {
         "{err}"
     );
     assert!(!err.to_string().contains('\n'), "{err}");
+
+    let err = db
+        .ensure_bridge("ovs1", &BTreeMap::new())
+        .await
+        .expect_err("a bridge without an owner");
+    assert_eq!(
+        err.to_string(),
+        "an OVS bridge needs external_ids naming its owner"
+    );
 
     assert_eq!(
         ovs.state()?,

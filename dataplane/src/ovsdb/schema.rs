@@ -82,6 +82,7 @@ impl Ovsdb {
         external_ids: &BTreeMap<String, String>,
     ) -> Result<bool> {
         check_name("bridge", name)?;
+        check_owner("bridge", external_ids)?;
         if self.bridge_uuid(name).await?.is_some() {
             return Ok(false);
         }
@@ -119,6 +120,7 @@ impl Ovsdb {
     /// removed again and the switch's reason is the error.
     pub async fn ensure_port(&self, spec: &PortSpec) -> Result<PortChange> {
         check_name("port", &spec.name)?;
+        check_owner("port", &spec.external_ids)?;
         if let Some(tag) = spec.tag {
             if !(1..=4094).contains(&tag) {
                 return Err(DataplaneError::BadVlan(tag));
@@ -204,6 +206,21 @@ impl Ovsdb {
         self.ports_where(json!([["external_ids", "includes", owner]]))
             .await
             .map(|ports| ports.into_iter().map(|(_, port)| port).collect())
+    }
+
+    /// The names of the bridges whose `external_ids` has `key=value`, sorted.
+    pub async fn bridges_owned_by(&self, key: &str, value: &str) -> Result<Vec<String>> {
+        let owner = json!(["map", [[key, value]]]);
+        let results = self
+            .transact(vec![json!({"op": "select", "table": "Bridge",
+                   "where": [["external_ids", "includes", owner]], "columns": ["name"]})])
+            .await?;
+        let mut names: Vec<_> = rows(&results[0])
+            .iter()
+            .map(|row| text(row, "name"))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     async fn bridge_uuid(&self, name: &str) -> Result<Option<String>> {
@@ -371,6 +388,14 @@ fn check_name(what: &'static str, name: &str) -> Result<()> {
             what,
             name: name.to_string(),
         });
+    }
+    Ok(())
+}
+
+/// Every row Tartan makes names its owner, so that stale ones can be found.
+fn check_owner(what: &'static str, external_ids: &BTreeMap<String, String>) -> Result<()> {
+    if external_ids.is_empty() {
+        return Err(DataplaneError::OvsNoOwner(what));
     }
     Ok(())
 }
