@@ -220,6 +220,9 @@ async fn ports_are_found_changed_and_removed_by_owner() -> Result<()> {
     // Idempotent, then brought in line, then refused to another owner.
     let same = spec("ovs0", "c1p0", PortType::Internal, 10, "c1");
     assert_eq!(db.ensure_port(&same).await?, PortChange::Unchanged);
+    // A key somebody else added does not make the port someone else's.
+    ovs.vsctl(&["set", "Port", "c1p0", "external_ids:note=kept"])?;
+    assert_eq!(db.ensure_port(&same).await?, PortChange::Unchanged);
     let retagged = PortSpec {
         tag: Some(20),
         ..same.clone()

@@ -114,7 +114,8 @@ impl Ovsdb {
     }
 
     /// Makes sure the port of `spec` exists as described. A port of that name
-    /// on the same bridge with the same owner is brought in line; one on
+    /// on the same bridge whose `external_ids` include the spec's is brought
+    /// in line; one on
     /// another bridge or of another owner is a conflict. When the switch
     /// cannot use the interface (a missing device, say), the port is
     /// removed again and the switch's reason is the error.
@@ -134,7 +135,12 @@ impl Ovsdb {
             .tag
             .map_or_else(|| json!(["set", []]), |tag| json!(tag));
         if let Some((port_uuid, port)) = existing {
-            if port.bridge != spec.bridge || port.external_ids != spec.external_ids {
+            // Others may add their own keys; ours must all be there.
+            let same_owner = spec
+                .external_ids
+                .iter()
+                .all(|(key, value)| port.external_ids.get(key) == Some(value));
+            if port.bridge != spec.bridge || !same_owner {
                 return Err(DataplaneError::Conflict(format!(
                     "OVS port {} already exists on bridge {} with external_ids {}",
                     spec.name,
