@@ -15,10 +15,12 @@ need_root test
 # openssl (test certificates), python3, busybox-static (the containers'
 # image), tar and gzip (image archives), script from bsdutils (a terminal
 # for the run -t test), unshare and nsenter from
-# util-linux, systemd-analyze (the unit is verified).
+# util-linux, systemd-analyze (the unit is verified), and ovsdb-server,
+# ovs-vswitchd, ovsdb-tool and ovs-vsctl from openvswitch-switch (the tests
+# run a private switch of their own and leave any system one alone).
 need_packages "${build_packages[@]}" \
   etcd-server etcd-client iproute2 iputils-ping procps openssl nftables python3 \
-  busybox-static tar gzip bsdutils util-linux systemd
+  busybox-static tar gzip bsdutils util-linux systemd openvswitch-switch
 find_cargo
 
 echo "test: $(etcd --version | head -n1); $(protoc --version); $(cargo --version)"

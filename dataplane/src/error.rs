@@ -49,12 +49,55 @@ pub enum DataplaneError {
         feature: &'static str,
         config: &'static str,
     },
+    #[error("{0:?} is not an OVSDB address (use unix:PATH)")]
+    OvsdbAddress(String),
+    #[error("connecting to OVSDB at {address}")]
+    OvsdbConnect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OVSDB connection: {op}")]
+    OvsdbIo {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the OVSDB connection to {0} closed")]
+    OvsdbClosed(String),
+    #[error("OVSDB protocol error: {0}")]
+    OvsdbProtocol(String),
+    #[error("OVSDB transaction failed: {error}{}", details_suffix(details))]
+    OvsdbTransaction { error: String, details: String },
+    #[error("no {what} within {timeout:?}")]
+    OvsdbTimeout {
+        what: String,
+        timeout: std::time::Duration,
+    },
+    #[error("no Open vSwitch bridge named {0}")]
+    NoSuchOvsBridge(String),
+    #[error("Open vSwitch cannot use port {port}: {error}")]
+    OvsInterface { port: String, error: String },
+    #[error("{name:?} is not a valid {what} name (1 to 15 characters, no '/' or spaces)")]
+    BadOvsName { what: &'static str, name: String },
+    #[error("an OVS {0} needs external_ids naming its owner")]
+    OvsNoOwner(&'static str),
+    #[error("VLAN {0} is out of range (1-4094)")]
+    BadVlan(u16),
     /// A step failed, and so did undoing what it had half-made.
     #[error("{failed}; undoing it also failed: {undo}")]
     UndoFailed {
         failed: Box<DataplaneError>,
         undo: Box<DataplaneError>,
     },
+}
+
+fn details_suffix(details: &str) -> String {
+    if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({details})")
+    }
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 //! It finds the host's public interface, keeps the node bridge and the VXLAN
 //! device as they should be, plugs containers in with veth pairs, and
 //! reconciles the routes, neighbours and FDB entries towards peer subnets.
+//! It also keeps Open vSwitch bridges and ports through OVSDB (`ovsdb`).
 
 mod bridge;
 mod error;
@@ -15,6 +16,7 @@ mod md5;
 mod netlink;
 mod nftables;
 mod overlay;
+pub mod ovsdb;
 pub mod udp;
 mod veth;
 mod vlan;
@@ -35,6 +37,7 @@ pub use overlay::{
     diff, FdbSpec, NeighbourSpec, OverlayChanges, OverlayScope, OverlayState, RouteSpec,
     ROUTE_PROTOCOL,
 };
+pub use ovsdb::{OvsPort, Ovsdb, PortChange, PortSpec, PortType};
 pub use udp::{PeerMap, UdpOverlay, UdpOverlaySpec};
 pub use veth::VethSpec;
 pub use vlan::{check_vlan_id, parse_vlan_id, vlan_ifname, VLAN_IDS};

@@ -1,5 +1,6 @@
 //! Integration-test harness for Tartan: a real etcd, network namespaces, a
-//! simulated underlay, a cuttable TCP proxy and `tartan agent` processes.
+//! simulated underlay, a cuttable TCP proxy, a private Open vSwitch and
+//! `tartan agent` processes.
 //!
 //! Everything here cleans up on drop, panics included, and every wait has a
 //! deadline. A missing prerequisite is an error with a message: the tests
@@ -9,6 +10,7 @@ pub mod agent;
 pub mod cluster;
 pub mod etcd;
 pub mod netns;
+pub mod ovs;
 pub mod pki;
 pub mod prereq;
 pub mod proxy;

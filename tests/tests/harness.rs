@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use tartan_tests::etcd::EtcdServer;
 use tartan_tests::netns::{Netns, Underlay};
+use tartan_tests::ovs::Ovs;
 use tartan_tests::proxy::TcpProxy;
 use tartan_tests::wait::wait_until;
 use tartan_tests::{compact, prereq, put_flannel_config, put_lease, unique_prefix};
@@ -311,5 +312,59 @@ fn etcd_in_the_hub_is_reachable_from_a_host() -> Result<()> {
     etcdctl(&["put", &key, "from-host"])?;
     let got = etcdctl(&["get", "--print-value-only", &key])?;
     assert_eq!(got.trim(), "from-host");
+    Ok(())
+}
+
+#[test]
+fn a_private_ovs_runs_in_its_namespace_and_goes_on_drop() -> Result<()> {
+    let ns = Netns::create("ovs")?;
+    let ovs = Ovs::start(&ns)?;
+    let run_dir = ovs.run_dir().to_path_buf();
+    ensure!(ovs.socket().starts_with(&run_dir), "{:?}", ovs.socket());
+    let pids = ovs.pids()?;
+    for pid in &pids {
+        ensure!(
+            tartan_tests::ovs::process_running(*pid),
+            "daemon {pid} is not running"
+        );
+    }
+    let netns_inode = std::fs::metadata(ns.path())?.ino();
+    for pid in &pids {
+        let inode = std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino();
+        ensure!(
+            inode == netns_inode,
+            "daemon {pid} runs outside {}",
+            ns.name()
+        );
+    }
+    // The switch makes the bridge's device, a TAP on the userspace datapath,
+    // in its own namespace.
+    ovs.vsctl(&[
+        "add-br",
+        "ovs0",
+        "--",
+        "set",
+        "Bridge",
+        "ovs0",
+        "datapath_type=netdev",
+    ])?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok(ns.exec("ip", &["link", "show", "ovs0"])?.status.success())
+    })
+    .context("ovs0 never appeared in the namespace")?;
+    ensure!(ovs.vsctl(&["list-br"])?.trim() == "ovs0");
+
+    drop(ovs);
+    for pid in pids {
+        ensure!(
+            !tartan_tests::ovs::process_running(pid),
+            "daemon {pid} outlived the switch"
+        );
+    }
+    ensure!(
+        !run_dir.exists(),
+        "{} outlived the switch",
+        run_dir.display()
+    );
     Ok(())
 }
