@@ -10,13 +10,10 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use ipnetwork::Ipv4Network;
 
 use crate::teardown::Teardown;
-
-/// Linux's limit on interface names (IFNAMSIZ less the NUL).
-pub const MAX_IFNAME: usize = 15;
 
 /// One interface to make in a network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +51,9 @@ pub trait AttachmentDriver: Send + Sync {
 
     /// Refuses what cannot be made, before anything is.
     fn validate(&self, spec: &AttachmentSpec) -> Result<()> {
-        check_ifname(&spec.ifname)?;
-        check_ifname(&spec.host_ifname)
+        tartan_dataplane::check_ifname(&spec.ifname)?;
+        tartan_dataplane::check_ifname(&spec.host_ifname)?;
+        Ok(())
     }
 
     /// Makes the interface; nothing stays half-made when it fails.
@@ -63,34 +61,4 @@ pub trait AttachmentDriver: Send + Sync {
 
     /// Removes what `setup` made, trying every step.
     async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown>;
-}
-
-/// An interface name Linux takes: 1 to 15 bytes, no `/`, no whitespace.
-pub fn check_ifname(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > MAX_IFNAME
-        || name.contains('/')
-        || name.chars().any(char::is_whitespace)
-        || name == "."
-        || name == ".."
-    {
-        bail!("{name:?} is not an interface name (1 to {MAX_IFNAME} characters, no '/' or spaces)");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_names_follow_linux_rules() {
-        assert!(check_ifname("eth0").is_ok());
-        assert!(check_ifname("vt0123456789").is_ok());
-        assert!(check_ifname(&"x".repeat(15)).is_ok());
-        assert!(check_ifname(&"x".repeat(16)).is_err());
-        assert!(check_ifname("").is_err());
-        assert!(check_ifname("a/b").is_err());
-        assert!(check_ifname("a b").is_err());
-    }
 }
