@@ -25,7 +25,7 @@ pub fn require_binary(name: &str) -> Result<()> {
         })
         .unwrap_or(false);
     if !found {
-        bail!("this test needs `{name}` on PATH (Debian: see .ci/run for the packages)");
+        bail!("this test needs `{name}` on PATH (Debian: scripts/test.sh installs the packages)");
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
     ensure!(
         Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: install Debian's busybox-static (see .ci/run)"
+        "{BUSYBOX} is missing: install Debian's busybox-static (scripts/test.sh does)"
     );
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("bin"))?;

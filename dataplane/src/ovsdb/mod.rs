@@ -168,6 +168,8 @@ async fn run_connection(stream: UnixStream, mut requests: mpsc::Receiver<Request
                     let _ = request.reply.send(Err(DataplaneError::OvsdbIo { op: "sending a request", source: err }));
                     return;
                 }
+                // Callers that gave up (a timeout) need no answer: their slots go.
+                pending.retain(|_, reply| !reply.is_closed());
                 pending.insert(next_id, request.reply);
             }
             read = reader.read(&mut chunk) => {
