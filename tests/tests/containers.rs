@@ -6,47 +6,17 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tartan_runtime::container::ContainerDir;
 use tartan_tests::agent::Agent;
+use tartan_tests::cli::{cli_ok, finish, import_busybox, text, under_terminal, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
 use tartan_tests::wait::wait_until;
 
-const VXLAN: &str = r#"{"Network": "10.5.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
 const CONVERGE: Duration = Duration::from_secs(20);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs the CLI and insists on success; returns stdout.
-fn cli_ok(agent: &Agent, args: &[&str]) -> Result<String> {
-    let out = agent.cli(args)?;
-    ensure!(
-        out.status.success(),
-        "tartan {args:?} failed ({}): {}{}",
-        out.status,
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    Ok(text(&out.stdout))
-}
-
-/// Imports a busybox image as `busybox` into the agent's store.
-fn import_busybox(agent: &Agent) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let archive = dir.path().join("busybox.tar");
-    std::fs::write(&archive, tarball(&busybox_rootfs(dir.path())?, false)?)?;
-    cli_ok(
-        agent,
-        &["import", &archive.display().to_string(), "busybox"],
-    )?;
-    Ok(())
-}
 
 fn inspect(agent: &Agent, name: &str) -> Result<Value> {
     let out = cli_ok(agent, &["inspect", name])?;
@@ -385,43 +355,6 @@ fn stop_and_rm_never_signal_a_process_that_took_the_containers_pid() -> Result<(
         );
     }
     Ok(())
-}
-
-/// Waits for a child with a deadline, killing it when it runs over.
-fn finish(mut child: Child, limit: Duration) -> Result<Output> {
-    let deadline = Instant::now() + limit;
-    while child.try_wait()?.is_none() {
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            let out = child.wait_with_output()?;
-            anyhow::bail!(
-                "still running after {limit:?}; it printed {:?} / {:?}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child.wait_with_output()?)
-}
-
-/// `tartan ARGS` (a shell word list) against host 0's agent, with a
-/// terminal of its own as standard input and output (`script` makes one).
-fn under_terminal(cluster: &Cluster, agent: &Agent, args: &str) -> Result<Output> {
-    let inner = format!(
-        "ip netns exec {} env TARTAN_API_SOCKET={} {} {args}",
-        cluster.hosts[0].netns.name(),
-        agent.api_socket().display(),
-        tartan_tests::agent::tartan_bin()?.display()
-    );
-    let child = std::process::Command::new("script")
-        .args(["-qefc", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running script (bsdutils)")?;
-    finish(child, Duration::from_secs(20))
 }
 
 #[test]

@@ -9,26 +9,9 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use tartan_runtime::rootfs::{MASKED_PATHS, READONLY_PATHS};
 use tartan_tests::agent::Agent;
+use tartan_tests::cli::{cli_ok, text, VXLAN};
 use tartan_tests::cluster::Cluster;
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
-
-const VXLAN: &str = r#"{"Network": "10.5.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn cli_ok(agent: &Agent, args: &[&str]) -> Result<String> {
-    let out = agent.cli(args)?;
-    ensure!(
-        out.status.success(),
-        "tartan {args:?} failed ({}): {}{}",
-        out.status,
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    Ok(text(&out.stdout))
-}
 
 /// A static x86_64 executable of one page holding `code`, loaded at 4 MiB:
 /// probes of single system calls that busybox has no applet for.
