@@ -102,6 +102,19 @@ fn details_suffix(details: &str) -> String {
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
+impl DataplaneError {
+    /// This failure, and how undoing what it half-made went.
+    pub(crate) fn undone(self, undo: Result<()>) -> DataplaneError {
+        match undo {
+            Ok(()) => self,
+            Err(undo) => DataplaneError::UndoFailed {
+                failed: Box::new(self),
+                undo: Box::new(undo),
+            },
+        }
+    }
+}
+
 /// Maps an rtnetlink failure to the crate's error, naming the operation.
 pub(crate) fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
     move |source| DataplaneError::Netlink { op, source }

@@ -230,6 +230,14 @@ impl Netlink {
             .map_err(netlink_err("link delete"))
     }
 
+    /// Deletes the link called `name` if there is one.
+    pub(crate) async fn delete_link_named(&self, name: &str) -> Result<()> {
+        match self.link(name).await? {
+            Some(link) => self.delete_link(link.index).await,
+            None => Ok(()),
+        }
+    }
+
     /// Sets a link's MAC address; `op` names the step in errors.
     pub(crate) async fn set_mac(&self, index: u32, mac: [u8; 6], op: &'static str) -> Result<()> {
         let msg = rtnetlink::LinkUnspec::new_with_index(index)

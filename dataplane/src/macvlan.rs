@@ -286,18 +286,7 @@ impl Netlink {
         }
         .await;
         if let Err(failed) = made {
-            let undo = match container.link(&spec.name).await {
-                Ok(Some(link)) => container.delete_link(link.index).await,
-                Ok(None) => Ok(()),
-                Err(err) => Err(err),
-            };
-            return Err(match undo {
-                Ok(()) => failed,
-                Err(undo) => DataplaneError::UndoFailed {
-                    failed: Box::new(failed),
-                    undo: Box::new(undo),
-                },
-            });
+            return Err(failed.undone(container.delete_link_named(&spec.name).await));
         }
         Ok(Ensured::Created)
     }

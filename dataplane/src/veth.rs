@@ -84,18 +84,7 @@ impl Netlink {
         let result = self.finish_attach(spec, &container).await;
         if let Err(failed) = result {
             // The pair goes with its host end, wherever the other end got to.
-            let undo = match self.link(&spec.host_name).await {
-                Ok(Some(host)) => self.delete_link(host.index).await,
-                Ok(None) => Ok(()),
-                Err(err) => Err(err),
-            };
-            return Err(match undo {
-                Ok(()) => failed,
-                Err(undo) => DataplaneError::UndoFailed {
-                    failed: Box::new(failed),
-                    undo: Box::new(undo),
-                },
-            });
+            return Err(failed.undone(self.delete_link_named(&spec.host_name).await));
         }
         result
     }
