@@ -4,6 +4,7 @@
 //! Living in this package also makes `cargo test --workspace` build the
 //! binary that the integration tests under `tests/` run.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,21 +76,7 @@ fn the_api_socket_may_stand_before_the_command() -> Result<()> {
         );
     }
     // The agent serves the socket given there too (and refuses these flags first).
-    let out = std::process::Command::new(bin)
-        .args(before)
-        .args([
-            "agent",
-            "--subnet-lease-ttl",
-            "1m",
-            "--subnet-lease-renew-margin",
-            "2m",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
+    agent_refuses_a_margin_beyond_the_ttl(&before, dir.path(), &[])?;
     Ok(())
 }
 
@@ -110,22 +97,12 @@ fn bad_flags_are_one_line_errors() -> Result<()> {
     }
     // A value clap accepts but the agent refuses: one line, exit 1, nothing created.
     let dir = tempfile::tempdir()?;
-    let out = std::process::Command::new(bin)
-        .args([
-            "agent",
-            "--subnet-lease-ttl",
-            "1m",
-            "--subnet-lease-renew-margin",
-            "2m",
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--api-socket")
-        .arg(dir.path().join("s.sock"))
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
+    let socket = dir.path().join("s.sock");
+    agent_refuses_a_margin_beyond_the_ttl(
+        &[],
+        dir.path(),
+        &["--api-socket", &socket.to_string_lossy()],
+    )?;
     assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "nothing created");
     Ok(())
 }
@@ -251,5 +228,31 @@ fn a_user_who_may_not_use_the_socket_is_told_so() -> Result<()> {
         stderr.contains("permission denied on the API socket (root only)"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// `tartan BEFORE agent` with a renew margin longer than the TTL and a state
+/// directory in `dir`: refused with exit 1, in a line naming the flag.
+fn agent_refuses_a_margin_beyond_the_ttl(
+    before: &[&str],
+    dir: &Path,
+    after: &[&str],
+) -> Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tartan"))
+        .args(before)
+        .args([
+            "agent",
+            "--subnet-lease-ttl",
+            "1m",
+            "--subnet-lease-renew-margin",
+            "2m",
+        ])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(after)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--subnet-lease-renew-margin"), "{stderr}");
     Ok(())
 }

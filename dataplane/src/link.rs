@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -199,6 +199,17 @@ impl Netlink {
 
     /// The IPv4 addresses of a link, with their prefix lengths.
     pub(crate) async fn link_ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        Ok(self
+            .ipv4_address_messages(index)
+            .await?
+            .into_iter()
+            .map(|(ip, msg)| (ip, msg.header.prefix_len))
+            .collect())
+    }
+
+    /// The IPv4 addresses of a link, each with the message that names it
+    /// (what a deletion takes).
+    async fn ipv4_address_messages(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
         let mut stream = self
             .handle
             .address()
@@ -216,7 +227,9 @@ impl Netlink {
                 | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
             });
-            found.extend(ip.map(|ip| (ip, msg.header.prefix_len)));
+            if let Some(ip) = ip {
+                found.push((ip, msg));
+            }
         }
         Ok(found)
     }
@@ -251,6 +264,22 @@ impl Netlink {
             .map_err(|source| DataplaneError::Netlink { op, source })
     }
 
+    /// Brings the namespace's loopback up, if it is not already.
+    pub(crate) async fn set_loopback_up(&self) -> Result<()> {
+        if let Some(lo) = self.link("lo").await? {
+            if !lo.up {
+                let up = LinkUnspec::new_with_index(lo.index).up().build();
+                self.handle
+                    .link()
+                    .set(up)
+                    .execute()
+                    .await
+                    .map_err(netlink_err("lo up"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Brings a link up and sets its MTU.
     pub(crate) async fn set_up_with_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
@@ -269,28 +298,13 @@ impl Netlink {
         address: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<()> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
         let mut present = false;
         let mut stale = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(netlink_err("address dump"))?
-        {
-            let ip = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(std::net::IpAddr::V4(ip))
-                | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            match ip {
-                Some(ip) if ip == address && msg.header.prefix_len == prefix_len => present = true,
-                Some(_) => stale.push(msg),
-                None => {}
+        for (ip, msg) in self.ipv4_address_messages(index).await? {
+            if ip == address && msg.header.prefix_len == prefix_len {
+                present = true;
+            } else {
+                stale.push(msg);
             }
         }
         for msg in stale {

@@ -360,17 +360,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(netlink_err("container link up"))?;
-        if let Some(lo) = self.link("lo").await? {
-            if !lo.up {
-                let up = LinkUnspec::new_with_index(lo.index).up().build();
-                self.handle
-                    .link()
-                    .set(up)
-                    .execute()
-                    .await
-                    .map_err(netlink_err("lo up"))?;
-            }
-        }
+        self.set_loopback_up().await?;
         let Some(gateway) = spec.gateway else {
             return Ok(());
         };

@@ -144,19 +144,6 @@ impl Netlink {
             .await
     }
 
-    async fn set_loopback_up(&self) -> Result<()> {
-        if let Some(lo) = self.link("lo").await? {
-            let up = LinkUnspec::new_with_index(lo.index).up().build();
-            self.handle
-                .link()
-                .set(up)
-                .execute()
-                .await
-                .map_err(netlink_err("lo up"))?;
-        }
-        Ok(())
-    }
-
     /// Deletes the host end (the container end goes with it). Returns
     /// whether there was anything to delete.
     pub async fn detach_veth(&self, host_name: &str) -> Result<bool> {

@@ -107,6 +107,31 @@ pub fn lease_key(prefix: &str, subnet: &str) -> String {
     format!("{prefix}/subnets/{}", subnet.replace('/', "-"))
 }
 
+/// A fresh etcd with the network config `config` under a prefix of the
+/// test's own, and a client of it.
+pub async fn etcd_with_config(
+    test: &str,
+    config: &str,
+) -> Result<(etcd::EtcdServer, String, Client)> {
+    prereq::require_root()?;
+    prereq::require_binary("etcd")?;
+    let etcd = etcd::EtcdServer::start()?;
+    let prefix = unique_prefix(test);
+    let mut client = etcd.client().await?;
+    put_flannel_config(&mut client, &prefix, config).await?;
+    Ok((etcd, prefix, client))
+}
+
+/// An agent of `etcd`'s network under `prefix`, publishing `public_ip`.
+pub fn agent_config(etcd: &etcd::EtcdServer, prefix: &str, public_ip: &str) -> agent::AgentConfig {
+    agent::AgentConfig {
+        etcd_endpoints: etcd.endpoint(),
+        etcd_prefix: prefix.to_string(),
+        public_ip: Some(public_ip.parse().expect("test address")),
+        ..agent::AgentConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

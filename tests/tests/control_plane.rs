@@ -17,7 +17,8 @@ use tartan_tests::netns::Underlay;
 use tartan_tests::pki::TestPki;
 use tartan_tests::proxy::TcpProxy;
 use tartan_tests::{
-    compact, get_json, lease_key, prereq, put_flannel_config, put_lease, unique_prefix, wait,
+    agent_config, compact, etcd_with_config, get_json, lease_key, prereq, put_flannel_config,
+    put_lease, unique_prefix, wait,
 };
 
 /// Agents in the test's own namespace lease only (`alloc`): they must not
@@ -31,28 +32,6 @@ fn prerequisites() -> Result<()> {
     prereq::require_binary("etcd")?;
     prereq::require_binary("ip")?;
     Ok(())
-}
-
-/// A fresh etcd with the network config `config` under a prefix of this test's own.
-async fn etcd_with_config(
-    test: &str,
-    config: &str,
-) -> Result<(EtcdServer, String, etcd_client::Client)> {
-    prerequisites()?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix(test);
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, config).await?;
-    Ok((etcd, prefix, client))
-}
-
-fn agent_config(etcd: &EtcdServer, prefix: &str, public_ip: &str) -> AgentConfig {
-    AgentConfig {
-        etcd_endpoints: etcd.endpoint(),
-        etcd_prefix: prefix.to_string(),
-        public_ip: Some(public_ip.parse().expect("test address")),
-        ..AgentConfig::default()
-    }
 }
 
 fn peer_subnets(status: &Value) -> HashSet<String> {

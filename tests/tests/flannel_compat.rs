@@ -13,32 +13,12 @@ use tartan_tests::cluster::Cluster;
 use tartan_tests::etcd::EtcdServer;
 use tartan_tests::netns::Underlay;
 use tartan_tests::wait::wait_until;
-use tartan_tests::{get_json, lease_key, prereq, put_flannel_config, put_lease, unique_prefix};
+use tartan_tests::{
+    agent_config, etcd_with_config, get_json, lease_key, prereq, put_lease, unique_prefix,
+};
 
 const READY: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(20);
-
-async fn etcd_with_config(
-    test: &str,
-    config: &str,
-) -> Result<(EtcdServer, String, etcd_client::Client)> {
-    prereq::require_root()?;
-    prereq::require_binary("etcd")?;
-    let etcd = EtcdServer::start()?;
-    let prefix = unique_prefix(test);
-    let mut client = etcd.client().await?;
-    put_flannel_config(&mut client, &prefix, config).await?;
-    Ok((etcd, prefix, client))
-}
-
-fn agent_config(etcd: &EtcdServer, prefix: &str, public_ip: &str) -> AgentConfig {
-    AgentConfig {
-        etcd_endpoints: etcd.endpoint(),
-        etcd_prefix: prefix.to_string(),
-        public_ip: Some(public_ip.parse().expect("test address")),
-        ..AgentConfig::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_keys_match_in_any_case_as_in_go() -> Result<()> {
