@@ -459,6 +459,10 @@ impl Attacher {
             address: Ipv4Network::new(addr, self.subnet.prefix())?,
             gateway: Some(gateway),
             mtu: self.mtu,
+            mac: None,
+            vlan: None,
+            owner: key.to_string(),
+            host_shim: false,
         };
         self.driver.setup(&spec).await?;
         Ok(())
@@ -547,6 +551,9 @@ impl Attacher {
             address: book
                 .address_of(key)
                 .and_then(|a| Ipv4Network::new(a, self.subnet.prefix()).ok()),
+            netns: PathBuf::new(),
+            vlan: None,
+            host_shim: None,
         };
         self.driver
             .teardown(&made)
