@@ -102,6 +102,11 @@ impl Registry {
         &self.prefix
     }
 
+    /// The client itself, for key spaces other than flannel's (Tartan's own).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub fn subnets_prefix(&self) -> String {
         subnets_prefix(&self.prefix)
     }
@@ -371,7 +376,7 @@ pub fn is_unreachable(err: &anyhow::Error) -> bool {
     })
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T> {
