@@ -30,6 +30,8 @@ use crate::control::node_state::{EtcdMonitor, NodeLease, NodeState};
 use crate::control::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::control::subnet_file::{previous_subnet, SubnetFile};
 use crate::networks::attach::Attacher;
+use crate::networks::named::NamedNetworks;
+use crate::networks::store::NetworkStore;
 use crate::teardown::Teardown;
 use crate::{api, backends::node, claim, notify};
 
@@ -37,6 +39,8 @@ use crate::{api, backends::node, claim, notify};
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub etcd: EtcdOptions,
+    /// Where Tartan's own keys (named networks) live in etcd.
+    pub tartan_prefix: String,
     /// Interfaces to try in order; empty: the default route's.
     pub iface: Vec<InterfaceSelector>,
     /// The node bridge's name.
@@ -108,10 +112,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     );
     let registry = connect_with_backoff(&opts.etcd, connect, &publishers.etcd).await;
     let images = Images::open(&opts.state_dir)?;
+    let named_networks = NamedNetworks::new(
+        NetworkStore::new(registry.client(), &opts.tartan_prefix),
+        netlink.clone(),
+        public_ip.to_string(),
+    );
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),
         publishers.attacher.subscribe(),
+        named_networks.clone(),
     )?;
     containers.recover().await;
     let mover = tokio::spawn(
@@ -129,6 +139,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             attacher: publishers.attacher.subscribe(),
             images,
             containers,
+            networks: named_networks,
         },
     )
     .await?;

@@ -94,6 +94,9 @@ enum Command {
     Rm(container_cli::RmArgs),
     /// Write a container's filesystem as a tarball.
     Export(container_cli::ExportArgs),
+    /// Manage named networks, shared by every host of the fabric.
+    #[command(subcommand)]
+    Network(cli::network::NetworkCommand),
     /// A container's first process, inside the namespaces its parent made.
     #[command(hide = true)]
     Init(InitArgs),
@@ -248,6 +251,11 @@ impl EtcdArgs {
 struct AgentArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Key prefix of Tartan's own keys (named networks and their
+    /// addresses), apart from flannel's (default: /tartan followed by
+    /// --etcd-prefix).
+    #[arg(long, env = "TARTAN_PREFIX")]
+    tartan_prefix: Option<String>,
     /// Interface (name or IPv4 address) whose address is published and whose
     /// MTU is the underlay's. Repeat it (or separate with commas) to try each
     /// in order, as flanneld does; the first that exists is used.
@@ -318,8 +326,13 @@ struct StatusArgs {
 
 impl AgentArgs {
     fn into_options(self, api_socket: PathBuf) -> AgentOptions {
+        let etcd = self.etcd.into_options();
+        let tartan_prefix = self
+            .tartan_prefix
+            .unwrap_or_else(|| format!("/tartan/{}", etcd.prefix.trim_matches('/')));
         AgentOptions {
-            etcd: self.etcd.into_options(),
+            tartan_prefix,
+            etcd,
             iface: self.iface,
             bridge: self.bridge,
             external_bridge: self.external_bridge,
@@ -805,6 +818,7 @@ fn main() -> ExitCode {
             Command::Restart(args) => done(container_cli::stop(args, true, socket).await),
             Command::Rm(args) => done(container_cli::rm(args, socket).await),
             Command::Export(args) => done(container_cli::export(args, socket).await),
+            Command::Network(command) => done(cli::network::run(command, socket).await),
             Command::Init(_) | Command::Shim(_) | Command::Exec(_) => Err(anyhow::anyhow!(
                 "this command runs before the async runtime starts"
             )),

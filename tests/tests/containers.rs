@@ -663,7 +663,7 @@ fn bad_input_is_one_line_and_leaves_nothing_behind() -> Result<()> {
                 "busybox".into(),
                 "true".into(),
             ],
-            "invalid --net",
+            "network macvlan not found",
         ),
         (
             vec![

@@ -13,6 +13,11 @@ use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
+    run_request::Network as PbRunNetwork, ConnectRequest, CreateNetworkRequest, DisconnectRequest,
+    ListNetworksRequest, Network as PbNetwork, NetworkEndpoint, NetworkRequest as PbNetworkRequest,
+    NetworksResponse,
+};
+use tartan_proto::v1::{
     AttachRequest, AttachResponse, Attachment as PbAttachment, AttachmentsResponse,
     Container as PbContainer, ContainerRequest, ContainersResponse, DetachRequest, DetachResponse,
     ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse, ImportChunk, Lease as PbLease,
@@ -28,11 +33,15 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::containers::images::{ChunkReader, Images};
-use crate::containers::{ContainerView, Containers, RunOptions, Status as RunStatus};
+use crate::containers::{
+    ContainerView, Containers, NetworkRequest, RunOptions, Status as RunStatus,
+};
 use crate::control::etcd::Registry;
 use crate::control::lease::Lease;
 use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
 use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
+use crate::networks::named::NamedNetworks;
+use crate::networks::store::{self, NetworkDef};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
@@ -50,6 +59,7 @@ pub struct Services {
     pub attacher: AttacherWatch,
     pub images: Images,
     pub containers: Containers,
+    pub networks: NamedNetworks,
 }
 
 struct AgentService {
@@ -60,6 +70,7 @@ struct AgentService {
     attacher: AttacherWatch,
     images: Images,
     containers: Containers,
+    networks: NamedNetworks,
 }
 
 fn to_pb_container(view: ContainerView) -> PbContainer {
@@ -111,6 +122,27 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         sysctls: config.security.sysctl_flags(),
         // Read from the kernel, and only where a listing needs them.
         addresses: Vec::new(),
+    }
+}
+
+/// The typed `--net` as the API carries it.
+pub fn network_to_pb(network: &NetworkRequest) -> Option<PbRunNetwork> {
+    Some(match network {
+        NetworkRequest::Overlay => PbRunNetwork::Overlay(true),
+        NetworkRequest::Host => PbRunNetwork::Host(true),
+        NetworkRequest::None => PbRunNetwork::None(true),
+        NetworkRequest::Container(name) => PbRunNetwork::Container(name.clone()),
+        NetworkRequest::Named(name) => PbRunNetwork::Named(name.clone()),
+    })
+}
+
+fn network_from_pb(network: Option<PbRunNetwork>) -> NetworkRequest {
+    match network {
+        None | Some(PbRunNetwork::Overlay(_)) => NetworkRequest::Overlay,
+        Some(PbRunNetwork::Host(_)) => NetworkRequest::Host,
+        Some(PbRunNetwork::None(_)) => NetworkRequest::None,
+        Some(PbRunNetwork::Container(name)) => NetworkRequest::Container(name),
+        Some(PbRunNetwork::Named(name)) => NetworkRequest::Named(name),
     }
 }
 
@@ -300,7 +332,7 @@ impl Agent for AgentService {
             hostname: nonempty(r.hostname),
             env: r.env,
             workdir: nonempty(r.workdir),
-            network: nonempty(r.network),
+            network: network_from_pb(r.network),
             ip: nonempty(r.ip),
             tty: r.tty,
             interactive: r.interactive,
@@ -661,6 +693,146 @@ impl Agent for AgentService {
             address: address.to_string(),
         }))
     }
+
+    async fn create_network(
+        &self,
+        request: Request<CreateNetworkRequest>,
+    ) -> Result<Response<PbNetwork>, Status> {
+        let r = request.into_inner();
+        let ask = store::CreateRequest {
+            name: r.name,
+            driver: r.driver,
+            subnet: nonempty(r.subnet),
+            gateway: nonempty(r.gateway),
+            ip_range: nonempty(r.ip_range),
+            options: r.options,
+        };
+        let networks = self.networks.store();
+        let existing = networks.list().await.map_err(failed)?;
+        if existing.iter().any(|def| def.name == ask.name) {
+            return Err(Status::already_exists(format!(
+                "network with name {} already exists",
+                ask.name
+            )));
+        }
+        let mut taken: Vec<(String, ipnetwork::Ipv4Network)> = existing
+            .into_iter()
+            .map(|def| (format!("network {}", def.name), def.subnet))
+            .collect();
+        // The overlay's addresses are the fabric's too.
+        if let Some(config) = &self.node.borrow().config {
+            taken.push(("the overlay".into(), config.range.network()));
+        }
+        let def = store::define(&ask, &taken, tartan_runtime::container::now_rfc3339())
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        crate::networks::named::check_driver_available(&def.driver)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        networks
+            .create(&def)
+            .await
+            .map_err(|e| Status::already_exists(format!("{e:#}")))?;
+        info!(network = %def.name, driver = %def.driver, subnet = %def.subnet, "created a network");
+        Ok(Response::new(to_pb_network(def, Vec::new())))
+    }
+
+    async fn list_networks(
+        &self,
+        _request: Request<ListNetworksRequest>,
+    ) -> Result<Response<NetworksResponse>, Status> {
+        let mut defs = self.networks.store().list().await.map_err(failed)?;
+        defs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(NetworksResponse {
+            networks: defs
+                .into_iter()
+                .map(|def| to_pb_network(def, Vec::new()))
+                .collect(),
+        }))
+    }
+
+    async fn inspect_network(
+        &self,
+        request: Request<PbNetworkRequest>,
+    ) -> Result<Response<PbNetwork>, Status> {
+        let name = request.into_inner().name;
+        let networks = self.networks.store();
+        let def = networks
+            .get(&name)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| Status::not_found(format!("network {name} not found")))?;
+        let prefix = def.subnet.prefix();
+        let endpoints = networks
+            .holders(&name)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .map(|(addr, holder)| NetworkEndpoint {
+                container_id: holder.container,
+                container_name: holder.name,
+                host: holder.host,
+                interface: holder.interface,
+                address: format!("{addr}/{prefix}"),
+            })
+            .collect();
+        Ok(Response::new(to_pb_network(def, endpoints)))
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<PbNetworkRequest>,
+    ) -> Result<Response<PbNetwork>, Status> {
+        let name = request.into_inner().name;
+        let def = self.networks.store().remove(&name).await.map_err(failed)?;
+        // No container here is on it: it holds no address anywhere.
+        if let Err(err) = self.networks.remove_bridge_of(&def).await {
+            warn!(network = %name, error = %format!("{err:#}"), "could not remove the network's bridge");
+        }
+        info!(network = %name, "removed a network");
+        Ok(Response::new(to_pb_network(def, Vec::new())))
+    }
+
+    async fn connect_network(
+        &self,
+        request: Request<ConnectRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let r = request.into_inner();
+        let id = self.container_id(&r.container)?;
+        let ip = nonempty(r.ip);
+        let view = self
+            .containers
+            .connect(&id, &r.network, ip.as_deref())
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn disconnect_network(
+        &self,
+        request: Request<DisconnectRequest>,
+    ) -> Result<Response<PbContainer>, Status> {
+        let r = request.into_inner();
+        let id = self.container_id(&r.container)?;
+        let view = self
+            .containers
+            .disconnect(&id, &r.network)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(to_pb_container(view)))
+    }
+}
+
+fn to_pb_network(def: NetworkDef, endpoints: Vec<NetworkEndpoint>) -> PbNetwork {
+    PbNetwork {
+        name: def.name,
+        id: def.id,
+        driver: def.driver,
+        subnet: def.subnet.to_string(),
+        gateway: def.gateway.to_string(),
+        ip_range: def.ip_range.map(|r| r.to_string()).unwrap_or_default(),
+        options: def.options.into_iter().collect(),
+        created: def.created,
+        endpoints,
+    }
 }
 
 impl AgentService {
@@ -763,6 +935,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         attacher,
         images,
         containers,
+        networks,
     } = services;
     let service = AgentServer::new(AgentService {
         node,
@@ -772,6 +945,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         attacher,
         images,
         containers,
+        networks,
     });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

@@ -15,6 +15,7 @@ use tartan_runtime::container::frame::{Frame, FrameDecoder};
 use tartan_runtime::security::Security;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::containers::NetworkRequest;
 use crate::{api, refused};
 
 #[derive(Args)]
@@ -54,10 +55,10 @@ pub struct RunArgs {
     /// The working directory inside the container.
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
-    /// overlay (default), host, none or container:NAME.
+    /// overlay (default), host, none, container:NAME or a network made with `network create`.
     #[arg(long = "net", visible_alias = "network", value_name = "MODE")]
     net: Option<String>,
-    /// An address in the node subnet (with --net overlay).
+    /// An address in the node subnet (--net overlay) or the named network's subnet.
     #[arg(long)]
     ip: Option<String>,
     /// Every capability, no seccomp filter, no masked or read-only paths.
@@ -190,6 +191,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         bail!("the input device is not a TTY; drop -t or run from a terminal");
     }
     let security_opt = read_security_opts(&args.security_opt)?;
+    let network = NetworkRequest::parse(args.net.as_deref().unwrap_or_default())?;
     let mut client = api::connect(api_socket).await?;
     let container = client
         .run_container(RunRequest {
@@ -199,7 +201,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             hostname: args.hostname.unwrap_or_default(),
             env: expand_env(&args.env),
             workdir: args.workdir.unwrap_or_default(),
-            network: args.net.unwrap_or_default(),
+            network: api::network_to_pb(&network),
             ip: args.ip.unwrap_or_default(),
             tty: args.tty,
             interactive: args.interactive,

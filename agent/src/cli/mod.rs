@@ -3,6 +3,7 @@
 
 pub mod containers;
 pub mod flanneld;
+pub mod network;
 pub mod progress;
 pub mod status;
 pub mod stdout;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use tartan_runtime::container::{
-    now_rfc3339, ContainerConfig, ContainerDir, NetworkMode, ShimSpec,
+    now_rfc3339, ContainerConfig, ContainerDir, Endpoint, NetworkMode, ShimSpec,
 };
 use tartan_runtime::init::{InitFile, InitSpec};
 use tartan_runtime::security::Security;
@@ -27,6 +27,8 @@ use tracing::{info, warn};
 
 use crate::containers::images::Images;
 use crate::networks::attach::{Attacher, AttacherWatch};
+use crate::networks::named::NamedNetworks;
+use crate::networks::store;
 use crate::teardown::Teardown;
 
 /// The PATH a container gets unless it sets its own, as Docker gives it.
@@ -45,7 +47,7 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     pub env: Vec<String>,
     pub workdir: Option<String>,
-    pub network: Option<String>,
+    pub network: NetworkRequest,
     pub ip: Option<String>,
     pub tty: bool,
     pub interactive: bool,
@@ -144,6 +146,7 @@ struct Inner {
     root: PathBuf,
     images: Images,
     attacher: AttacherWatch,
+    networks: NamedNetworks,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
 }
@@ -181,24 +184,49 @@ const NAME_NOUNS: [&str; 16] = [
     "madras", "plaid", "shuttle", "spindle", "tweed", "warp", "weft",
 ];
 
-/// Parses `--net`.
-fn parse_network(text: &str) -> Result<NetworkModeRequest> {
-    Ok(match text {
-        "" | "overlay" | "bridge" => NetworkModeRequest::Overlay,
-        "host" => NetworkModeRequest::Host,
-        "none" => NetworkModeRequest::None,
-        other => match other.strip_prefix("container:") {
-            Some(name) if !name.is_empty() => NetworkModeRequest::Container(name.to_string()),
-            _ => bail!("invalid --net {other:?}: use overlay, host, none or container:NAME"),
-        },
-    })
-}
-
-enum NetworkModeRequest {
+/// The network a container is run on (`--net`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkRequest {
+    #[default]
     Overlay,
     Host,
     None,
+    /// Another container's namespace, by name or id.
     Container(String),
+    /// A network made with `network create`, by name.
+    Named(String),
+}
+
+impl NetworkRequest {
+    /// Parses `--net`: Docker's `bridge` is the overlay, its default.
+    pub fn parse(text: &str) -> Result<NetworkRequest> {
+        Ok(match text {
+            "" | "overlay" | "bridge" => NetworkRequest::Overlay,
+            "host" => NetworkRequest::Host,
+            "none" => NetworkRequest::None,
+            other => match other.strip_prefix("container:") {
+                Some(name) if !name.is_empty() => NetworkRequest::Container(name.to_string()),
+                Some(_) => bail!("invalid --net {other:?}: use overlay, host, none, container:NAME or a network's name"),
+                None => {
+                    store::check_name(other).with_context(|| format!("invalid --net {other:?}"))?;
+                    NetworkRequest::Named(other.to_string())
+                }
+            },
+        })
+    }
+}
+
+/// The first `ethN` the container does not have yet.
+fn next_ifname(config: &ContainerConfig) -> String {
+    let overlay_eth0 = config.network == NetworkMode::Overlay;
+    (0..)
+        .map(|n| format!("eth{n}"))
+        .find(|name| {
+            let taken = (overlay_eth0 && name == "eth0")
+                || config.endpoints.iter().any(|e| &e.ifname == name);
+            !taken
+        })
+        .unwrap_or_else(|| "eth0".into())
 }
 
 /// The host's resolvers as a container sees them: loopback resolvers
@@ -301,7 +329,12 @@ async fn wait_for_shim_exit(pid: u32, dir: &ContainerDir) {
 impl Containers {
     /// Opens `state_dir/containers`, finding the containers an earlier agent
     /// left, running or not. Directories a crash left half-made are removed.
-    pub fn open(state_dir: &Path, images: Images, attacher: AttacherWatch) -> Result<Containers> {
+    pub fn open(
+        state_dir: &Path,
+        images: Images,
+        attacher: AttacherWatch,
+        networks: NamedNetworks,
+    ) -> Result<Containers> {
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let shim_binary = std::env::current_exe().context("finding the tartan binary")?;
@@ -310,6 +343,7 @@ impl Containers {
                 root: root.clone(),
                 images,
                 attacher,
+                networks,
                 shim_binary,
                 entries: Mutex::new(HashMap::new()),
             }),
@@ -523,16 +557,27 @@ impl Containers {
                 .await
                 .context("resolving the image")??
         };
-        let network = match parse_network(opts.network.as_deref().unwrap_or(""))? {
-            NetworkModeRequest::Overlay => NetworkMode::Overlay,
-            NetworkModeRequest::Host => NetworkMode::Host,
-            NetworkModeRequest::None => NetworkMode::None,
-            NetworkModeRequest::Container(name) => NetworkMode::Container(self.resolve(&name)?),
+        let mut named = None;
+        let network = match opts.network.clone() {
+            NetworkRequest::Overlay => NetworkMode::Overlay,
+            NetworkRequest::Host => NetworkMode::Host,
+            NetworkRequest::None => NetworkMode::None,
+            NetworkRequest::Container(name) => NetworkMode::Container(self.resolve(&name)?),
+            NetworkRequest::Named(name) => {
+                let def = self.inner.networks.store().require(&name).await?;
+                crate::networks::named::check_driver_available(&def.driver)?;
+                named = Some(def);
+                NetworkMode::Named(name)
+            }
         };
-        if opts.ip.is_some() && network != NetworkMode::Overlay {
-            bail!("--ip needs --net overlay");
+        if opts.ip.is_some() && !matches!(network, NetworkMode::Overlay | NetworkMode::Named(_)) {
+            bail!("--ip needs --net overlay or a named network");
         }
-        if let Some(ip) = &opts.ip {
+        let named_ip = match (&named, &opts.ip) {
+            (Some(def), Some(ip)) => Some(store::parse_ip(def, ip)?),
+            _ => None,
+        };
+        if let (Some(ip), None) = (&opts.ip, &named) {
             let attacher = self.attacher().ok_or_else(|| {
                 anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)")
             })?;
@@ -619,6 +664,7 @@ impl Containers {
                 auto_remove: opts.auto_remove,
                 created: now_rfc3339(),
                 security,
+                endpoints: Vec::new(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
             entries.insert(
@@ -631,6 +677,25 @@ impl Containers {
             (id, name, lifecycle)
         };
         let _guard = lifecycle.lock().await;
+        if let Some(def) = &named {
+            // Claimed before the container exists: `--ip` taken fails the run.
+            let joined = self
+                .inner
+                .networks
+                .join(def, (&id, &name), "eth0", named_ip, true)
+                .await;
+            match joined {
+                Ok(endpoint) => {
+                    if let Some(entry) = self.lock().get_mut(&id) {
+                        entry.config.endpoints.push(endpoint);
+                    }
+                }
+                Err(err) => {
+                    self.discard(&id).await;
+                    return Err(err);
+                }
+            }
+        }
         let created = self.create_and_start(&id, image, !opts.detach).await;
         if let Err(err) = created {
             self.discard(&id).await;
@@ -658,6 +723,16 @@ impl Containers {
     /// here are logged.
     async fn discard(&self, id: &str) {
         let mut teardown = Teardown::new();
+        let endpoints = self
+            .entry_parts(id)
+            .map(|(config, _)| config.endpoints)
+            .unwrap_or_default();
+        for endpoint in &endpoints {
+            teardown.step(
+                &format!("freeing the address on {}", endpoint.network),
+                self.inner.networks.leave(endpoint, id).await,
+            );
+        }
         if let Some(attacher) = self.attacher() {
             teardown.step(
                 "freeing the address",
@@ -669,6 +744,9 @@ impl Containers {
             crate::teardown::remove_dir_all(self.dir(id).path()),
         );
         self.lock().remove(id);
+        for endpoint in &endpoints {
+            self.remove_bridge_if_unused(endpoint, &mut teardown).await;
+        }
         teardown.log("undoing a failed run left something behind");
     }
 
@@ -743,6 +821,16 @@ impl Containers {
                 new_netns: true,
                 attacher: None,
             },
+            (NetworkMode::Named(_), _) => NetworkPlan {
+                address: config
+                    .endpoints
+                    .iter()
+                    .find(|e| e.ifname == "eth0")
+                    .and_then(|e| e.address.parse().ok()),
+                join_netns: None,
+                new_netns: true,
+                attacher: None,
+            },
             (NetworkMode::Host, _) => NetworkPlan {
                 address: None,
                 join_netns: None,
@@ -772,7 +860,7 @@ impl Containers {
             .await;
         match started {
             Ok(()) => {
-                if config.network == NetworkMode::Overlay {
+                if matches!(config.network, NetworkMode::Overlay | NetworkMode::Named(_)) {
                     config.address = plan.address.map(|a| a.to_string());
                     if let Err(err) = dir.update_config(&config) {
                         warn!(error = %err, "could not record the container's address");
@@ -897,13 +985,26 @@ impl Containers {
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let plugged = match (&config.network, &plan.attacher) {
             (NetworkMode::Overlay, Some(attacher)) => {
-                attacher.plug(&address_key(&config.id), netns).await
+                attacher.plug(&address_key(&config.id), netns.clone()).await
             }
-            (NetworkMode::None, _) => tartan_dataplane::Netlink::loopback_up(&netns)
-                .await
-                .map_err(anyhow::Error::from),
+            (NetworkMode::None | NetworkMode::Named(_), _) => {
+                tartan_dataplane::Netlink::loopback_up(&netns)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
             _ => Ok(()),
         };
+        let mut plugged = plugged;
+        for endpoint in &config.endpoints {
+            if plugged.is_err() {
+                break;
+            }
+            plugged = self
+                .inner
+                .networks
+                .plug(endpoint, &config.id, netns.clone())
+                .await;
+        }
         if let Err(err) = plugged {
             // The supervisor kills the waiting process and goes; a failed
             // write means it is gone already, and its process with it.
@@ -996,12 +1097,23 @@ impl Containers {
             }
         }
         if config.auto_remove && self.lock().contains_key(id) {
+            let mut teardown = Teardown::new();
+            for endpoint in &config.endpoints {
+                teardown.step(
+                    &format!("freeing the address on {}", endpoint.network),
+                    self.inner.networks.leave(endpoint, id).await,
+                );
+            }
             if let Err(err) = crate::teardown::remove_dir_all(dir.path()) {
                 warn!(container = %config.name, error = %format!("{err:#}"), "could not remove a container that ended (--rm)");
                 return;
             }
             self.lock().remove(id);
             info!(container = %config.name, "removed a container that ended (--rm)");
+            for endpoint in &config.endpoints {
+                self.remove_bridge_if_unused(endpoint, &mut teardown).await;
+            }
+            teardown.log("removing a container that ended (--rm) left something behind");
         }
     }
 
@@ -1024,6 +1136,133 @@ impl Containers {
                 warn!(container = %id, error = %format!("{err:#}"), "could not free the container's address");
             }
         });
+    }
+
+    /// Whether a container of this host is on the network `network_id`.
+    fn is_on_network(&self, network_id: &str) -> bool {
+        self.lock().values().any(|e| {
+            e.config
+                .endpoints
+                .iter()
+                .any(|other| other.network_id == network_id)
+        })
+    }
+
+    /// Removes a named network's bridge on this host once no container
+    /// here is on that network.
+    async fn remove_bridge_if_unused(&self, endpoint: &Endpoint, teardown: &mut Teardown) {
+        let in_use = self.is_on_network(&endpoint.network_id);
+        if !in_use {
+            let still_unused = || !self.is_on_network(&endpoint.network_id);
+            teardown.step(
+                &format!("removing the bridge of network {}", endpoint.network),
+                self.inner
+                    .networks
+                    .remove_bridge(endpoint, still_unused)
+                    .await,
+            );
+        }
+    }
+
+    /// `tartan network connect`: the container gets the next `ethN` on the
+    /// network, at once if it runs, and at every start from now on.
+    pub async fn connect(
+        &self,
+        id: &str,
+        network: &str,
+        ip: Option<&str>,
+    ) -> Result<ContainerView> {
+        let (_, lifecycle) = self.entry_parts(id)?;
+        let _guard = lifecycle.lock().await;
+        let (mut config, _) = self.entry_parts(id)?;
+        if matches!(
+            config.network,
+            NetworkMode::Host | NetworkMode::None | NetworkMode::Container(_)
+        ) {
+            bail!(
+                "container {} runs with --net {}: it cannot join other networks",
+                config.name,
+                config
+                    .network
+                    .display(|id| id[..12.min(id.len())].to_string())
+            );
+        }
+        if config.endpoints.iter().any(|e| e.network == network) {
+            bail!("container {} is already on network {network}", config.name);
+        }
+        let def = self.inner.networks.store().require(network).await?;
+        let requested = ip.map(|ip| store::parse_ip(&def, ip)).transpose()?;
+        let ifname = next_ifname(&config);
+        let endpoint = self
+            .inner
+            .networks
+            .join(&def, (id, &config.name), &ifname, requested, false)
+            .await?;
+        let dir = self.dir(id);
+        config.endpoints.push(endpoint.clone());
+        // Recorded before it is plugged: the network's bridge stays while it is.
+        if let Some(entry) = self.lock().get_mut(id) {
+            entry.config = config.clone();
+        }
+        let mut netns = None;
+        let mut joined = Ok(());
+        if let Status::Running { pid, .. } = self.status_of(&dir) {
+            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            joined = self.inner.networks.plug(&endpoint, id, path.clone()).await;
+            netns = Some(path);
+        }
+        if joined.is_ok() {
+            joined = dir.update_config(&config).map_err(anyhow::Error::from);
+        }
+        if let Err(err) = joined {
+            config.endpoints.pop();
+            if let Some(entry) = self.lock().get_mut(id) {
+                entry.config = config;
+            }
+            let mut teardown = Teardown::new();
+            if let Some(netns) = netns {
+                teardown.step(
+                    "removing the interface",
+                    self.inner.networks.unplug(&endpoint, id, netns).await,
+                );
+            }
+            teardown.step(
+                "freeing the address",
+                self.inner.networks.leave(&endpoint, id).await,
+            );
+            self.remove_bridge_if_unused(&endpoint, &mut teardown).await;
+            teardown.log("undoing a failed connect left something behind");
+            return Err(err);
+        }
+        info!(container = %id, network, interface = %ifname, "connected a container to a network");
+        self.view(id)
+    }
+
+    /// `tartan network disconnect`: the interface goes, and its address.
+    pub async fn disconnect(&self, id: &str, network: &str) -> Result<ContainerView> {
+        let (_, lifecycle) = self.entry_parts(id)?;
+        let _guard = lifecycle.lock().await;
+        let (mut config, _) = self.entry_parts(id)?;
+        let Some(index) = config.endpoints.iter().position(|e| e.network == network) else {
+            bail!("container {} is not on network {network}", config.name);
+        };
+        let endpoint = config.endpoints.remove(index);
+        if let Status::Running { pid, .. } = self.status_of(&self.dir(id)) {
+            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            self.inner.networks.unplug(&endpoint, id, netns).await?;
+        }
+        self.dir(id).update_config(&config)?;
+        if let Some(entry) = self.lock().get_mut(id) {
+            entry.config = config;
+        }
+        let mut teardown = Teardown::new();
+        teardown.step(
+            "freeing the address",
+            self.inner.networks.leave(&endpoint, id).await,
+        );
+        self.remove_bridge_if_unused(&endpoint, &mut teardown).await;
+        teardown.finish()?;
+        self.view(id)
     }
 
     /// `tartan stop`: SIGTERM, then SIGKILL after `timeout`. A container
@@ -1112,6 +1351,12 @@ impl Containers {
                 );
             }
         }
+        for endpoint in &config.endpoints {
+            teardown.step(
+                &format!("freeing the address on {}", endpoint.network),
+                self.inner.networks.leave(endpoint, id).await,
+            );
+        }
         let removed = teardown.step(
             "removing the container",
             crate::teardown::remove_dir_all(dir.path()),
@@ -1119,6 +1364,9 @@ impl Containers {
         if removed.is_some() {
             self.lock().remove(id);
             info!(container = %config.name, "removed a container");
+            for endpoint in &config.endpoints {
+                self.remove_bridge_if_unused(endpoint, &mut teardown).await;
+            }
         }
         teardown.finish()?;
         Ok(view)
@@ -1273,23 +1521,31 @@ mod tests {
 
     #[test]
     fn network_modes_parse() {
-        assert!(matches!(
-            parse_network("").ok(),
-            Some(NetworkModeRequest::Overlay)
-        ));
-        assert!(matches!(
-            parse_network("host").ok(),
-            Some(NetworkModeRequest::Host)
-        ));
-        assert!(matches!(
-            parse_network("none").ok(),
-            Some(NetworkModeRequest::None)
-        ));
-        assert!(
-            matches!(parse_network("container:web").ok(), Some(NetworkModeRequest::Container(n)) if n == "web")
-        );
-        assert!(parse_network("container:").is_err());
-        assert!(parse_network("macvlan").is_err());
+        for (given, expected) in [
+            ("", NetworkRequest::Overlay),
+            ("bridge", NetworkRequest::Overlay),
+            ("host", NetworkRequest::Host),
+            ("none", NetworkRequest::None),
+            ("container:web", NetworkRequest::Container("web".into())),
+            ("network01", NetworkRequest::Named("network01".into())),
+        ] {
+            assert_eq!(NetworkRequest::parse(given).ok(), Some(expected), "{given}");
+        }
+        assert!(NetworkRequest::parse("container:").is_err());
+        assert!(NetworkRequest::parse("a/b").is_err());
+    }
+
+    #[test]
+    fn interfaces_are_numbered_in_order_around_the_overlay() {
+        let mut config: ContainerConfig = serde_json::from_value(serde_json::json!({
+            "id": "ab", "name": "c", "image": "i", "image_id": "d", "args": [], "env": [],
+            "cwd": "/", "hostname": "h", "tty": false, "open_stdin": false,
+            "network": "overlay", "requested_ip": null, "auto_remove": false, "created": ""
+        }))
+        .expect("a record without endpoints");
+        assert_eq!(next_ifname(&config), "eth1");
+        config.network = NetworkMode::Named("n".into());
+        assert_eq!(next_ifname(&config), "eth0");
     }
 
     #[test]

@@ -4,4 +4,5 @@
 pub mod attach;
 pub mod driver;
 pub mod drivers;
+pub mod named;
 pub mod store;

@@ -41,6 +41,8 @@ pub enum NetworkMode {
     None,
     /// The network namespace of another container (by id).
     Container(String),
+    /// Its own network namespace whose `eth0` is on a named network (by name).
+    Named(String),
 }
 
 impl NetworkMode {
@@ -51,6 +53,7 @@ impl NetworkMode {
             NetworkMode::Host => "host".into(),
             NetworkMode::None => "none".into(),
             NetworkMode::Container(id) => format!("container:{}", name_of(id)),
+            NetworkMode::Named(name) => name.clone(),
         }
     }
 }
@@ -81,6 +84,30 @@ pub struct ContainerConfig {
     /// `run`'s privilege flags; absent from older records, which get Docker's defaults.
     #[serde(default)]
     pub security: Security,
+    /// Its interfaces on named networks, in the order they were made; kept
+    /// so that every start makes the same `ethN` with the same address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One interface of a container on a named network, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The network's name and id (the id tells a network re-created under
+    /// the same name from the one the address was claimed on).
+    pub network: String,
+    pub network_id: String,
+    /// The network's driver and options, as when the container joined.
+    pub driver: String,
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// `eth0`, `eth1`, ...
+    pub ifname: String,
+    /// "ADDR/LEN".
+    pub address: String,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Whether the default route goes through this interface's gateway.
+    pub default_route: bool,
 }
 
 /// What the supervisor runs.
@@ -323,6 +350,7 @@ mod tests {
                 no_new_privileges: true,
                 ..Security::default()
             },
+            endpoints: Vec::new(),
         };
         container.write_config(&config).expect("write");
         assert_eq!(container.read_config().expect("read"), config);

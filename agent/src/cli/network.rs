@@ -1,0 +1,289 @@
+//! `tartan network`: Docker's network commands, on networks the whole
+//! fabric shares.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use tartan_proto::v1::{
+    ConnectRequest, CreateNetworkRequest, DisconnectRequest, ListNetworksRequest, Network,
+    NetworkRequest,
+};
+
+use crate::cli::stdout;
+use crate::{api, refused};
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network: tartan network create [OPTIONS] NAME.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show networks in detail, as JSON, with the containers on them.
+    Inspect(NamesArgs),
+    /// Remove networks (refused while containers are on them).
+    #[command(visible_alias = "remove")]
+    Rm(NamesArgs),
+    /// Give a container an interface on a network: tartan network connect NETWORK CONTAINER.
+    Connect(ConnectArgs),
+    /// Take a container off a network.
+    Disconnect(DisconnectArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// bridge, macvlan or ovs.
+    #[arg(short = 'd', long, default_value = "bridge")]
+    driver: String,
+    /// The network's subnet in CIDR form (default: the first free of Docker's pools).
+    #[arg(long)]
+    subnet: Option<String>,
+    /// The gateway's address (default: the subnet's first).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Allocate addresses from this part of the subnet only.
+    #[arg(long = "ip-range")]
+    ip_range: Option<String>,
+    /// A driver option: parent=IF, macvlan_mode=bridge|private|vepa|passthru, vlan=ID, bridge=NAME. Repeatable.
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+    opt: Vec<String>,
+    name: String,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only the ids.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct NamesArgs {
+    #[arg(required = true, value_name = "NETWORK")]
+    networks: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// The container's address on the network.
+    #[arg(long)]
+    ip: Option<String>,
+    network: String,
+    container: String,
+}
+
+#[derive(Args)]
+pub struct DisconnectArgs {
+    network: String,
+    container: String,
+}
+
+pub async fn run(command: NetworkCommand, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
+    match command {
+        NetworkCommand::Create(args) => {
+            let network = client
+                .create_network(CreateNetworkRequest {
+                    name: args.name,
+                    driver: args.driver,
+                    subnet: args.subnet.unwrap_or_default(),
+                    gateway: args.gateway.unwrap_or_default(),
+                    ip_range: args.ip_range.unwrap_or_default(),
+                    options: args.opt,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            stdout::println(network.id)
+        }
+        NetworkCommand::List(args) => {
+            let list = client
+                .list_networks(ListNetworksRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            if args.quiet {
+                for network in &list.networks {
+                    stdout::println(short_id(&network.id))?;
+                }
+                return Ok(());
+            }
+            stdout::print(table(&list.networks))
+        }
+        NetworkCommand::Inspect(args) => {
+            let mut out = Vec::new();
+            for name in args.networks {
+                let network = client
+                    .inspect_network(NetworkRequest { name })
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                out.push(network_json(&network));
+            }
+            stdout::println(serde_json::to_string_pretty(&out)?)
+        }
+        NetworkCommand::Rm(args) => {
+            if let [name] = args.networks.as_slice() {
+                client
+                    .remove_network(NetworkRequest { name: name.clone() })
+                    .await
+                    .map_err(refused)?;
+                return stdout::println(name);
+            }
+            let mut failures = 0;
+            for name in args.networks {
+                match client
+                    .remove_network(NetworkRequest { name: name.clone() })
+                    .await
+                {
+                    Ok(_) => stdout::println(&name)?,
+                    Err(status) => {
+                        eprintln!("tartan: {}", status.message());
+                        failures += 1;
+                    }
+                }
+            }
+            if failures > 0 {
+                bail!("{failures} of the networks named could not be removed");
+            }
+            Ok(())
+        }
+        NetworkCommand::Connect(args) => {
+            client
+                .connect_network(ConnectRequest {
+                    network: args.network,
+                    container: args.container,
+                    ip: args.ip.unwrap_or_default(),
+                })
+                .await
+                .map_err(refused)?;
+            Ok(())
+        }
+        NetworkCommand::Disconnect(args) => {
+            client
+                .disconnect_network(DisconnectRequest {
+                    network: args.network,
+                    container: args.container,
+                })
+                .await
+                .map_err(refused)?;
+            Ok(())
+        }
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
+/// The networks are the fabric's: every host sees the same definitions.
+const SCOPE: &str = "global";
+
+/// `network ls`, in Docker's columns.
+pub fn table(networks: &[Network]) -> String {
+    let rows: Vec<[String; 4]> = networks
+        .iter()
+        .map(|n| {
+            [
+                short_id(&n.id).to_string(),
+                n.name.clone(),
+                n.driver.clone(),
+                SCOPE.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `network inspect`, in Docker's shape.
+pub fn network_json(n: &Network) -> Value {
+    let mut config = Map::new();
+    config.insert("Subnet".into(), json!(n.subnet));
+    if !n.ip_range.is_empty() {
+        config.insert("IPRange".into(), json!(n.ip_range));
+    }
+    config.insert("Gateway".into(), json!(n.gateway));
+    let containers: Map<String, Value> = n
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.container_id.clone(),
+                json!({
+                    "Name": e.container_name,
+                    "Host": e.host,
+                    "Interface": e.interface,
+                    "IPv4Address": e.address,
+                    "IPv6Address": "",
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": n.created,
+        "Scope": SCOPE,
+        "Driver": n.driver,
+        "EnableIPv6": false,
+        "IPAM": {
+            "Driver": "default",
+            "Options": {},
+            "Config": [Value::Object(config)],
+        },
+        "Internal": false,
+        "Attachable": true,
+        "Containers": containers,
+        "Options": n.options,
+        "Labels": {},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_and_inspect_read_like_docker() {
+        let network = Network {
+            name: "network01".into(),
+            id: "0123456789abcdef".repeat(4),
+            driver: "bridge".into(),
+            subnet: "10.1.1.0/24".into(),
+            gateway: "10.1.1.1".into(),
+            ..Network::default()
+        };
+        let t = table(std::slice::from_ref(&network));
+        assert_eq!(
+            t,
+            "NETWORK ID     NAME        DRIVER   SCOPE\n0123456789ab   network01   bridge   global\n"
+        );
+        let j = network_json(&network);
+        assert_eq!(j["IPAM"]["Config"][0]["Subnet"], "10.1.1.0/24");
+        assert_eq!(j["IPAM"]["Config"][0]["Gateway"], "10.1.1.1");
+        assert!(j["IPAM"]["Config"][0].get("IPRange").is_none());
+        assert_eq!(j["Containers"], json!({}));
+    }
+}

@@ -1,0 +1,319 @@
+//! A host's part of the named networks: claiming a container's address on
+//! one (fabric-wide, in etcd), making its interface with the network's
+//! driver, and undoing both.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ipnetwork::Ipv4Network;
+use tartan_dataplane::{BridgeSpec, MacvlanMode, Netlink};
+use tartan_runtime::container::Endpoint;
+
+use crate::networks::attach::host_ifname_for;
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::drivers::bridge::BridgeDriver;
+use crate::networks::drivers::macvlan::MacvlanDriver;
+use crate::networks::store::{AddressHolder, NetworkDef, NetworkStore};
+
+/// The MTU of a bridge network's bridge and interfaces, as Docker's.
+const BRIDGE_MTU: u32 = 1500;
+
+/// The drivers whose interfaces this build makes.
+pub fn check_driver_available(driver: &str) -> Result<()> {
+    match driver {
+        "bridge" | "macvlan" => Ok(()),
+        other => bail!("{other} networks are not yet supported by this agent"),
+    }
+}
+
+/// Docker's MAC for a container address: 02:42 and the address, so that
+/// neighbours' caches stay right when the container comes back.
+fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = addr.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// The host end of a container's interface: derived from the container and
+/// interface, so that it is found again without a record.
+fn host_ifname(container: &str, ifname: &str) -> String {
+    host_ifname_for(&format!("net:{container}:{ifname}"))
+}
+
+/// A stable, locally administered MAC for a network's bridge.
+fn bridge_mac(id: &str) -> [u8; 6] {
+    let mut mac = [0x02, 0x42, 0, 0, 0, 0];
+    for (i, byte) in mac.iter_mut().skip(2).enumerate() {
+        *byte = id
+            .get(i * 2..i * 2 + 2)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .unwrap_or(0);
+    }
+    mac
+}
+
+/// The bridge a bridge endpoint hangs off, and whether the agent made it
+/// (and may remove it): a bridge named with `-o bridge=` is the operator's.
+fn endpoint_bridge(endpoint: &Endpoint) -> (String, bool) {
+    match endpoint.options.get("bridge") {
+        Some(name) => (name.clone(), false),
+        None => (format!("br-{}", &endpoint.network_id[..12]), true),
+    }
+}
+
+/// Named networks on this host; cheap to clone.
+#[derive(Clone)]
+pub struct NamedNetworks {
+    store: NetworkStore,
+    netlink: Netlink,
+    /// This agent's public address, recorded with its claims.
+    host: String,
+    /// One driver per network, by id: a driver keeps track of what its
+    /// attachments share (a macvlan's VLAN device).
+    drivers: Arc<std::sync::Mutex<HashMap<String, Arc<dyn AttachmentDriver>>>>,
+    /// Held while a bridge is made or removed, so that two containers
+    /// joining at once do not both make it, nor one remove it under the other.
+    bridges: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl NamedNetworks {
+    pub fn new(store: NetworkStore, netlink: Netlink, host: String) -> NamedNetworks {
+        NamedNetworks {
+            store,
+            netlink,
+            host,
+            drivers: Arc::default(),
+            bridges: Arc::default(),
+        }
+    }
+
+    /// The network's driver, made on first use.
+    fn driver(&self, endpoint: &Endpoint) -> Result<Arc<dyn AttachmentDriver>> {
+        let mut drivers = self
+            .drivers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(driver) = drivers.get(&endpoint.network_id) {
+            return Ok(driver.clone());
+        }
+        let driver: Arc<dyn AttachmentDriver> = match endpoint.driver.as_str() {
+            "bridge" => Arc::new(BridgeDriver::new(
+                self.netlink.clone(),
+                endpoint_bridge(endpoint).0,
+            )),
+            "macvlan" => {
+                let parent = endpoint
+                    .options
+                    .get("parent")
+                    .ok_or_else(|| anyhow!("macvlan network {} has no parent", endpoint.network))?;
+                let mode = match endpoint.options.get("macvlan_mode") {
+                    Some(mode) => mode.parse()?,
+                    None => MacvlanMode::Bridge,
+                };
+                Arc::new(MacvlanDriver::new(
+                    self.netlink.clone(),
+                    parent.clone(),
+                    mode,
+                ))
+            }
+            other => bail!("{other} networks are not yet supported by this agent"),
+        };
+        drivers.insert(endpoint.network_id.clone(), driver.clone());
+        Ok(driver)
+    }
+
+    fn spec(&self, endpoint: &Endpoint, container: &str, netns: PathBuf) -> Result<AttachmentSpec> {
+        let address = endpoint_address(endpoint)?;
+        let vlan = match endpoint.options.get("vlan") {
+            Some(vlan) => Some(tartan_dataplane::parse_vlan_id(vlan)?),
+            None => None,
+        };
+        Ok(AttachmentSpec {
+            netns,
+            ifname: endpoint.ifname.clone(),
+            host_ifname: host_ifname(container, &endpoint.ifname),
+            address,
+            gateway: if endpoint.default_route {
+                endpoint.gateway
+            } else {
+                None
+            },
+            mtu: BRIDGE_MTU,
+            mac: Some(container_mac(address.ip())),
+            vlan,
+            owner: format!("container:{container}"),
+            host_shim: false,
+        })
+    }
+
+    pub fn store(&self) -> &NetworkStore {
+        &self.store
+    }
+
+    /// Claims the container's address on `def` for its interface `ifname`;
+    /// returns the endpoint to record.
+    pub async fn join(
+        &self,
+        def: &NetworkDef,
+        container: (&str, &str),
+        ifname: &str,
+        requested: Option<Ipv4Addr>,
+        default_route: bool,
+    ) -> Result<Endpoint> {
+        check_driver_available(&def.driver)?;
+        let (id, name) = container;
+        let holder = AddressHolder {
+            host: self.host.clone(),
+            container: id.to_string(),
+            name: name.to_string(),
+            interface: ifname.to_string(),
+        };
+        let addr = self.store.claim(def, &holder, requested).await?;
+        Ok(Endpoint {
+            network: def.name.clone(),
+            network_id: def.id.clone(),
+            driver: def.driver.clone(),
+            options: def.options.clone(),
+            ifname: ifname.to_string(),
+            address: Ipv4Network::new(addr, def.subnet.prefix())?.to_string(),
+            gateway: Some(def.gateway),
+            default_route,
+        })
+    }
+
+    /// Frees the endpoint's address.
+    pub async fn leave(&self, endpoint: &Endpoint, container: &str) -> Result<()> {
+        let addr = endpoint_address(endpoint)?;
+        self.store
+            .release(&endpoint.network, addr.ip(), container)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the endpoint's interface in the namespace `netns`.
+    pub async fn plug(&self, endpoint: &Endpoint, container: &str, netns: PathBuf) -> Result<()> {
+        check_driver_available(&endpoint.driver)?;
+        let spec = self.spec(endpoint, container, netns)?;
+        let driver = self.driver(endpoint)?;
+        let _bridges = self.bridges.lock().await;
+        if endpoint.driver == "bridge" {
+            let (bridge, _) = endpoint_bridge(endpoint);
+            let gateway = endpoint
+                .gateway
+                .ok_or_else(|| anyhow!("the endpoint on {} has no gateway", endpoint.network))?;
+            self.netlink
+                .ensure_bridge(&BridgeSpec {
+                    name: bridge.clone(),
+                    mtu: BRIDGE_MTU,
+                    gateway: Ipv4Network::new(gateway, spec.address.prefix())?,
+                    mac: bridge_mac(&endpoint.network_id),
+                })
+                .await
+                .with_context(|| {
+                    format!("making the bridge {bridge} of network {}", endpoint.network)
+                })?;
+        }
+        driver
+            .setup(&spec)
+            .await
+            .with_context(|| format!("joining network {}", endpoint.network))?;
+        Ok(())
+    }
+
+    /// Removes the endpoint's interface from the namespace `netns`, if it
+    /// is there.
+    pub async fn unplug(&self, endpoint: &Endpoint, container: &str, netns: PathBuf) -> Result<()> {
+        let driver = self.driver(endpoint)?;
+        let spec = self.spec(endpoint, container, netns)?;
+        let made = AttachStatus {
+            driver: driver.kind(),
+            ifname: spec.ifname,
+            host_ifname: (endpoint.driver != "macvlan").then_some(spec.host_ifname),
+            address: Some(spec.address),
+            netns: spec.netns,
+            vlan: spec.vlan,
+            host_shim: None,
+        };
+        driver.teardown(&made).await.map_err(anyhow::Error::new)?;
+        Ok(())
+    }
+
+    /// Removes the network's bridge on this host, when the agent made it
+    /// and `still_unused` says, under the bridges' lock, that no container
+    /// here is on the network.
+    pub async fn remove_bridge(
+        &self,
+        endpoint: &Endpoint,
+        still_unused: impl FnOnce() -> bool,
+    ) -> Result<()> {
+        let (bridge, ours) = endpoint_bridge(endpoint);
+        if endpoint.driver != "bridge" || !ours {
+            return Ok(());
+        }
+        let _bridges = self.bridges.lock().await;
+        if !still_unused() {
+            return Ok(());
+        }
+        self.netlink
+            .detach_veth(&bridge)
+            .await
+            .with_context(|| format!("removing the bridge {bridge}"))?;
+        Ok(())
+    }
+
+    /// Removes a network's bridge on this host after `network rm`.
+    pub async fn remove_bridge_of(&self, def: &NetworkDef) -> Result<()> {
+        let endpoint = Endpoint {
+            network: def.name.clone(),
+            network_id: def.id.clone(),
+            driver: def.driver.clone(),
+            options: def.options.clone(),
+            ifname: String::new(),
+            address: String::new(),
+            gateway: None,
+            default_route: false,
+        };
+        self.remove_bridge(&endpoint, || true).await
+    }
+}
+
+fn endpoint_address(endpoint: &Endpoint) -> Result<Ipv4Network> {
+    endpoint.address.parse().map_err(|_| {
+        anyhow!(
+            "the recorded address {:?} on {} is not ADDR/LEN",
+            endpoint.address,
+            endpoint.network
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridges_get_docker_s_names_and_a_stable_local_mac() {
+        let id = "0123456789abcdef".repeat(4);
+        let mac = bridge_mac(&id);
+        assert_eq!(mac, [0x02, 0x42, 0x01, 0x23, 0x45, 0x67]);
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+        let endpoint = Endpoint {
+            network: "n".into(),
+            network_id: id,
+            driver: "bridge".into(),
+            options: Default::default(),
+            ifname: "eth1".into(),
+            address: "10.1.1.2/24".into(),
+            gateway: None,
+            default_route: false,
+        };
+        assert_eq!(endpoint_bridge(&endpoint), ("br-0123456789ab".into(), true));
+        assert_ne!(host_ifname("a", "eth0"), host_ifname("a", "eth1"));
+        assert_eq!(
+            container_mac(Ipv4Addr::new(10, 1, 1, 10)),
+            [0x02, 0x42, 10, 1, 1, 10]
+        );
+    }
+}

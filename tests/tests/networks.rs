@@ -1,0 +1,681 @@
+//! Named networks in Docker's dialect: defined once in etcd for every host,
+//! addresses allocated fabric-wide, containers on them with `--network`
+//! and `network connect`.
+
+use std::collections::BTreeSet;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use tartan_tests::agent::Agent;
+use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
+use tartan_tests::cluster::Cluster;
+use tartan_tests::wait::wait_until;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Tartan's own key prefix of the cluster's agents (the default: /tartan
+/// and the flannel prefix).
+fn tartan_prefix(cluster: &Cluster) -> String {
+    format!("/tartan{}", cluster.prefix)
+}
+
+/// Every key under `prefix`, sorted.
+fn etcd_keys(cluster: &Cluster, prefix: &str) -> Result<Vec<String>> {
+    let out = cluster.etcdctl(&["get", "--prefix", "--keys-only", prefix])?;
+    let mut keys: Vec<String> = out
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// The interface names of host `host`'s namespace, sorted.
+fn links(cluster: &Cluster, host: usize) -> Result<Vec<String>> {
+    let out = cluster.hosts[host]
+        .netns
+        .exec("ip", &["-o", "link", "show"])?;
+    let mut names: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn exec(agent: &Agent, name: &str, command: &[&str]) -> Result<Output> {
+    let mut args = vec!["exec", name];
+    args.extend_from_slice(command);
+    agent.cli(&args)
+}
+
+/// The IPv4 address with prefix of a container's interface.
+fn inet(agent: &Agent, name: &str, ifname: &str) -> Result<Option<String>> {
+    let out = exec(
+        agent,
+        name,
+        &["ip", "-o", "-4", "addr", "show", "dev", ifname],
+    )?;
+    Ok(text(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(String::from))
+}
+
+fn pings(agent: &Agent, from: &str, to: &str) -> Result<bool> {
+    Ok(exec(agent, from, &["ping", "-c", "1", "-W", "1", to])?
+        .status
+        .success())
+}
+
+fn inspect_network(agent: &Agent, name: &str) -> Result<Value> {
+    let out = cli_ok(agent, &["network", "inspect", name])?;
+    let parsed: Value =
+        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
+    Ok(parsed[0].clone())
+}
+
+/// The addresses the network's inspect shows, by container name.
+fn network_addresses(agent: &Agent, name: &str) -> Result<Vec<(String, String)>> {
+    let info = inspect_network(agent, name)?;
+    let containers = info["Containers"]
+        .as_object()
+        .with_context(|| format!("no Containers: {info}"))?;
+    let mut out: Vec<(String, String)> = containers
+        .values()
+        .map(|c| {
+            (
+                c["Name"].as_str().unwrap_or_default().to_string(),
+                c["IPv4Address"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A command that must fail with one line naming `expected`.
+fn refused(agent: &Agent, args: &[&str], expected: &str) -> Result<()> {
+    let out = agent.cli(args)?;
+    let err = text(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "tartan {args:?} succeeded: {}",
+        text(&out.stdout)
+    );
+    ensure!(
+        err.contains(expected) && err.trim_end().lines().count() == 1,
+        "tartan {args:?}: expected one line with {expected:?}, got {err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Result<()> {
+    let cluster = Cluster::start("nw", 224, VXLAN, 2)?;
+    let (h0, h1) = (&cluster.agents[0], &cluster.agents[1]);
+    import_busybox(h0)?;
+    import_busybox(h1)?;
+    let flannel_keys = etcd_keys(&cluster, &cluster.prefix)?;
+
+    // The seed: docker network create --subnet=10.1.1.0/24 network01
+    let id = cli_ok(
+        h0,
+        &["network", "create", "--subnet=10.1.1.0/24", "network01"],
+    )?;
+    let id = id.trim();
+    ensure!(id.len() == 64, "create prints the id: {id}");
+    let tp = tartan_prefix(&cluster);
+    assert_eq!(
+        etcd_keys(&cluster, &tp)?,
+        [format!("{tp}/networks/network01")]
+    );
+    assert_eq!(
+        etcd_keys(&cluster, &cluster.prefix)?,
+        flannel_keys,
+        "nothing is written among flannel's keys"
+    );
+
+    // Host 1 sees it.
+    let listed = cli_ok(h1, &["network", "ls"])?;
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [&id[..12], "network01", "bridge", "global"]
+    );
+    let info = inspect_network(h1, "network01")?;
+    assert_eq!(info["Id"], id);
+    assert_eq!(info["IPAM"]["Config"][0]["Subnet"], "10.1.1.0/24");
+    assert_eq!(info["IPAM"]["Config"][0]["Gateway"], "10.1.1.1");
+    refused(
+        h1,
+        &["network", "create", "--subnet=10.1.1.0/24", "network01"],
+        "already exists",
+    )?;
+
+    // The seed: docker run --network=network01 --ip=10.1.1.10
+    cli_ok(
+        h0,
+        &[
+            "run",
+            "-d",
+            "--name=c1",
+            "--network=network01",
+            "--ip=10.1.1.10",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    cli_ok(
+        h0,
+        &[
+            "run",
+            "-d",
+            "--name=c2",
+            "--network",
+            "network01",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    assert_eq!(inet(h0, "c1", "eth0")?.as_deref(), Some("10.1.1.10/24"));
+    assert_eq!(
+        inet(h0, "c2", "eth0")?.as_deref(),
+        Some("10.1.1.2/24"),
+        "the first free address after the gateway"
+    );
+    let routes = text(&exec(h0, "c1", &["ip", "route"])?.stdout);
+    ensure!(routes.contains("default via 10.1.1.1 dev eth0"), "{routes}");
+    let bridge = format!("br-{}", &id[..12]);
+    let shown = text(
+        &cluster.hosts[0]
+            .netns
+            .exec("ip", &["-o", "-4", "addr", "show", "dev", &bridge])?
+            .stdout,
+    );
+    ensure!(
+        shown.contains("10.1.1.1/24"),
+        "the bridge holds the gateway: {shown:?}"
+    );
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(h0, "c1", "10.1.1.2")
+    })
+    .context("c1 never reached c2 on their bridge network")?;
+    let hosts_file = text(&exec(h0, "c1", &["cat", "/etc/hosts"])?.stdout);
+    ensure!(hosts_file.contains("10.1.1.10\t"), "{hosts_file}");
+
+    // The address is the fabric's: host 1 cannot have it.
+    refused(
+        h1,
+        &[
+            "run",
+            "-d",
+            "--network=network01",
+            "--ip=10.1.1.10",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+        "in use by container c1",
+    )?;
+    let seen = network_addresses(h1, "network01")?;
+    assert_eq!(
+        seen,
+        [
+            ("c1".into(), "10.1.1.10/24".into()),
+            ("c2".into(), "10.1.1.2/24".into())
+        ]
+    );
+
+    // Removal waits until it is empty; then nothing is left of it.
+    refused(
+        h1,
+        &["network", "rm", "network01"],
+        "in use by containers c1, c2",
+    )?;
+    cli_ok(h0, &["rm", "-f", "c1"])?;
+    refused(
+        h1,
+        &["network", "rm", "network01"],
+        "in use by container c2",
+    )?;
+    cli_ok(h0, &["rm", "-f", "c2"])?;
+    ensure!(
+        !links(&cluster, 0)?.contains(&bridge),
+        "the bridge goes with the last container on it"
+    );
+    cli_ok(h1, &["network", "rm", "network01"])?;
+    assert_eq!(etcd_keys(&cluster, &tp)?, Vec::<String>::new());
+    ensure!(!cli_ok(h0, &["network", "ls"])?.contains("network01"));
+
+    // The seed's macvlan network on the hosts' underlay interface: made
+    // once for both hosts, where Docker needs it made on each.
+    let macvlan = [
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "172.25.0.0/24",
+        "--gateway",
+        "172.25.0.1",
+        "-o",
+        "parent=eth0",
+        "macvlan1",
+    ];
+    cli_ok(h0, &macvlan)?;
+    refused(h1, &macvlan, "already exists")?;
+    cli_ok(
+        h0,
+        &[
+            "run",
+            "-d",
+            "--name=m0",
+            "--network=macvlan1",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    cli_ok(
+        h1,
+        &[
+            "run",
+            "-d",
+            "--name=m1",
+            "--network=macvlan1",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    assert_eq!(inet(h0, "m0", "eth0")?.as_deref(), Some("172.25.0.2/24"));
+    assert_eq!(inet(h1, "m1", "eth0")?.as_deref(), Some("172.25.0.3/24"));
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(h0, "m0", "172.25.0.3")
+    })
+    .context("m0 never reached m1 across the underlay")?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(h1, "m1", "172.25.0.2")
+    })
+    .context("m1 never reached m0 across the underlay")?;
+    cli_ok(h0, &["rm", "-f", "m0"])?;
+    cli_ok(h1, &["rm", "-f", "m1"])?;
+    cli_ok(h0, &["network", "rm", "macvlan1"])?;
+    assert_eq!(etcd_keys(&cluster, &tp)?, Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn a_connected_interface_outlives_stop_start_and_an_agent_restart() -> Result<()> {
+    let mut cluster = Cluster::start("nc", 235, VXLAN, 1)?;
+    import_busybox(&cluster.agents[0])?;
+    let agent = &cluster.agents[0];
+    cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.2.2.0/24",
+            "--ip-range",
+            "10.2.2.64/26",
+            "net2",
+        ],
+    )?;
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "web", "busybox", "sleep", "1000"],
+    )?;
+    let overlay = inet(agent, "web", "eth0")?.context("web has its overlay eth0")?;
+    cli_ok(agent, &["network", "connect", "net2", "web"])?;
+    assert_eq!(
+        inet(agent, "web", "eth1")?.as_deref(),
+        Some("10.2.2.64/24"),
+        "the first address of --ip-range"
+    );
+    let routes = text(&exec(agent, "web", &["ip", "route"])?.stdout);
+    ensure!(
+        !routes.contains("default via 10.2.2."),
+        "the default route stays on eth0: {routes}"
+    );
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "peer",
+            "--network",
+            "net2",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "peer", "10.2.2.64")
+    })
+    .context("peer never reached web's eth1")?;
+    refused(
+        agent,
+        &["network", "connect", "net2", "web"],
+        "already on network net2",
+    )?;
+
+    cli_ok(agent, &["stop", "-t", "1", "web"])?;
+    cli_ok(agent, &["start", "web"])?;
+    assert_eq!(inet(agent, "web", "eth0")?, Some(overlay.clone()));
+    assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "peer", "10.2.2.64")
+    })
+    .context("peer never reached web's eth1 after its stop and start")?;
+
+    cluster.agents[0].terminate()?;
+    cluster.agents[0].restart()?;
+    cluster.agents[0].wait_ready(tartan_tests::cluster::READY)?;
+    let agent = &cluster.agents[0];
+    assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
+    cli_ok(agent, &["restart", "-t", "1", "web"])?;
+    assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "peer", "10.2.2.64")
+    })
+    .context("peer never reached web's eth1 after the restarts")?;
+
+    cli_ok(agent, &["network", "disconnect", "net2", "web"])?;
+    assert_eq!(inet(agent, "web", "eth1")?, None);
+    assert_eq!(
+        network_addresses(agent, "net2")?,
+        [("peer".into(), "10.2.2.65/24".into())]
+    );
+    Ok(())
+}
+
+#[test]
+fn hosts_allocating_at_once_never_share_an_address() -> Result<()> {
+    const RUNS_PER_HOST: usize = 6;
+    const CONNECTS_PER_HOST: usize = 3;
+    let cluster = Cluster::start("na", 237, VXLAN, 2)?;
+    for agent in &cluster.agents {
+        import_busybox(agent)?;
+    }
+    cli_ok(
+        &cluster.agents[0],
+        &["network", "create", "--subnet", "10.3.3.0/24", "busy"],
+    )?;
+    // Containers to connect, made first.
+    for (h, agent) in cluster.agents.iter().enumerate() {
+        for i in 0..CONNECTS_PER_HOST {
+            cli_ok(
+                agent,
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    &format!("o{h}{i}"),
+                    "busybox",
+                    "sleep",
+                    "1000",
+                ],
+            )?;
+        }
+    }
+    let mut children = Vec::new();
+    for (h, agent) in cluster.agents.iter().enumerate() {
+        for i in 0..RUNS_PER_HOST {
+            let name = format!("r{h}{i}");
+            let mut command = agent.cli_command(&[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                "busy",
+                "busybox",
+                "sleep",
+                "1000",
+            ])?;
+            children.push((
+                name,
+                command
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            ));
+        }
+        for i in 0..CONNECTS_PER_HOST {
+            let name = format!("o{h}{i}");
+            let mut command = agent.cli_command(&["network", "connect", "busy", &name])?;
+            children.push((
+                name,
+                command
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            ));
+        }
+    }
+    for (name, child) in children {
+        let out = finish(child, Duration::from_secs(60))?;
+        ensure!(out.status.success(), "{name}: {}", text(&out.stderr));
+    }
+    let claimed = network_addresses(&cluster.agents[0], "busy")?;
+    let expected = 2 * (RUNS_PER_HOST + CONNECTS_PER_HOST);
+    assert_eq!(claimed.len(), expected, "{claimed:?}");
+    let distinct: BTreeSet<&String> = claimed.iter().map(|(_, a)| a).collect();
+    assert_eq!(
+        distinct.len(),
+        expected,
+        "an address was handed out twice: {claimed:?}"
+    );
+    // And the interfaces have what the claims say.
+    for (name, address) in &claimed {
+        let h = usize::from(name.as_bytes()[1] - b'0');
+        let ifname = if name.starts_with('r') {
+            "eth0"
+        } else {
+            "eth1"
+        };
+        assert_eq!(
+            inet(&cluster.agents[h], name, ifname)?.as_ref(),
+            Some(address),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
+    let cluster = Cluster::start("nb", 240, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &["network", "create", "--subnet", "10.4.4.0/24", "good"],
+    )?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "user",
+            "--network",
+            "good",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let tp = tartan_prefix(&cluster);
+    let keys_before = etcd_keys(&cluster, "/")?;
+    let links_before = links(&cluster, 0)?;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "--subnet", "10.9.0.0/33", "n"],
+            "invalid --subnet",
+        ),
+        (
+            &["network", "create", "--subnet", "banana", "n"],
+            "invalid --subnet",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.9.0.0/24",
+                "--gateway",
+                "10.8.0.1",
+                "n",
+            ],
+            "outside --subnet",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.9.0.0/24",
+                "--ip-range",
+                "10.8.0.0/25",
+                "n",
+            ],
+            "outside --subnet",
+        ),
+        (&["network", "create", "-d", "weave", "n"], "unknown driver"),
+        (
+            &["network", "create", "-o", "mtu=9000", "n"],
+            "unknown option",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "-o",
+                "parent=eth0",
+                "-o",
+                "vlan=5000",
+                "n",
+            ],
+            "1 to 4094",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "-o",
+                "parent=eth0",
+                "-o",
+                "vlan=x",
+                "n",
+            ],
+            "1 to 4094",
+        ),
+        (
+            &["network", "create", "-d", "macvlan", "n"],
+            "needs -o parent",
+        ),
+        (
+            &["network", "create", "--subnet", "10.4.0.0/16", "n"],
+            "overlaps 10.4.4.0/24",
+        ),
+        (
+            &["network", "create", "--subnet", "10.5.7.0/24", "n"],
+            "overlaps 10.5.0.0/16",
+        ),
+        (&["network", "create", "good"], "already exists"),
+        (&["network", "create", "host"], "network mode"),
+        (&["network", "create", "bad/name"], "invalid network name"),
+        (&["network", "rm", "overlay"], "network mode"),
+        (&["network", "rm", "ghost"], "network ghost not found"),
+        (&["network", "rm", "good"], "in use by container user"),
+        (&["network", "inspect", "ghost"], "network ghost not found"),
+        (
+            &["network", "connect", "ghost", "user"],
+            "network ghost not found",
+        ),
+        (
+            &["network", "connect", "good", "nobody"],
+            "no such container",
+        ),
+        (
+            &["network", "connect", "--ip", "10.4.5.1", "good", "user"],
+            "already on network good",
+        ),
+        (
+            &["network", "disconnect", "overlay", "user"],
+            "not on network overlay",
+        ),
+        (
+            &["run", "--network", "ghost", "busybox", "true"],
+            "network ghost not found",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "good",
+                "--ip",
+                "10.4.5.1",
+                "busybox",
+                "true",
+            ],
+            "outside the subnet",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "good",
+                "--ip",
+                "10.4.4.1",
+                "busybox",
+                "true",
+            ],
+            "gateway",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "good",
+                "--ip",
+                "10.4.4.2",
+                "busybox",
+                "true",
+            ],
+            "in use by container user",
+        ),
+    ];
+    for (args, expected) in cases {
+        refused(agent, args, expected)?;
+    }
+    assert_eq!(etcd_keys(&cluster, "/")?, keys_before, "etcd keys");
+    assert_eq!(links(&cluster, 0)?, links_before, "host links");
+    let containers = cli_ok(agent, &["ps", "-a", "-q"])?;
+    assert_eq!(containers.lines().count(), 1, "{containers}");
+    ensure!(
+        etcd_keys(&cluster, &tp)?.len() == 2,
+        "good and user's address"
+    );
+    Ok(())
+}
