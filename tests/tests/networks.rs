@@ -521,6 +521,24 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
             "1000",
         ],
     )?;
+    // This kernel has no 802.1Q: a macvlan network on a VLAN is refused
+    // when a container would join it, on this host.
+    cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "10.6.6.0/24",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "vlan=10",
+            "tagged",
+        ],
+    )?;
     let tp = tartan_prefix(&cluster);
     let keys_before = etcd_keys(&cluster, "/")?;
     let links_before = links(&cluster, 0)?;
@@ -629,6 +647,8 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
             &["run", "--network", "ghost", "busybox", "true"],
             "network ghost not found",
         ),
+        (&["run", "--network", "tagged", "busybox", "true"], "802.1Q"),
+        (&["network", "connect", "tagged", "user"], "802.1Q"),
         (
             &[
                 "run",
@@ -674,8 +694,8 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
     let containers = cli_ok(agent, &["ps", "-a", "-q"])?;
     assert_eq!(containers.lines().count(), 1, "{containers}");
     ensure!(
-        etcd_keys(&cluster, &tp)?.len() == 2,
-        "good and user's address"
+        etcd_keys(&cluster, &tp)?.len() == 3,
+        "good, tagged and user's address"
     );
     Ok(())
 }
