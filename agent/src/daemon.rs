@@ -32,6 +32,8 @@ use crate::control::subnet_file::{previous_subnet, SubnetFile};
 use crate::networks::attach::Attacher;
 use crate::networks::named::NamedNetworks;
 use crate::networks::store::NetworkStore;
+use crate::networks::drivers::ovs::OvsdbHandle;
+use crate::networks::pipework::Pipework;
 use crate::teardown::Teardown;
 use crate::{api, backends::node, claim, notify};
 
@@ -59,6 +61,8 @@ pub struct AgentOptions {
     pub forward_rules: bool,
     /// How often an etcd outage is logged while it lasts.
     pub etcd_outage_report_interval: Duration,
+    /// The OVSDB address (`unix:PATH`), connected to when first needed.
+    pub ovsdb: String,
 }
 
 /// The channels the node's facts travel on; the control plane writes them.
@@ -129,6 +133,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .follow_subnet(publishers.attacher.subscribe()),
     );
+    let pipework = Arc::new(Pipework::open(
+        netlink.clone(),
+        Arc::new(OvsdbHandle::new(opts.ovsdb.clone())),
+        &opts.state_dir,
+    )?);
+    let follower = tokio::spawn(pipework.clone().follow(containers.clone()));
     let server = api::serve(
         &opts.api_socket,
         api::Services {
@@ -140,10 +150,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             images,
             containers,
             networks: named_networks,
+            pipework,
         },
     )
     .await?;
-    let _background = AbortOnDrop(vec![outage_reports, mover]);
+    let _background = AbortOnDrop(vec![outage_reports, mover, follower]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

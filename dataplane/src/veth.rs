@@ -145,6 +145,8 @@ impl Netlink {
                     .await
                     .map_err(netlink_err("container route to the gateway"))?;
             }
+            // Replacing, as pipework does: the latest attachment with a
+            // gateway takes over the container's default route.
             let default = RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gateway)
                 .output_interface(inner.index)
@@ -153,6 +155,7 @@ impl Netlink {
                 .handle
                 .route()
                 .add(default)
+                .replace()
                 .execute()
                 .await
                 .map_err(netlink_err("container default route"))?;

@@ -42,6 +42,7 @@ use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
 use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
 use crate::networks::named::NamedNetworks;
 use crate::networks::store::{self, NetworkDef};
+use crate::networks::pipework::{Pipework, Target};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
@@ -60,6 +61,7 @@ pub struct Services {
     pub images: Images,
     pub containers: Containers,
     pub networks: NamedNetworks,
+    pub pipework: Arc<Pipework>,
 }
 
 struct AgentService {
@@ -71,6 +73,7 @@ struct AgentService {
     images: Images,
     containers: Containers,
     networks: NamedNetworks,
+    pipework: Arc<Pipework>,
 }
 
 fn to_pb_container(view: ContainerView) -> PbContainer {
@@ -256,6 +259,51 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AgentService {
+    async fn attach_pipework(
+        &self,
+        request: AttachRequest,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let invalid = |e: anyhow::Error| Status::invalid_argument(format!("{e:#}"));
+        let target = Target::resolve(&request.container, &self.containers).map_err(invalid)?;
+        let gateway = match request.gateway.as_str() {
+            "" => None,
+            text => Some(
+                text.parse()
+                    .map_err(|_| Status::invalid_argument(format!("bad gateway {text:?}")))?,
+            ),
+        };
+        let vlan = match request.vlan {
+            0 => None,
+            vlan => Some(u16::try_from(vlan).map_err(|_| {
+                Status::invalid_argument(format!("VLAN {vlan} is out of range: use 1 to 4094"))
+            })?),
+        };
+        let pipework = crate::networks::pipework::Request {
+            host_interface: request.host_interface.clone(),
+            target,
+            ifname: (!request.container_interface.is_empty())
+                .then(|| request.container_interface.clone()),
+            host_ifname: (!request.host_interface_name.is_empty())
+                .then(|| request.host_interface_name.clone()),
+            address: request.address.clone(),
+            gateway,
+            mac: (!request.mac.is_empty()).then(|| request.mac.clone()),
+            vlan,
+            host_shim: request.host_shim,
+        };
+        let attached = self.pipework.attach(&pipework).await.map_err(failed)?;
+        if attached.already {
+            info!(container = %request.container, interface = %attached.ifname, "already attached");
+        } else {
+            info!(container = %request.container, interface = %attached.ifname, host = %request.host_interface, address = %attached.address, "attached");
+        }
+        Ok(Response::new(AttachResponse {
+            address: attached.address.to_string(),
+            already_attached: attached.already,
+            container_interface: attached.ifname,
+        }))
+    }
+
     async fn stop_or_restart(
         &self,
         request: StopRequest,
@@ -566,6 +614,19 @@ impl Agent for AgentService {
         request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
         let request = request.into_inner();
+        if !request.host_interface.is_empty() {
+            return self.attach_pipework(request).await;
+        }
+        if !request.container_interface.is_empty() && request.container_interface != "eth0" {
+            return Err(Status::invalid_argument(
+                "-i in the weave form is not supported yet: the node bridge attachment is eth0",
+            ));
+        }
+        if !request.host_interface_name.is_empty() || request.host_shim {
+            return Err(Status::invalid_argument(
+                "-l and --host-shim belong to the pipework form: tartan attach HOST_INTERFACE CONTAINER ADDR/LEN",
+            ));
+        }
         let container = ContainerRef::parse(&request.container)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let requested = (!request.address.is_empty()).then_some(request.address.as_str());
@@ -580,6 +641,8 @@ impl Agent for AgentService {
         }
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
+            already_attached: false,
+            container_interface: "eth0".to_string(),
         }))
     }
 
@@ -668,15 +731,35 @@ impl Agent for AgentService {
             Some(attacher) => attacher.attachments().await,
             None => Vec::new(),
         };
-        Ok(Response::new(AttachmentsResponse {
-            attachments: attachments
+        let mut listed: Vec<PbAttachment> = attachments
+            .into_iter()
+            .map(|(container, address, host_interface)| PbAttachment {
+                container,
+                address: address.to_string(),
+                host_interface,
+                driver: "bridge".to_string(),
+                container_interface: "eth0".to_string(),
+                ..PbAttachment::default()
+            })
+            .collect();
+        listed.extend(
+            self.pipework
+                .records()
+                .await
                 .into_iter()
-                .map(|(container, address, host_interface)| PbAttachment {
-                    container,
-                    address: address.to_string(),
-                    host_interface,
-                })
-                .collect(),
+                .map(|r| PbAttachment {
+                    container: r.container,
+                    address: r.address.to_string(),
+                    host_interface: r.host_ifname.unwrap_or_default(),
+                    driver: r.driver,
+                    attached_to: r.host_interface,
+                    container_interface: r.ifname,
+                    vlan: r.vlan.map_or(0, u32::from),
+                    host_shim: r.host_shim.unwrap_or_default(),
+                }),
+        );
+        Ok(Response::new(AttachmentsResponse {
+            attachments: listed,
         }))
     }
 
@@ -685,13 +768,40 @@ impl Agent for AgentService {
         request: Request<DetachRequest>,
     ) -> Result<Response<DetachResponse>, Status> {
         let request = request.into_inner();
-        let container = ContainerRef::parse(&request.container)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        let address = self.attacher()?.detach(&container).await.map_err(failed)?;
-        info!(container = %request.container, %address, "detached");
-        Ok(Response::new(DetachResponse {
-            address: address.to_string(),
-        }))
+        let ifname = (!request.container_interface.is_empty())
+            .then_some(request.container_interface.as_str());
+        let keys = Target::keys_for(&request.container, &self.containers);
+        let detached = self.pipework.detach(&keys, ifname).await.map_err(failed)?;
+        for record in &detached {
+            info!(container = %request.container, interface = %record.ifname, address = %record.address, "detached");
+        }
+        let weave = ContainerRef::parse(&request.container).ok();
+        let current = self.attacher.borrow().clone();
+        let weave_attached = match (&weave, current) {
+            (Some(container), Some(attacher)) => {
+                attacher.address_of(&container.key()).await.is_some()
+            }
+            _ => false,
+        };
+        if weave_attached && ifname.is_none_or(|name| name == "eth0") {
+            if let Some(container) = weave {
+                let address = self.attacher()?.detach(&container).await.map_err(failed)?;
+                info!(container = %request.container, %address, "detached");
+                return Ok(Response::new(DetachResponse {
+                    address: address.to_string(),
+                }));
+            }
+        }
+        match detached.first() {
+            Some(record) => Ok(Response::new(DetachResponse {
+                address: record.address.to_string(),
+            })),
+            None => Err(failed(anyhow::anyhow!(
+                "{} has no attachment{}",
+                request.container,
+                ifname.map(|name| format!(" {name}")).unwrap_or_default()
+            ))),
+        }
     }
 
     async fn create_network(
@@ -936,6 +1046,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         images,
         containers,
         networks,
+        pipework,
     } = services;
     let service = AgentServer::new(AgentService {
         node,
@@ -946,6 +1057,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         images,
         containers,
         networks,
+        pipework,
     });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

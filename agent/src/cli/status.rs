@@ -506,6 +506,7 @@ mod attachment_tests {
             container: "web".into(),
             address: "10.5.34.2/24".into(),
             host_interface: "vt0123456789".into(),
+            ..Default::default()
         }];
         assert_eq!(
             attachments_table(&listed, false),

@@ -6,3 +6,4 @@ pub mod driver;
 pub mod drivers;
 pub mod named;
 pub mod store;
+pub mod pipework;

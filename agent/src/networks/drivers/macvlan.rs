@@ -46,10 +46,6 @@ impl MacvlanDriver {
         }
     }
 
-    pub fn parent(&self) -> &str {
-        &self.parent
-    }
-
     fn users(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, BTreeSet<String>>> {
         self.vlan_users
             .lock()

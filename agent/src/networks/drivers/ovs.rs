@@ -15,9 +15,6 @@ use crate::teardown::Teardown;
 /// The external_ids key naming who a port or bridge Tartan made is for.
 pub const OWNER_KEY: &str = "tartan-owner";
 
-/// The owner value of bridges Tartan creates for `tartan attach`.
-pub const BRIDGE_OWNER: &str = "tartan-attach";
-
 /// The external_ids of something made for `owner`.
 pub fn owned_by(owner: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(OWNER_KEY.to_string(), owner.to_string())])
@@ -36,10 +33,6 @@ impl OvsdbHandle {
             address,
             connection: tokio::sync::Mutex::default(),
         }
-    }
-
-    pub fn address(&self) -> &str {
-        &self.address
     }
 
     /// The connection, made now if there is none.
@@ -80,10 +73,6 @@ impl OvsDriver {
             ovsdb,
             bridge,
         }
-    }
-
-    pub fn bridge(&self) -> &str {
-        &self.bridge
     }
 }
 
