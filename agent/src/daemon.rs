@@ -30,10 +30,10 @@ use crate::control::node_state::{EtcdMonitor, NodeLease, NodeState};
 use crate::control::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::control::subnet_file::{previous_subnet, SubnetFile};
 use crate::networks::attach::Attacher;
-use crate::networks::named::NamedNetworks;
-use crate::networks::store::NetworkStore;
 use crate::networks::drivers::ovs::OvsdbHandle;
+use crate::networks::named::NamedNetworks;
 use crate::networks::pipework::Pipework;
+use crate::networks::store::NetworkStore;
 use crate::teardown::Teardown;
 use crate::{api, backends::node, claim, notify};
 
@@ -116,9 +116,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     );
     let registry = connect_with_backoff(&opts.etcd, connect, &publishers.etcd).await;
     let images = Images::open(&opts.state_dir)?;
+    // One connection to Open vSwitch for named networks and `attach`.
+    let ovsdb = Arc::new(OvsdbHandle::new(opts.ovsdb.clone()));
     let named_networks = NamedNetworks::new(
         NetworkStore::new(registry.client(), &opts.tartan_prefix),
         netlink.clone(),
+        ovsdb.clone(),
         public_ip.to_string(),
     );
     let containers = Containers::open(
@@ -133,11 +136,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .follow_subnet(publishers.attacher.subscribe()),
     );
-    let pipework = Arc::new(Pipework::open(
-        netlink.clone(),
-        Arc::new(OvsdbHandle::new(opts.ovsdb.clone())),
-        &opts.state_dir,
-    )?);
+    let pipework = Arc::new(Pipework::open(netlink.clone(), ovsdb, &opts.state_dir)?);
     let follower = tokio::spawn(pipework.clone().follow(containers.clone()));
     let server = api::serve(
         &opts.api_socket,

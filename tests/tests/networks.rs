@@ -11,6 +11,7 @@ use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
 use tartan_tests::cluster::Cluster;
+use tartan_tests::ovs::Ovs;
 use tartan_tests::wait::wait_until;
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -318,8 +319,16 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
 }
 
 #[test]
-fn a_connected_interface_outlives_stop_start_and_an_agent_restart() -> Result<()> {
-    let mut cluster = Cluster::start("nc", 235, VXLAN, 1)?;
+fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> {
+    // The agent is told where OVSDB will be before the switch exists.
+    let links = tempfile::Builder::new()
+        .prefix("tt-nc-ovsdb-")
+        .tempdir_in("/tmp")?;
+    let socket = links.path().join("db.sock");
+    let flag = format!("--ovsdb=unix:{}", socket.display());
+    let mut cluster = Cluster::start_with("nc", 235, VXLAN, 1, &[&flag])?;
+    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
+    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
     import_busybox(&cluster.agents[0])?;
     let agent = &cluster.agents[0];
     cli_ok(
@@ -374,6 +383,50 @@ fn a_connected_interface_outlives_stop_start_and_an_agent_restart() -> Result<()
         "already on network net2",
     )?;
 
+    // An Open vSwitch network, its ports on VLAN 7: web's eth2.
+    let id = cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovs",
+            "--subnet",
+            "10.7.7.0/24",
+            "-o",
+            "vlan=7",
+            "ovsnet",
+        ],
+    )?;
+    let ovs_bridge = format!("ovs{}", &id.trim()[..12]);
+    cli_ok(agent, &["network", "connect", "ovsnet", "web"])?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "opeer",
+            "--network",
+            "ovsnet",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    assert_eq!(inet(agent, "web", "eth2")?.as_deref(), Some("10.7.7.2/24"));
+    assert_eq!(
+        inet(agent, "opeer", "eth0")?.as_deref(),
+        Some("10.7.7.3/24")
+    );
+    let tagged = ovs.vsctl(&["--bare", "--columns=name", "find", "Port", "tag=7"])?;
+    assert_eq!(tagged.split_whitespace().count(), 2, "{tagged}");
+    assert_eq!(ovs.vsctl(&["list-br"])?.trim(), ovs_bridge);
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "opeer", "10.7.7.2")
+    })
+    .context("opeer never reached web's eth2 on the OVS bridge")?;
+
     cli_ok(agent, &["stop", "-t", "1", "web"])?;
     cli_ok(agent, &["start", "web"])?;
     assert_eq!(inet(agent, "web", "eth0")?, Some(overlay.clone()));
@@ -390,10 +443,15 @@ fn a_connected_interface_outlives_stop_start_and_an_agent_restart() -> Result<()
     assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
     cli_ok(agent, &["restart", "-t", "1", "web"])?;
     assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
+    assert_eq!(inet(agent, "web", "eth2")?.as_deref(), Some("10.7.7.2/24"));
     wait_until(CONVERGE, Duration::from_millis(200), || {
         pings(agent, "peer", "10.2.2.64")
     })
     .context("peer never reached web's eth1 after the restarts")?;
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "opeer", "10.7.7.2")
+    })
+    .context("opeer never reached web's eth2 after the restarts")?;
 
     cli_ok(agent, &["network", "disconnect", "net2", "web"])?;
     assert_eq!(inet(agent, "web", "eth1")?, None);
@@ -401,6 +459,13 @@ fn a_connected_interface_outlives_stop_start_and_an_agent_restart() -> Result<()
         network_addresses(agent, "net2")?,
         [("peer".into(), "10.2.2.65/24".into())]
     );
+    cli_ok(agent, &["rm", "-f", "web", "opeer"])?;
+    assert_eq!(
+        ovs.vsctl(&["list-br"])?.trim(),
+        "",
+        "the OVS bridge goes with the network's last container here"
+    );
+    assert_eq!(network_addresses(agent, "ovsnet")?, []);
     Ok(())
 }
 

@@ -41,8 +41,8 @@ use crate::control::lease::Lease;
 use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
 use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
 use crate::networks::named::NamedNetworks;
-use crate::networks::store::{self, NetworkDef};
 use crate::networks::pipework::{Pipework, Target};
+use crate::networks::store::{self, NetworkDef};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;

@@ -5,5 +5,5 @@ pub mod attach;
 pub mod driver;
 pub mod drivers;
 pub mod named;
-pub mod store;
 pub mod pipework;
+pub mod store;

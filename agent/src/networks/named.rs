@@ -16,6 +16,7 @@ use crate::networks::attach::host_ifname_for;
 use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
 use crate::networks::drivers::bridge::BridgeDriver;
 use crate::networks::drivers::macvlan::MacvlanDriver;
+use crate::networks::drivers::ovs::{owned_by, OvsDriver, OvsdbHandle};
 use crate::networks::store::{AddressHolder, NetworkDef, NetworkStore};
 
 /// The MTU of a bridge network's bridge and interfaces, as Docker's.
@@ -24,8 +25,8 @@ const BRIDGE_MTU: u32 = 1500;
 /// The drivers whose interfaces this build makes.
 pub fn check_driver_available(driver: &str) -> Result<()> {
     match driver {
-        "bridge" | "macvlan" => Ok(()),
-        other => bail!("{other} networks are not yet supported by this agent"),
+        "bridge" | "macvlan" | "ovs" => Ok(()),
+        other => bail!("unknown driver {other:?}: use bridge, macvlan or ovs"),
     }
 }
 
@@ -54,13 +55,22 @@ fn bridge_mac(id: &str) -> [u8; 6] {
     mac
 }
 
-/// The bridge a bridge endpoint hangs off, and whether the agent made it
-/// (and may remove it): a bridge named with `-o bridge=` is the operator's.
+/// The bridge a bridge or ovs endpoint hangs off, and whether the agent
+/// made it (and may remove it): a bridge named with `-o bridge=` is the
+/// operator's. Docker's name for a Linux bridge; `ovs` and the same digits
+/// for an Open vSwitch one.
 fn endpoint_bridge(endpoint: &Endpoint) -> (String, bool) {
-    match endpoint.options.get("bridge") {
-        Some(name) => (name.clone(), false),
-        None => (format!("br-{}", &endpoint.network_id[..12]), true),
+    let short = &endpoint.network_id[..12.min(endpoint.network_id.len())];
+    match (endpoint.options.get("bridge"), endpoint.driver.as_str()) {
+        (Some(name), _) => (name.clone(), false),
+        (None, "ovs") => (format!("ovs{short}"), true),
+        (None, _) => (format!("br-{short}"), true),
     }
+}
+
+/// The external_ids owner of an OVS bridge made for a network.
+fn network_owner(network_id: &str) -> String {
+    format!("tartan-network:{network_id}")
 }
 
 /// Named networks on this host; cheap to clone.
@@ -73,16 +83,24 @@ pub struct NamedNetworks {
     /// One driver per network, by id: a driver keeps track of what its
     /// attachments share (a macvlan's VLAN device).
     drivers: Arc<std::sync::Mutex<HashMap<String, Arc<dyn AttachmentDriver>>>>,
+    /// Open vSwitch, shared with `tartan attach`; connected when first needed.
+    ovsdb: Arc<OvsdbHandle>,
     /// Held while a bridge is made or removed, so that two containers
     /// joining at once do not both make it, nor one remove it under the other.
     bridges: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl NamedNetworks {
-    pub fn new(store: NetworkStore, netlink: Netlink, host: String) -> NamedNetworks {
+    pub fn new(
+        store: NetworkStore,
+        netlink: Netlink,
+        ovsdb: Arc<OvsdbHandle>,
+        host: String,
+    ) -> NamedNetworks {
         NamedNetworks {
             store,
             netlink,
+            ovsdb,
             host,
             drivers: Arc::default(),
             bridges: Arc::default(),
@@ -118,7 +136,12 @@ impl NamedNetworks {
                     mode,
                 ))
             }
-            other => bail!("{other} networks are not yet supported by this agent"),
+            "ovs" => Arc::new(OvsDriver::new(
+                self.netlink.clone(),
+                self.ovsdb.clone(),
+                endpoint_bridge(endpoint).0,
+            )),
+            other => bail!("unknown driver {other:?}: use bridge, macvlan or ovs"),
         };
         drivers.insert(endpoint.network_id.clone(), driver.clone());
         Ok(driver)
@@ -198,6 +221,30 @@ impl NamedNetworks {
         let spec = self.spec(endpoint, container, netns)?;
         let driver = self.driver(endpoint)?;
         let _bridges = self.bridges.lock().await;
+        if endpoint.driver == "ovs" {
+            // The port of an earlier start names a device that went with its
+            // namespace; the switch takes the new one only as a new port.
+            self.unplug(endpoint, container, spec.netns.clone())
+                .await
+                .with_context(|| {
+                    format!("removing the old port on network {}", endpoint.network)
+                })?;
+            let (bridge, _) = endpoint_bridge(endpoint);
+            let ovsdb = self.ovsdb.get().await?;
+            self.ovsdb
+                .check(
+                    ovsdb
+                        .ensure_bridge(&bridge, &owned_by(&network_owner(&endpoint.network_id)))
+                        .await,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "making the OVS bridge {bridge} of network {}",
+                        endpoint.network
+                    )
+                })?;
+        }
         if endpoint.driver == "bridge" {
             let (bridge, _) = endpoint_bridge(endpoint);
             let gateway = endpoint
@@ -249,11 +296,19 @@ impl NamedNetworks {
         still_unused: impl FnOnce() -> bool,
     ) -> Result<()> {
         let (bridge, ours) = endpoint_bridge(endpoint);
-        if endpoint.driver != "bridge" || !ours {
+        if endpoint.driver == "macvlan" || !ours {
             return Ok(());
         }
         let _bridges = self.bridges.lock().await;
         if !still_unused() {
+            return Ok(());
+        }
+        if endpoint.driver == "ovs" {
+            let ovsdb = self.ovsdb.get().await?;
+            self.ovsdb
+                .check(ovsdb.remove_bridge(&bridge).await)
+                .await
+                .with_context(|| format!("removing the OVS bridge {bridge}"))?;
             return Ok(());
         }
         self.netlink
