@@ -1,9 +1,9 @@
 //! `tartan reset`: removes everything the agent made on this host, as
 //! weave's `reset` does: the bridge and the ports on it, the VXLAN and TUN
-//! devices, Tartan's routes, the nf_tables table, the subnet file and the
-//! address book; on request the etcd lease. It runs with no agent, and
-//! refuses while one runs in this network namespace, or while containers
-//! run (unless forced, which kills them).
+//! devices, Tartan's routes, the nf_tables table, the bridges of bridge
+//! networks, the subnet file and the address book; on request the etcd
+//! lease. It runs with no agent, and refuses while one runs in this network
+//! namespace, or while containers run (unless forced, which kills them).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -68,6 +68,7 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
 
     let netlink = Netlink::connect().context("opening netlink")?;
     remove_links(&netlink, opts, &mut done, &mut teardown).await;
+    remove_network_bridges(&netlink, opts, &mut done, &mut teardown).await;
     if let Some(removed) = teardown.step(
         "removing tartan's routes",
         netlink
@@ -212,6 +213,49 @@ async fn remove_links(
             .is_some()
         {
             done.push(format!("removed {}", link.name));
+        }
+    }
+}
+
+/// The Linux bridges of the bridge networks the containers here are on
+/// (named by the agent, not `-o bridge=`); a start makes them again. Their
+/// ports went with the killed containers' namespaces.
+async fn remove_network_bridges(
+    netlink: &Netlink,
+    opts: &ResetOptions,
+    done: &mut Vec<String>,
+    teardown: &mut Teardown,
+) {
+    let mut bridges = std::collections::BTreeSet::new();
+    if let Ok(listing) = std::fs::read_dir(opts.state_dir.join("containers")) {
+        for entry in listing.flatten() {
+            let Ok(config) = ContainerDir::new(entry.path()).read_config() else {
+                continue;
+            };
+            for endpoint in config.endpoints {
+                if endpoint.driver == "bridge" && !endpoint.options.contains_key("bridge") {
+                    let short = &endpoint.network_id[..12.min(endpoint.network_id.len())];
+                    bridges.insert(format!("br-{short}"));
+                }
+            }
+        }
+    }
+    for name in bridges {
+        let Some(link) = teardown.step(&format!("looking up {name}"), netlink.link(&name).await)
+        else {
+            continue;
+        };
+        let Some(link) = link.filter(|l| l.kind.as_deref() == Some("bridge")) else {
+            continue;
+        };
+        if teardown
+            .step(
+                &format!("removing {name}"),
+                netlink.delete_link(link.index).await,
+            )
+            .is_some()
+        {
+            done.push(format!("removed {name}"));
         }
     }
 }

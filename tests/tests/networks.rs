@@ -473,11 +473,11 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
 fn hosts_allocating_at_once_never_share_an_address() -> Result<()> {
     const RUNS_PER_HOST: usize = 6;
     const CONNECTS_PER_HOST: usize = 3;
-    let cluster = Cluster::start("na", 237, VXLAN, 2)?;
+    let mut cluster = Cluster::start("na", 237, VXLAN, 2)?;
     for agent in &cluster.agents {
         import_busybox(agent)?;
     }
-    cli_ok(
+    let id = cli_ok(
         &cluster.agents[0],
         &["network", "create", "--subnet", "10.3.3.0/24", "busy"],
     )?;
@@ -560,6 +560,30 @@ fn hosts_allocating_at_once_never_share_an_address() -> Result<()> {
             "{name}"
         );
     }
+
+    // `reset -f` on a host with the agent stopped removes the network's bridge too.
+    let bridge = format!("br-{}", &id.trim()[..12]);
+    ensure!(links(&cluster, 1)?.contains(&bridge), "{bridge} on host 1");
+    cluster.agents[1].terminate()?;
+    let agent = &cluster.agents[1];
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let out = cluster.hosts[1]
+        .netns
+        .command(&tartan.display().to_string())
+        .args(["reset", "-f", "--state-dir"])
+        .arg(agent.state_dir())
+        .arg("--subnet-file")
+        .arg(agent.subnet_file())
+        .arg("--api-socket")
+        .arg(agent.api_socket())
+        .output()?;
+    ensure!(out.status.success(), "reset: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout).contains(&format!("removed {bridge}")),
+        "{}",
+        text(&out.stdout)
+    );
+    ensure!(!links(&cluster, 1)?.contains(&bridge), "{bridge} is gone");
     Ok(())
 }
 
