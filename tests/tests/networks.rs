@@ -436,10 +436,44 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
     })
     .context("peer never reached web's eth1 after its stop and start")?;
 
+    // Claims of containers that are gone (as a removal while etcd was out
+    // of reach leaves them): this host's are freed when its agent starts,
+    // another host's are left to it.
+    let host = inspect_network(agent, "net2")?["Containers"]
+        .as_object()
+        .and_then(|c| c.values().next())
+        .and_then(|c| c["Host"].as_str())
+        .context("net2 has a container with a host")?
+        .to_string();
+    let claims = format!("{}/networks/net2/addresses", tartan_prefix(&cluster));
+    let gone = format!(
+        r#"{{"host":"{host}","container":"{}","name":"gone","interface":"eth0"}}"#,
+        "0".repeat(64)
+    );
+    let elsewhere = format!(
+        r#"{{"host":"10.235.0.250","container":"{}","name":"elsewhere","interface":"eth0"}}"#,
+        "1".repeat(64)
+    );
+    cluster.etcdctl(&["put", &format!("{claims}/10.2.2.100"), &gone])?;
+    cluster.etcdctl(&["put", &format!("{claims}/10.2.2.101"), &elsewhere])?;
+
     cluster.agents[0].terminate()?;
     cluster.agents[0].restart()?;
     cluster.agents[0].wait_ready(tartan_tests::cluster::READY)?;
     let agent = &cluster.agents[0];
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(!network_addresses(agent, "net2")?
+            .iter()
+            .any(|(name, _)| name == "gone"))
+    })
+    .context("the claim of a container that is gone was never freed")?;
+    ensure!(
+        network_addresses(agent, "net2")?
+            .iter()
+            .any(|(name, _)| name == "elsewhere"),
+        "another host's claim stays"
+    );
+    cluster.etcdctl(&["del", &format!("{claims}/10.2.2.101")])?;
     assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
     cli_ok(agent, &["restart", "-t", "1", "web"])?;
     assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));

@@ -400,6 +400,15 @@ impl Containers {
             }
         }
         info!(running, "found containers");
+        // Addresses this host claimed for containers that are gone (removed
+        // while etcd was out of reach): freed, fabric-wide.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let alive = |id: &str| this.lock().contains_key(id);
+            if let Err(err) = this.inner.networks.release_orphans(alive).await {
+                warn!(error = %format!("{err:#}"), "could not free the network addresses of containers that no longer exist");
+            }
+        });
         // Bookings whose container is gone (a power cut can bring back an
         // older address book): freed once the node has its address book.
         let this = self.clone();

@@ -215,6 +215,26 @@ impl NamedNetworks {
         Ok(())
     }
 
+    /// Frees the addresses this host claimed for containers that `alive`
+    /// says are gone.
+    pub async fn release_orphans(&self, alive: impl Fn(&str) -> bool) -> Result<()> {
+        for def in self.store.list().await? {
+            for (addr, holder) in self.store.holders(&def.name).await? {
+                if holder.host != self.host || alive(&holder.container) {
+                    continue;
+                }
+                if self
+                    .store
+                    .release(&def.name, addr, &holder.container)
+                    .await?
+                {
+                    tracing::warn!(network = %def.name, address = %addr, container = %holder.name, "freed the address of a container that no longer exists");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the endpoint's interface in the namespace `netns`.
     pub async fn plug(&self, endpoint: &Endpoint, container: &str, netns: PathBuf) -> Result<()> {
         check_driver_available(&endpoint.driver)?;
@@ -304,7 +324,10 @@ impl NamedNetworks {
             return Ok(());
         }
         if endpoint.driver == "ovs" {
-            let ovsdb = self.ovsdb.get().await?;
+            // Without Open vSwitch nothing was made here.
+            let Ok(ovsdb) = self.ovsdb.get().await else {
+                return Ok(());
+            };
             self.ovsdb
                 .check(ovsdb.remove_bridge(&bridge).await)
                 .await
