@@ -361,7 +361,12 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
     // Refused input: one line, and nothing changed on the host or in the container.
     let host_before = links(&cluster.hosts[0].netns)?;
     let inside_before = links(&y)?;
+    let agent_pid = agent.pid().context("the agent's pid")?.to_string();
     let cases: &[(&[&str], &str)] = &[
+        (
+            &["attach", "br1", &agent_pid, "192.168.220.11/24"],
+            "the agent's own network namespace",
+        ),
         (
             &["attach", "br1", "tt-no-such-container", "192.168.220.11/24"],
             "no container",
@@ -448,7 +453,7 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
             ],
             "macvlan",
         ),
-        (&["detach", y.name()], "no attachment"),
+        (&["detach", y.name()], "not attached"),
     ];
     for (args, needle) in cases {
         refused(agent, args, needle)?;
@@ -462,6 +467,23 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
         links(&y)? == inside_before,
         "nothing half-made in the container"
     );
+
+    // Weave's form takes -i too: a second interface on the node bridge.
+    cli_ok(agent, &["attach", y.name()])?;
+    cli_ok(agent, &["attach", "-i", "eth3", y.name()])?;
+    let inside = addresses(&y)?;
+    ensure!(
+        inside.contains("eth0") && inside.contains("eth3"),
+        "{inside}"
+    );
+    cli_ok(agent, &["detach", "-i", "eth3", y.name()])?;
+    let inside = addresses(&y)?;
+    ensure!(
+        inside.contains("eth0") && !inside.contains("eth3"),
+        "{inside}"
+    );
+    cli_ok(agent, &["detach", y.name()])?;
+    ensure!(!addresses(&y)?.contains("eth0"), "{}", addresses(&y)?);
 
     // A restart re-applies an interface removed while the agent was down.
     let agent = &mut cluster.agents[0];
