@@ -196,17 +196,35 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
 
     // An agent restart re-applies what is recorded, and what belonged to a
     // namespace that went while it was down goes with it.
+    // Ports of this form that no record has go too; another owner's stay.
     let agent = &mut cluster.agents[0];
     agent.kill()?;
     let gone = containers.remove(1);
     drop(gone);
+    for (port, owner) in [("ghost0", "netns:tt-ghost"), ("keep0", "network:other")] {
+        switches[0].vsctl(&[
+            "add-port",
+            "ovs0",
+            port,
+            "--",
+            "set",
+            "Port",
+            port,
+            &format!("external_ids:tartan-owner=\"{owner}\""),
+        ])?;
+    }
     agent.restart()?;
     agent.wait_ready(READY)?;
     wait_until(FOLLOW, Duration::from_millis(100), || {
-        let ports = switches[0].vsctl(&["--columns=tag", "--format=csv", "list", "Port"])?;
-        Ok(!ports.contains("200"))
+        let ports = switches[0].vsctl(&["--columns=name,tag", "--format=csv", "list", "Port"])?;
+        Ok(!ports.contains("200") && !ports.contains("ghost0"))
     })
-    .context("the port of the namespace that went is removed")?;
+    .context("the ports of the namespace that went and of no record are removed")?;
+    let ports = switches[0].vsctl(&["list-ports", "ovs0"])?;
+    ensure!(
+        ports.contains("keep0"),
+        "another owner's port stays: {ports}"
+    );
     let listed = cli_ok(agent, &["attachments"])?;
     ensure!(
         listed.contains(containers[0].name()) && listed.lines().count() == 2,
