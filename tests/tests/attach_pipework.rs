@@ -227,7 +227,9 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
     );
     let listed = cli_ok(agent, &["attachments"])?;
     ensure!(
-        listed.contains(containers[0].name()) && listed.lines().count() == 2,
+        listed.contains(containers[0].name())
+            && listed.contains("ovs0 (ovs) vlan 100")
+            && listed.lines().count() == 2,
         "{listed}"
     );
     ensure!(
