@@ -522,6 +522,33 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
         !links(&cluster.hosts[0].netns)?.contains("br1"),
         "br1 went with its last user"
     );
+
+    // reset undoes what is recorded, as detach would, with no agent.
+    cli_ok(agent, &["attach", "br1", x.name(), "192.168.220.10/24"])?;
+    agent.kill()?;
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let out = cluster.hosts[0]
+        .netns
+        .command(&tartan.display().to_string())
+        .arg("reset")
+        .args(["--state-dir", &agent.state_dir().display().to_string()])
+        .args(["--subnet-file", &agent.subnet_file().display().to_string()])
+        .args(["--api-socket", &agent.api_socket().display().to_string()])
+        .args(["--etcd-endpoints", &cluster.etcd.endpoint()])
+        .args(["--etcd-prefix", &cluster.prefix])
+        .arg(&flag)
+        .output()
+        .context("running tartan reset")?;
+    ensure!(
+        out.status.success() && text(&out.stdout).contains("pipework-form attachments"),
+        "reset: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    ensure!(
+        !links(&cluster.hosts[0].netns)?.contains("br1") && !links(&x)?.contains("eth1"),
+        "reset removed the attachment and its bridge"
+    );
     Ok(())
 }
 
