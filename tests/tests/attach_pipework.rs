@@ -169,6 +169,81 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         "VLAN 100 must not reach VLAN 200"
     );
 
+    // Refused input changes nothing in OVS or on the host, a bridge
+    // created for the request included.
+    let spare = Netns::create("pwos")?;
+    let ovs_before = switches[0].state()?;
+    let host_before = links(&cluster.hosts[0].netns)?;
+    let agent = &cluster.agents[0];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "attach",
+                "ovs0",
+                "tt-no-such-ns",
+                "192.168.218.9/24",
+                "@100",
+            ],
+            "no container",
+        ),
+        (
+            &["attach", "ovs0", spare.name(), "192.168.218.9/24", "zz"],
+            "bad MAC",
+        ),
+        (
+            &["attach", "ovs0", spare.name(), "192.168.218.9/24", "@4095"],
+            "VLAN",
+        ),
+        (
+            &["attach", "ovs0", spare.name(), "192.168.218.9/33", "@100"],
+            "prefix length",
+        ),
+        (
+            &[
+                "attach",
+                "-l",
+                "averyverylonghostname",
+                "ovs0",
+                spare.name(),
+                "192.168.218.9/24",
+            ],
+            "longer than 15",
+        ),
+        (
+            &[
+                "attach",
+                "-i",
+                "lo",
+                "ovs7",
+                spare.name(),
+                "192.168.218.9/24",
+            ],
+            "already has an interface named lo",
+        ),
+        (
+            &[
+                "attach",
+                "--host-shim",
+                "ovs0",
+                spare.name(),
+                "192.168.218.9/24",
+            ],
+            "macvlan",
+        ),
+    ];
+    for (args, needle) in cases {
+        refused(agent, args, needle)?;
+    }
+    ensure!(
+        switches[0].state()? == ovs_before,
+        "OVS as it was: {}",
+        switches[0].state()?
+    );
+    ensure!(
+        links(&cluster.hosts[0].netns)? == host_before,
+        "the host as it was"
+    );
+
     // A trunk between the hosts' bridges carries both VLANs.
     let trunk = [
         cluster.hosts[0].netns.name().to_string(),
