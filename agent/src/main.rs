@@ -198,6 +198,13 @@ struct ResetArgs {
     /// The address the agent published, if not one of this host's.
     #[arg(long, env = "TARTAN_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
+    /// The Open vSwitch database, for the OVS ports of attachments.
+    #[arg(
+        long,
+        env = "TARTAN_OVSDB",
+        default_value = "unix:/var/run/openvswitch/db.sock"
+    )]
+    ovsdb: String,
     #[command(flatten)]
     etcd: EtcdArgs,
 }
@@ -562,6 +569,7 @@ async fn reset(args: ResetArgs, api_socket: &Path) -> Result<()> {
         public_ip: args.public_ip,
         force: args.force,
         release_lease: args.release_lease.then(|| args.etcd.into_options()),
+        ovsdb: args.ovsdb,
     };
     for line in reset::reset(&opts).await? {
         stdout::println(line)?;

@@ -169,6 +169,81 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         "VLAN 100 must not reach VLAN 200"
     );
 
+    // Refused input changes nothing in OVS or on the host, a bridge
+    // created for the request included.
+    let spare = Netns::create("pwos")?;
+    let ovs_before = switches[0].state()?;
+    let host_before = links(&cluster.hosts[0].netns)?;
+    let agent = &cluster.agents[0];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "attach",
+                "ovs0",
+                "tt-no-such-ns",
+                "192.168.218.9/24",
+                "@100",
+            ],
+            "no container",
+        ),
+        (
+            &["attach", "ovs0", spare.name(), "192.168.218.9/24", "zz"],
+            "bad MAC",
+        ),
+        (
+            &["attach", "ovs0", spare.name(), "192.168.218.9/24", "@4095"],
+            "VLAN",
+        ),
+        (
+            &["attach", "ovs0", spare.name(), "192.168.218.9/33", "@100"],
+            "prefix length",
+        ),
+        (
+            &[
+                "attach",
+                "-l",
+                "averyverylonghostname",
+                "ovs0",
+                spare.name(),
+                "192.168.218.9/24",
+            ],
+            "longer than 15",
+        ),
+        (
+            &[
+                "attach",
+                "-i",
+                "lo",
+                "ovs7",
+                spare.name(),
+                "192.168.218.9/24",
+            ],
+            "already has an interface named lo",
+        ),
+        (
+            &[
+                "attach",
+                "--host-shim",
+                "ovs0",
+                spare.name(),
+                "192.168.218.9/24",
+            ],
+            "macvlan",
+        ),
+    ];
+    for (args, needle) in cases {
+        refused(agent, args, needle)?;
+    }
+    ensure!(
+        switches[0].state()? == ovs_before,
+        "OVS as it was: {}",
+        switches[0].state()?
+    );
+    ensure!(
+        links(&cluster.hosts[0].netns)? == host_before,
+        "the host as it was"
+    );
+
     // A trunk between the hosts' bridges carries both VLANs.
     let trunk = [
         cluster.hosts[0].netns.name().to_string(),
@@ -196,20 +271,40 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
 
     // An agent restart re-applies what is recorded, and what belonged to a
     // namespace that went while it was down goes with it.
+    // Ports of this form that no record has go too; another owner's stay.
     let agent = &mut cluster.agents[0];
     agent.kill()?;
     let gone = containers.remove(1);
     drop(gone);
+    for (port, owner) in [("ghost0", "netns:tt-ghost"), ("keep0", "network:other")] {
+        switches[0].vsctl(&[
+            "add-port",
+            "ovs0",
+            port,
+            "--",
+            "set",
+            "Port",
+            port,
+            &format!("external_ids:tartan-owner=\"{owner}\""),
+        ])?;
+    }
     agent.restart()?;
     agent.wait_ready(READY)?;
     wait_until(FOLLOW, Duration::from_millis(100), || {
-        let ports = switches[0].vsctl(&["--columns=tag", "--format=csv", "list", "Port"])?;
-        Ok(!ports.contains("200"))
+        let ports = switches[0].vsctl(&["--columns=name,tag", "--format=csv", "list", "Port"])?;
+        Ok(!ports.contains("200") && !ports.contains("ghost0"))
     })
-    .context("the port of the namespace that went is removed")?;
+    .context("the ports of the namespace that went and of no record are removed")?;
+    let ports = switches[0].vsctl(&["list-ports", "ovs0"])?;
+    ensure!(
+        ports.contains("keep0"),
+        "another owner's port stays: {ports}"
+    );
     let listed = cli_ok(agent, &["attachments"])?;
     ensure!(
-        listed.contains(containers[0].name()) && listed.lines().count() == 2,
+        listed.contains(containers[0].name())
+            && listed.contains("ovs0 (ovs) vlan 100")
+            && listed.lines().count() == 2,
         "{listed}"
     );
     ensure!(
@@ -361,7 +456,12 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
     // Refused input: one line, and nothing changed on the host or in the container.
     let host_before = links(&cluster.hosts[0].netns)?;
     let inside_before = links(&y)?;
+    let agent_pid = agent.pid().context("the agent's pid")?.to_string();
     let cases: &[(&[&str], &str)] = &[
+        (
+            &["attach", "br1", &agent_pid, "192.168.220.11/24"],
+            "the agent's own network namespace",
+        ),
         (
             &["attach", "br1", "tt-no-such-container", "192.168.220.11/24"],
             "no container",
@@ -448,7 +548,7 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
             ],
             "macvlan",
         ),
-        (&["detach", y.name()], "no attachment"),
+        (&["detach", y.name()], "not attached"),
     ];
     for (args, needle) in cases {
         refused(agent, args, needle)?;
@@ -462,6 +562,23 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
         links(&y)? == inside_before,
         "nothing half-made in the container"
     );
+
+    // Weave's form takes -i too: a second interface on the node bridge.
+    cli_ok(agent, &["attach", y.name()])?;
+    cli_ok(agent, &["attach", "-i", "eth3", y.name()])?;
+    let inside = addresses(&y)?;
+    ensure!(
+        inside.contains("eth0") && inside.contains("eth3"),
+        "{inside}"
+    );
+    cli_ok(agent, &["detach", "-i", "eth3", y.name()])?;
+    let inside = addresses(&y)?;
+    ensure!(
+        inside.contains("eth0") && !inside.contains("eth3"),
+        "{inside}"
+    );
+    cli_ok(agent, &["detach", y.name()])?;
+    ensure!(!addresses(&y)?.contains("eth0"), "{}", addresses(&y)?);
 
     // A restart re-applies an interface removed while the agent was down.
     let agent = &mut cluster.agents[0];
@@ -479,6 +596,33 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
     ensure!(
         !links(&cluster.hosts[0].netns)?.contains("br1"),
         "br1 went with its last user"
+    );
+
+    // reset undoes what is recorded, as detach would, with no agent.
+    cli_ok(agent, &["attach", "br1", x.name(), "192.168.220.10/24"])?;
+    agent.kill()?;
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let out = cluster.hosts[0]
+        .netns
+        .command(&tartan.display().to_string())
+        .arg("reset")
+        .args(["--state-dir", &agent.state_dir().display().to_string()])
+        .args(["--subnet-file", &agent.subnet_file().display().to_string()])
+        .args(["--api-socket", &agent.api_socket().display().to_string()])
+        .args(["--etcd-endpoints", &cluster.etcd.endpoint()])
+        .args(["--etcd-prefix", &cluster.prefix])
+        .arg(&flag)
+        .output()
+        .context("running tartan reset")?;
+    ensure!(
+        out.status.success() && text(&out.stdout).contains("pipework-form attachments"),
+        "reset: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    ensure!(
+        !links(&cluster.hosts[0].netns)?.contains("br1") && !links(&x)?.contains("eth1"),
+        "reset removed the attachment and its bridge"
     );
     Ok(())
 }

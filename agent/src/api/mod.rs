@@ -617,11 +617,6 @@ impl Agent for AgentService {
         if !request.host_interface.is_empty() {
             return self.attach_pipework(request).await;
         }
-        if !request.container_interface.is_empty() && request.container_interface != "eth0" {
-            return Err(Status::invalid_argument(
-                "-i in the weave form is not supported yet: the node bridge attachment is eth0",
-            ));
-        }
         if !request.host_interface_name.is_empty() || request.host_shim {
             return Err(Status::invalid_argument(
                 "-l and --host-shim belong to the pipework form: tartan attach HOST_INTERFACE CONTAINER ADDR/LEN",
@@ -630,9 +625,13 @@ impl Agent for AgentService {
         let container = ContainerRef::parse(&request.container)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let requested = (!request.address.is_empty()).then_some(request.address.as_str());
+        let ifname = match request.container_interface.as_str() {
+            "" => "eth0",
+            name => name,
+        };
         let address = self
             .attacher()?
-            .attach(&container, requested)
+            .attach(&container, requested, ifname)
             .await
             .map_err(failed)?;
         info!(container = %request.container, %address, "attached");
@@ -642,7 +641,7 @@ impl Agent for AgentService {
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
             already_attached: false,
-            container_interface: "eth0".to_string(),
+            container_interface: ifname.to_string(),
         }))
     }
 
@@ -733,14 +732,16 @@ impl Agent for AgentService {
         };
         let mut listed: Vec<PbAttachment> = attachments
             .into_iter()
-            .map(|(container, address, host_interface)| PbAttachment {
-                container,
-                address: address.to_string(),
-                host_interface,
-                driver: "bridge".to_string(),
-                container_interface: "eth0".to_string(),
-                ..PbAttachment::default()
-            })
+            .map(
+                |(container, address, host_interface, ifname)| PbAttachment {
+                    container,
+                    address: address.to_string(),
+                    host_interface,
+                    driver: "bridge".to_string(),
+                    container_interface: ifname,
+                    ..PbAttachment::default()
+                },
+            )
             .collect();
         listed.extend(
             self.pipework
@@ -777,19 +778,23 @@ impl Agent for AgentService {
         }
         let weave = ContainerRef::parse(&request.container).ok();
         let current = self.attacher.borrow().clone();
-        let weave_attached = match (&weave, current) {
-            (Some(container), Some(attacher)) => {
-                attacher.address_of(&container.key()).await.is_some()
-            }
-            _ => false,
-        };
-        if weave_attached && ifname.is_none_or(|name| name == "eth0") {
-            if let Some(container) = weave {
-                let address = self.attacher()?.detach(&container).await.map_err(failed)?;
-                info!(container = %request.container, %address, "detached");
-                return Ok(Response::new(DetachResponse {
-                    address: address.to_string(),
-                }));
+        if let (Some(container), Some(attacher)) = (&weave, current) {
+            let keys = attacher.keys_of(container).await;
+            let wanted = keys.iter().any(|key| {
+                let (name, _) = crate::networks::attach::split_interface_key(key);
+                ifname.is_none_or(|want| want == name)
+            });
+            if wanted {
+                let freed = attacher.detach(container, ifname).await.map_err(failed)?;
+                for address in &freed {
+                    info!(container = %request.container, %address, "detached");
+                }
+                let address = freed
+                    .first()
+                    .map(ToString::to_string)
+                    .or_else(|| detached.first().map(|r| r.address.to_string()))
+                    .unwrap_or_default();
+                return Ok(Response::new(DetachResponse { address }));
             }
         }
         match detached.first() {
@@ -797,9 +802,9 @@ impl Agent for AgentService {
                 address: record.address.to_string(),
             })),
             None => Err(failed(anyhow::anyhow!(
-                "{} has no attachment{}",
+                "{} is not attached{}",
                 request.container,
-                ifname.map(|name| format!(" {name}")).unwrap_or_default()
+                ifname.map(|name| format!(" as {name}")).unwrap_or_default()
             ))),
         }
     }

@@ -575,10 +575,13 @@ impl Pipework {
     /// other record (`others`) uses it.
     async fn undo(&self, record: &Record, others: &[Record]) -> Result<()> {
         let driver = self.driver(&record.driver, &record.host_interface);
-        driver
-            .teardown(&record.status())
-            .await
-            .map_err(anyhow::Error::new)?;
+        let mut status = record.status();
+        if record.process.is_some() && process_of(&record.netns) != record.process {
+            // The process ended (its PID may be another's now): its
+            // namespace, and what was inside, went with it.
+            status.netns = PathBuf::new();
+        }
+        driver.teardown(&status).await.map_err(anyhow::Error::new)?;
         let bridge_in_use = others
             .iter()
             .any(|r| r.host_interface == record.host_interface);
