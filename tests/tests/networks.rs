@@ -623,7 +623,12 @@ fn hosts_allocating_at_once_never_share_an_address() -> Result<()> {
 
 #[test]
 fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
-    let cluster = Cluster::start("nb", 240, VXLAN, 1)?;
+    // No Open vSwitch here: the agent is pointed at a socket that does not exist.
+    let no_ovs = tempfile::Builder::new()
+        .prefix("tt-nb-ovsdb-")
+        .tempdir_in("/tmp")?;
+    let flag = format!("--ovsdb=unix:{}/db.sock", no_ovs.path().display());
+    let cluster = Cluster::start_with("nb", 240, VXLAN, 1, &[&flag])?;
     let agent = &cluster.agents[0];
     import_busybox(agent)?;
     cli_ok(
@@ -660,6 +665,18 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
             "-o",
             "vlan=10",
             "tagged",
+        ],
+    )?;
+    cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovs",
+            "--subnet",
+            "10.8.8.0/24",
+            "switched",
         ],
     )?;
     let tp = tartan_prefix(&cluster);
@@ -773,6 +790,14 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
         (&["run", "--network", "tagged", "busybox", "true"], "802.1Q"),
         (&["network", "connect", "tagged", "user"], "802.1Q"),
         (
+            &["run", "--network", "switched", "busybox", "true"],
+            "Open vSwitch is needed",
+        ),
+        (
+            &["network", "connect", "switched", "user"],
+            "Open vSwitch is needed",
+        ),
+        (
             &[
                 "run",
                 "--network",
@@ -817,8 +842,8 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
     let containers = cli_ok(agent, &["ps", "-a", "-q"])?;
     assert_eq!(containers.lines().count(), 1, "{containers}");
     ensure!(
-        etcd_keys(&cluster, &tp)?.len() == 3,
-        "good, tagged and user's address"
+        etcd_keys(&cluster, &tp)?.len() == 4,
+        "good, tagged, switched and user's address"
     );
     Ok(())
 }

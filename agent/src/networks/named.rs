@@ -242,6 +242,11 @@ impl NamedNetworks {
         let driver = self.driver(endpoint)?;
         let _bridges = self.bridges.lock().await;
         if endpoint.driver == "ovs" {
+            let ovsdb = self
+                .ovsdb
+                .get()
+                .await
+                .with_context(|| format!("joining network {}", endpoint.network))?;
             // The port of an earlier start names a device that went with its
             // namespace; the switch takes the new one only as a new port.
             self.unplug(endpoint, container, spec.netns.clone())
@@ -250,7 +255,6 @@ impl NamedNetworks {
                     format!("removing the old port on network {}", endpoint.network)
                 })?;
             let (bridge, _) = endpoint_bridge(endpoint);
-            let ovsdb = self.ovsdb.get().await?;
             self.ovsdb
                 .check(
                     ovsdb
