@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use tartan_dataplane::{Netlink, OverlayScope, OverlayState};
 use tartan_runtime::container::ContainerDir;
 
-use crate::backends::node::{FIREWALL_TABLE, UDP_DEVICE_NAME};
+use crate::backends::node::FIREWALL_TABLE;
+use crate::backends::udp::DEVICE_NAME as UDP_DEVICE_NAME;
 use crate::claim;
 use crate::control::etcd::{EtcdOptions, Registry};
 use crate::control::lease::{lease_key, parse_lease};
