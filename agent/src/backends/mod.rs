@@ -22,6 +22,7 @@ use tartan_dataplane::{Netlink, OverlayChanges, OverlayScope, OverlayState};
 
 use crate::control::config::{optional_uint, BackendSection, ConfigError};
 use crate::control::lease::Lease;
+use crate::teardown::Teardown;
 
 /// The interface encapsulated (or routed) traffic leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,13 @@ pub trait OverlayBackend: fmt::Debug + Send + Sync {
         scope: OverlayScope,
     ) -> Result<(OverlayChanges, Vec<Skipped>)> {
         apply_desired(self, node, peers, scope).await
+    }
+
+    /// Removes the devices this kind of backend makes, whatever options
+    /// made them, trying every one; says what it removed and records what
+    /// failed. The routes are the overlay's: withdrawn with it.
+    async fn teardown(&self, _netlink: &Netlink, _report: &mut Teardown) -> Vec<String> {
+        Vec::new()
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use serde_json::Map;
+
 use super::{alloc, host_gw, udp, vxlan, OverlayBackend, Registration};
 use crate::control::config::{BackendSection, ConfigError, NetworkConfig};
 use crate::control::gojson::unknown_keys;
@@ -64,6 +66,21 @@ pub fn parse_backend(
     (registration.parse)(section, notes)
 }
 
+/// Every backend with flannel's defaults, for removing what any of them
+/// may have left behind.
+pub fn every_backend() -> Vec<Arc<dyn OverlayBackend>> {
+    BACKENDS
+        .iter()
+        .filter_map(|r| {
+            (r.parse)(
+                &BackendSection::new(r.type_name, Map::new()),
+                &mut Vec::new(),
+            )
+            .ok()
+        })
+        .collect()
+}
+
 /// "vxlan, host-gw, udp or alloc".
 fn known_types() -> String {
     let names: Vec<&str> = BACKENDS.iter().map(|r| r.type_name).collect();
@@ -76,8 +93,6 @@ fn known_types() -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Map;
-
     use super::*;
 
     fn parse(text: &str) -> Result<(NetworkConfig, Arc<dyn OverlayBackend>), ConfigError> {
@@ -101,6 +116,7 @@ mod tests {
         let (_, backend) = parse(r#"{"Network":"10.5.0.0/16"}"#).expect("valid config");
         assert_eq!(backend.type_name(), "udp");
         assert_eq!(known_types(), "vxlan, host-gw, udp or alloc");
+        assert_eq!(every_backend().len(), BACKENDS.len());
     }
 
     #[test]

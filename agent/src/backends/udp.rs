@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 use tartan_dataplane::{
-    OverlayChanges, OverlayScope, OverlayState, PeerMap, UdpOverlay, UdpOverlaySpec,
+    Netlink, OverlayChanges, OverlayScope, OverlayState, PeerMap, UdpOverlay, UdpOverlaySpec,
 };
 use tracing::{info, warn};
 
@@ -16,6 +16,7 @@ use super::{
     apply_desired, optional_port, NodeNet, OverlayBackend, Registration, Skipped, Underlay,
 };
 use crate::control::lease::Lease;
+use crate::teardown::Teardown;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "udp",
@@ -151,6 +152,23 @@ impl OverlayBackend for Udp {
             overlay.set_peers(map);
         }
         apply_desired(self, node, peers, scope).await
+    }
+
+    async fn teardown(&self, netlink: &Netlink, report: &mut Teardown) -> Vec<String> {
+        report.step("stopping the udp overlay", self.stop().await);
+        let Some(Some(link)) = report.step(
+            &format!("looking up {DEVICE_NAME}"),
+            netlink.link(DEVICE_NAME).await,
+        ) else {
+            return Vec::new();
+        };
+        report
+            .step(
+                &format!("removing {DEVICE_NAME}"),
+                netlink.delete_link(link.index).await,
+            )
+            .map(|()| vec![format!("removed {DEVICE_NAME}")])
+            .unwrap_or_default()
     }
 }
 

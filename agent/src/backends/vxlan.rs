@@ -8,12 +8,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tartan_dataplane::{
-    stable_vtep_mac, FdbSpec, NeighbourSpec, OverlayScope, OverlayState, RouteSpec, VxlanSpec,
+    stable_vtep_mac, FdbSpec, NeighbourSpec, Netlink, OverlayScope, OverlayState, RouteSpec,
+    VxlanSpec,
 };
 
 use super::{optional_port, NodeNet, OverlayBackend, Registration, Underlay};
 use crate::control::config::{optional_bool, optional_uint, BackendSection, ConfigError};
 use crate::control::gojson::field;
+use crate::teardown::Teardown;
 
 pub const REGISTRATION: Registration = Registration {
     type_name: "vxlan",
@@ -35,9 +37,12 @@ const OVERHEAD: u32 = 50;
 const DEFAULT_PORT: u16 = 8472;
 const DEFAULT_VNI: u32 = 1;
 
-/// The VXLAN device's name for `vni`: flannel's `flannel.<VNI>`, with our prefix.
+/// The device names' prefix: flannel's `flannel.<VNI>`, with ours.
+const DEVICE_PREFIX: &str = "tartan.";
+
+/// The VXLAN device's name for `vni`.
 pub fn device_name(vni: u32) -> String {
-    format!("tartan.{vni}")
+    format!("{DEVICE_PREFIX}{vni}")
 }
 
 /// The vxlan backend's options, as flannel reads them.
@@ -192,6 +197,31 @@ impl OverlayBackend for Vxlan {
         Ok(OverlayScope {
             vxlan_index: Some(index),
         })
+    }
+
+    /// Every VXLAN device of ours, whatever its VNI: an earlier config may
+    /// have had another.
+    async fn teardown(&self, netlink: &Netlink, report: &mut Teardown) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Some(links) = report.step("listing the interfaces", netlink.links_state().await) else {
+            return removed;
+        };
+        for link in links
+            .iter()
+            .filter(|l| l.kind.as_deref() == Some("vxlan") && l.name.starts_with(DEVICE_PREFIX))
+        {
+            let name = &link.name;
+            if report
+                .step(
+                    &format!("removing {name}"),
+                    netlink.delete_link(link.index).await,
+                )
+                .is_some()
+            {
+                removed.push(format!("removed {name}"));
+            }
+        }
+        removed
     }
 }
 
