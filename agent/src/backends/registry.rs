@@ -43,6 +43,15 @@ pub fn parse_backend(
     notes: &mut Vec<String>,
 ) -> Result<Arc<dyn OverlayBackend>, ConfigError> {
     let kind = section.type_name();
+    if kind.is_empty() {
+        return Err(ConfigError::new(
+            "Backend.Type",
+            format!(
+                "missing ({}); flannel refuses a Backend without one too",
+                known_types()
+            ),
+        ));
+    }
     let Some(registration) = BACKENDS.iter().find(|r| r.type_name == kind) else {
         let reason = if FLANNEL_ONLY_BACKENDS.contains(&kind) {
             format!(
@@ -160,6 +169,14 @@ mod tests {
         let cases = [
             (r#"{"Network":"10.5.0.0/16","Backend":{}}"#, "Backend.Type"),
             (
+                r#"{"Network":"10.5.0.0/16","Backend":null}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":""}}"#,
+                "Backend.Type",
+            ),
+            (
                 r#"{"Network":"10.5.0.0/16","Backend":{"Type":"geneve"}}"#,
                 "Backend.Type",
             ),
@@ -205,6 +222,11 @@ mod tests {
             assert_eq!(err.field, field, "{text} gave {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+        let err = parse(r#"{"Network":"10.5.0.0/16","Backend":{}}"#).expect_err("no type");
+        assert_eq!(
+            err.reason,
+            "missing (vxlan, host-gw, udp or alloc); flannel refuses a Backend without one too"
+        );
         let err = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#)
             .expect_err("wireguard");
         assert!(

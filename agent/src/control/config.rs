@@ -48,7 +48,7 @@ impl BackendSection {
         }
     }
 
-    /// The backend's type, lower-cased.
+    /// The backend's type, lower-cased; empty when the object has none.
     pub fn type_name(&self) -> &str {
         &self.kind
     }
@@ -288,13 +288,11 @@ fn parse_backend_section(value: &Value) -> Result<BackendSection, ConfigError> {
             ))
         }
     };
-    // flannel lower-cases the type before looking its backend up.
+    // flannel lower-cases the type before looking its backend up; a missing
+    // one is looked up as "" and refused there, as the registry refuses it.
     match field(obj, "Type") {
-        Some(Value::String(s)) if !s.is_empty() => Ok(BackendSection::new(s, obj.clone())),
-        None | Some(Value::Null) | Some(Value::String(_)) => Err(ConfigError::new(
-            "Backend.Type",
-            "missing; flannel refuses a Backend without one too",
-        )),
+        Some(Value::String(s)) => Ok(BackendSection::new(s, obj.clone())),
+        None | Some(Value::Null) => Ok(BackendSection::new("", obj.clone())),
         Some(other) => Err(ConfigError::new(
             "Backend.Type",
             format!("must be a string, not {other}"),
@@ -378,11 +376,6 @@ mod tests {
                 "SubnetMax",
             ),
             (r#"{"Network":"10.5.0.0/16","Backend":"vxlan"}"#, "Backend"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{}}"#, "Backend.Type"),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":null}"#,
-                "Backend.Type",
-            ),
             (
                 r#"{"Network":"10.5.0.0/16","Backend":{"Type":7}}"#,
                 "Backend.Type",
