@@ -29,6 +29,8 @@ use crate::control::node_state::{EtcdMonitor, NodeLease, NodeState};
 use crate::control::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::control::subnet_file::{previous_subnet, SubnetFile};
 use crate::networks::attach::Attacher;
+use crate::networks::drivers::ovs::OvsdbHandle;
+use crate::networks::pipework::Pipework;
 use crate::teardown::Teardown;
 use crate::{api, backends::node, claim, notify};
 
@@ -54,6 +56,8 @@ pub struct AgentOptions {
     pub forward_rules: bool,
     /// How often an etcd outage is logged while it lasts.
     pub etcd_outage_report_interval: Duration,
+    /// The OVSDB address (`unix:PATH`), connected to when first needed.
+    pub ovsdb: String,
 }
 
 /// The channels the node's facts travel on; the control plane writes them.
@@ -118,6 +122,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .follow_subnet(publishers.attacher.subscribe()),
     );
+    let pipework = Arc::new(Pipework::open(
+        netlink.clone(),
+        Arc::new(OvsdbHandle::new(opts.ovsdb.clone())),
+        &opts.state_dir,
+    )?);
+    let follower = tokio::spawn(pipework.clone().follow(containers.clone()));
     let server = api::serve(
         &opts.api_socket,
         api::Services {
@@ -128,10 +138,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             attacher: publishers.attacher.subscribe(),
             images,
             containers,
+            pipework,
         },
     )
     .await?;
-    let _background = AbortOnDrop(vec![outage_reports, mover]);
+    let _background = AbortOnDrop(vec![outage_reports, mover, follower]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

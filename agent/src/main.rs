@@ -48,13 +48,17 @@ enum Command {
     Agent(Box<AgentArgs>),
     /// Show this node's lease, the network config and every peer lease.
     Status(StatusArgs),
-    /// Plug a container into the node bridge: tartan attach [ADDR/LEN] CONTAINER.
+    /// Plug a container in: tartan attach [ADDR/LEN] CONTAINER (onto the node
+    /// bridge), or tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]
+    /// [MAC][@VLAN] (pipework's form).
     ///
     /// CONTAINER is a netns name (as `ip netns` knows it), a netns path or a
-    /// PID. Without ADDR the next free address of the node subnet is used.
-    /// Prints the address given.
+    /// PID (in the pipework form also a Tartan container). One or two
+    /// arguments are the weave form, three or four pipework's. Without ADDR
+    /// the next free address of the node subnet is used. Prints the address
+    /// given.
     Attach(AttachArgs),
-    /// Unplug a container and free its address.
+    /// Unplug a container (one interface with -i) and free its address.
     Detach(DetachArgs),
     /// List the namespaces plugged in with attach, and their addresses (weave's ps).
     Attachments(AttachmentsArgs),
@@ -149,8 +153,20 @@ struct RmiArgs {
 
 #[derive(Args)]
 struct AttachArgs {
-    /// [ADDR/LEN] CONTAINER
-    #[arg(required = true, num_args = 1..=2, value_name = "ARG")]
+    /// The interface's name in the container (default eth0 in the weave
+    /// form, eth1 in the pipework form).
+    #[arg(short = 'i', value_name = "CONTAINER_IF")]
+    container_interface: Option<String>,
+    /// The host end's name of a veth (pipework form, bridges only).
+    #[arg(short = 'l', value_name = "HOST_IF_NAME")]
+    host_interface_name: Option<String>,
+    /// Give the host a shim macvlan with a route to the container
+    /// (pipework form, macvlan only).
+    #[arg(long)]
+    host_shim: bool,
+    /// Weave form: [ADDR/LEN] CONTAINER. Pipework form: HOST_INTERFACE
+    /// CONTAINER ADDR/LEN[@GATEWAY] [MAC][@VLAN].
+    #[arg(required = true, num_args = 1..=4, value_name = "ARG")]
     args: Vec<String>,
 }
 
@@ -179,6 +195,13 @@ struct ResetArgs {
     /// The address the agent published, if not one of this host's.
     #[arg(long, env = "TARTAN_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
+    /// The Open vSwitch database, for the OVS ports of attachments.
+    #[arg(
+        long,
+        env = "TARTAN_OVSDB",
+        default_value = "unix:/var/run/openvswitch/db.sock"
+    )]
+    ovsdb: String,
     #[command(flatten)]
     etcd: EtcdArgs,
 }
@@ -192,7 +215,10 @@ struct AttachmentsArgs {
 
 #[derive(Args)]
 struct DetachArgs {
-    /// A netns name, netns path or PID.
+    /// Only this interface of the container (default: all of its attachments).
+    #[arg(short = 'i', value_name = "CONTAINER_IF")]
+    container_interface: Option<String>,
+    /// A Tartan container's name or id, a netns name, netns path or PID.
     container: String,
 }
 
@@ -301,6 +327,14 @@ struct AgentArgs {
     /// How often an etcd outage is logged again while it lasts.
     #[arg(long, env = "TARTAN_ETCD_OUTAGE_REPORT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     etcd_outage_report_interval: Duration,
+    /// The Open vSwitch database, for `tartan attach` onto OVS bridges;
+    /// connected to when first needed.
+    #[arg(
+        long,
+        env = "TARTAN_OVSDB",
+        default_value = "unix:/var/run/openvswitch/db.sock"
+    )]
+    ovsdb: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -332,6 +366,7 @@ impl AgentArgs {
             ip_masq: self.ip_masq,
             forward_rules: !self.no_forward_rules,
             etcd_outage_report_interval: self.etcd_outage_report_interval,
+            ovsdb: self.ovsdb,
         }
     }
 }
@@ -421,19 +456,81 @@ fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
-    let (address, container) = match args.args.as_slice() {
-        [container] => (String::new(), container.clone()),
-        [address, container] => (address.clone(), container.clone()),
-        _ => anyhow::bail!("usage: tartan attach [ADDR/LEN] CONTAINER"),
+/// `ADDR/LEN[@GATEWAY]`, split.
+fn split_gateway(text: &str) -> (String, String) {
+    match text.split_once('@') {
+        Some((address, gateway)) => (address.to_string(), gateway.to_string()),
+        None => (text.to_string(), String::new()),
+    }
+}
+
+/// `[MAC][@VLAN]`, split: `@10` alone is a VLAN and no MAC, as in pipework.
+fn split_mac_vlan(text: &str) -> Result<(String, u32)> {
+    let (mac, vlan) = match text.rsplit_once('@') {
+        Some((mac, vlan)) => (mac, Some(vlan)),
+        None => (text, None),
     };
+    let vlan = match vlan {
+        None => 0,
+        Some(text) => u32::from(tartan_dataplane::parse_vlan_id(text)?),
+    };
+    if !mac.is_empty() {
+        tartan_dataplane::parse_mac(mac)?;
+    }
+    Ok((mac.to_string(), vlan))
+}
+
+async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
+    // The forms differ in their number of arguments: one or two is weave's
+    // ([ADDR/LEN] CONTAINER), three or four is pipework's.
+    let request = match args.args.as_slice() {
+        [_] | [_, _] => {
+            if args.host_interface_name.is_some() || args.host_shim {
+                anyhow::bail!("-l and --host-shim belong to the pipework form: tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY] [MAC][@VLAN]");
+            }
+            let (address, container) = match args.args.as_slice() {
+                [container] => (String::new(), container.clone()),
+                [address, container] => (address.clone(), container.clone()),
+                _ => unreachable!("matched above"),
+            };
+            tartan_proto::v1::AttachRequest {
+                container,
+                address,
+                container_interface: args.container_interface.unwrap_or_default(),
+                ..Default::default()
+            }
+        }
+        [host, container, address, rest @ ..] => {
+            let (address, gateway) = split_gateway(address);
+            let (mac, vlan) = match rest {
+                [mac_vlan] => split_mac_vlan(mac_vlan)?,
+                _ => (String::new(), 0),
+            };
+            tartan_proto::v1::AttachRequest {
+                container: container.clone(),
+                address,
+                host_interface: host.clone(),
+                container_interface: args.container_interface.unwrap_or_default(),
+                host_interface_name: args.host_interface_name.unwrap_or_default(),
+                gateway,
+                mac,
+                vlan,
+                host_shim: args.host_shim,
+            }
+        }
+        _ => anyhow::bail!("usage: tartan attach [-i IF] [ADDR/LEN] CONTAINER, or tartan attach [-i IF] [-l HOST_IF] [--host-shim] HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY] [MAC][@VLAN]"),
+    };
+    let container = request.container.clone();
     let mut client = api::connect(api_socket).await?;
-    let resp = client
-        .attach(tartan_proto::v1::AttachRequest { container, address })
-        .await
-        .map_err(refused)?
-        .into_inner();
-    stdout::println(&resp.address)?;
+    let resp = client.attach(request).await.map_err(refused)?.into_inner();
+    if resp.already_attached {
+        stdout::println(format!(
+            "{container} already attached: {} {}",
+            resp.container_interface, resp.address
+        ))?;
+    } else {
+        stdout::println(&resp.address)?;
+    }
     Ok(())
 }
 
@@ -442,6 +539,7 @@ async fn detach(args: DetachArgs, api_socket: &Path) -> Result<()> {
     client
         .detach(tartan_proto::v1::DetachRequest {
             container: args.container,
+            container_interface: args.container_interface.unwrap_or_default(),
         })
         .await
         .map_err(refused)?;
@@ -458,6 +556,7 @@ async fn reset(args: ResetArgs, api_socket: &Path) -> Result<()> {
         public_ip: args.public_ip,
         force: args.force,
         release_lease: args.release_lease.then(|| args.etcd.into_options()),
+        ovsdb: args.ovsdb,
     };
     for line in reset::reset(&opts).await? {
         stdout::println(line)?;

@@ -36,6 +36,8 @@ pub struct ResetOptions {
     pub force: bool,
     /// Release this node's lease in etcd too.
     pub release_lease: Option<EtcdOptions>,
+    /// The OVSDB address, for the OVS ports of pipework-form attachments.
+    pub ovsdb: String,
 }
 
 /// Removes what the agent made; returns one line per thing removed.
@@ -68,6 +70,7 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
     stop_containers(opts, &mut done, &mut teardown).await?;
 
     let netlink = Netlink::connect().context("opening netlink")?;
+    remove_pipework(&netlink, opts, &mut done, &mut teardown).await;
     remove_links(&netlink, opts, &mut done, &mut teardown).await;
     for backend in registry::every_backend() {
         done.extend(backend.teardown(&netlink, &mut teardown).await);
@@ -118,6 +121,41 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
     }
     teardown.finish()?;
     Ok(done)
+}
+
+/// Undoes the recorded pipework-form attachments (their interfaces, OVS
+/// ports, host shims, VLAN devices and the bridges made for them), then
+/// removes the records.
+async fn remove_pipework(
+    netlink: &Netlink,
+    opts: &ResetOptions,
+    done: &mut Vec<String>,
+    teardown: &mut Teardown,
+) {
+    let ovsdb = std::sync::Arc::new(crate::networks::drivers::ovs::OvsdbHandle::new(
+        opts.ovsdb.clone(),
+    ));
+    let Some(pipework) = teardown.step(
+        "reading the attachment records",
+        crate::networks::pipework::Pipework::open(netlink.clone(), ovsdb, &opts.state_dir),
+    ) else {
+        return;
+    };
+    let owners: Vec<String> = pipework
+        .records()
+        .await
+        .into_iter()
+        .map(|r| r.owner)
+        .collect();
+    if owners.is_empty() {
+        return;
+    }
+    if let Some(gone) = teardown.step(
+        "removing pipework-form attachments",
+        pipework.detach(&owners, None).await,
+    ) {
+        done.push(format!("removed {} pipework-form attachments", gone.len()));
+    }
 }
 
 /// Running containers refuse the reset, unless forced: then they are killed.

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use rtnetlink::LinkBridge;
 
+use crate::link::{check_ifname, Ensured};
 use crate::{DataplaneError, Netlink, Result};
 
 /// What the node bridge must look like.
@@ -65,5 +66,61 @@ impl Netlink {
             self.set_up_with_mtu(link.index, spec.mtu).await?;
         }
         Ok(link.index)
+    }
+
+    /// Makes a Linux bridge with no address, up, unless one of that name
+    /// exists; another kind of device by that name is a conflict.
+    pub async fn ensure_plain_bridge(&self, name: &str) -> Result<Ensured> {
+        check_ifname(name)?;
+        let (link, made) = match self.link(name).await? {
+            Some(link) if link.kind.as_deref() == Some("bridge") => (link, Ensured::AlreadyThere),
+            Some(other) => {
+                return Err(DataplaneError::Conflict(format!(
+                    "{} exists but is a {} device, not a bridge",
+                    other.name,
+                    other.kind.as_deref().unwrap_or("plain")
+                )))
+            }
+            None => {
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .map_err(|source| DataplaneError::Netlink {
+                        op: "bridge add",
+                        source,
+                    })?;
+                let link = self.link(name).await?.ok_or_else(|| {
+                    DataplaneError::Conflict(format!("{name} vanished after creation"))
+                })?;
+                (link, Ensured::Created)
+            }
+        };
+        if !link.up {
+            self.set_up_with_mtu(link.index, link.mtu).await?;
+        }
+        Ok(made)
+    }
+
+    /// Deletes the Linux bridge `name` when no interface is its port any
+    /// more. Returns whether it was deleted.
+    pub async fn remove_bridge_if_unused(&self, name: &str) -> Result<bool> {
+        let Some(bridge) = self.link(name).await? else {
+            return Ok(false);
+        };
+        if bridge.kind.as_deref() != Some("bridge") {
+            return Ok(false);
+        }
+        let in_use = self
+            .links_state()
+            .await?
+            .iter()
+            .any(|link| link.controller == Some(bridge.index));
+        if in_use {
+            return Ok(false);
+        }
+        self.delete_link(bridge.index).await?;
+        Ok(true)
     }
 }

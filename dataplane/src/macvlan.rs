@@ -211,7 +211,7 @@ pub(crate) fn macvlan_mode(msg: &LinkMessage) -> Option<MacVlanMode> {
 }
 
 /// Turns on `arp_notify` for `ifname` in the namespace the calling thread is in.
-fn enable_arp_notify(ifname: &str) -> std::io::Result<()> {
+pub(crate) fn enable_arp_notify(ifname: &str) -> std::io::Result<()> {
     // sysctl spells a dot in an interface name as a slash.
     let path = format!(
         "/proc/sys/net/ipv4/conf/{}/arp_notify",

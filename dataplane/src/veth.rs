@@ -9,11 +9,16 @@ use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use netlink_packet_route::route::RouteScope;
+
 use crate::error::netlink_err;
+use crate::macvlan::{enable_arp_notify, needs_gateway_host_route};
+use crate::netlink::run_in_netns;
 use crate::{DataplaneError, Netlink, Result};
 
-/// Puts the veth request's peer into the namespace behind `netns`, with `mtu`.
-fn place_peer(request: &mut LinkMessage, netns: RawFd, mtu: u32) {
+/// Puts the veth request's peer into the namespace behind `netns`, with
+/// `mtu` and, when given, `mac`.
+fn place_peer(request: &mut LinkMessage, netns: RawFd, mtu: u32, mac: Option<[u8; 6]>) {
     for attribute in &mut request.attributes {
         let LinkAttribute::LinkInfo(infos) = attribute else {
             continue;
@@ -22,24 +27,33 @@ fn place_peer(request: &mut LinkMessage, netns: RawFd, mtu: u32) {
             if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
                 peer.attributes.push(LinkAttribute::NetNsFd(netns));
                 peer.attributes.push(LinkAttribute::Mtu(mtu));
+                if let Some(mac) = mac {
+                    peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+                }
             }
         }
     }
 }
 
-/// One container interface on the node bridge.
+/// One container interface: a veth pair whose host end joins a Linux
+/// bridge, or stays unenslaved for Open vSwitch to take as a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VethSpec {
     /// The container's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub netns: PathBuf,
-    /// The host end, on the bridge.
+    /// The host end.
     pub host_name: String,
     /// The container end, e.g. `eth0`.
     pub container_name: String,
     pub address: Ipv4Network,
-    pub gateway: Ipv4Addr,
+    /// The default route's next hop; one outside the subnet gets a host
+    /// route first, as pipework does.
+    pub gateway: Option<Ipv4Addr>,
     pub mtu: u32,
-    pub bridge_index: u32,
+    /// The Linux bridge the host end joins; None leaves it on its own, up.
+    pub bridge_index: Option<u32>,
+    /// The container end's MAC; None lets the kernel pick one.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Netlink {
@@ -74,7 +88,7 @@ impl Netlink {
         let mut request = LinkVeth::new(&spec.host_name, &spec.container_name)
             .mtu(spec.mtu)
             .build();
-        place_peer(&mut request, netns.as_raw_fd(), spec.mtu);
+        place_peer(&mut request, netns.as_raw_fd(), spec.mtu, spec.mac);
         self.handle
             .link()
             .add(request)
@@ -96,6 +110,16 @@ impl Netlink {
             .link(&spec.container_name)
             .await?
             .ok_or_else(|| missing(&spec.container_name))?;
+        // The kernel announces the address itself (a gratuitous ARP) when
+        // the link comes up.
+        let name = spec.container_name.clone();
+        run_in_netns(&spec.netns, move |path| {
+            enable_arp_notify(&name).map_err(|source| DataplaneError::EnterNetns {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+        .await?;
         container
             .handle
             .address()
@@ -105,27 +129,47 @@ impl Netlink {
             .map_err(netlink_err("container address add"))?;
         container.set_up_with_mtu(inner.index, spec.mtu).await?;
         container.set_loopback_up().await?;
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(spec.gateway)
-            .output_interface(inner.index)
-            .build();
-        container
-            .handle
-            .route()
-            .add(default)
-            .execute()
-            .await
-            .map_err(netlink_err("container default route"))?;
+        if let Some(gateway) = spec.gateway {
+            if needs_gateway_host_route(spec.address, gateway) {
+                let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(gateway, 32)
+                    .output_interface(inner.index)
+                    .scope(RouteScope::Link)
+                    .build();
+                container
+                    .handle
+                    .route()
+                    .add(host_route)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(netlink_err("container route to the gateway"))?;
+            }
+            // Replacing, as pipework does: the latest attachment with a
+            // gateway takes over the container's default route.
+            let default = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(inner.index)
+                .build();
+            container
+                .handle
+                .route()
+                .add(default)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink_err("container default route"))?;
+        }
 
         let host = self
             .link(&spec.host_name)
             .await?
             .ok_or_else(|| missing(&spec.host_name))?;
-        let plug = LinkUnspec::new_with_index(host.index)
-            .controller(spec.bridge_index)
-            .mtu(spec.mtu)
-            .up()
-            .build();
+        let mut plug = LinkUnspec::new_with_index(host.index).mtu(spec.mtu).up();
+        if let Some(bridge) = spec.bridge_index {
+            plug = plug.controller(bridge);
+        }
+        let plug = plug.build();
         self.handle
             .link()
             .set(plug)

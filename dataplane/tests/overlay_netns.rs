@@ -172,9 +172,10 @@ async fn vxlan_overlay_is_reconciled_and_repaired() -> Result<()> {
         host_name: "vtest0".into(),
         container_name: "eth0".into(),
         address: "10.5.34.2/24".parse()?,
-        gateway: Ipv4Addr::new(10, 5, 34, 1),
+        gateway: Some(Ipv4Addr::new(10, 5, 34, 1)),
         mtu: 1450,
-        bridge_index: bridge,
+        bridge_index: Some(bridge),
+        mac: None,
     };
     nl.attach_veth(&veth).await?;
     let inside = ns_output(&container, &["addr", "show", "eth0"])?;

@@ -33,6 +33,7 @@ use crate::control::etcd::Registry;
 use crate::control::lease::Lease;
 use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
 use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
+use crate::networks::pipework::{Pipework, Target};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
@@ -50,6 +51,7 @@ pub struct Services {
     pub attacher: AttacherWatch,
     pub images: Images,
     pub containers: Containers,
+    pub pipework: Arc<Pipework>,
 }
 
 struct AgentService {
@@ -60,6 +62,7 @@ struct AgentService {
     attacher: AttacherWatch,
     images: Images,
     containers: Containers,
+    pipework: Arc<Pipework>,
 }
 
 fn to_pb_container(view: ContainerView) -> PbContainer {
@@ -224,6 +227,51 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AgentService {
+    async fn attach_pipework(
+        &self,
+        request: AttachRequest,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let invalid = |e: anyhow::Error| Status::invalid_argument(format!("{e:#}"));
+        let target = Target::resolve(&request.container, &self.containers).map_err(invalid)?;
+        let gateway = match request.gateway.as_str() {
+            "" => None,
+            text => Some(
+                text.parse()
+                    .map_err(|_| Status::invalid_argument(format!("bad gateway {text:?}")))?,
+            ),
+        };
+        let vlan = match request.vlan {
+            0 => None,
+            vlan => Some(u16::try_from(vlan).map_err(|_| {
+                Status::invalid_argument(format!("VLAN {vlan} is out of range: use 1 to 4094"))
+            })?),
+        };
+        let pipework = crate::networks::pipework::Request {
+            host_interface: request.host_interface.clone(),
+            target,
+            ifname: (!request.container_interface.is_empty())
+                .then(|| request.container_interface.clone()),
+            host_ifname: (!request.host_interface_name.is_empty())
+                .then(|| request.host_interface_name.clone()),
+            address: request.address.clone(),
+            gateway,
+            mac: (!request.mac.is_empty()).then(|| request.mac.clone()),
+            vlan,
+            host_shim: request.host_shim,
+        };
+        let attached = self.pipework.attach(&pipework).await.map_err(failed)?;
+        if attached.already {
+            info!(container = %request.container, interface = %attached.ifname, "already attached");
+        } else {
+            info!(container = %request.container, interface = %attached.ifname, host = %request.host_interface, address = %attached.address, "attached");
+        }
+        Ok(Response::new(AttachResponse {
+            address: attached.address.to_string(),
+            already_attached: attached.already,
+            container_interface: attached.ifname,
+        }))
+    }
+
     async fn stop_or_restart(
         &self,
         request: StopRequest,
@@ -534,12 +582,24 @@ impl Agent for AgentService {
         request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
         let request = request.into_inner();
+        if !request.host_interface.is_empty() {
+            return self.attach_pipework(request).await;
+        }
+        if !request.host_interface_name.is_empty() || request.host_shim {
+            return Err(Status::invalid_argument(
+                "-l and --host-shim belong to the pipework form: tartan attach HOST_INTERFACE CONTAINER ADDR/LEN",
+            ));
+        }
         let container = ContainerRef::parse(&request.container)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let requested = (!request.address.is_empty()).then_some(request.address.as_str());
+        let ifname = match request.container_interface.as_str() {
+            "" => "eth0",
+            name => name,
+        };
         let address = self
             .attacher()?
-            .attach(&container, requested)
+            .attach(&container, requested, ifname)
             .await
             .map_err(failed)?;
         info!(container = %request.container, %address, "attached");
@@ -548,6 +608,8 @@ impl Agent for AgentService {
         }
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
+            already_attached: false,
+            container_interface: ifname.to_string(),
         }))
     }
 
@@ -636,15 +698,37 @@ impl Agent for AgentService {
             Some(attacher) => attacher.attachments().await,
             None => Vec::new(),
         };
-        Ok(Response::new(AttachmentsResponse {
-            attachments: attachments
-                .into_iter()
-                .map(|(container, address, host_interface)| PbAttachment {
+        let mut listed: Vec<PbAttachment> = attachments
+            .into_iter()
+            .map(
+                |(container, address, host_interface, ifname)| PbAttachment {
                     container,
                     address: address.to_string(),
                     host_interface,
-                })
-                .collect(),
+                    driver: "bridge".to_string(),
+                    container_interface: ifname,
+                    ..PbAttachment::default()
+                },
+            )
+            .collect();
+        listed.extend(
+            self.pipework
+                .records()
+                .await
+                .into_iter()
+                .map(|r| PbAttachment {
+                    container: r.container,
+                    address: r.address.to_string(),
+                    host_interface: r.host_ifname.unwrap_or_default(),
+                    driver: r.driver,
+                    attached_to: r.host_interface,
+                    container_interface: r.ifname,
+                    vlan: r.vlan.map_or(0, u32::from),
+                    host_shim: r.host_shim.unwrap_or_default(),
+                }),
+        );
+        Ok(Response::new(AttachmentsResponse {
+            attachments: listed,
         }))
     }
 
@@ -653,13 +737,44 @@ impl Agent for AgentService {
         request: Request<DetachRequest>,
     ) -> Result<Response<DetachResponse>, Status> {
         let request = request.into_inner();
-        let container = ContainerRef::parse(&request.container)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        let address = self.attacher()?.detach(&container).await.map_err(failed)?;
-        info!(container = %request.container, %address, "detached");
-        Ok(Response::new(DetachResponse {
-            address: address.to_string(),
-        }))
+        let ifname = (!request.container_interface.is_empty())
+            .then_some(request.container_interface.as_str());
+        let keys = Target::keys_for(&request.container, &self.containers);
+        let detached = self.pipework.detach(&keys, ifname).await.map_err(failed)?;
+        for record in &detached {
+            info!(container = %request.container, interface = %record.ifname, address = %record.address, "detached");
+        }
+        let weave = ContainerRef::parse(&request.container).ok();
+        let current = self.attacher.borrow().clone();
+        if let (Some(container), Some(attacher)) = (&weave, current) {
+            let keys = attacher.keys_of(container).await;
+            let wanted = keys.iter().any(|key| {
+                let (name, _) = crate::networks::attach::split_interface_key(key);
+                ifname.is_none_or(|want| want == name)
+            });
+            if wanted {
+                let freed = attacher.detach(container, ifname).await.map_err(failed)?;
+                for address in &freed {
+                    info!(container = %request.container, %address, "detached");
+                }
+                let address = freed
+                    .first()
+                    .map(ToString::to_string)
+                    .or_else(|| detached.first().map(|r| r.address.to_string()))
+                    .unwrap_or_default();
+                return Ok(Response::new(DetachResponse { address }));
+            }
+        }
+        match detached.first() {
+            Some(record) => Ok(Response::new(DetachResponse {
+                address: record.address.to_string(),
+            })),
+            None => Err(failed(anyhow::anyhow!(
+                "{} is not attached{}",
+                request.container,
+                ifname.map(|name| format!(" as {name}")).unwrap_or_default()
+            ))),
+        }
     }
 }
 
@@ -763,6 +878,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         attacher,
         images,
         containers,
+        pipework,
     } = services;
     let service = AgentServer::new(AgentService {
         node,
@@ -772,6 +888,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         attacher,
         images,
         containers,
+        pipework,
     });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

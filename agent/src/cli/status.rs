@@ -483,14 +483,36 @@ pub fn attachments_table(attachments: &[tartan_proto::v1::Attachment], quiet: bo
         .max("CONTAINER".len());
     let _ = writeln!(
         out,
-        "{:width$}  {:18}  HOST INTERFACE",
-        "CONTAINER", "ADDRESS"
+        "{:width$}  {:18}  {:15}  {:15}  ON",
+        "CONTAINER", "ADDRESS", "HOST INTERFACE", "INTERFACE"
     );
     for a in attachments {
+        let dash = |text: &str| {
+            if text.is_empty() {
+                "-".to_string()
+            } else {
+                text.to_string()
+            }
+        };
+        // Where pipework's form plugged it: the host interface, the driver
+        // and VLAN; `-` for the node bridge of weave's form.
+        let mut on = dash(&a.attached_to);
+        if !a.attached_to.is_empty() {
+            on = format!("{on} ({})", a.driver);
+            if a.vlan != 0 {
+                on = format!("{on} vlan {}", a.vlan);
+            }
+            if !a.host_shim.is_empty() {
+                on = format!("{on} shim {}", a.host_shim);
+            }
+        }
         let _ = writeln!(
             out,
-            "{:width$}  {:18}  {}",
-            a.container, a.address, a.host_interface
+            "{:width$}  {:18}  {:15}  {:15}  {on}",
+            a.container,
+            a.address,
+            dash(&a.host_interface),
+            dash(&a.container_interface)
         );
     }
     out
@@ -506,15 +528,28 @@ mod attachment_tests {
             container: "web".into(),
             address: "10.5.34.2/24".into(),
             host_interface: "vt0123456789".into(),
+            ..Default::default()
         }];
         assert_eq!(
             attachments_table(&listed, false),
-            "CONTAINER  ADDRESS             HOST INTERFACE\nweb        10.5.34.2/24        vt0123456789\n"
+            "CONTAINER  ADDRESS             HOST INTERFACE   INTERFACE        ON\n\
+             web        10.5.34.2/24        vt0123456789     -                -\n"
         );
+        let macvlan = [tartan_proto::v1::Attachment {
+            container: "c1".into(),
+            address: "10.1.1.1/24".into(),
+            driver: "macvlan".into(),
+            attached_to: "eth0".into(),
+            container_interface: "eth1".into(),
+            host_shim: "tshim0".into(),
+            ..Default::default()
+        }];
+        assert!(attachments_table(&macvlan, false)
+            .ends_with("c1         10.1.1.1/24         -                eth1             eth0 (macvlan) shim tshim0\n"));
         assert_eq!(attachments_table(&listed, true), "web\n");
         assert_eq!(
             attachments_table(&[], false),
-            "CONTAINER  ADDRESS             HOST INTERFACE\n"
+            "CONTAINER  ADDRESS             HOST INTERFACE   INTERFACE        ON\n"
         );
     }
 }

@@ -25,6 +25,26 @@ const RELEASE_WAIT: Duration = Duration::from_secs(3);
 /// The interface name containers get.
 const CONTAINER_IFNAME: &str = "eth0";
 
+/// The owner key prefix naming another container side than eth0 (`-i`):
+/// `if=eth1:netns:c1`. Interface names hold no `:`, so it splits cleanly.
+const IFNAME_PREFIX: &str = "if=";
+
+/// The owner key of `container`'s attachment as `ifname`.
+pub fn interface_key(container: &ContainerRef, ifname: &str) -> String {
+    if ifname == CONTAINER_IFNAME {
+        container.key()
+    } else {
+        format!("{IFNAME_PREFIX}{ifname}:{}", container.key())
+    }
+}
+
+/// An owner key's container side and the key of the container itself.
+pub fn split_interface_key(key: &str) -> (&str, &str) {
+    key.strip_prefix(IFNAME_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .unwrap_or((CONTAINER_IFNAME, key))
+}
+
 /// What the operator named as the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerRef {
@@ -67,6 +87,7 @@ impl ContainerRef {
     /// The reference an owner key was made from (`key`'s inverse); None for
     /// keys of other owners, such as the runtime's `container:ID`.
     pub fn from_key(key: &str) -> Option<ContainerRef> {
+        let (_, key) = split_interface_key(key);
         let (kind, rest) = key.split_once(':')?;
         match kind {
             "netns" => Some(ContainerRef::Netns(rest.to_string())),
@@ -312,8 +333,8 @@ impl Attacher {
     }
 
     /// What `tartan attach` plugged in: (the reference as typed, address,
-    /// host interface).
-    pub async fn attachments(&self) -> Vec<(String, Ipv4Network, String)> {
+    /// host interface, container side).
+    pub async fn attachments(&self) -> Vec<(String, Ipv4Network, String, String)> {
         let prefix = self.subnet.prefix();
         self.bookings()
             .await
@@ -321,7 +342,13 @@ impl Attacher {
             .filter_map(|(addr, key)| {
                 let container = ContainerRef::from_key(&key)?;
                 let address = Ipv4Network::new(addr, prefix).ok()?;
-                Some((container.to_arg(), address, host_ifname_for(&key)))
+                let (ifname, _) = split_interface_key(&key);
+                Some((
+                    container.to_arg(),
+                    address,
+                    host_ifname_for(&key),
+                    ifname.to_string(),
+                ))
             })
             .collect()
     }
@@ -335,12 +362,15 @@ impl Attacher {
         self.subnet
     }
 
-    /// Plugs the container in; returns its address with the subnet's prefix.
+    /// Plugs the container in as `ifname`; returns its address with the
+    /// subnet's prefix.
     pub async fn attach(
         &self,
         container: &ContainerRef,
         requested: Option<&str>,
+        ifname: &str,
     ) -> Result<Ipv4Network> {
+        tartan_dataplane::check_ifname(ifname)?;
         let path = container.netns_path();
         if !path.exists() {
             bail!(
@@ -354,7 +384,7 @@ impl Attacher {
                 describe(container)
             );
         }
-        let key = container.key();
+        let key = interface_key(container, ifname);
         let _hold = self.hold().await;
         if let Some(addr) = self.address_of(&key).await {
             bail!("{} is already attached with {addr}", describe(container));
@@ -369,13 +399,39 @@ impl Attacher {
         Ok(address)
     }
 
-    /// Unplugs the container and frees its address. Returns the address it had.
-    pub async fn detach(&self, container: &ContainerRef) -> Result<Ipv4Addr> {
+    /// Unplugs the container (only its `ifname`, when given) and frees
+    /// the addresses. Returns the addresses it had.
+    pub async fn detach(
+        &self,
+        container: &ContainerRef,
+        ifname: Option<&str>,
+    ) -> Result<Vec<Ipv4Addr>> {
         let _hold = self.hold().await;
-        match self.release(&container.key()).await? {
-            Some(addr) => Ok(addr),
-            None => bail!("{} is not attached", describe(container)),
+        let keys = match ifname {
+            Some(ifname) => vec![interface_key(container, ifname)],
+            None => self.keys_of(container).await,
+        };
+        let mut freed = Vec::new();
+        for key in keys {
+            if let Some(addr) = self.release(&key).await? {
+                freed.push(addr);
+            }
         }
+        if freed.is_empty() {
+            bail!("{} is not attached", describe(container));
+        }
+        Ok(freed)
+    }
+
+    /// The owner keys of every interface `container` has from `attach`.
+    pub async fn keys_of(&self, container: &ContainerRef) -> Vec<String> {
+        let base = container.key();
+        self.bookings()
+            .await
+            .into_iter()
+            .map(|(_, key)| key)
+            .filter(|key| split_interface_key(key).1 == base)
+            .collect()
     }
 
     /// Owner keys with `prefix`, e.g. every container's.
@@ -454,11 +510,15 @@ impl Attacher {
         };
         let spec = AttachmentSpec {
             netns,
-            ifname: CONTAINER_IFNAME.to_string(),
+            ifname: split_interface_key(key).0.to_string(),
             host_ifname: host_ifname_for(key),
             address: Ipv4Network::new(addr, self.subnet.prefix())?,
             gateway: Some(gateway),
             mtu: self.mtu,
+            mac: None,
+            vlan: None,
+            owner: key.to_string(),
+            host_shim: false,
         };
         self.driver.setup(&spec).await?;
         Ok(())
@@ -542,11 +602,14 @@ impl Attacher {
         let mut book = self.allocations.lock().await;
         let made = AttachStatus {
             driver: self.driver.kind(),
-            ifname: CONTAINER_IFNAME.to_string(),
+            ifname: split_interface_key(key).0.to_string(),
             host_ifname: Some(host_ifname_for(key)),
             address: book
                 .address_of(key)
                 .and_then(|a| Ipv4Network::new(a, self.subnet.prefix()).ok()),
+            netns: PathBuf::new(),
+            vlan: None,
+            host_shim: None,
         };
         self.driver
             .teardown(&made)
@@ -595,7 +658,7 @@ pub fn free_when_process_ends(mut attachers: AttacherWatch, pid: u32) {
                 return;
             }
         }
-        let key = ContainerRef::Pid(pid).key();
+        let container = ContainerRef::Pid(pid);
         loop {
             let current = attachers.borrow_and_update().clone();
             let Some(attacher) = current else { return };
@@ -606,14 +669,17 @@ pub fn free_when_process_ends(mut attachers: AttacherWatch, pid: u32) {
                 }
                 continue;
             }
-            match attacher.release_when_gone(&key).await {
-                Ok(Some(address)) => {
-                    tracing::info!(pid, %address, "freed the address of an attached process that ended");
-                }
-                // Detached meanwhile.
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(pid, error = %format!("{err:#}"), "could not free the address of an attached process that ended");
+            // Every interface it was given (-i).
+            for key in attacher.keys_of(&container).await {
+                match attacher.release_when_gone(&key).await {
+                    Ok(Some(address)) => {
+                        tracing::info!(pid, %address, "freed the address of an attached process that ended");
+                    }
+                    // Detached meanwhile.
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(pid, error = %format!("{err:#}"), "could not free the address of an attached process that ended");
+                    }
                 }
             }
             return;
@@ -666,6 +732,17 @@ mod tests {
             ContainerRef::Netns("c1".into()).netns_path(),
             PathBuf::from("/run/netns/c1")
         );
+    }
+
+    #[test]
+    fn interface_keys_split_back() {
+        let c1 = ContainerRef::Netns("c1".into());
+        assert_eq!(interface_key(&c1, "eth0"), "netns:c1");
+        let eth1 = interface_key(&c1, "eth1");
+        assert_eq!(split_interface_key(&eth1), ("eth1", "netns:c1"));
+        assert_eq!(split_interface_key("netns:c1"), ("eth0", "netns:c1"));
+        assert_eq!(ContainerRef::from_key(&eth1), Some(c1.clone()));
+        assert_ne!(host_ifname_for(&eth1), host_ifname_for(&c1.key()));
     }
 
     #[test]

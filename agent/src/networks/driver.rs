@@ -1,6 +1,6 @@
 //! The seam between networks and the ways a namespace is plugged into one:
-//! a veth onto a Linux bridge today; macvlan, an Open vSwitch port and the
-//! flat L2 segment are more modules of `drivers/` behind the same trait.
+//! a veth onto a Linux bridge, a macvlan on a parent, a veth whose host end
+//! is an Open vSwitch port; each a module of `drivers/` behind this trait.
 //!
 //! A driver is told exactly what to make (`AttachmentSpec`), checks it
 //! before anything exists (`validate`), makes it (`setup`) and says what it
@@ -29,6 +29,16 @@ pub struct AttachmentSpec {
     /// The default route's next hop, if any.
     pub gateway: Option<Ipv4Addr>,
     pub mtu: u32,
+    /// The container side's MAC; None lets the kernel pick one.
+    pub mac: Option<[u8; 6]>,
+    /// The VLAN the interface is an access port of, 1 to 4094.
+    pub vlan: Option<u16>,
+    /// Who the attachment is for (an owner key such as `netns:c1`): named
+    /// on what a driver makes outside the namespace, such as OVS ports.
+    pub owner: String,
+    /// Give the host a way to the container where the driver keeps it
+    /// from the host otherwise (a macvlan's parent).
+    pub host_shim: bool,
 }
 
 /// What a driver made, as recorded.
@@ -41,6 +51,12 @@ pub struct AttachStatus {
     pub host_ifname: Option<String>,
     /// None when rebuilt from a record that had none.
     pub address: Option<Ipv4Network>,
+    /// The namespace the interface is in.
+    pub netns: PathBuf,
+    /// The VLAN it is on, if any (on a macvlan: through `PARENT.VLAN`).
+    pub vlan: Option<u16>,
+    /// The host shim carrying a route to it, if any.
+    pub host_shim: Option<String>,
 }
 
 /// One way to put an interface into a network namespace.
@@ -53,6 +69,15 @@ pub trait AttachmentDriver: Send + Sync {
     fn validate(&self, spec: &AttachmentSpec) -> Result<()> {
         tartan_dataplane::check_ifname(&spec.ifname)?;
         tartan_dataplane::check_ifname(&spec.host_ifname)?;
+        if let Some(vlan) = spec.vlan {
+            tartan_dataplane::check_vlan_id(vlan)?;
+        }
+        if spec.gateway == Some(spec.address.ip()) {
+            anyhow::bail!(
+                "gateway {} is the container's own address",
+                spec.address.ip()
+            );
+        }
         Ok(())
     }
 

@@ -4,3 +4,4 @@
 pub mod attach;
 pub mod driver;
 pub mod drivers;
+pub mod pipework;

@@ -229,6 +229,18 @@ impl Ovsdb {
         Ok(names)
     }
 
+    /// Whether a bridge named `name` exists.
+    pub async fn has_bridge(&self, name: &str) -> Result<bool> {
+        Ok(self.bridge_uuid(name).await?.is_some())
+    }
+
+    /// Every port, with its bridge.
+    pub async fn ports(&self) -> Result<Vec<OvsPort>> {
+        self.ports_where(json!([]))
+            .await
+            .map(|ports| ports.into_iter().map(|(_, port)| port).collect())
+    }
+
     async fn bridge_uuid(&self, name: &str) -> Result<Option<String>> {
         let results = self
             .transact(vec![json!({"op": "select", "table": "Bridge",

@@ -1,5 +1,5 @@
 //! A veth pair whose host end joins a Linux bridge: the overlay's attach
-//! onto `tartan0`, and any bridge network.
+//! onto `tartan0`, any bridge network, and `tartan attach BRIDGE ...`.
 
 use anyhow::{bail, Result};
 use tartan_dataplane::{Netlink, VethSpec};
@@ -34,22 +34,40 @@ impl AttachmentDriver for BridgeDriver {
 
     async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
         self.validate(spec)?;
-        let Some(gateway) = spec.gateway else {
-            bail!("a bridge attachment needs a gateway");
-        };
+        let bridge_index = self.bridge_index().await?;
+        if spec.vlan.is_some() {
+            // Refused here, before the veth exists, where the kernel has no
+            // bridge VLAN filtering.
+            self.netlink
+                .ensure_bridge_vlan_filtering(&self.bridge)
+                .await?;
+        }
         let veth = VethSpec {
             netns: spec.netns.clone(),
             host_name: spec.host_ifname.clone(),
             container_name: spec.ifname.clone(),
             address: spec.address,
-            gateway,
+            gateway: spec.gateway,
             mtu: spec.mtu,
-            bridge_index: self.bridge_index().await?,
+            bridge_index: Some(bridge_index),
+            mac: spec.mac,
         };
         // A host end left by an earlier run whose namespace is still being torn down.
         self.netlink.detach_veth(&veth.host_name).await?;
-        if let Err(err) = self.netlink.attach_veth(&veth).await {
-            let err = anyhow::Error::from(err);
+        let made = async {
+            self.netlink.attach_veth(&veth).await?;
+            if let Some(vlan) = spec.vlan {
+                let port = self.netlink.link(&veth.host_name).await?.ok_or_else(|| {
+                    anyhow::anyhow!("{} vanished while attaching", veth.host_name)
+                })?;
+                self.netlink
+                    .ensure_bridge_access_vlan(&self.bridge, port.index, vlan)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = made {
             if let Err(undo) = self.netlink.detach_veth(&veth.host_name).await {
                 return Err(crate::teardown::and_undo(err, undo));
             }
@@ -60,6 +78,9 @@ impl AttachmentDriver for BridgeDriver {
             ifname: spec.ifname.clone(),
             host_ifname: Some(spec.host_ifname.clone()),
             address: Some(spec.address),
+            netns: spec.netns.clone(),
+            vlan: spec.vlan,
+            host_shim: None,
         })
     }
 

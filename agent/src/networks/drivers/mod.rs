@@ -1,3 +1,5 @@
 //! The attachment drivers, one module each; `driver.rs` has their trait.
 
 pub mod bridge;
+pub mod macvlan;
+pub mod ovs;

@@ -1,0 +1,142 @@
+//! A veth pair whose host end is a system port of an Open vSwitch bridge,
+//! an access port with `tag` when a VLAN is given. Every port made here
+//! carries `tartan-owner=<owner key>` in its external_ids, so that a
+//! restarted agent can tell its ports from others' and remove the orphans.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tartan_dataplane::{DataplaneError, Netlink, Ovsdb, PortSpec, PortType, VethSpec};
+
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::teardown::Teardown;
+
+/// The external_ids key naming who a port or bridge Tartan made is for.
+pub const OWNER_KEY: &str = "tartan-owner";
+
+/// The external_ids of something made for `owner`.
+pub fn owned_by(owner: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(OWNER_KEY.to_string(), owner.to_string())])
+}
+
+/// A connection to OVSDB made on first use (OVS may not be there at all,
+/// and then only what needs it fails), and again after it broke.
+pub struct OvsdbHandle {
+    address: String,
+    connection: tokio::sync::Mutex<Option<Arc<Ovsdb>>>,
+}
+
+impl OvsdbHandle {
+    pub fn new(address: String) -> OvsdbHandle {
+        OvsdbHandle {
+            address,
+            connection: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The connection, made now if there is none.
+    pub async fn get(&self) -> Result<Arc<Ovsdb>> {
+        let mut connection = self.connection.lock().await;
+        if let Some(ovsdb) = &*connection {
+            return Ok(ovsdb.clone());
+        }
+        let ovsdb = Arc::new(Ovsdb::connect(&self.address).await.with_context(|| {
+            format!(
+                "Open vSwitch is needed and its database is not reachable at {} (agent flag --ovsdb)",
+                self.address
+            )
+        })?);
+        *connection = Some(ovsdb.clone());
+        Ok(ovsdb)
+    }
+
+    /// Drops a connection that broke, so that the next use makes a new one.
+    pub async fn check<T>(&self, result: tartan_dataplane::Result<T>) -> Result<T> {
+        if let Err(DataplaneError::OvsdbClosed(_) | DataplaneError::OvsdbIo { .. }) = &result {
+            *self.connection.lock().await = None;
+        }
+        Ok(result?)
+    }
+}
+
+pub struct OvsDriver {
+    netlink: Netlink,
+    ovsdb: Arc<OvsdbHandle>,
+    bridge: String,
+}
+
+impl OvsDriver {
+    pub fn new(netlink: Netlink, ovsdb: Arc<OvsdbHandle>, bridge: String) -> OvsDriver {
+        OvsDriver {
+            netlink,
+            ovsdb,
+            bridge,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AttachmentDriver for OvsDriver {
+    fn kind(&self) -> &'static str {
+        "ovs"
+    }
+
+    async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
+        self.validate(spec)?;
+        let ovsdb = self.ovsdb.get().await?;
+        let veth = VethSpec {
+            netns: spec.netns.clone(),
+            host_name: spec.host_ifname.clone(),
+            container_name: spec.ifname.clone(),
+            address: spec.address,
+            gateway: spec.gateway,
+            mtu: spec.mtu,
+            bridge_index: None,
+            mac: spec.mac,
+        };
+        self.netlink.attach_veth(&veth).await?;
+        let port = PortSpec {
+            bridge: self.bridge.clone(),
+            name: spec.host_ifname.clone(),
+            port_type: PortType::System,
+            tag: spec.vlan,
+            external_ids: owned_by(&spec.owner),
+        };
+        if let Err(err) = self.ovsdb.check(ovsdb.ensure_port(&port).await).await {
+            if let Err(undo) = self.netlink.detach_veth(&veth.host_name).await {
+                return Err(crate::teardown::and_undo(err, undo));
+            }
+            return Err(err);
+        }
+        Ok(AttachStatus {
+            driver: self.kind(),
+            ifname: spec.ifname.clone(),
+            host_ifname: Some(spec.host_ifname.clone()),
+            address: Some(spec.address),
+            netns: spec.netns.clone(),
+            vlan: spec.vlan,
+            host_shim: None,
+        })
+    }
+
+    async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown> {
+        let mut teardown = Teardown::new();
+        if let Some(host) = &status.host_ifname {
+            let removed = match self.ovsdb.get().await {
+                Ok(ovsdb) => self.ovsdb.check(ovsdb.remove_port(host).await).await,
+                Err(err) => Err(err),
+            };
+            teardown.step(&format!("removing OVS port {host}"), removed);
+            teardown.step(
+                &format!("removing {host}"),
+                self.netlink.detach_veth(host).await,
+            );
+        }
+        if teardown.is_empty() {
+            Ok(())
+        } else {
+            Err(teardown)
+        }
+    }
+}
