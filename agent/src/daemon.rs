@@ -12,18 +12,17 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
-use tartan_dataplane::{
-    stable_bridge_mac, stable_vtep_mac, HostInterface, InterfaceSelector, Netlink,
-};
+use tartan_dataplane::{stable_bridge_mac, HostInterface, InterfaceSelector, Netlink};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::backends::node::{NodeDataplane, FIREWALL_TABLE};
-use crate::backends::{lease_data, Underlay};
+use crate::backends::registry::parse_config;
+use crate::backends::{OverlayBackend, Underlay};
 use crate::containers::images::Images;
 use crate::containers::Containers;
 use crate::control::acquire::{acquire, HeldLease};
-use crate::control::config::{Backend, NetworkConfig};
+use crate::control::config::NetworkConfig;
 use crate::control::etcd::{is_unreachable, EtcdOptions, Registry};
 use crate::control::lease::{lease_key, LeaseAttrs};
 use crate::control::node_state::{EtcdMonitor, NodeLease, NodeState};
@@ -176,12 +175,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut teardown = Teardown::new();
     teardown.step("telling systemd", notify::notify("STOPPING=1"));
     server.shutdown().await;
-    // Only a backend that programs the kernel made the table (alloc makes none).
-    let programmed = node_state
-        .borrow()
-        .config
-        .as_ref()
-        .is_some_and(|c| c.backend != Backend::Alloc);
+    // Only a backend that programs the kernel made the table (alloc makes
+    // none); it holds the claim once the config is read.
+    let programmed = dataplane_claim.is_some() && node_state.borrow().config.is_some();
     if programmed && (opts.ip_masq || opts.forward_rules) {
         // The rules go with the agent; the next start puts them back.
         let removed =
@@ -292,13 +288,14 @@ async fn run_node(
     (holder, dataplane_claim): (&claim::Holder, &mut Option<claim::Claim>),
 ) -> Result<()> {
     let health = &publishers.etcd;
-    let config = Arc::new(wait_for_config(&registry, health).await);
+    let (config, backend) = wait_for_config(&registry, health).await;
+    let config = Arc::new(config);
     info!(config = %config, "network config");
     for note in &config.notes {
         warn!(note = %note, "network config");
     }
     // The devices, routes and firewall table are the namespace's, whatever the prefix.
-    if config.backend != Backend::Alloc {
+    if backend.programs_kernel() {
         *dataplane_claim = Some(
             claim::take(
                 "dataplane",
@@ -309,25 +306,21 @@ async fn run_node(
         );
     }
     let underlay = underlay_of(iface.as_ref(), public_ip);
-    let dataplane = match (&config.backend, underlay) {
-        (Backend::Alloc, _) => None,
-        (backend, Some(underlay)) => Some(Arc::new(NodeDataplane {
+    let dataplane = match underlay {
+        _ if !backend.programs_kernel() => None,
+        Some(underlay) => Some(Arc::new(NodeDataplane {
             netlink: netlink.clone(),
             backend: backend.clone(),
             underlay,
+            public_ip,
             masquerade: opts.ip_masq,
             forward_accept: opts.forward_rules,
             network: config.network(),
             bridge: (!opts.external_bridge).then(|| opts.bridge.clone()),
             bridge_mac: stable_bridge_mac(public_ip),
-            udp: std::sync::Mutex::new(None),
             pass: tokio::sync::Mutex::new(()),
-            vtep_mac: match backend {
-                Backend::Vxlan(vx) => Some(stable_vtep_mac(public_ip, vx.vni)),
-                _ => None,
-            },
         })),
-        (backend, None) => bail!(
+        None => bail!(
             "the {} backend needs an underlay interface; pass --iface",
             backend.type_name()
         ),
@@ -336,8 +329,8 @@ async fn run_node(
     let attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
-        backend_type: config.backend.lease_type().to_string(),
-        backend_data: lease_data(&config.backend, dataplane.as_ref().and_then(|d| d.vtep_mac)),
+        backend_type: backend.lease_type().to_string(),
+        backend_data: backend.lease_data(public_ip),
     };
     let previous = previous_subnet(&opts.subnet_file);
     let mut held = acquire_with_backoff(
@@ -352,7 +345,7 @@ async fn run_node(
     let subnet_file = |subnet: Ipv4Network| SubnetFile {
         network: config.network(),
         subnet,
-        mtu: config.backend.mtu(underlay_mtu),
+        mtu: backend.mtu(underlay_mtu),
         ip_masq: opts.ip_masq,
     };
     if let Some(dataplane) = &dataplane {
@@ -532,7 +525,10 @@ fn node_lease(held: &HeldLease, ttl: Duration) -> NodeLease {
 }
 
 /// Reads the config until it is valid; waits on a watch of the key between tries.
-async fn wait_for_config(registry: &Registry, health: &EtcdMonitor) -> NetworkConfig {
+async fn wait_for_config(
+    registry: &Registry,
+    health: &EtcdMonitor,
+) -> (NetworkConfig, Arc<dyn OverlayBackend>) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut last_error = String::new();
     loop {
@@ -549,7 +545,7 @@ async fn wait_for_config(registry: &Registry, health: &EtcdMonitor) -> NetworkCo
             }
         };
         health.reachable();
-        let problem = match stored.value.as_deref().map(NetworkConfig::parse) {
+        let problem = match stored.value.as_deref().map(parse_config) {
             Some(Ok(config)) => return config,
             Some(Err(err)) => format!(
                 "invalid network config at {}/config: {err}",

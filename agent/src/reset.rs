@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use tartan_dataplane::{Netlink, OverlayScope, OverlayState};
 use tartan_runtime::container::ContainerDir;
 
-use crate::backends::node::{FIREWALL_TABLE, UDP_DEVICE_NAME};
+use crate::backends::node::FIREWALL_TABLE;
+use crate::backends::registry;
 use crate::claim;
 use crate::control::etcd::{EtcdOptions, Registry};
 use crate::control::lease::{lease_key, parse_lease};
@@ -72,6 +73,9 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
     remove_pipework(&netlink, opts, &mut done, &mut teardown).await;
     remove_links(&netlink, opts, &mut done, &mut teardown).await;
     remove_network_bridges(&netlink, opts, &mut done, &mut teardown).await;
+    for backend in registry::every_backend() {
+        done.extend(backend.teardown(&netlink, &mut teardown).await);
+    }
     if let Some(removed) = teardown.step(
         "removing tartan's routes",
         netlink
@@ -214,8 +218,8 @@ async fn stop_containers(
     Ok(())
 }
 
-/// The ports on the bridge (containers' and attachments' host ends), the
-/// bridge, the VXLAN devices and the udp backend's TUN device.
+/// The ports on the bridge (containers' and attachments' host ends) and the
+/// bridge; the backends remove their own devices.
 async fn remove_links(
     netlink: &Netlink,
     opts: &ResetOptions,
@@ -238,10 +242,6 @@ async fn remove_links(
         );
         doomed.push(bridge);
     }
-    doomed.extend(links.iter().filter(|l| {
-        (l.kind.as_deref() == Some("vxlan") && l.name.starts_with("tartan."))
-            || l.name == UDP_DEVICE_NAME
-    }));
     for link in doomed {
         if teardown
             .step(

@@ -1,18 +1,28 @@
-//! From leases to kernel intent: what each backend publishes in its lease
-//! and which routes, neighbours and FDB entries it wants towards its peers.
-//! Pure, so that the rules have unit tests; the dataplane applies the result.
+//! The overlay backends (vxlan, host-gw, udp, alloc), one module each behind
+//! `OverlayBackend`: what a backend publishes in its lease, which peer
+//! leases it takes, the kernel state it wants towards them (pure, so that
+//! the rules have unit tests), and the devices it keeps. `registry` maps
+//! flannel's type strings to them; `node` keeps the node's kernel state.
 
+pub mod alloc;
+pub mod host_gw;
 pub mod node;
+pub mod registry;
+pub mod udp;
+pub mod vxlan;
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
+use anyhow::Result;
 use ipnetwork::Ipv4Network;
-use serde_json::{json, Value};
-use tartan_dataplane::{FdbSpec, NeighbourSpec, OverlayState, RouteSpec};
+use serde_json::{Map, Value};
+use tartan_dataplane::{Netlink, OverlayChanges, OverlayScope, OverlayState};
 
-use crate::control::config::Backend;
+use crate::control::config::{optional_uint, BackendSection, ConfigError};
 use crate::control::lease::Lease;
+use crate::teardown::Teardown;
 
 /// The interface encapsulated (or routed) traffic leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,40 +40,17 @@ impl Underlay {
     }
 }
 
-/// The VXLAN device's name, as flannel names it (`flannel.<VNI>`), with our prefix.
-pub fn vxlan_device_name(vni: u32) -> String {
-    format!("tartan.{vni}")
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// The backend's part of this node's lease value.
-pub fn lease_data(backend: &Backend, vtep_mac: Option<[u8; 6]>) -> Value {
-    match (backend, vtep_mac) {
-        (Backend::Vxlan(vx), Some(mac)) => {
-            json!({ "VNI": vx.vni, "VtepMAC": format_mac(&mac) })
-        }
-        (Backend::Vxlan(vx), None) => json!({ "VNI": vx.vni }),
-        (Backend::HostGw | Backend::Udp { .. } | Backend::Alloc, _) => Value::Null,
-    }
+/// What a backend programs the kernel with, once the node holds a subnet.
+#[derive(Clone, Copy)]
+pub struct NodeNet<'a> {
+    pub netlink: &'a Netlink,
+    pub underlay: &'a Underlay,
+    /// The address published in the lease (`--public-ip`, or the underlay's).
+    pub public_ip: Ipv4Addr,
+    /// The cluster network.
+    pub network: Ipv4Network,
+    /// This node's subnet.
+    pub own: Ipv4Network,
 }
 
 /// Why a peer lease got no kernel state.
@@ -79,103 +66,159 @@ impl fmt::Display for Skipped {
     }
 }
 
-/// The overlay state a backend wants for `peers`.
-pub fn desired_overlay<'a>(
-    backend: &Backend,
-    peers: impl IntoIterator<Item = &'a Lease>,
-    underlay: &Underlay,
-    vxlan_index: Option<u32>,
-) -> (OverlayState, Vec<Skipped>) {
-    let mut state = OverlayState::default();
-    let mut skipped = Vec::new();
-    let mut skip = |lease: &Lease, reason: String| {
-        skipped.push(Skipped {
-            subnet: lease.subnet,
-            reason,
-        })
-    };
-    for lease in peers {
-        if !backend.accepts(&lease.attrs.backend_type) {
-            skip(
-                lease,
-                format!("backend {:?} is not ours", lease.attrs.backend_type),
-            );
-            continue;
-        }
-        let public_ip = lease.attrs.public_ip;
-        let direct_route = RouteSpec {
-            destination: lease.subnet,
-            gateway: public_ip,
-            oif: underlay.index,
-            onlink: false,
-        };
-        match backend {
-            Backend::Vxlan(vx) => {
-                if vx.direct_routing && underlay.is_direct(public_ip) {
-                    state.routes.insert(direct_route);
-                    continue;
-                }
-                let Some(vxlan) = vxlan_index else { continue };
-                let mac = lease
-                    .attrs
-                    .backend_data
-                    .get("VtepMAC")
-                    .and_then(Value::as_str)
-                    .and_then(parse_mac);
-                let Some(mac) = mac else {
-                    skip(lease, "no valid VtepMAC in BackendData".into());
-                    continue;
-                };
-                let vtep = lease.subnet.network();
-                state.fdb.insert(FdbSpec {
-                    ifindex: vxlan,
-                    mac,
-                    destination: public_ip,
-                });
-                state.neighbours.insert(NeighbourSpec {
-                    ifindex: vxlan,
-                    ip: vtep,
-                    mac,
-                });
-                state.routes.insert(RouteSpec {
-                    destination: lease.subnet,
-                    gateway: vtep,
-                    oif: vxlan,
-                    onlink: true,
-                });
-            }
-            Backend::HostGw => {
-                if underlay.is_direct(public_ip) {
-                    state.routes.insert(direct_route);
-                } else {
-                    skip(
-                        lease,
-                        format!(
-                            "{public_ip} is not on this host's L2 segment; host-gw needs it to be"
-                        ),
-                    );
-                }
-            }
-            Backend::Udp { .. } | Backend::Alloc => {}
-        }
+/// Makes the backend as the `Backend` object sets it up; notes what an
+/// operator should know about how it was read.
+pub type ParseBackend =
+    fn(&BackendSection, &mut Vec<String>) -> Result<Arc<dyn OverlayBackend>, ConfigError>;
+
+/// One kind of backend, as `registry` lists it.
+pub struct Registration {
+    /// `Backend.Type`, lower-case.
+    pub type_name: &'static str,
+    /// The `Backend` fields it reads besides `Type`; others are noted.
+    pub fields: &'static [&'static str],
+    pub parse: ParseBackend,
+}
+
+/// `Backend.Port`, for the backends that encapsulate in UDP.
+pub fn optional_port(obj: &Map<String, Value>, default: u16) -> Result<u16, ConfigError> {
+    // flannel hands Port 0 to the kernel, which then uses its default: ours.
+    Ok(
+        match optional_uint(obj, "Port", "Backend.Port", u64::from(u16::MAX))? {
+            None | Some(0) => default,
+            Some(v) => v as u16,
+        },
+    )
+}
+
+/// One overlay kind. A value is one backend as the config set it up; the
+/// registry makes it from the config's `Backend` object.
+#[async_trait::async_trait]
+pub trait OverlayBackend: fmt::Debug + Send + Sync {
+    /// The type, as flannel spells it in `Backend.Type`.
+    fn type_name(&self) -> &'static str;
+
+    /// The `BackendType` this node publishes in its lease.
+    fn lease_type(&self) -> &'static str {
+        self.type_name()
     }
-    (state, skipped)
+
+    /// The `BackendData` this node publishes in its lease.
+    fn lease_data(&self, _public_ip: Ipv4Addr) -> Value {
+        Value::Null
+    }
+
+    /// What the encapsulation takes from the underlay's MTU.
+    fn mtu_overhead(&self) -> u32 {
+        0
+    }
+
+    /// The MTU containers get, given the MTU of the underlay interface.
+    fn mtu(&self, underlay_mtu: u32) -> u32 {
+        underlay_mtu.saturating_sub(self.mtu_overhead())
+    }
+
+    /// Whether a peer lease of `lease_type` is one this backend programs,
+    /// exactly as flannel decides (by default: leases of its own type).
+    fn accepts(&self, lease_type: &str) -> bool {
+        lease_type == self.type_name()
+    }
+
+    /// Whether the node's kernel is programmed at all (the bridge, the
+    /// firewall table, the overlay): every backend but alloc.
+    fn programs_kernel(&self) -> bool {
+        true
+    }
+
+    /// Adds to `state` what one accepted peer needs; Err says why it gets
+    /// nothing. `scope` names the devices `ensure` made.
+    fn program_peer(
+        &self,
+        peer: &Lease,
+        underlay: &Underlay,
+        scope: OverlayScope,
+        state: &mut OverlayState,
+    ) -> Result<(), String>;
+
+    /// The overlay state wanted for `peers`, and the peers left out.
+    fn desired(
+        &self,
+        peers: &[Lease],
+        underlay: &Underlay,
+        scope: OverlayScope,
+    ) -> (OverlayState, Vec<Skipped>) {
+        let mut state = OverlayState::default();
+        let mut skipped = Vec::new();
+        for peer in peers {
+            let programmed = if self.accepts(&peer.attrs.backend_type) {
+                self.program_peer(peer, underlay, scope, &mut state)
+            } else {
+                Err(format!("backend {:?} is not ours", peer.attrs.backend_type))
+            };
+            if let Err(reason) = programmed {
+                skipped.push(Skipped {
+                    subnet: peer.subnet,
+                    reason,
+                });
+            }
+        }
+        (state, skipped)
+    }
+
+    /// Makes sure the backend's devices are as they should be (idempotent);
+    /// says which of them the overlay state is scoped to.
+    async fn ensure(&self, _node: &NodeNet<'_>) -> Result<OverlayScope> {
+        Ok(OverlayScope::default())
+    }
+
+    /// Brings the kernel in line with `peers`.
+    async fn apply(
+        &self,
+        node: &NodeNet<'_>,
+        peers: &[Lease],
+        scope: OverlayScope,
+    ) -> Result<(OverlayChanges, Vec<Skipped>)> {
+        apply_desired(self, node, peers, scope).await
+    }
+
+    /// Removes the devices this kind of backend makes, whatever options
+    /// made them, trying every one; says what it removed and records what
+    /// failed. The routes are the overlay's: withdrawn with it.
+    async fn teardown(&self, _netlink: &Netlink, _report: &mut Teardown) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// `apply` as every backend does it: the desired state, then the difference
+/// to the kernel's.
+pub async fn apply_desired<B: OverlayBackend + ?Sized>(
+    backend: &B,
+    node: &NodeNet<'_>,
+    peers: &[Lease],
+    scope: OverlayScope,
+) -> Result<(OverlayChanges, Vec<Skipped>)> {
+    let (desired, skipped) = backend.desired(peers, node.underlay, scope);
+    let changes = node.netlink.apply_overlay(&desired, scope).await?;
+    Ok((changes, skipped))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::control::config::VxlanOptions;
-    use crate::control::lease::LeaseAttrs;
+pub(crate) mod testing {
+    use std::net::Ipv4Addr;
 
-    const UNDERLAY: Underlay = Underlay {
+    use serde_json::Value;
+
+    use super::Underlay;
+    use crate::control::lease::{Lease, LeaseAttrs};
+
+    pub const UNDERLAY: Underlay = Underlay {
         index: 2,
         ip: Ipv4Addr::new(192, 168, 1, 10),
         prefix_len: 24,
         mtu: 1500,
     };
 
-    fn lease(subnet: &str, ip: [u8; 4], backend: &str, data: Value) -> Lease {
+    pub fn lease(subnet: &str, ip: [u8; 4], backend: &str, data: Value) -> Lease {
         Lease {
             subnet: subnet.parse().expect("cidr"),
             attrs: LeaseAttrs {
@@ -187,134 +230,5 @@ mod tests {
             etcd_lease: 1,
             mod_revision: 1,
         }
-    }
-
-    fn vxlan(direct_routing: bool) -> Backend {
-        Backend::Vxlan(VxlanOptions {
-            direct_routing,
-            ..VxlanOptions::default()
-        })
-    }
-
-    #[test]
-    fn macs_round_trip() {
-        let mac = [0x0e, 0xa4, 0x3c, 0x0e, 0x21, 0x9a];
-        assert_eq!(format_mac(&mac), "0e:a4:3c:0e:21:9a");
-        assert_eq!(parse_mac("0e:a4:3c:0e:21:9a"), Some(mac));
-        for bad in [
-            "",
-            "0e:a4:3c:0e:21",
-            "0e:a4:3c:0e:21:9a:00",
-            "0e-a4-3c-0e-21-9a",
-            "zz:a4:3c:0e:21:9a",
-            "e:a4:3c:0e:21:9a",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
-        }
-        assert_eq!(
-            lease_data(&vxlan(false), Some(mac)),
-            json!({"VNI": 1, "VtepMAC": "0e:a4:3c:0e:21:9a"})
-        );
-    }
-
-    #[test]
-    fn vxlan_peers_get_fdb_neighbour_and_onlink_route() {
-        let peers = [
-            lease(
-                "10.5.7.0/24",
-                [192, 168, 1, 11],
-                "vxlan",
-                json!({"VNI":1,"VtepMAC":"0e:00:00:00:00:07"}),
-            ),
-            lease("10.5.8.0/24", [192, 168, 1, 12], "host-gw", Value::Null),
-            lease("10.5.9.0/24", [192, 168, 1, 13], "vxlan", json!({"VNI":1})),
-        ];
-        let (state, skipped) = desired_overlay(&vxlan(false), &peers, &UNDERLAY, Some(9));
-        let mac = [0x0e, 0, 0, 0, 0, 7];
-        assert_eq!(
-            state.routes.iter().collect::<Vec<_>>(),
-            vec![&RouteSpec {
-                destination: "10.5.7.0/24".parse().expect("cidr"),
-                gateway: Ipv4Addr::new(10, 5, 7, 0),
-                oif: 9,
-                onlink: true
-            }]
-        );
-        assert!(state.neighbours.contains(&NeighbourSpec {
-            ifindex: 9,
-            ip: Ipv4Addr::new(10, 5, 7, 0),
-            mac
-        }));
-        assert!(state.fdb.contains(&FdbSpec {
-            ifindex: 9,
-            mac,
-            destination: Ipv4Addr::new(192, 168, 1, 11)
-        }));
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
-    }
-
-    #[test]
-    fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
-        let peers = [
-            lease(
-                "10.5.7.0/24",
-                [192, 168, 1, 11],
-                "vxlan",
-                json!({"VtepMAC":"0e:00:00:00:00:07"}),
-            ),
-            lease(
-                "10.5.8.0/24",
-                [172, 16, 0, 8],
-                "vxlan",
-                json!({"VtepMAC":"0e:00:00:00:00:08"}),
-            ),
-        ];
-        let (state, _) = desired_overlay(&vxlan(true), &peers, &UNDERLAY, Some(9));
-        let via: Vec<(String, Ipv4Addr, u32)> = state
-            .routes
-            .iter()
-            .map(|r| (r.destination.to_string(), r.gateway, r.oif))
-            .collect();
-        assert_eq!(
-            via,
-            vec![
-                ("10.5.7.0/24".into(), Ipv4Addr::new(192, 168, 1, 11), 2),
-                ("10.5.8.0/24".into(), Ipv4Addr::new(10, 5, 8, 0), 9),
-            ]
-        );
-        assert_eq!(
-            state.fdb.len(),
-            1,
-            "only the routed-over-vxlan peer needs an FDB entry"
-        );
-    }
-
-    #[test]
-    fn host_gw_routes_via_the_peer_and_refuses_unreachable_ones() {
-        let peers = [
-            lease("10.5.7.0/24", [192, 168, 1, 11], "host-gw", Value::Null),
-            lease("10.5.8.0/24", [172, 16, 0, 8], "host-gw", Value::Null),
-        ];
-        let (state, skipped) = desired_overlay(&Backend::HostGw, &peers, &UNDERLAY, None);
-        assert_eq!(state.routes.len(), 1);
-        assert!(state.neighbours.is_empty() && state.fdb.is_empty());
-        assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].reason.contains("L2 segment"), "{}", skipped[0]);
-    }
-
-    #[test]
-    fn peer_types_are_taken_as_flannel_takes_them() {
-        // flannel's udp and alloc leases carry no BackendType.
-        let untyped = lease("10.5.7.0/24", [192, 168, 1, 11], "", Value::Null);
-        let (state, skipped) = desired_overlay(&Backend::HostGw, [&untyped], &UNDERLAY, None);
-        assert!(state.routes.is_empty());
-        assert_eq!(skipped.len(), 1, "host-gw wants host-gw leases only");
-        let (_, skipped) = desired_overlay(&vxlan(false), [&untyped], &UNDERLAY, Some(9));
-        assert_eq!(skipped.len(), 1, "vxlan wants vxlan leases only");
-        let udp = Backend::Udp { port: 8285 };
-        assert!(udp.accepts("") && udp.accepts("udp") && udp.accepts("vxlan"));
-        assert_eq!(udp.lease_type(), "", "flannel's udp publishes no type");
-        assert!(!Backend::Alloc.accepts(""));
-        assert!(Backend::HostGw.accepts("host-gw") && !Backend::HostGw.accepts(""));
     }
 }

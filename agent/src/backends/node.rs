@@ -1,23 +1,23 @@
-//! The node's kernel state, kept as it should be: the bridge, the VXLAN
-//! device and the overlay towards every peer, re-asserted on every lease
+//! The node's kernel state, kept as it should be: the bridge, the
+//! backend's devices and the overlay towards every peer, re-asserted on every lease
 //! change and every few seconds, so that anything deleted by hand comes back.
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
-use std::net::SocketAddrV4;
 
 use tartan_dataplane::{
     ensure_firewall, forward_drop_policies, BridgeSpec, FirewallSpec, Netlink, OverlayChanges,
-    OverlayScope, PeerMap, UdpOverlay, UdpOverlaySpec, VxlanSpec,
+    OverlayScope,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backends::{desired_overlay, vxlan_device_name, Underlay};
-use crate::control::config::Backend;
+use crate::backends::{NodeNet, OverlayBackend, Underlay};
 use crate::control::lease::Lease;
 use crate::control::node_state::NodeState;
 
@@ -27,28 +27,24 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(3);
 /// The devices the node keeps, and how to reach them.
 pub struct NodeDataplane {
     pub netlink: Netlink,
-    pub backend: Backend,
+    pub backend: Arc<dyn OverlayBackend>,
     pub underlay: Underlay,
-    pub vtep_mac: Option<[u8; 6]>,
+    /// The address published in the lease.
+    pub public_ip: Ipv4Addr,
     /// Masquerade the cluster network's traffic to the outside (`--ip-masq`).
     pub masquerade: bool,
     /// Accept the cluster network's forwarded traffic (`--forward-rules`).
     pub forward_accept: bool,
-    /// The cluster network (the udp backend's TUN device carries all of it).
+    /// The cluster network.
     pub network: Ipv4Network,
     /// The bridge the agent keeps, holding the subnet's gateway; None when
     /// it is external (its consumer, say dockerd --bip, makes it).
     pub bridge: Option<String>,
     /// The bridge's fixed MAC.
     pub bridge_mac: [u8; 6],
-    /// The udp backend's packet pump, once started.
-    pub udp: std::sync::Mutex<Option<UdpOverlay>>,
     /// One setup pass at a time: the reconciler and a subnet change may both ask.
     pub pass: tokio::sync::Mutex<()>,
 }
-
-/// The udp backend's TUN device.
-pub const UDP_DEVICE_NAME: &str = "tartan-udp";
 
 /// The nf_tables table the agent owns (masquerading, forward accepts).
 pub const FIREWALL_TABLE: &str = "tartan";
@@ -59,7 +55,8 @@ pub const FIREWALL_TABLE: &str = "tartan";
 pub struct Devices {
     /// None when the bridge is external.
     pub bridge: Option<u32>,
-    pub vxlan: Option<u32>,
+    /// The backend's devices the overlay state is scoped to.
+    pub overlay: OverlayScope,
     /// Other tables' forward chains with a drop policy (`ip filter FORWARD`).
     pub forward_dropped_by: Vec<String>,
 }
@@ -69,7 +66,18 @@ impl NodeDataplane {
         self.backend.mtu(self.underlay.mtu)
     }
 
-    /// Forwarding on, the bridge holding the gateway, the VXLAN device. Idempotent.
+    fn node_net(&self, own: Ipv4Network) -> NodeNet<'_> {
+        NodeNet {
+            netlink: &self.netlink,
+            underlay: &self.underlay,
+            public_ip: self.public_ip,
+            network: self.network,
+            own,
+        }
+    }
+
+    /// Forwarding on, the bridge holding the gateway, the backend's devices,
+    /// the firewall. Idempotent.
     pub async fn ensure_devices(&self, own: Ipv4Network) -> Result<Devices> {
         let _pass = self.pass.lock().await;
         self.ensure_devices_in_pass(own).await
@@ -93,29 +101,7 @@ impl NodeDataplane {
             ),
             None => None,
         };
-        let vxlan = match (&self.backend, self.vtep_mac) {
-            (Backend::Vxlan(vx), Some(mac)) => Some(
-                self.netlink
-                    .ensure_vxlan(&VxlanSpec {
-                        name: vxlan_device_name(vx.vni),
-                        vni: vx.vni,
-                        port: vx.port,
-                        learning: vx.learning,
-                        gbp: vx.gbp,
-                        local: self.underlay.ip,
-                        underlay_index: self.underlay.index,
-                        mac,
-                        mtu: self.mtu(),
-                        address: own.network(),
-                    })
-                    .await
-                    .context("setting up the VXLAN device")?,
-            ),
-            _ => None,
-        };
-        if let Backend::Udp { port } = self.backend {
-            self.ensure_udp(own, port).await?;
-        }
+        let overlay = self.backend.ensure(&self.node_net(own)).await?;
         let spec = FirewallSpec {
             table: FIREWALL_TABLE.to_string(),
             network: self.network,
@@ -146,57 +132,9 @@ impl NodeDataplane {
         }
         Ok(Devices {
             bridge,
-            vxlan,
+            overlay,
             forward_dropped_by: dropped_by,
         })
-    }
-
-    async fn ensure_udp(&self, own: Ipv4Network, port: u16) -> Result<()> {
-        let running_for = lock_udp(&self.udp).as_ref().map(UdpOverlay::own);
-        if let Some(running_own) = running_for {
-            let device_present = self.netlink.link(UDP_DEVICE_NAME).await?.is_some();
-            if running_own == own && device_present {
-                return Ok(());
-            }
-            warn!(
-                device = UDP_DEVICE_NAME,
-                device_present,
-                subnet = %own,
-                "restarting the udp overlay"
-            );
-            // Stopping joins the packet thread (up to one poll interval): off the async workers.
-            let old = lock_udp(&self.udp).take();
-            tokio::task::spawn_blocking(move || drop(old))
-                .await
-                .context("stopping the udp overlay")?;
-        }
-        let spec = UdpOverlaySpec {
-            tun_name: UDP_DEVICE_NAME.to_string(),
-            listen: SocketAddrV4::new(self.underlay.ip, port),
-            own,
-            network: self.network,
-            mtu: self.mtu(),
-        };
-        let overlay = UdpOverlay::start(&self.netlink, &spec, PeerMap::new(own.prefix()))
-            .await
-            .context("starting the udp overlay")?;
-        info!(device = UDP_DEVICE_NAME, listen = %spec.listen, "udp overlay running");
-        *lock_udp(&self.udp) = Some(overlay);
-        Ok(())
-    }
-
-    /// Hands the udp packet thread the current peers.
-    fn update_udp_peers(&self, own: Ipv4Network, port: u16, peers: &[Lease]) {
-        let mut map = PeerMap::new(own.prefix());
-        for lease in peers
-            .iter()
-            .filter(|l| self.backend.accepts(&l.attrs.backend_type))
-        {
-            map.insert(lease.subnet, SocketAddrV4::new(lease.attrs.public_ip, port));
-        }
-        if let Some(overlay) = lock_udp(&self.udp).as_ref() {
-            overlay.set_peers(map);
-        }
     }
 
     /// One reconciliation pass: devices, then the overlay for `peers`. The
@@ -210,29 +148,18 @@ impl NodeDataplane {
         reported: &mut HashSet<String>,
     ) -> Result<(OverlayChanges, Vec<String>)> {
         let devices = self.ensure_devices_in_pass(own).await?;
-        if let Backend::Udp { port } = self.backend {
-            self.update_udp_peers(own, port, peers);
-        }
-        let (desired, skipped) =
-            desired_overlay(&self.backend, peers, &self.underlay, devices.vxlan);
+        let (changes, skipped) = self
+            .backend
+            .apply(&self.node_net(own), peers, devices.overlay)
+            .await?;
         for skip in skipped {
             let line = skip.to_string();
             if reported.insert(line) {
                 warn!(subnet = %skip.subnet, reason = %skip.reason, "peer lease not programmed");
             }
         }
-        let scope = OverlayScope {
-            vxlan_index: devices.vxlan,
-        };
-        let changes = self.netlink.apply_overlay(&desired, scope).await?;
         Ok((changes, devices.forward_dropped_by))
     }
-}
-
-fn lock_udp(
-    udp: &std::sync::Mutex<Option<UdpOverlay>>,
-) -> std::sync::MutexGuard<'_, Option<UdpOverlay>> {
-    udp.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn enable_ip_forwarding() -> Result<()> {

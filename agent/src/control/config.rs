@@ -13,16 +13,6 @@ use tartan_ipam::SubnetRange;
 
 use crate::control::gojson::{field, unknown_keys};
 
-/// VXLAN's encapsulation overhead on IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
-const VXLAN_OVERHEAD: u32 = 50;
-/// The UDP backend's overhead: outer IP 20 + UDP 8.
-const UDP_OVERHEAD: u32 = 28;
-
-/// flannel's defaults for the ports of the encapsulating backends.
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
-pub const DEFAULT_UDP_PORT: u16 = 8285;
-pub const DEFAULT_VNI: u32 = 1;
-
 /// A config error: the flannel field at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -32,7 +22,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &str, reason: impl Into<String>) -> Self {
+    pub fn new(field: &str, reason: impl Into<String>) -> Self {
         ConfigError {
             field: field.to_string(),
             reason: reason.into(),
@@ -40,86 +30,32 @@ impl ConfigError {
     }
 }
 
-/// The vxlan backend's options, as flannel reads them.
+/// The `Backend` object, as far as flannel reads it before handing it to
+/// the backend: the type, lower-cased as flannel looks it up, and the
+/// object's fields, which the backend itself reads (`backends::registry`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanOptions {
-    pub vni: u32,
-    pub port: u16,
-    pub direct_routing: bool,
-    /// VXLAN Group Based Policy on the device.
-    pub gbp: bool,
-    /// Source-address learning on the device.
-    pub learning: bool,
-    /// The underlay MTU to assume instead of the interface's (flannel 0.22+).
-    pub mtu: Option<u32>,
+pub struct BackendSection {
+    kind: String,
+    fields: Map<String, Value>,
 }
 
-impl Default for VxlanOptions {
-    fn default() -> Self {
-        VxlanOptions {
-            vni: DEFAULT_VNI,
-            port: DEFAULT_VXLAN_PORT,
-            direct_routing: false,
-            gbp: false,
-            learning: false,
-            mtu: None,
-        }
-    }
-}
-
-/// The backend named by `Backend.Type`, with its options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    Vxlan(VxlanOptions),
-    HostGw,
-    Udp {
-        port: u16,
-    },
-    /// Lease a subnet and do nothing else (flannel's `alloc`).
-    Alloc,
-}
-
-impl Backend {
-    /// The type string of this backend, as flannel spells it.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Backend::Vxlan(_) => "vxlan",
-            Backend::HostGw => "host-gw",
-            Backend::Udp { .. } => "udp",
-            Backend::Alloc => "alloc",
+impl BackendSection {
+    /// A section of type `kind` (lower-case) with `fields`.
+    pub fn new(kind: &str, fields: Map<String, Value>) -> BackendSection {
+        BackendSection {
+            kind: kind.to_ascii_lowercase(),
+            fields,
         }
     }
 
-    /// The `BackendType` this node publishes in its lease. flannel's udp
-    /// and alloc backends publish none, and their peers expect none.
-    pub fn lease_type(&self) -> &'static str {
-        match self {
-            Backend::Udp { .. } | Backend::Alloc => "",
-            other => other.type_name(),
-        }
+    /// The backend's type, lower-cased; empty when the object has none.
+    pub fn type_name(&self) -> &str {
+        &self.kind
     }
 
-    /// Whether a peer lease of `lease_type` is one this backend programs,
-    /// exactly as flannel decides: vxlan and host-gw want their own type,
-    /// udp takes every lease (its leases carry no type), alloc programs none.
-    pub fn accepts(&self, lease_type: &str) -> bool {
-        match self {
-            Backend::Udp { .. } => true,
-            Backend::Alloc => false,
-            other => lease_type == other.type_name(),
-        }
-    }
-
-    /// The MTU containers get, given the MTU of the underlay interface.
-    pub fn mtu(&self, underlay_mtu: u32) -> u32 {
-        match self {
-            Backend::Vxlan(vx) => vx
-                .mtu
-                .unwrap_or(underlay_mtu)
-                .saturating_sub(VXLAN_OVERHEAD),
-            Backend::Udp { .. } => underlay_mtu.saturating_sub(UDP_OVERHEAD),
-            Backend::HostGw | Backend::Alloc => underlay_mtu,
-        }
+    /// The `Backend` object's fields, `Type` included.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
     }
 }
 
@@ -127,7 +63,9 @@ impl Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
     pub range: SubnetRange,
-    pub backend: Backend,
+    /// Checked as far as flannel checks it before choosing the backend;
+    /// the backend reads its options from it.
+    pub backend: BackendSection,
     /// The `Backend` object as it was written, for display.
     pub backend_json: Value,
     /// What an operator should know about how the config was read: a
@@ -159,7 +97,9 @@ impl NetworkConfig {
         self.range.network()
     }
 
-    /// Parses and validates the JSON text of the config key.
+    /// Parses and validates the JSON text of the config key, but for the
+    /// backend's own options: `backends::registry::parse_config` reads
+    /// those too.
     pub fn parse(text: &[u8]) -> Result<NetworkConfig, ConfigError> {
         let value: Value = serde_json::from_slice(text)
             .map_err(|e| ConfigError::new("config", format!("not valid JSON: {e}")))?;
@@ -232,11 +172,9 @@ impl NetworkConfig {
                      set \"Backend\":{\"Type\":\"vxlan\"} for the kernel's faster path"
                         .into(),
                 );
-                Backend::Udp {
-                    port: DEFAULT_UDP_PORT,
-                }
+                BackendSection::new("udp", Map::new())
             }
-            Some(value) => parse_backend(value, &mut notes)?,
+            Some(value) => parse_backend_section(value)?,
         };
         Ok(NetworkConfig {
             range,
@@ -302,7 +240,11 @@ fn optional_ipv4(obj: &Map<String, Value>, name: &str) -> Result<Option<Ipv4Addr
 }
 
 /// A boolean field (absent: false); `shown` is the name errors give.
-fn optional_bool(obj: &Map<String, Value>, name: &str, shown: &str) -> Result<bool, ConfigError> {
+pub fn optional_bool(
+    obj: &Map<String, Value>,
+    name: &str,
+    shown: &str,
+) -> Result<bool, ConfigError> {
     match field(obj, name) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -314,7 +256,7 @@ fn optional_bool(obj: &Map<String, Value>, name: &str, shown: &str) -> Result<bo
 }
 
 /// A non-negative integer field no larger than `max` (absent or null: None).
-fn optional_uint(
+pub fn optional_uint(
     obj: &Map<String, Value>,
     name: &str,
     shown: &str,
@@ -333,37 +275,7 @@ fn optional_uint(
     }
 }
 
-/// flannel's backends that Tartan does not implement.
-const FLANNEL_ONLY_BACKENDS: &[&str] = &[
-    "ipip",
-    "ipsec",
-    "wireguard",
-    "extension",
-    "aws-vpc",
-    "gce",
-    "ali-vpc",
-    "tencent-vpc",
-];
-
-/// The options each backend reads; anything else in `Backend` is noted.
-fn backend_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "vxlan" => &[
-            "Type",
-            "VNI",
-            "Port",
-            "GBP",
-            "Learning",
-            "DirectRouting",
-            "MTU",
-            "MacPrefix",
-        ],
-        "udp" => &["Type", "Port"],
-        _ => &["Type"],
-    }
-}
-
-fn parse_backend(value: &Value, notes: &mut Vec<String>) -> Result<Backend, ConfigError> {
+fn parse_backend_section(value: &Value) -> Result<BackendSection, ConfigError> {
     let empty = Map::new();
     let obj = match value {
         // flannel decodes `"Backend":null` as a Backend without a Type.
@@ -376,82 +288,16 @@ fn parse_backend(value: &Value, notes: &mut Vec<String>) -> Result<Backend, Conf
             ))
         }
     };
-    // flannel lower-cases the type before looking its backend up.
-    let kind =
-        match field(obj, "Type") {
-            Some(Value::String(s)) if !s.is_empty() => s.to_ascii_lowercase(),
-            None | Some(Value::Null) | Some(Value::String(_)) => return Err(ConfigError::new(
-                "Backend.Type",
-                "missing (vxlan, host-gw, udp or alloc); flannel refuses a Backend without one too",
-            )),
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "Backend.Type",
-                    format!("must be a string, not {other}"),
-                ))
-            }
-        };
-    let unknown = unknown_keys(obj, backend_fields(&kind));
-    if !unknown.is_empty() && !FLANNEL_ONLY_BACKENDS.contains(&kind.as_str()) {
-        notes.push(format!(
-            "ignoring Backend fields the {kind} backend does not read: {}",
-            unknown.join(", ")
-        ));
-    }
-    match kind.as_str() {
-        "vxlan" => {
-            // flannel passes VNI 0 to the kernel as it is; only an absent VNI means 1.
-            let vni = optional_uint(obj, "VNI", "Backend.VNI", 0xFF_FFFF)?
-                .map_or(DEFAULT_VNI, |v| v as u32);
-            let mtu = match optional_uint(obj, "MTU", "Backend.MTU", 65535)? {
-                None | Some(0) => None,
-                Some(v) if v <= u64::from(VXLAN_OVERHEAD) + 68 => {
-                    return Err(ConfigError::new(
-                        "Backend.MTU",
-                        format!("{v} leaves containers less than IPv4's minimum MTU of 68"),
-                    ))
-                }
-                Some(v) => Some(v as u32),
-            };
-            if field(obj, "MacPrefix").is_some() {
-                notes.push(
-                    "Backend.MacPrefix: flannel reads it only on Windows; ignored, as on Linux flannel"
-                        .into(),
-                );
-            }
-            Ok(Backend::Vxlan(VxlanOptions {
-                vni,
-                port: optional_port(obj, DEFAULT_VXLAN_PORT)?,
-                direct_routing: optional_bool(obj, "DirectRouting", "Backend.DirectRouting")?,
-                gbp: optional_bool(obj, "GBP", "Backend.GBP")?,
-                learning: optional_bool(obj, "Learning", "Backend.Learning")?,
-                mtu,
-            }))
-        }
-        "host-gw" => Ok(Backend::HostGw),
-        "udp" => Ok(Backend::Udp {
-            port: optional_port(obj, DEFAULT_UDP_PORT)?,
-        }),
-        "alloc" => Ok(Backend::Alloc),
-        other if FLANNEL_ONLY_BACKENDS.contains(&other) => Err(ConfigError::new(
+    // flannel lower-cases the type before looking its backend up; a missing
+    // one is looked up as "" and refused there, as the registry refuses it.
+    match field(obj, "Type") {
+        Some(Value::String(s)) => Ok(BackendSection::new(s, obj.clone())),
+        None | Some(Value::Null) => Ok(BackendSection::new("", obj.clone())),
+        Some(other) => Err(ConfigError::new(
             "Backend.Type",
-            format!("flannel's {other:?} backend is not supported by tartan (vxlan, host-gw, udp or alloc)"),
-        )),
-        other => Err(ConfigError::new(
-            "Backend.Type",
-            format!("unknown backend {other:?} (expected vxlan, host-gw, udp or alloc)"),
+            format!("must be a string, not {other}"),
         )),
     }
-}
-
-fn optional_port(obj: &Map<String, Value>, default: u16) -> Result<u16, ConfigError> {
-    // flannel hands Port 0 to the kernel, which then uses its default: ours.
-    Ok(
-        match optional_uint(obj, "Port", "Backend.Port", u64::from(u16::MAX))? {
-            None | Some(0) => default,
-            Some(v) => v as u16,
-        },
-    )
 }
 
 #[cfg(test)]
@@ -469,44 +315,9 @@ mod tests {
         assert_eq!(cfg.range.min(), Ipv4Addr::new(10, 5, 1, 0));
         assert_eq!(cfg.range.max(), Ipv4Addr::new(10, 5, 255, 0));
         // flannel's parseBackendType: no Backend means udp, with a note.
-        assert_eq!(cfg.backend, Backend::Udp { port: 8285 });
+        assert_eq!(cfg.backend, BackendSection::new("udp", Map::new()));
         assert_eq!(cfg.notes.len(), 1);
         assert!(cfg.notes[0].contains("vxlan"), "{:?}", cfg.notes);
-    }
-
-    #[test]
-    fn backend_options_are_read() {
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"DirectRouting":true,"GBP":true,"Learning":true,"MTU":9000}}"#)
-            .expect("valid config");
-        assert_eq!(
-            cfg.backend,
-            Backend::Vxlan(VxlanOptions {
-                vni: 42,
-                port: 4789,
-                direct_routing: true,
-                gbp: true,
-                learning: true,
-                mtu: Some(9000),
-            })
-        );
-        assert!(cfg.notes.is_empty(), "{:?}", cfg.notes);
-        assert_eq!(cfg.backend.mtu(1500), 8950, "MTU stands for the underlay's");
-        let cfg =
-            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).expect("valid config");
-        assert_eq!(cfg.backend, Backend::Vxlan(VxlanOptions::default()));
-        let cfg =
-            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#).expect("valid config");
-        assert_eq!(cfg.backend, Backend::Udp { port: 8285 });
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#)
-            .expect("valid config");
-        assert_eq!(cfg.backend, Backend::HostGw);
-        // VNI 0 goes to the kernel as it is, as flannel passes it.
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#)
-            .expect("valid config");
-        assert!(matches!(
-            cfg.backend,
-            Backend::Vxlan(VxlanOptions { vni: 0, .. })
-        ));
     }
 
     #[test]
@@ -518,30 +329,18 @@ mod tests {
             "10.5.0.0/16".parse::<Ipv4Network>().expect("cidr")
         );
         assert_eq!(cfg.range.subnet_len(), 26);
-        assert_eq!(cfg.backend, Backend::HostGw);
-        let cfg = parse(r#"{"NETWORK":"10.5.0.0/16","backend":{"Type":"VXLAN","vni":4096,"directrouting":true}}"#)
+        assert_eq!(cfg.backend.type_name(), "host-gw");
+        let cfg = parse(r#"{"NETWORK":"10.5.0.0/16","backend":{"Type":"VXLAN","vni":4096}}"#)
             .expect("valid config");
-        assert_eq!(
-            cfg.backend,
-            Backend::Vxlan(VxlanOptions {
-                vni: 4096,
-                direct_routing: true,
-                ..VxlanOptions::default()
-            })
-        );
+        assert_eq!(cfg.backend.type_name(), "vxlan");
+        assert_eq!(cfg.backend.fields().get("vni"), Some(&Value::from(4096)));
     }
 
     #[test]
     fn fields_flannel_ignores_are_noted_not_dropped_silently() {
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Colour":"red","Backend":{"Type":"vxlan","MacPrefix":"0E-2A","Speed":9}}"#)
+        let cfg = parse(r#"{"Network":"10.5.0.0/16","Colour":"red","Backend":{"Type":"vxlan"}}"#)
             .expect("valid config");
-        let notes = cfg.notes.join("\n");
-        assert!(notes.contains("Colour"), "{notes}");
-        assert!(notes.contains("Speed"), "{notes}");
-        assert!(notes.contains("MacPrefix"), "{notes}");
-        let cfg = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw","Port":9}}"#)
-            .expect("valid config");
-        assert!(cfg.notes.join("").contains("Port"), "{:?}", cfg.notes);
+        assert!(cfg.notes.join("\n").contains("Colour"), "{:?}", cfg.notes);
     }
 
     #[test]
@@ -577,46 +376,9 @@ mod tests {
                 "SubnetMax",
             ),
             (r#"{"Network":"10.5.0.0/16","Backend":"vxlan"}"#, "Backend"),
-            (r#"{"Network":"10.5.0.0/16","Backend":{}}"#, "Backend.Type"),
             (
-                r#"{"Network":"10.5.0.0/16","Backend":null}"#,
+                r#"{"Network":"10.5.0.0/16","Backend":{"Type":7}}"#,
                 "Backend.Type",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"geneve"}}"#,
-                "Backend.Type",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
-                "Backend.Type",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":-1}}"#,
-                "Backend.VNI",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
-                "Backend.VNI",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
-                "Backend.Port",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
-                "Backend.DirectRouting",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","GBP":1}}"#,
-                "Backend.GBP",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Learning":"on"}}"#,
-                "Backend.Learning",
-            ),
-            (
-                r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
-                "Backend.MTU",
             ),
             (
                 r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#,
@@ -636,14 +398,5 @@ mod tests {
             assert_eq!(err.field, field, "{text} gave {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
-    }
-
-    #[test]
-    fn mtu_follows_the_backend() {
-        let vxlan = Backend::Vxlan(VxlanOptions::default());
-        assert_eq!(vxlan.mtu(1500), 1450);
-        assert_eq!(Backend::Udp { port: 8285 }.mtu(1500), 1472);
-        assert_eq!(Backend::HostGw.mtu(1500), 1500);
-        assert_eq!(Backend::Alloc.mtu(9000), 9000);
     }
 }

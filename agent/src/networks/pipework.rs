@@ -51,6 +51,10 @@ pub struct Target {
     /// As the operator named it.
     pub shown: String,
     pub netns: PathBuf,
+    /// The process behind a `/proc/PID/ns/net` path, with its start time,
+    /// as it was when resolved: a PID reused meanwhile is told apart
+    /// (pipework's stale PID race).
+    pub process: Option<(u32, u64)>,
 }
 
 impl Target {
@@ -64,10 +68,12 @@ impl Target {
                 let RunStatus::Running { pid, .. } = view.status else {
                     bail!("container {text} is not running");
                 };
+                let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
                 return Ok(Target {
                     key: format!("{CONTAINER_KEY}{id}"),
                     shown: text.to_string(),
-                    netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+                    process: process_of(&netns),
+                    netns,
                 });
             }
         }
@@ -78,6 +84,7 @@ impl Target {
         Ok(Target {
             key: plain.key(),
             shown: text.to_string(),
+            process: process_of(&netns),
             netns,
         })
     }
@@ -475,7 +482,7 @@ impl Pipework {
             container: target.shown.clone(),
             netns: target.netns.clone(),
             netns_id: netns_id(&target.netns),
-            process: process_of(&target.netns),
+            process: target.process,
             host_interface: request.host_interface.clone(),
             driver: driver_kind.to_string(),
             made_bridge: create,
@@ -518,6 +525,18 @@ impl Pipework {
             driver.setup(&spec).await
         }
         .await;
+        let made = match made {
+            Ok(status)
+                if target.process.is_some() && process_of(&target.netns) != target.process =>
+            {
+                let err = anyhow!("{} ended while it was being attached", target.shown);
+                match driver.teardown(&status).await {
+                    Ok(()) => Err(err),
+                    Err(undo) => Err(crate::teardown::and_undo(err, undo)),
+                }
+            }
+            other => other,
+        };
         let status = match made {
             Ok(status) => status,
             Err(err) => {
@@ -832,6 +851,17 @@ mod tests {
         ] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_process_is_known_by_pid_and_start_time() {
+        let pid = std::process::id();
+        let own = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let (seen, started) = process_of(&own).expect("this process");
+        assert_eq!(seen, pid);
+        assert_eq!(process_of(&own), Some((pid, started)), "stable");
+        assert_eq!(process_of(Path::new("/run/netns/c1")), None);
+        assert_eq!(process_of(Path::new("/proc/self/ns/net")), None);
     }
 
     #[test]

@@ -31,9 +31,13 @@ pub fn host_shim_name(parent: &str) -> String {
     format!("tshim{:08x}", hash & 0xffff_ffff)
 }
 
-/// Which of a VLAN device's users an attachment is.
-fn user_of(status_netns: &std::path::Path, ifname: &str) -> String {
-    format!("{}#{ifname}", status_netns.display())
+/// Which of a VLAN device's users an attachment is: by its address and
+/// container side, which stay the same when its namespace has gone.
+fn user_of(address: Option<ipnetwork::Ipv4Network>, ifname: &str) -> String {
+    match address {
+        Some(address) => format!("{address}#{ifname}"),
+        None => format!("-#{ifname}"),
+    }
 }
 
 impl MacvlanDriver {
@@ -123,7 +127,7 @@ impl AttachmentDriver for MacvlanDriver {
 
     async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
         self.validate(spec)?;
-        let user = user_of(&spec.netns, &spec.ifname);
+        let user = user_of(Some(spec.address), &spec.ifname);
         let parent = match spec.vlan {
             None => self.parent.clone(),
             Some(vlan) => {
@@ -183,7 +187,7 @@ impl AttachmentDriver for MacvlanDriver {
             );
         }
         if let Some(vlan) = status.vlan {
-            if self.drop_user(vlan, &user_of(&status.netns, &status.ifname)) {
+            if self.drop_user(vlan, &user_of(status.address, &status.ifname)) {
                 teardown.step(
                     &format!("removing {}.{vlan}", self.parent),
                     self.netlink
@@ -198,5 +202,30 @@ impl AttachmentDriver for MacvlanDriver {
         } else {
             Err(teardown)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_vlan_device_goes_with_its_last_user_only() {
+        // A netlink socket touches nothing until asked.
+        let netlink = Netlink::connect().expect("a netlink socket");
+        let driver = MacvlanDriver::new(netlink, "eth0".into(), MacvlanMode::Bridge);
+        let a = user_of(Some("10.1.1.1/24".parse().expect("cidr")), "eth1");
+        let b = user_of(Some("10.1.1.2/24".parse().expect("cidr")), "eth1");
+        for user in [&a, &b] {
+            driver.users().entry(100).or_default().insert(user.clone());
+        }
+        assert!(!driver.drop_user(100, &a), "b still uses it");
+        assert!(driver.drop_user(100, &b), "b was the last");
+        assert!(
+            driver.drop_user(200, &a),
+            "nobody recorded: nothing keeps it"
+        );
+        assert_ne!(host_shim_name("eth0"), host_shim_name("eth1"));
+        assert!(tartan_dataplane::check_ifname(&host_shim_name("eth0")).is_ok());
     }
 }
