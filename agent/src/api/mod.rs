@@ -613,6 +613,7 @@ impl Agent for AgentService {
         &self,
         request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         if !request.host_interface.is_empty() {
             return self.attach_pipework(request).await;
@@ -634,7 +635,7 @@ impl Agent for AgentService {
             .attach(&container, requested, ifname)
             .await
             .map_err(failed)?;
-        info!(container = %request.container, %address, "attached");
+        info!(container = %request.container, %address, elapsed_us = started.elapsed().as_micros(), "attached");
         if let ContainerRef::Pid(pid) = container {
             crate::networks::attach::free_when_process_ends(self.attacher.clone(), pid);
         }
@@ -768,6 +769,7 @@ impl Agent for AgentService {
         &self,
         request: Request<DetachRequest>,
     ) -> Result<Response<DetachResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let ifname = (!request.container_interface.is_empty())
             .then_some(request.container_interface.as_str());
@@ -787,7 +789,7 @@ impl Agent for AgentService {
             if wanted {
                 let freed = attacher.detach(container, ifname).await.map_err(failed)?;
                 for address in &freed {
-                    info!(container = %request.container, %address, "detached");
+                    info!(container = %request.container, %address, elapsed_us = started.elapsed().as_micros(), "detached");
                 }
                 let address = freed
                     .first()
