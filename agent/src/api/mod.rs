@@ -1149,25 +1149,34 @@ async fn network_addresses(container: &PbContainer) -> Vec<String> {
 /// Connects the CLI to the agent behind `path`.
 pub async fn connect(path: &Path) -> Result<AgentClient<Channel>> {
     // Fail with one clear line before tonic wraps the cause in transport errors.
-    if let Err(err) = UnixStream::connect(path).await {
+    let first = match UnixStream::connect(path).await {
+        Ok(stream) => stream,
         // The agent makes its socket 0600: only root may talk to it.
-        if err.kind() == std::io::ErrorKind::PermissionDenied {
-            bail!(
-                "permission denied on the API socket (root only): {}",
-                path.display()
-            );
-        }
-        bail!(
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "permission denied on the API socket (root only): {}",
+            path.display()
+        ),
+        Err(err) => bail!(
             "no tartan agent is listening on {} ({err}); is `tartan agent` running?",
             path.display()
-        );
-    }
+        ),
+    };
+    // The calls go over that first connection: dialling again would cost
+    // the agent an accept and an HTTP/2 connection for nothing. Only a
+    // reconnection dials anew.
+    let mut first = Some(first);
     let path = path.to_path_buf();
     // The URI is required by the HTTP/2 layer but never dialled: the connector below opens the socket.
     let channel = Endpoint::from_static("http://tartan.local")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let ready = first.take();
             let path = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            async move {
+                match ready {
+                    Some(stream) => Ok(TokioIo::new(stream)),
+                    None => UnixStream::connect(path).await.map(TokioIo::new),
+                }
+            }
         }))
         .await
         .context("connecting to the tartan agent")?;
