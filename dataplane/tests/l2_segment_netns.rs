@@ -213,3 +213,28 @@ async fn hosts_on_the_segment_meet_as_on_one_switch() -> Result<()> {
     assert!(!a.netlink.remove_l2_segment(&a.spec).await?);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_udp_port_is_reported_in_one_line() -> Result<()> {
+    let underlay = Underlay::create("l2p", (Ipv4Addr::new(10, 160, 0, 0), 24))?;
+    let host = underlay.add_host("h")?;
+    // Somebody else's socket on the segment's port, in the host's namespace.
+    let taken = host
+        .netns
+        .enter(|| std::net::UdpSocket::bind(("0.0.0.0", 6784)))??;
+    let netlink = Netlink::connect_in_netns(&host.netns.path()).await?;
+    let eth0 = netlink.link("eth0").await?.context("the host's eth0")?;
+    let spec = L2SegmentSpec::new(host.ip, eth0.index, eth0.mtu);
+    let err = netlink
+        .ensure_l2_segment(&spec)
+        .await
+        .expect_err("the port is taken");
+    let text = err.to_string();
+    ensure!(
+        text.contains("UDP port 6784 is taken") && !text.contains('\n'),
+        "{text}"
+    );
+    drop(taken);
+    netlink.ensure_l2_segment(&spec).await?;
+    Ok(())
+}
