@@ -4,12 +4,15 @@
 //! It finds the host's public interface, keeps the node bridge and the VXLAN
 //! device as they should be, plugs containers in with veth pairs, and
 //! reconciles the routes, neighbours and FDB entries towards peer subnets.
-//! It also keeps Open vSwitch bridges and ports through OVSDB (`ovsdb`).
+//! It keeps the flat L2 segment (`l2_segment`): a bridge and a VXLAN device
+//! of its own, flooding to every peer. It also keeps Open vSwitch bridges
+//! and ports through OVSDB (`ovsdb`).
 
 mod bridge;
 mod error;
 mod host;
 mod host_shim;
+mod l2_segment;
 mod link;
 mod macvlan;
 mod md5;
@@ -26,6 +29,11 @@ pub use bridge::{stable_bridge_mac, BridgeSpec};
 pub use error::{DataplaneError, Result};
 pub use host::{HostInterface, InterfaceSelector};
 pub use host_shim::HostShimSpec;
+pub use l2_segment::{
+    desired_l2_fdb, diff_l2_fdb, L2FdbChanges, L2FdbEntry, L2FdbState, L2Segment, L2SegmentSpec,
+    FLOOD_MAC, L2_SEGMENT_BRIDGE, L2_SEGMENT_IFNAME, L2_SEGMENT_PORT, L2_SEGMENT_VNI,
+    L2_SEGMENT_VXLAN, VXLAN_OVERHEAD,
+};
 pub use link::{check_ifname, Ensured, LinkState, VxlanInfo, MAX_IFNAME_LEN};
 pub use macvlan::{
     needs_gateway_host_route, parse_mac, pipework_mac, MacvlanMode, MacvlanSpec,

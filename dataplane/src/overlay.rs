@@ -121,7 +121,7 @@ pub fn diff(desired: &OverlayState, observed: &OverlayState) -> OverlayChanges {
 const IN_FLIGHT: usize = 256;
 
 /// Runs the requests with up to `IN_FLIGHT` outstanding; returns the errors.
-async fn pipelined<F>(requests: impl Iterator<Item = F>) -> Vec<DataplaneError>
+pub(crate) async fn pipelined<F>(requests: impl Iterator<Item = F>) -> Vec<DataplaneError>
 where
     F: std::future::Future<Output = Result<()>>,
 {
@@ -178,14 +178,14 @@ fn route_message(route: &RouteSpec) -> RouteMessage {
     builder.build()
 }
 
-fn neighbour_mac(msg: &NeighbourMessage) -> Option<[u8; 6]> {
+pub(crate) fn neighbour_mac(msg: &NeighbourMessage) -> Option<[u8; 6]> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
         _ => None,
     })
 }
 
-fn neighbour_ip(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
+pub(crate) fn neighbour_ip(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
         // FDB entries are AF_BRIDGE messages: their IPv4 destination arrives as raw bytes.
@@ -340,7 +340,7 @@ impl Netlink {
         }
     }
 
-    async fn delete_neighbour(
+    pub(crate) async fn delete_neighbour(
         &self,
         ifindex: u32,
         family: AddressFamily,
