@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use tartan_runtime::container::{
-    now_rfc3339, ContainerConfig, ContainerDir, Endpoint, NetworkMode, ShimSpec,
+    now_rfc3339, ContainerConfig, ContainerDir, ContainerSpec, Endpoint, NetworkMode, ShimSpec,
 };
 use tartan_runtime::init::{InitFile, InitSpec};
 use tartan_runtime::security::Security;
@@ -279,8 +279,11 @@ fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str) -> String {
 /// process sees it.
 fn write_hosts(pid: u32, address: Option<Ipv4Addr>, config: &ContainerConfig) -> Result<()> {
     let path = PathBuf::from(format!("/proc/{pid}/root/etc/hosts"));
-    std::fs::write(&path, hosts_file(address, &config.hostname, &config.name))
-        .with_context(|| format!("writing {}", path.display()))
+    std::fs::write(
+        &path,
+        hosts_file(address, &config.spec.hostname, &config.name),
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The container's environment: Docker's defaults, then the operator's.
@@ -657,22 +660,24 @@ impl Containers {
                 name: name.clone(),
                 image: opts.image.clone(),
                 image_id: image.id.clone(),
-                args: if opts.args.is_empty() {
-                    vec!["/bin/sh".into()]
-                } else {
-                    opts.args.clone()
+                spec: ContainerSpec {
+                    args: if opts.args.is_empty() {
+                        vec!["/bin/sh".into()]
+                    } else {
+                        opts.args.clone()
+                    },
+                    env: environment(&opts.env, &hostname, opts.tty),
+                    cwd: opts.workdir.clone().unwrap_or_else(|| "/".into()).into(),
+                    hostname,
+                    tty: opts.tty,
+                    open_stdin: opts.interactive,
+                    security,
                 },
-                env: environment(&opts.env, &hostname, opts.tty),
-                cwd: opts.workdir.clone().unwrap_or_else(|| "/".into()),
-                hostname,
-                tty: opts.tty,
-                open_stdin: opts.interactive,
                 network,
                 requested_ip: opts.ip.clone(),
                 address: None,
                 auto_remove: opts.auto_remove,
                 created: now_rfc3339(),
-                security,
                 endpoints: Vec::new(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
@@ -908,8 +913,8 @@ impl Containers {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let hosts = match config.network {
             NetworkMode::Host => std::fs::read_to_string("/etc/hosts")
-                .unwrap_or_else(|_| hosts_file(None, &config.hostname, &config.name)),
-            _ => hosts_file(address.map(|a| a.ip()), &config.hostname, &config.name),
+                .unwrap_or_else(|_| hosts_file(None, &config.spec.hostname, &config.name)),
+            _ => hosts_file(address.map(|a| a.ip()), &config.spec.hostname, &config.name),
         };
         let spec = ShimSpec {
             init: InitSpec {
@@ -917,10 +922,6 @@ impl Containers {
                 upper: dir.upper(),
                 work: dir.work(),
                 merged: dir.rootfs(),
-                hostname: config.hostname.clone(),
-                env: config.env.clone(),
-                cwd: config.cwd.clone().into(),
-                args: config.args.clone(),
                 files: vec![
                     InitFile {
                         path: "/etc/hosts".into(),
@@ -928,17 +929,15 @@ impl Containers {
                     },
                     InitFile {
                         path: "/etc/hostname".into(),
-                        contents: format!("{}\n", config.hostname),
+                        contents: format!("{}\n", config.spec.hostname),
                     },
                     InitFile {
                         path: "/etc/resolv.conf".into(),
                         contents: resolv_conf(&host_resolv, config.network != NetworkMode::Host),
                     },
                 ],
-                security: config.security.clone(),
+                container: config.spec.clone(),
             },
-            tty: config.tty,
-            open_stdin: config.open_stdin,
             new_netns: plan.new_netns,
             join_netns: plan.join_netns.clone(),
             wait_for_attach,
