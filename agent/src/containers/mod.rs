@@ -8,6 +8,7 @@
 //! address under the key `container:ID`.
 
 pub mod images;
+pub mod spec;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -18,14 +19,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use tartan_runtime::container::{
-    now_rfc3339, ContainerConfig, ContainerDir, ContainerSpec, Endpoint, NetworkMode, ShimSpec,
+    now_rfc3339, ContainerConfig, ContainerDir, Endpoint, NetworkMode, ShimSpec,
 };
 use tartan_runtime::init::{InitFile, InitSpec};
-use tartan_runtime::security::Security;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
 use crate::containers::images::Images;
+use crate::containers::spec::RunSpec;
 use crate::networks::attach::{Attacher, AttacherWatch};
 use crate::networks::named::NamedNetworks;
 use crate::networks::store;
@@ -37,29 +38,6 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What `tartan run` asks for.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub image: String,
-    pub args: Vec<String>,
-    pub name: Option<String>,
-    pub hostname: Option<String>,
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub network: NetworkRequest,
-    pub ip: Option<String>,
-    pub tty: bool,
-    pub interactive: bool,
-    pub detach: bool,
-    pub auto_remove: bool,
-    /// `--privileged`, `--security-opt`, `--cap-add`, `--cap-drop`, `--sysctl`.
-    pub privileged: bool,
-    pub security_opt: Vec<String>,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
-    pub sysctls: Vec<String>,
-}
 
 /// A container whose command could not be run: what `run -d` and `start`
 /// report, with Docker's exit code (127 not found, 126 not runnable, 125
@@ -561,7 +539,7 @@ impl Containers {
 
     /// `tartan run`: creates the container and starts it. Nothing stays
     /// behind when either step fails.
-    pub async fn run(&self, opts: RunOptions) -> Result<ContainerView> {
+    pub async fn run(&self, opts: RunSpec) -> Result<ContainerView> {
         let image = {
             let images = self.inner.images.clone();
             let name = opts.image.clone();
@@ -595,34 +573,10 @@ impl Containers {
             })?;
             crate::networks::attach::parse_requested(ip, &attacher.subnet())?;
         }
-        if let Some(dir) = &opts.workdir {
-            if !dir.starts_with('/') {
-                bail!("the working directory {dir:?} is not absolute");
-            }
-        }
-        for entry in &opts.env {
-            if entry.is_empty() || entry.starts_with('=') || !entry.contains('=') {
-                bail!("invalid environment entry {entry:?}: use KEY=VALUE");
-            }
-        }
-        let security = Security::from_flags(
-            opts.privileged,
-            &opts.security_opt,
-            &opts.cap_add,
-            &opts.cap_drop,
-            &opts.sysctls,
-        )?;
-        // As Docker: a net.* sysctl would change the host's or another container's network.
-        if security.sets_network_sysctls()
-            && matches!(network, NetworkMode::Host | NetworkMode::Container(_))
-        {
-            bail!("a net.* sysctl needs the container's own network namespace (not --net host or container:)");
-        }
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
                 Some(name) => {
-                    check_name(name)?;
                     if entries.values().any(|e| &e.config.name == name) {
                         bail!("the container name {name:?} is already in use");
                     }
@@ -651,28 +605,18 @@ impl Containers {
                     break id;
                 }
             };
-            let hostname = opts
+            let mut spec = opts.container.clone();
+            spec.hostname = opts
                 .hostname
                 .clone()
                 .unwrap_or_else(|| id[..12].to_string());
+            spec.env = environment(&spec.env, &spec.hostname, spec.tty);
             let config = ContainerConfig {
                 id: id.clone(),
                 name: name.clone(),
                 image: opts.image.clone(),
                 image_id: image.id.clone(),
-                spec: ContainerSpec {
-                    args: if opts.args.is_empty() {
-                        vec!["/bin/sh".into()]
-                    } else {
-                        opts.args.clone()
-                    },
-                    env: environment(&opts.env, &hostname, opts.tty),
-                    cwd: opts.workdir.clone().unwrap_or_else(|| "/".into()).into(),
-                    hostname,
-                    tty: opts.tty,
-                    open_stdin: opts.interactive,
-                    security,
-                },
+                spec,
                 network,
                 requested_ip: opts.ip.clone(),
                 address: None,
