@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::ContainerSpec;
 use crate::rootfs::{mount_rootfs, pivot_into, restrict_kernel_paths, RootfsLayout};
-use crate::security::Security;
 use crate::syscall::Syscall;
 use crate::{Result, RuntimeError};
 
@@ -21,19 +21,13 @@ pub struct InitSpec {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub merged: PathBuf,
-    pub hostname: String,
-    /// `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    pub cwd: PathBuf,
-    pub args: Vec<String>,
     /// Files written into the container once it is the root (`/etc/hosts`,
     /// `/etc/resolv.conf`, `/etc/hostname`), so that a symlink in the image
     /// cannot point them at the host.
     #[serde(default)]
     pub files: Vec<InitFile>,
-    /// Docker's defaults unless `run` said otherwise.
-    #[serde(default)]
-    pub security: Security,
+    /// What runs, as the agent recorded it.
+    pub container: ContainerSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +58,7 @@ pub fn run_with(
 fn prepare(sys: &dyn Syscall, spec: &InitSpec, in_root: impl FnOnce() -> Result<()>) -> Result<()> {
     build_root(sys, spec)?;
     in_root()?;
-    spec.security.privileges()?.apply()
+    spec.container.security.privileges()?.apply()
 }
 
 /// The container's root, its files, hostname and working directory.
@@ -74,11 +68,15 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
         upper: spec.upper.clone(),
         work: spec.work.clone(),
         merged: spec.merged.clone(),
-        privileged: spec.security.privileged,
+        privileged: spec.container.security.privileged,
     };
     mount_rootfs(sys, &layout)?;
     pivot_into(sys, &spec.merged)?;
-    restrict_kernel_paths(sys, &spec.security.sysctls, spec.security.privileged)?;
+    restrict_kernel_paths(
+        sys,
+        &spec.container.security.sysctls,
+        spec.container.security.privileged,
+    )?;
     for file in &spec.files {
         if let Some(parent) = file.path.parent() {
             sys.mkdir_all(parent)?;
@@ -86,13 +84,13 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
         sys.write_file(&file.path, file.contents.as_bytes())?;
     }
     // A missing working directory is made, as Docker does.
-    sys.mkdir_all(&spec.cwd)?;
-    sys.sethostname(&spec.hostname)?;
-    sys.chdir(&spec.cwd)
+    sys.mkdir_all(&spec.container.cwd)?;
+    sys.sethostname(&spec.container.hostname)?;
+    sys.chdir(&spec.container.cwd)
 }
 
 fn exec(spec: &InitSpec) -> RuntimeError {
-    exec_command(&spec.args, &spec.env)
+    exec_command(&spec.container.args, &spec.container.env)
 }
 
 /// The exit code for a container that could not start, as Docker gives it:
@@ -245,15 +243,16 @@ mod tests {
             upper: "/c/upper".into(),
             work: "/c/work".into(),
             merged: "/c/rootfs".into(),
-            hostname: "web".into(),
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            args: vec!["sh".into()],
             files: vec![InitFile {
                 path: "/etc/hostname".into(),
                 contents: "web\n".into(),
             }],
-            security: Security::default(),
+            container: ContainerSpec {
+                args: vec!["sh".into()],
+                env: vec!["PATH=/bin".into()],
+                hostname: "web".into(),
+                ..ContainerSpec::default()
+            },
         };
         let text = serde_json::to_string(&spec).expect("json");
         assert_eq!(

@@ -33,7 +33,7 @@ pub enum SeccompChoice {
     Default,
     /// None (`seccomp=unconfined`).
     Unconfined,
-    /// A profile in Docker's JSON format, as given (`seccomp=FILE`).
+    /// A profile in Docker's JSON format, the file's contents (`seccomp=FILE`).
     Profile(String),
 }
 
@@ -65,77 +65,6 @@ fn all_capabilities() -> Vec<u32> {
 }
 
 impl Security {
-    /// Reads `run`'s flags: `--security-opt` entries (`no-new-privileges`,
-    /// `seccomp=unconfined`, `seccomp=PROFILE-JSON`; the CLI has replaced a
-    /// file name by its contents, as Docker's does) and `--sysctl KEY=VALUE`.
-    pub fn from_flags(
-        privileged: bool,
-        security_opts: &[String],
-        cap_add: &[String],
-        cap_drop: &[String],
-        sysctls: &[String],
-    ) -> Result<Security> {
-        let mut security = Security {
-            privileged,
-            cap_add: cap_add.to_vec(),
-            cap_drop: cap_drop.to_vec(),
-            ..Security::default()
-        };
-        for opt in security_opts {
-            // Docker still reads the older `key:value` spelling.
-            let split = opt.find(['=', ':']).map(|at| (&opt[..at], &opt[at + 1..]));
-            match split.unwrap_or((opt.as_str(), "")) {
-                ("no-new-privileges", "" | "true") => security.no_new_privileges = true,
-                ("no-new-privileges", "false") => security.no_new_privileges = false,
-                ("seccomp", "unconfined") => security.seccomp = SeccompChoice::Unconfined,
-                ("seccomp", "") => {
-                    return Err(invalid("--security-opt seccomp needs =unconfined or =FILE".into()))
-                }
-                ("seccomp", profile) => {
-                    security.seccomp = SeccompChoice::Profile(profile.to_string())
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "unsupported --security-opt {opt:?}: use no-new-privileges, seccomp=unconfined or seccomp=FILE"
-                    )))
-                }
-            }
-        }
-        for entry in sysctls {
-            let Some((key, value)) = entry.split_once('=') else {
-                return Err(invalid(format!(
-                    "invalid --sysctl {entry:?}: use KEY=VALUE"
-                )));
-            };
-            security.sysctls.insert(key.to_string(), value.to_string());
-        }
-        security.check()?;
-        Ok(security)
-    }
-
-    /// `run`'s `--security-opt` entries that give this back, as Docker's
-    /// inspect shows them (a profile by its contents).
-    pub fn security_opts(&self) -> Vec<String> {
-        let mut opts = Vec::new();
-        if self.no_new_privileges {
-            opts.push("no-new-privileges".to_string());
-        }
-        match &self.seccomp {
-            SeccompChoice::Default => {}
-            SeccompChoice::Unconfined => opts.push("seccomp=unconfined".into()),
-            SeccompChoice::Profile(text) => opts.push(format!("seccomp={text}")),
-        }
-        opts
-    }
-
-    /// `--sysctl` entries, `KEY=VALUE`.
-    pub fn sysctl_flags(&self) -> Vec<String> {
-        self.sysctls
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect()
-    }
-
     /// Refuses what cannot be applied: unknown capabilities, sysctls Docker
     /// does not allow, a profile that does not compile.
     pub fn check(&self) -> Result<()> {
@@ -328,39 +257,20 @@ mod tests {
     }
 
     #[test]
-    fn flags_parse_as_dockers_and_round_trip() {
-        let parsed = Security::from_flags(
-            false,
-            &["no-new-privileges:true".into(), "seccomp=unconfined".into()],
-            &[],
-            &[],
-            &["net.ipv4.ip_forward=1".into(), "kernel.shmmax=1000".into()],
-        )
-        .expect("valid");
-        assert!(parsed.no_new_privileges);
-        assert_eq!(parsed.seccomp, SeccompChoice::Unconfined);
-        assert_eq!(parsed.sysctls["net.ipv4.ip_forward"], "1");
-        let again = Security::from_flags(
-            false,
-            &parsed.security_opts(),
-            &[],
-            &[],
-            &parsed.sysctl_flags(),
-        )
-        .expect("valid");
-        assert_eq!(again, parsed);
-        for (opts, sysctls) in [
-            (vec!["apparmor=unconfined".to_string()], vec![]),
-            (vec!["seccomp=not json".to_string()], vec![]),
-            (vec![], vec!["kernel.core_pattern=|/x".to_string()]),
-            (vec![], vec!["vm.swappiness=1".to_string()]),
-            (vec![], vec!["net.ipv4".to_string()]),
-            (vec![], vec!["net.ipv4/../../x=1".to_string()]),
-        ] {
-            assert!(
-                Security::from_flags(false, &opts, &[], &[], &sysctls).is_err(),
-                "{opts:?} {sysctls:?} was accepted"
-            );
+    fn what_cannot_be_applied_is_refused() {
+        let sysctl = |key: &str| Security {
+            sysctls: BTreeMap::from([(key.to_string(), "1".to_string())]),
+            ..Security::default()
+        };
+        assert!(sysctl("net.ipv4.ip_forward").check().is_ok());
+        assert!(sysctl("kernel.shmmax").check().is_ok());
+        for key in ["kernel.core_pattern", "vm.swappiness", "net.ipv4/../../x"] {
+            assert!(sysctl(key).check().is_err(), "{key} was accepted");
         }
+        let profile = Security {
+            seccomp: SeccompChoice::Profile("not json".into()),
+            ..Security::default()
+        };
+        assert!(profile.check().is_err());
     }
 }

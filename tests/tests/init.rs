@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
+use tartan_runtime::container::ContainerSpec;
 use tartan_runtime::init::InitSpec;
 use tartan_runtime::ImageStore;
 use tartan_tests::prereq;
@@ -27,12 +28,13 @@ fn run_init(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
         upper: container.join("upper"),
         work: container.join("work"),
         merged: container.join("rootfs"),
-        hostname: "web".into(),
-        env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
-        cwd: "/".into(),
-        args: args.iter().map(|a| a.to_string()).collect(),
         files: Vec::new(),
-        security: Default::default(),
+        container: ContainerSpec {
+            hostname: "web".into(),
+            env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..ContainerSpec::default()
+        },
     };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;

@@ -13,17 +13,16 @@ use hyper_util::rt::TokioIo;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
-    run_request::Network as PbRunNetwork, ConnectRequest, CreateNetworkRequest, DisconnectRequest,
-    ListNetworksRequest, Network as PbNetwork, NetworkEndpoint, NetworkRequest as PbNetworkRequest,
-    NetworksResponse,
-};
-use tartan_proto::v1::{
     AttachRequest, AttachResponse, Attachment as PbAttachment, AttachmentsResponse,
     Container as PbContainer, ContainerRequest, ContainersResponse, DetachRequest, DetachResponse,
     ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse, ImportChunk, Lease as PbLease,
     ListAttachmentsRequest, ListContainersRequest, LogEntry, LogsRequest,
     NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RemoveImageResponse,
     RunRequest, StatusRequest, StatusResponse, StopRequest,
+};
+use tartan_proto::v1::{
+    ConnectRequest, CreateNetworkRequest, DisconnectRequest, ListNetworksRequest,
+    Network as PbNetwork, NetworkEndpoint, NetworkRequest as PbNetworkRequest, NetworksResponse,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -33,9 +32,8 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::containers::images::{ChunkReader, Images};
-use crate::containers::{
-    ContainerView, Containers, NetworkRequest, RunOptions, Status as RunStatus,
-};
+use crate::containers::spec::{security_to_pb, RunSpec};
+use crate::containers::{ContainerView, Containers, Status as RunStatus};
 use crate::control::etcd::Registry;
 use crate::control::lease::Lease;
 use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
@@ -98,7 +96,7 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         name: config.name,
         image: config.image,
         image_id: config.image_id,
-        args: config.args,
+        args: config.spec.args,
         pid,
         exit_code,
         // A stopped container's address is back in the book; it shows none, as in Docker.
@@ -108,44 +106,19 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
             String::new()
         },
         network: view.network,
-        hostname: config.hostname,
+        hostname: config.spec.hostname,
         created: config.created,
         started,
         finished,
-        tty: config.tty,
-        interactive: config.open_stdin,
+        tty: config.spec.tty,
+        interactive: config.spec.open_stdin,
         auto_remove: config.auto_remove,
-        env: config.env,
-        workdir: config.cwd,
+        env: config.spec.env,
+        workdir: config.spec.cwd.display().to_string(),
         attach_socket: view.attach_socket.display().to_string(),
-        privileged: config.security.privileged,
-        security_opt: config.security.security_opts(),
-        cap_add: config.security.cap_add.clone(),
-        cap_drop: config.security.cap_drop.clone(),
-        sysctls: config.security.sysctl_flags(),
+        security: Some(security_to_pb(&config.spec.security)),
         // Read from the kernel, and only where a listing needs them.
         addresses: Vec::new(),
-    }
-}
-
-/// The typed `--net` as the API carries it.
-pub fn network_to_pb(network: &NetworkRequest) -> Option<PbRunNetwork> {
-    Some(match network {
-        NetworkRequest::Overlay => PbRunNetwork::Overlay(true),
-        NetworkRequest::Host => PbRunNetwork::Host(true),
-        NetworkRequest::None => PbRunNetwork::None(true),
-        NetworkRequest::Container(name) => PbRunNetwork::Container(name.clone()),
-        NetworkRequest::Named(name) => PbRunNetwork::Named(name.clone()),
-    })
-}
-
-fn network_from_pb(network: Option<PbRunNetwork>) -> NetworkRequest {
-    match network {
-        None | Some(PbRunNetwork::Overlay(_)) => NetworkRequest::Overlay,
-        Some(PbRunNetwork::Host(_)) => NetworkRequest::Host,
-        Some(PbRunNetwork::None(_)) => NetworkRequest::None,
-        Some(PbRunNetwork::Container(name)) => NetworkRequest::Container(name),
-        Some(PbRunNetwork::Named(name)) => NetworkRequest::Named(name),
     }
 }
 
@@ -372,26 +345,7 @@ impl Agent for AgentService {
         &self,
         request: Request<RunRequest>,
     ) -> Result<Response<PbContainer>, Status> {
-        let r = request.into_inner();
-        let opts = RunOptions {
-            image: r.image,
-            args: r.args,
-            name: nonempty(r.name),
-            hostname: nonempty(r.hostname),
-            env: r.env,
-            workdir: nonempty(r.workdir),
-            network: network_from_pb(r.network),
-            ip: nonempty(r.ip),
-            tty: r.tty,
-            interactive: r.interactive,
-            detach: r.detach,
-            auto_remove: r.auto_remove,
-            privileged: r.privileged,
-            security_opt: r.security_opt,
-            cap_add: r.cap_add,
-            cap_drop: r.cap_drop,
-            sysctls: r.sysctls,
-        };
+        let opts = RunSpec::from_pb(request.into_inner()).map_err(failed)?;
         let view = self.containers.run(opts).await.map_err(failed_to_start)?;
         Ok(Response::new(to_pb_container(view)))
     }

@@ -8,14 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tartan_proto::v1::{
     ContainerRequest, ListContainersRequest, LogsRequest, RemoveContainerRequest, RunRequest,
-    StopRequest,
+    Seccomp, Security as PbSecurity, StopRequest, Sysctl,
 };
 use tartan_runtime::container::exec::{ExecSpec, RawMode};
 use tartan_runtime::container::frame::{Frame, FrameDecoder};
-use tartan_runtime::security::Security;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::containers::NetworkRequest;
+use crate::containers::{spec, NetworkRequest};
 use crate::{api, refused};
 
 #[derive(Args)]
@@ -170,18 +169,79 @@ fn expand_env(given: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `seccomp=FILE` becomes `seccomp=CONTENTS`: the file is read here, as
-/// Docker's CLI does, since the agent may not see the same files.
-fn read_security_opts(opts: &[String]) -> Result<Vec<String>> {
-    opts.iter()
-        .map(|opt| match opt.split_once(['=', ':']) {
-            Some(("seccomp", file)) if file != "unconfined" && !file.is_empty() => {
-                let profile = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the seccomp profile {file}"))?;
-                Ok(format!("seccomp={profile}"))
+/// `run`'s privilege flags in Docker's spelling, read into the API's typed
+/// form: `--security-opt` (`no-new-privileges[:true|false]`,
+/// `seccomp=unconfined`, `seccomp=FILE`, also with Docker's older `:`) and
+/// `--sysctl KEY=VALUE`. A profile file is read here, as Docker's CLI does,
+/// since the agent may not see the same files; the agent checks the rest.
+fn security_flags(
+    privileged: bool,
+    security_opts: &[String],
+    cap_add: Vec<String>,
+    cap_drop: Vec<String>,
+    sysctls: &[String],
+) -> Result<PbSecurity> {
+    let mut security = PbSecurity {
+        privileged,
+        cap_add,
+        cap_drop,
+        ..PbSecurity::default()
+    };
+    for opt in security_opts {
+        let split = opt.find(['=', ':']).map(|at| (&opt[..at], &opt[at + 1..]));
+        match split.unwrap_or((opt.as_str(), "")) {
+            ("no-new-privileges", "" | "true") => security.no_new_privileges = true,
+            ("no-new-privileges", "false") => security.no_new_privileges = false,
+            ("seccomp", "unconfined") => {
+                security.set_seccomp(Seccomp::Unconfined);
+                security.seccomp_profile.clear();
             }
-            _ => Ok(opt.clone()),
-        })
+            ("seccomp", "") => bail!("--security-opt seccomp needs =unconfined or =FILE"),
+            ("seccomp", file) => {
+                security.seccomp_profile = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the seccomp profile {file}"))?;
+                security.set_seccomp(Seccomp::Profile);
+            }
+            _ => bail!(
+                "unsupported --security-opt {opt:?}: use no-new-privileges, seccomp=unconfined or seccomp=FILE"
+            ),
+        }
+    }
+    for entry in sysctls {
+        let Some((key, value)) = entry.split_once('=') else {
+            bail!("invalid --sysctl {entry:?}: use KEY=VALUE");
+        };
+        // A key given twice: the last value, as Docker's map keeps it.
+        security.sysctls.retain(|s| s.key != key);
+        security.sysctls.push(Sysctl {
+            key: key.to_string(),
+            value: value.to_string(),
+        });
+    }
+    Ok(security)
+}
+
+/// The `--security-opt` entries that give `security` back, as Docker's
+/// inspect shows them (a profile by its contents).
+pub fn security_opt_flags(security: &PbSecurity) -> Vec<String> {
+    let mut opts = Vec::new();
+    if security.no_new_privileges {
+        opts.push("no-new-privileges".to_string());
+    }
+    match security.seccomp() {
+        Seccomp::Default => {}
+        Seccomp::Unconfined => opts.push("seccomp=unconfined".into()),
+        Seccomp::Profile => opts.push(format!("seccomp={}", security.seccomp_profile)),
+    }
+    opts
+}
+
+/// `--sysctl` entries, `KEY=VALUE`.
+pub fn sysctl_flags(security: &PbSecurity) -> Vec<String> {
+    security
+        .sysctls
+        .iter()
+        .map(|s| format!("{}={}", s.key, s.value))
         .collect()
 }
 
@@ -190,7 +250,13 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
     if args.tty && args.interactive && !std::io::stdin().is_terminal() && !args.detach {
         bail!("the input device is not a TTY; drop -t or run from a terminal");
     }
-    let security_opt = read_security_opts(&args.security_opt)?;
+    let security = security_flags(
+        args.privileged,
+        &args.security_opt,
+        args.cap_add,
+        args.cap_drop,
+        &args.sysctl,
+    )?;
     let network = NetworkRequest::parse(args.net.as_deref().unwrap_or_default())?;
     let mut client = api::connect(api_socket).await?;
     let container = client
@@ -201,17 +267,13 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             hostname: args.hostname.unwrap_or_default(),
             env: expand_env(&args.env),
             workdir: args.workdir.unwrap_or_default(),
-            network: api::network_to_pb(&network),
+            network: spec::network_to_pb(&network),
             ip: args.ip.unwrap_or_default(),
             tty: args.tty,
             interactive: args.interactive,
             detach: args.detach,
             auto_remove: args.rm,
-            privileged: args.privileged,
-            security_opt,
-            cap_add: args.cap_add,
-            cap_drop: args.cap_drop,
-            sysctls: args.sysctl,
+            security: Some(security),
         })
         .await;
     let container = match container {
@@ -611,14 +673,8 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
         env.retain(|e| e.split('=').next() != Some(key.as_str()));
         env.push(entry);
     }
-    let security = Security::from_flags(
-        container.privileged,
-        &container.security_opt,
-        &container.cap_add,
-        &container.cap_drop,
-        &container.sysctls,
-    )
-    .context("the container's privileges")?;
+    let security = spec::security_from_pb(container.security.unwrap_or_default())
+        .context("the container's privileges")?;
     let spec = ExecSpec {
         security,
         pid: container.pid,
@@ -629,4 +685,67 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
         interactive: args.interactive,
     };
     Ok(tartan_runtime::container::exec::exec_in(&spec)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_flags_read_dockers_spellings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("profile.json");
+        std::fs::write(&file, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).expect("profile");
+        let parsed = security_flags(
+            false,
+            &[
+                "no-new-privileges:true".into(),
+                format!("seccomp={}", file.display()),
+            ],
+            vec!["NET_ADMIN".into()],
+            Vec::new(),
+            &[
+                "net.ipv4.ip_forward=1".into(),
+                "net.ipv4.ip_forward=0".into(),
+            ],
+        )
+        .expect("valid");
+        assert!(parsed.no_new_privileges);
+        assert_eq!(parsed.seccomp(), Seccomp::Profile);
+        assert!(parsed.seccomp_profile.contains("SCMP_ACT_ALLOW"));
+        assert_eq!(sysctl_flags(&parsed), ["net.ipv4.ip_forward=0"]);
+        assert_eq!(
+            security_opt_flags(&parsed),
+            [
+                "no-new-privileges".to_string(),
+                format!("seccomp={}", parsed.seccomp_profile)
+            ]
+        );
+        let unconfined = security_flags(
+            false,
+            &[
+                "seccomp:unconfined".into(),
+                "no-new-privileges=false".into(),
+            ],
+            Vec::new(),
+            Vec::new(),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(security_opt_flags(&unconfined), ["seccomp=unconfined"]);
+        for (opts, sysctls) in [
+            (vec!["apparmor=unconfined".to_string()], vec![]),
+            (vec!["seccomp".to_string()], vec![]),
+            (
+                vec!["seccomp=/nonexistent/profile.json".to_string()],
+                vec![],
+            ),
+            (vec![], vec!["net.ipv4".to_string()]),
+        ] {
+            assert!(
+                security_flags(false, &opts, Vec::new(), Vec::new(), &sysctls).is_err(),
+                "{opts:?} {sysctls:?} was accepted"
+            );
+        }
+    }
 }

@@ -383,6 +383,7 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
         None => (None, None),
     };
     let empty_none = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let security = c.security.clone().unwrap_or_default();
     json!({
         "id": c.id,
         "name": c.name,
@@ -412,11 +413,11 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "prefix_len": prefix,
         },
         "host_config": {
-            "privileged": c.privileged,
-            "security_opt": c.security_opt,
-            "cap_add": c.cap_add,
-            "cap_drop": c.cap_drop,
-            "sysctls": c.sysctls,
+            "privileged": security.privileged,
+            "security_opt": crate::cli::containers::security_opt_flags(&security),
+            "cap_add": security.cap_add,
+            "cap_drop": security.cap_drop,
+            "sysctls": crate::cli::containers::sysctl_flags(&security),
         },
     })
 }

@@ -8,6 +8,7 @@
 //! address under the key `container:ID`.
 
 pub mod images;
+pub mod spec;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -21,11 +22,11 @@ use tartan_runtime::container::{
     now_rfc3339, ContainerConfig, ContainerDir, Endpoint, NetworkMode, ShimSpec,
 };
 use tartan_runtime::init::{InitFile, InitSpec};
-use tartan_runtime::security::Security;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
 use crate::containers::images::Images;
+use crate::containers::spec::RunSpec;
 use crate::networks::attach::{Attacher, AttacherWatch};
 use crate::networks::named::NamedNetworks;
 use crate::networks::store;
@@ -37,29 +38,6 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What `tartan run` asks for.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub image: String,
-    pub args: Vec<String>,
-    pub name: Option<String>,
-    pub hostname: Option<String>,
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub network: NetworkRequest,
-    pub ip: Option<String>,
-    pub tty: bool,
-    pub interactive: bool,
-    pub detach: bool,
-    pub auto_remove: bool,
-    /// `--privileged`, `--security-opt`, `--cap-add`, `--cap-drop`, `--sysctl`.
-    pub privileged: bool,
-    pub security_opt: Vec<String>,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
-    pub sysctls: Vec<String>,
-}
 
 /// A container whose command could not be run: what `run -d` and `start`
 /// report, with Docker's exit code (127 not found, 126 not runnable, 125
@@ -279,8 +257,11 @@ fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str) -> String {
 /// process sees it.
 fn write_hosts(pid: u32, address: Option<Ipv4Addr>, config: &ContainerConfig) -> Result<()> {
     let path = PathBuf::from(format!("/proc/{pid}/root/etc/hosts"));
-    std::fs::write(&path, hosts_file(address, &config.hostname, &config.name))
-        .with_context(|| format!("writing {}", path.display()))
+    std::fs::write(
+        &path,
+        hosts_file(address, &config.spec.hostname, &config.name),
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The container's environment: Docker's defaults, then the operator's.
@@ -558,7 +539,7 @@ impl Containers {
 
     /// `tartan run`: creates the container and starts it. Nothing stays
     /// behind when either step fails.
-    pub async fn run(&self, opts: RunOptions) -> Result<ContainerView> {
+    pub async fn run(&self, opts: RunSpec) -> Result<ContainerView> {
         let image = {
             let images = self.inner.images.clone();
             let name = opts.image.clone();
@@ -592,34 +573,10 @@ impl Containers {
             })?;
             crate::networks::attach::parse_requested(ip, &attacher.subnet())?;
         }
-        if let Some(dir) = &opts.workdir {
-            if !dir.starts_with('/') {
-                bail!("the working directory {dir:?} is not absolute");
-            }
-        }
-        for entry in &opts.env {
-            if entry.is_empty() || entry.starts_with('=') || !entry.contains('=') {
-                bail!("invalid environment entry {entry:?}: use KEY=VALUE");
-            }
-        }
-        let security = Security::from_flags(
-            opts.privileged,
-            &opts.security_opt,
-            &opts.cap_add,
-            &opts.cap_drop,
-            &opts.sysctls,
-        )?;
-        // As Docker: a net.* sysctl would change the host's or another container's network.
-        if security.sets_network_sysctls()
-            && matches!(network, NetworkMode::Host | NetworkMode::Container(_))
-        {
-            bail!("a net.* sysctl needs the container's own network namespace (not --net host or container:)");
-        }
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
                 Some(name) => {
-                    check_name(name)?;
                     if entries.values().any(|e| &e.config.name == name) {
                         bail!("the container name {name:?} is already in use");
                     }
@@ -648,31 +605,23 @@ impl Containers {
                     break id;
                 }
             };
-            let hostname = opts
+            let mut spec = opts.container.clone();
+            spec.hostname = opts
                 .hostname
                 .clone()
                 .unwrap_or_else(|| id[..12].to_string());
+            spec.env = environment(&spec.env, &spec.hostname, spec.tty);
             let config = ContainerConfig {
                 id: id.clone(),
                 name: name.clone(),
                 image: opts.image.clone(),
                 image_id: image.id.clone(),
-                args: if opts.args.is_empty() {
-                    vec!["/bin/sh".into()]
-                } else {
-                    opts.args.clone()
-                },
-                env: environment(&opts.env, &hostname, opts.tty),
-                cwd: opts.workdir.clone().unwrap_or_else(|| "/".into()),
-                hostname,
-                tty: opts.tty,
-                open_stdin: opts.interactive,
+                spec,
                 network,
                 requested_ip: opts.ip.clone(),
                 address: None,
                 auto_remove: opts.auto_remove,
                 created: now_rfc3339(),
-                security,
                 endpoints: Vec::new(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
@@ -908,8 +857,8 @@ impl Containers {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let hosts = match config.network {
             NetworkMode::Host => std::fs::read_to_string("/etc/hosts")
-                .unwrap_or_else(|_| hosts_file(None, &config.hostname, &config.name)),
-            _ => hosts_file(address.map(|a| a.ip()), &config.hostname, &config.name),
+                .unwrap_or_else(|_| hosts_file(None, &config.spec.hostname, &config.name)),
+            _ => hosts_file(address.map(|a| a.ip()), &config.spec.hostname, &config.name),
         };
         let spec = ShimSpec {
             init: InitSpec {
@@ -917,10 +866,6 @@ impl Containers {
                 upper: dir.upper(),
                 work: dir.work(),
                 merged: dir.rootfs(),
-                hostname: config.hostname.clone(),
-                env: config.env.clone(),
-                cwd: config.cwd.clone().into(),
-                args: config.args.clone(),
                 files: vec![
                     InitFile {
                         path: "/etc/hosts".into(),
@@ -928,17 +873,15 @@ impl Containers {
                     },
                     InitFile {
                         path: "/etc/hostname".into(),
-                        contents: format!("{}\n", config.hostname),
+                        contents: format!("{}\n", config.spec.hostname),
                     },
                     InitFile {
                         path: "/etc/resolv.conf".into(),
                         contents: resolv_conf(&host_resolv, config.network != NetworkMode::Host),
                     },
                 ],
-                security: config.security.clone(),
+                container: config.spec.clone(),
             },
-            tty: config.tty,
-            open_stdin: config.open_stdin,
             new_netns: plan.new_netns,
             join_netns: plan.join_netns.clone(),
             wait_for_attach,

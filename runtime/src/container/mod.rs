@@ -13,6 +13,7 @@ pub mod export;
 pub mod frame;
 pub mod log;
 pub mod shim;
+pub mod spec;
 
 use std::fs::File;
 use std::io::Write;
@@ -26,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::io_err;
 use crate::init::InitSpec;
 use crate::process::{proc_stat, Pidfd, ProcStat};
-use crate::security::Security;
 use crate::{Result, RuntimeError};
+
+pub use spec::ContainerSpec;
 
 /// How a container is networked (`--net`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,12 +68,11 @@ pub struct ContainerConfig {
     /// The image as the operator named it, and what it resolved to.
     pub image: String,
     pub image_id: String,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub hostname: String,
-    pub tty: bool,
-    pub open_stdin: bool,
+    /// What it runs; flattened, so that records keep the fields older
+    /// agents wrote (`args`, `env`, `cwd`, `hostname`, `tty`, `open_stdin`,
+    /// `security`) where they were.
+    #[serde(flatten)]
+    pub spec: ContainerSpec,
     pub network: NetworkMode,
     /// `--ip`, when given: the container gets this address or does not start.
     pub requested_ip: Option<String>,
@@ -81,9 +82,6 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     /// RFC 3339.
     pub created: String,
-    /// `run`'s privilege flags; absent from older records, which get Docker's defaults.
-    #[serde(default)]
-    pub security: Security,
     /// Its interfaces on named networks, in the order they were made; kept
     /// so that every start makes the same `ethN` with the same address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -113,9 +111,8 @@ pub struct Endpoint {
 /// What the supervisor runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimSpec {
+    /// The container's root and its [`ContainerSpec`], as recorded.
     pub init: InitSpec,
-    pub tty: bool,
-    pub open_stdin: bool,
     /// A network namespace of its own (overlay, none) rather than the host's.
     pub new_netns: bool,
     /// Another container's network namespace to join (`--net container:`).
@@ -319,6 +316,7 @@ pub fn exit_code(status: libc::c_int) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::Security;
 
     #[test]
     fn records_round_trip_and_a_missing_lock_means_no_supervisor() {
@@ -335,21 +333,23 @@ mod tests {
             name: "web".into(),
             image: "busybox".into(),
             image_id: "cd".repeat(32),
-            args: vec!["sh".into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            hostname: "web".into(),
-            tty: false,
-            open_stdin: false,
+            spec: ContainerSpec {
+                args: vec!["sh".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                hostname: "web".into(),
+                tty: false,
+                open_stdin: false,
+                security: Security {
+                    no_new_privileges: true,
+                    ..Security::default()
+                },
+            },
             network: NetworkMode::Container("ef".repeat(32)),
             requested_ip: None,
             address: Some("10.5.1.2/24".into()),
             auto_remove: true,
             created: now_rfc3339(),
-            security: Security {
-                no_new_privileges: true,
-                ..Security::default()
-            },
             endpoints: Vec::new(),
         };
         container.write_config(&config).expect("write");
@@ -364,6 +364,48 @@ mod tests {
         assert!(!container.shim_alive());
         std::fs::write(container.config_path(), b"{").expect("corrupt");
         assert!(container.read_config().is_err());
+    }
+
+    #[test]
+    fn records_of_older_agents_load() {
+        // As an agent before the container spec wrote it, with privileges.
+        let with_security = r#"{
+            "id": "ab", "name": "web", "image": "busybox", "image_id": "cd",
+            "args": ["sh"], "env": ["PATH=/bin", "HOSTNAME=h"], "cwd": "/srv",
+            "hostname": "h", "tty": true, "open_stdin": false,
+            "network": {"container": "ef"}, "requested_ip": null,
+            "address": "10.5.1.2/24", "auto_remove": false,
+            "created": "2026-01-01T00:00:00Z",
+            "security": {"privileged": false, "no_new_privileges": true,
+                "cap_add": ["net_admin"], "cap_drop": [], "seccomp": "unconfined",
+                "sysctls": {"net.ipv4.ip_forward": "1"}}
+        }"#;
+        let config: ContainerConfig = serde_json::from_str(with_security).expect("older record");
+        assert_eq!(config.spec.args, ["sh"]);
+        assert_eq!(config.spec.cwd, Path::new("/srv"));
+        assert!(config.spec.tty && !config.spec.open_stdin);
+        assert_eq!(config.spec.security.cap_add, ["net_admin"]);
+        assert_eq!(config.spec.security.sysctls["net.ipv4.ip_forward"], "1");
+        assert!(config.spec.security.no_new_privileges);
+        assert_eq!(config.network, NetworkMode::Container("ef".into()));
+        // Written again, it reads the same, with the fields where they were.
+        let again = serde_json::to_value(&config).expect("json");
+        assert_eq!(again["cwd"], "/srv");
+        assert_eq!(again["security"]["cap_add"][0], "net_admin");
+        assert_eq!(
+            serde_json::from_value::<ContainerConfig>(again).expect("rewritten"),
+            config
+        );
+        // Older still: no privileges recorded, no address.
+        let without = r#"{
+            "id": "ab", "name": "web", "image": "busybox", "image_id": "cd",
+            "args": ["sh"], "env": [], "cwd": "/", "hostname": "h", "tty": false,
+            "open_stdin": false, "network": "overlay", "requested_ip": null,
+            "auto_remove": true, "created": ""
+        }"#;
+        let config: ContainerConfig = serde_json::from_str(without).expect("oldest record");
+        assert_eq!(config.spec.security, Security::default());
+        assert_eq!(config.address, None);
     }
 
     #[test]

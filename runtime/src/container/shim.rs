@@ -215,13 +215,13 @@ fn supervise(dir: &Path) -> Result<()> {
         .set_nonblocking(true)
         .map_err(io_err("configuring", &socket))?;
 
-    let mut stdio = Stdio::new(spec.tty, spec.open_stdin)?;
+    let mut stdio = Stdio::new(spec.init.container.tty, spec.init.container.open_stdin)?;
     let (go_r, go_w) = pipe()?;
     // Closed by the kernel when the container's command has been exec'd (or
     // the first process has died): only then is the container "running",
     // with its root in place for `exec` to join.
     let (exec_r, exec_w) = pipe()?;
-    let (console, child_console) = match spec.tty {
+    let (console, child_console) = match spec.init.container.tty {
         true => {
             let (ours, theirs) = crate::pty::socket_pair()?;
             (Some(ours), Some(theirs))
@@ -273,7 +273,7 @@ fn supervise(dir: &Path) -> Result<()> {
     if let Some(console) = &console {
         // None: the child died before making its terminal; the pump sees its exit.
         if let Some(master) = crate::pty::recv_fd(console)? {
-            stdio.take_terminal(master, spec.open_stdin)?;
+            stdio.take_terminal(master, spec.init.container.open_stdin)?;
         }
     }
     drop(console);

@@ -1,0 +1,274 @@
+//! `tartan run`'s request, checked once where it enters the agent: the
+//! typed [`RunSpec`] that [`super::Containers::run`] makes a container of,
+//! and the conversions between the API's messages and the container's
+//! [`ContainerSpec`] (which is stored in its record and given to its
+//! supervisor as it is).
+
+use anyhow::{bail, Context, Result};
+use tartan_proto::v1::{
+    run_request::Network as PbRunNetwork, RunRequest, Seccomp as PbSeccomp, Security as PbSecurity,
+    Sysctl as PbSysctl,
+};
+use tartan_runtime::container::ContainerSpec;
+use tartan_runtime::security::{SeccompChoice, Security};
+
+use super::NetworkRequest;
+
+/// What `tartan run` asks for, checked: names, environment entries, the
+/// working directory and the privileges are valid here, and only what
+/// depends on the agent's state (the image, the network, the address) is
+/// left to check.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    pub image: String,
+    pub name: Option<String>,
+    /// Given, or the short id once there is one.
+    pub hostname: Option<String>,
+    pub network: NetworkRequest,
+    /// `--ip`, as given: its subnet is known only once the network is.
+    pub ip: Option<String>,
+    pub detach: bool,
+    pub auto_remove: bool,
+    /// What runs; its `env` as given (Docker's defaults are added once the
+    /// hostname is known) and its `hostname` empty.
+    pub container: ContainerSpec,
+}
+
+impl RunSpec {
+    pub fn from_pb(request: RunRequest) -> Result<RunSpec> {
+        let name = nonempty(request.name);
+        if let Some(name) = &name {
+            super::check_name(name)?;
+        }
+        let workdir = nonempty(request.workdir).unwrap_or_else(|| "/".into());
+        if !workdir.starts_with('/') {
+            bail!("the working directory {workdir:?} is not absolute");
+        }
+        for entry in &request.env {
+            if entry.is_empty() || entry.starts_with('=') || !entry.contains('=') {
+                bail!("invalid environment entry {entry:?}: use KEY=VALUE");
+            }
+        }
+        let network = network_from_pb(request.network)?;
+        let security = security_from_pb(request.security.unwrap_or_default())?;
+        // As Docker: a net.* sysctl would change the host's or another container's network.
+        if security.sets_network_sysctls()
+            && matches!(network, NetworkRequest::Host | NetworkRequest::Container(_))
+        {
+            bail!("a net.* sysctl needs the container's own network namespace (not --net host or container:)");
+        }
+        Ok(RunSpec {
+            image: request.image,
+            name,
+            hostname: nonempty(request.hostname),
+            ip: nonempty(request.ip),
+            network,
+            detach: request.detach,
+            auto_remove: request.auto_remove,
+            container: ContainerSpec {
+                args: if request.args.is_empty() {
+                    vec!["/bin/sh".into()]
+                } else {
+                    request.args
+                },
+                env: request.env,
+                cwd: workdir.into(),
+                hostname: String::new(),
+                tty: request.tty,
+                open_stdin: request.interactive,
+                security,
+            },
+        })
+    }
+}
+
+fn nonempty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// The typed `--net` as the API carries it.
+pub fn network_to_pb(network: &NetworkRequest) -> Option<PbRunNetwork> {
+    Some(match network {
+        NetworkRequest::Overlay => PbRunNetwork::Overlay(true),
+        NetworkRequest::Host => PbRunNetwork::Host(true),
+        NetworkRequest::None => PbRunNetwork::None(true),
+        NetworkRequest::Container(name) => PbRunNetwork::Container(name.clone()),
+        NetworkRequest::Named(name) => PbRunNetwork::Named(name.clone()),
+    })
+}
+
+fn network_from_pb(network: Option<PbRunNetwork>) -> Result<NetworkRequest> {
+    Ok(match network {
+        None | Some(PbRunNetwork::Overlay(_)) => NetworkRequest::Overlay,
+        Some(PbRunNetwork::Host(_)) => NetworkRequest::Host,
+        Some(PbRunNetwork::None(_)) => NetworkRequest::None,
+        Some(PbRunNetwork::Container(name)) if name.is_empty() => {
+            bail!("invalid --net container:: name the container")
+        }
+        Some(PbRunNetwork::Container(name)) => NetworkRequest::Container(name),
+        Some(PbRunNetwork::Named(name)) => {
+            crate::networks::store::check_name(&name)
+                .with_context(|| format!("invalid --net {name:?}"))?;
+            NetworkRequest::Named(name)
+        }
+    })
+}
+
+/// The privileges as the API carries them, checked: unknown capabilities,
+/// sysctls Docker does not allow and profiles that do not compile are refused.
+pub fn security_from_pb(pb: PbSecurity) -> Result<Security> {
+    let seccomp = match pb.seccomp() {
+        PbSeccomp::Default => SeccompChoice::Default,
+        PbSeccomp::Unconfined => SeccompChoice::Unconfined,
+        PbSeccomp::Profile => SeccompChoice::Profile(pb.seccomp_profile),
+    };
+    let security = Security {
+        privileged: pb.privileged,
+        no_new_privileges: pb.no_new_privileges,
+        cap_add: pb.cap_add,
+        cap_drop: pb.cap_drop,
+        seccomp,
+        sysctls: pb.sysctls.into_iter().map(|s| (s.key, s.value)).collect(),
+    };
+    security.check()?;
+    Ok(security)
+}
+
+pub fn security_to_pb(security: &Security) -> PbSecurity {
+    let (seccomp, seccomp_profile) = match &security.seccomp {
+        SeccompChoice::Default => (PbSeccomp::Default, String::new()),
+        SeccompChoice::Unconfined => (PbSeccomp::Unconfined, String::new()),
+        SeccompChoice::Profile(text) => (PbSeccomp::Profile, text.clone()),
+    };
+    PbSecurity {
+        privileged: security.privileged,
+        no_new_privileges: security.no_new_privileges,
+        seccomp: seccomp.into(),
+        seccomp_profile,
+        cap_add: security.cap_add.clone(),
+        cap_drop: security.cap_drop.clone(),
+        sysctls: security
+            .sysctls
+            .iter()
+            .map(|(key, value)| PbSysctl {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RunRequest {
+        RunRequest {
+            image: "busybox".into(),
+            ..RunRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_bare_request_gets_dockers_defaults() {
+        let spec = RunSpec::from_pb(request()).expect("valid");
+        assert_eq!(spec.container.args, ["/bin/sh"]);
+        assert_eq!(spec.container.cwd, std::path::Path::new("/"));
+        assert_eq!(spec.container.security, Security::default());
+        assert_eq!(spec.network, NetworkRequest::Overlay);
+        assert_eq!((spec.name, spec.hostname, spec.ip), (None, None, None));
+    }
+
+    #[test]
+    fn what_cannot_run_is_refused_at_the_api() {
+        let sysctl = |key: &str| {
+            Some(PbSecurity {
+                sysctls: vec![PbSysctl {
+                    key: key.into(),
+                    value: "1".into(),
+                }],
+                ..PbSecurity::default()
+            })
+        };
+        let refused = [
+            RunRequest {
+                workdir: "srv".into(),
+                ..request()
+            },
+            RunRequest {
+                env: vec!["=x".into()],
+                ..request()
+            },
+            RunRequest {
+                env: vec!["KEY".into()],
+                ..request()
+            },
+            RunRequest {
+                name: "-web".into(),
+                ..request()
+            },
+            RunRequest {
+                network: Some(PbRunNetwork::Named("a/b".into())),
+                ..request()
+            },
+            RunRequest {
+                network: Some(PbRunNetwork::Container(String::new())),
+                ..request()
+            },
+            RunRequest {
+                security: sysctl("vm.swappiness"),
+                ..request()
+            },
+            RunRequest {
+                network: Some(PbRunNetwork::Host(true)),
+                security: sysctl("net.ipv4.ip_forward"),
+                ..request()
+            },
+            RunRequest {
+                security: Some(PbSecurity {
+                    cap_add: vec!["FLY".into()],
+                    ..PbSecurity::default()
+                }),
+                ..request()
+            },
+            RunRequest {
+                security: Some(PbSecurity {
+                    seccomp: PbSeccomp::Profile.into(),
+                    seccomp_profile: "not json".into(),
+                    ..PbSecurity::default()
+                }),
+                ..request()
+            },
+        ];
+        for bad in refused {
+            let shown = format!("{bad:?}");
+            assert!(RunSpec::from_pb(bad).is_err(), "accepted: {shown}");
+        }
+        let own_netns = RunRequest {
+            security: sysctl("net.ipv4.ip_forward"),
+            ..request()
+        };
+        assert!(RunSpec::from_pb(own_netns).is_ok());
+    }
+
+    #[test]
+    fn privileges_travel_unchanged() {
+        let security = Security {
+            privileged: false,
+            no_new_privileges: true,
+            cap_add: vec!["net_admin".into()],
+            cap_drop: vec!["ALL".into()],
+            seccomp: SeccompChoice::Unconfined,
+            sysctls: [("kernel.shmmax".to_string(), "9".to_string())].into(),
+        };
+        assert_eq!(
+            security_from_pb(security_to_pb(&security)).expect("valid"),
+            security
+        );
+        let network = NetworkRequest::Container("web".into());
+        assert_eq!(
+            network_from_pb(network_to_pb(&network)).expect("valid"),
+            network
+        );
+    }
+}
