@@ -512,7 +512,7 @@ impl Attacher {
             netns,
             ifname: split_interface_key(key).0.to_string(),
             host_ifname: host_ifname_for(key),
-            address: Ipv4Network::new(addr, self.subnet.prefix())?,
+            address: Some(Ipv4Network::new(addr, self.subnet.prefix())?),
             gateway: Some(gateway),
             mtu: self.mtu,
             mac: None,

@@ -157,7 +157,7 @@ impl NamedNetworks {
             netns,
             ifname: endpoint.ifname.clone(),
             host_ifname: host_ifname(container, &endpoint.ifname),
-            address,
+            address: Some(address),
             gateway: if endpoint.default_route {
                 endpoint.gateway
             } else {
@@ -271,6 +271,7 @@ impl NamedNetworks {
         }
         if endpoint.driver == "bridge" {
             let (bridge, _) = endpoint_bridge(endpoint);
+            let address = endpoint_address(endpoint)?;
             let gateway = endpoint
                 .gateway
                 .ok_or_else(|| anyhow!("the endpoint on {} has no gateway", endpoint.network))?;
@@ -278,7 +279,7 @@ impl NamedNetworks {
                 .ensure_bridge(&BridgeSpec {
                     name: bridge.clone(),
                     mtu: BRIDGE_MTU,
-                    gateway: Ipv4Network::new(gateway, spec.address.prefix())?,
+                    gateway: Ipv4Network::new(gateway, address.prefix())?,
                     mac: bridge_mac(&endpoint.network_id),
                 })
                 .await
@@ -302,7 +303,7 @@ impl NamedNetworks {
             driver: driver.kind(),
             ifname: spec.ifname,
             host_ifname: (endpoint.driver != "macvlan").then_some(spec.host_ifname),
-            address: Some(spec.address),
+            address: spec.address,
             netns: spec.netns,
             vlan: spec.vlan,
             host_shim: None,

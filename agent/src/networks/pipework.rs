@@ -1,4 +1,4 @@
-//! `tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GW] [MAC][@VLAN]`:
+//! `tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GW]|0/0 [MAC][@VLAN]`:
 //! pipework's form. The host interface picks the driver (a Linux bridge, an
 //! Open vSwitch bridge, or a macvlan parent); a missing `br*` or `ovs*`
 //! name is created. Every attachment is recorded in the state dir with what
@@ -142,7 +142,8 @@ pub struct Record {
     pub host_ifname: Option<String>,
     /// Whether `-l` named the host end (part of the request).
     pub host_ifname_given: bool,
-    pub address: Ipv4Network,
+    /// None: made with no address (`0/0`).
+    pub address: Option<Ipv4Network>,
     pub gateway: Option<Ipv4Addr>,
     pub mac: Option<String>,
     pub vlan: Option<u16>,
@@ -153,7 +154,7 @@ pub struct Record {
 
 impl Record {
     /// Whether `request` asks for what this record has.
-    fn same_request(&self, request: &Request, address: Ipv4Network) -> bool {
+    fn same_request(&self, request: &Request, address: Option<Ipv4Network>) -> bool {
         self.host_interface == request.host_interface
             && self.address == address
             && self.gateway == request.gateway
@@ -172,7 +173,7 @@ impl Record {
             },
             ifname: self.ifname.clone(),
             host_ifname: self.host_ifname.clone(),
-            address: Some(self.address),
+            address: self.address,
             netns: self.netns.clone(),
             vlan: self.vlan,
             host_shim: self.host_shim.clone(),
@@ -205,7 +206,8 @@ impl Record {
 /// What the pipework form answers.
 #[derive(Debug, Clone)]
 pub struct Attached {
-    pub address: Ipv4Network,
+    /// None: the interface has no address (`0/0`).
+    pub address: Option<Ipv4Network>,
     pub ifname: String,
     pub already: bool,
 }
@@ -224,13 +226,14 @@ fn default_host_ifname(owner: &str, ifname: &str) -> String {
     host_ifname_for(&format!("{owner}#{ifname}"))
 }
 
-/// Parses `ADDR/LEN`; pipework's `0/0` (no address) and `dhcp` are refused.
-pub fn parse_address(text: &str) -> Result<Ipv4Network> {
+/// Parses `ADDR/LEN`, or pipework's `0/0`: an interface with no address
+/// (None). `dhcp` is refused.
+pub fn parse_address(text: &str) -> Result<Option<Ipv4Network>> {
     if text == "0/0" || text == "0.0.0.0/0" {
-        bail!("0/0 (an interface with no address) is not supported: give ADDR/LEN");
+        return Ok(None);
     }
     if text.starts_with("dhcp") {
-        bail!("dhcp is not supported: give ADDR/LEN");
+        bail!("dhcp is not supported: Tartan runs no DHCP client in the namespace; give ADDR/LEN, or 0/0 and run one there");
     }
     let Some((addr, len)) = text.split_once('/') else {
         bail!("{text:?} needs a prefix length, as in {text}/24");
@@ -246,7 +249,12 @@ pub fn parse_address(text: &str) -> Result<Ipv4Network> {
     if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
         bail!("{addr} cannot be an interface's address");
     }
-    Ok(Ipv4Network::new(addr, len)?)
+    Ok(Some(Ipv4Network::new(addr, len)?))
+}
+
+/// An address as the API shows it: pipework's `0/0` for none.
+pub fn show_address(address: Option<Ipv4Network>) -> String {
+    address.map_or_else(|| "0/0".to_string(), |address| address.to_string())
 }
 
 /// The process behind `/proc/PID/ns/net`, with its start time (in clock
@@ -418,6 +426,14 @@ impl Pipework {
         let target = &request.target;
         refuse_own_namespace(&target.netns, &target.shown)?;
         let address = parse_address(&request.address)?;
+        if address.is_none() {
+            if let Some(gateway) = request.gateway {
+                bail!("0/0@{gateway}: an interface with no address takes no gateway");
+            }
+            if request.host_shim {
+                bail!("--host-shim with 0/0: an interface with no address has nothing for the host to route to");
+            }
+        }
         let ifname = request
             .ifname
             .clone()
@@ -452,7 +468,7 @@ impl Pipework {
                 "{} already has {ifname} attached to {} with {}: detach it first",
                 target.shown,
                 have.host_interface,
-                have.address
+                show_address(have.address)
             );
         }
         let (kind, create) = self.classify(&request.host_interface).await?;
@@ -836,19 +852,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_need_a_prefix_and_refuse_no_address() {
+    fn addresses_need_a_prefix_and_0_0_is_none() {
         assert_eq!(
             parse_address("10.1.1.1/24").ok(),
-            Some("10.1.1.1/24".parse().expect("cidr"))
+            Some(Some("10.1.1.1/24".parse().expect("cidr")))
         );
-        for bad in [
-            "10.1.1.1",
-            "0/0",
-            "dhcp",
-            "10.1.1.1/33",
-            "banana/24",
-            "0.0.0.0/8",
-        ] {
+        assert_eq!(parse_address("0/0").ok(), Some(None));
+        assert_eq!(parse_address("0.0.0.0/0").ok(), Some(None));
+        for bad in ["10.1.1.1", "dhcp", "10.1.1.1/33", "banana/24", "0.0.0.0/8"] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }
