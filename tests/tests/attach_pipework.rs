@@ -670,25 +670,34 @@ fn a_tartan_containers_attachment_follows_its_restarts_and_goes_with_it() -> Res
     cli_ok(agent, &["attach", "br5", "pwweb", "192.168.223.10/24"])?;
     ensure!(in_web()?.contains("eth1"), "{}", in_web()?);
 
-    // A new process, a new namespace: the attachment is made again there.
-    cli_ok(agent, &["restart", "-t", "0", "pwweb"])?;
-    wait_until(FOLLOW, Duration::from_millis(100), || {
-        Ok(in_web()?.contains("192.168.223.10/24"))
-    })
-    .with_context(|| {
-        format!(
-            "the attachment follows the restarted container; agent log:\n{}",
+    // A new process, a new namespace: the attachment is made again there
+    // before restart returns (and before the command runs), and again at
+    // a stop and start.
+    for step in [
+        &["restart", "-t", "0", "pwweb"][..],
+        &["stop", "-t", "0", "pwweb"],
+        &["start", "pwweb"],
+    ] {
+        cli_ok(agent, step)?;
+        if step[0] == "stop" {
+            continue;
+        }
+        let inside = in_web()?;
+        ensure!(
+            inside.contains("192.168.223.10/24"),
+            "the attachment is back when {step:?} returns: {inside}; agent log:\n{}",
             agent.log_tail(20)
-        )
-    })?;
+        );
+    }
 
-    // Removed with the container, and the bridge made for it too.
+    // Removed with the container when rm returns, and the bridge made for it too.
     cli_ok(agent, &["rm", "-f", "pwweb"])?;
-    wait_until(FOLLOW, Duration::from_millis(100), || {
-        let listed = cli_ok(agent, &["attachments", "-q"])?;
-        Ok(listed.trim().is_empty() && !links(&cluster.hosts[0].netns)?.contains("br5"))
-    })
-    .context("the attachment goes with the container")?;
+    let listed = cli_ok(agent, &["attachments", "-q"])?;
+    ensure!(listed.trim().is_empty(), "rm took the attachment: {listed}");
+    ensure!(
+        !links(&cluster.hosts[0].netns)?.contains("br5"),
+        "rm took the bridge made for it"
+    );
     Ok(())
 }
 

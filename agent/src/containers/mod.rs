@@ -38,6 +38,18 @@ const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What else follows a container's lifecycle (the attachments `tartan
+/// attach` gave it), told by the containers service at once rather than
+/// finding out later.
+#[async_trait::async_trait]
+pub trait LifecycleHook: Send + Sync {
+    /// The container `id` has a new process `pid`, in a new network
+    /// namespace, whose command has not run yet.
+    async fn started(&self, id: &str, pid: u32);
+    /// The container `id` is removed.
+    async fn removed(&self, id: &str) -> Result<()>;
+}
+
 /// What `tartan run` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -147,6 +159,7 @@ struct Inner {
     images: Images,
     attacher: AttacherWatch,
     networks: NamedNetworks,
+    hook: Arc<dyn LifecycleHook>,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
 }
@@ -334,6 +347,7 @@ impl Containers {
         images: Images,
         attacher: AttacherWatch,
         networks: NamedNetworks,
+        hook: Arc<dyn LifecycleHook>,
     ) -> Result<Containers> {
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -344,6 +358,7 @@ impl Containers {
                 images,
                 attacher,
                 networks,
+                hook,
                 shim_binary,
                 entries: Mutex::new(HashMap::new()),
             }),
@@ -1020,6 +1035,8 @@ impl Containers {
             let _ = go.write_all(b"abort\n").await;
             return Err(err.context("plugging the container into the network"));
         }
+        // Its other attachments are back before its command runs.
+        self.inner.hook.started(&config.id, pid).await;
         go.write_all(b"go\n")
             .await
             .context("starting the container's process")?;
@@ -1118,6 +1135,10 @@ impl Containers {
                 return;
             }
             self.lock().remove(id);
+            teardown.step(
+                "removing its attachments",
+                self.inner.hook.removed(id).await,
+            );
             info!(container = %config.name, "removed a container that ended (--rm)");
             for endpoint in &config.endpoints {
                 self.remove_bridge_if_unused(endpoint, &mut teardown).await;
@@ -1372,6 +1393,10 @@ impl Containers {
         );
         if removed.is_some() {
             self.lock().remove(id);
+            teardown.step(
+                "removing its attachments",
+                self.inner.hook.removed(id).await,
+            );
             info!(container = %config.name, "removed a container");
             for endpoint in &config.endpoints {
                 self.remove_bridge_if_unused(endpoint, &mut teardown).await;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tartan_dataplane::{MacvlanMode, Netlink, DEFAULT_CONTAINER_IFNAME};
 use tokio::sync::Mutex;
 
-use crate::containers::{Containers, Status as RunStatus};
+use crate::containers::{Containers, LifecycleHook, Status as RunStatus};
 use crate::networks::attach::{host_ifname_for, ContainerRef};
 use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
 use crate::networks::drivers::bridge::BridgeDriver;
@@ -28,9 +28,10 @@ use crate::networks::drivers::ovs::{owned_by, OvsDriver, OvsdbHandle, OWNER_KEY}
 /// The record file, in the agent's state dir.
 const RECORDS: &str = "pipework.json";
 
-/// How often namespaces with attachments are looked at: a Tartan container
-/// that started again gets its attachments back, and the attachments of
-/// namespaces that went are removed.
+/// How often namespaces with attachments are looked at: the attachments
+/// of namespaces that went are removed. A Tartan container's follow its
+/// starts and removal at once, through `LifecycleHook`; this catches what
+/// that missed.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The owner key prefix of a Tartan container's attachments.
@@ -684,16 +685,7 @@ impl Pipework {
                     kept.push(record);
                 }
                 Some(Liveness::Moved(path, id, process)) => {
-                    // The old namespace went with the old process: what
-                    // was outside it (a veth's OVS port, a shim route) too.
-                    // Nothing inside the old path is touched: its PID may be another's now.
-                    let mut old = record.clone();
-                    old.netns = PathBuf::new();
-                    self.teardown_quietly(&old).await;
-                    record.netns = path;
-                    record.netns_id = Some(id);
-                    record.process = process;
-                    self.reapply(&record).await;
+                    self.move_to(&mut record, path, id, process).await;
                     changed = true;
                     kept.push(record);
                 }
@@ -717,6 +709,52 @@ impl Pipework {
             self.remove_ovs_orphans(&records).await;
         }
         Ok(())
+    }
+
+    /// Makes `record` again in the new namespace of its Tartan container.
+    async fn move_to(
+        &self,
+        record: &mut Record,
+        path: PathBuf,
+        id: (u64, u64),
+        process: Option<(u32, u64)>,
+    ) {
+        // The old namespace went with the old process: what was outside it
+        // (a veth's OVS port, a shim route) too. Nothing inside the old path
+        // is touched: its PID may be another's now.
+        let mut old = record.clone();
+        old.netns = PathBuf::new();
+        self.teardown_quietly(&old).await;
+        record.netns = path;
+        record.netns_id = Some(id);
+        record.process = process;
+        self.reapply(record).await;
+    }
+
+    /// The Tartan container `id` runs as `pid` now: its attachments move
+    /// into its new namespace.
+    async fn container_started(&self, id: &str, pid: u32) {
+        let owner = format!("{CONTAINER_KEY}{id}");
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let Some(netns) = netns_id(&path) else {
+            // Gone already: nothing to attach.
+            return;
+        };
+        let process = process_of(&path);
+        let mut records = self.records.lock().await;
+        let mut changed = false;
+        for record in records.iter_mut().filter(|r| r.owner == owner) {
+            if process.is_some() && record.process == process {
+                continue;
+            }
+            self.move_to(record, path.clone(), netns, process).await;
+            changed = true;
+        }
+        if changed {
+            if let Err(err) = self.save(&records) {
+                tracing::warn!(container = %id, error = %format!("{err:#}"), "could not record where its attachments moved");
+            }
+        }
     }
 
     async fn teardown_quietly(&self, record: &Record) {
@@ -824,6 +862,18 @@ impl Pipework {
                 tracing::warn!(error = %format!("{err:#}"), "could not follow the attached namespaces");
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl LifecycleHook for Pipework {
+    async fn started(&self, id: &str, pid: u32) {
+        self.container_started(id, pid).await;
+    }
+
+    async fn removed(&self, id: &str) -> Result<()> {
+        self.detach(&[format!("{CONTAINER_KEY}{id}")], None).await?;
+        Ok(())
     }
 }
 
