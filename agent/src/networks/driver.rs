@@ -73,6 +73,14 @@ pub fn check_gateway(spec: &AttachmentSpec) -> Result<()> {
     }
 }
 
+/// Docker's MAC for a container address on a bridge network: 02:42 and
+/// the address, so that neighbours' caches stay right when the container
+/// comes back with the same address.
+pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = addr.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// One way to put an interface into a network namespace.
 #[async_trait::async_trait]
 pub trait AttachmentDriver: Send + Sync {

@@ -13,7 +13,7 @@ use tartan_dataplane::{BridgeSpec, MacvlanMode, Netlink};
 use tartan_runtime::container::Endpoint;
 
 use crate::networks::attach::host_ifname_for;
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::driver::{container_mac, AttachStatus, AttachmentDriver, AttachmentSpec};
 use crate::networks::drivers::bridge::BridgeDriver;
 use crate::networks::drivers::macvlan::MacvlanDriver;
 use crate::networks::drivers::ovs::{owned_by, OvsDriver, OvsdbHandle};
@@ -28,13 +28,6 @@ pub fn check_driver_available(driver: &str) -> Result<()> {
         "bridge" | "macvlan" | "ovs" => Ok(()),
         other => bail!("unknown driver {other:?}: use bridge, macvlan or ovs"),
     }
-}
-
-/// Docker's MAC for a container address: 02:42 and the address, so that
-/// neighbours' caches stay right when the container comes back.
-fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = addr.octets();
-    [0x02, 0x42, a, b, c, d]
 }
 
 /// The host end of a container's interface: derived from the container and
