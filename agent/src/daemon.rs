@@ -123,11 +123,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         ovsdb.clone(),
         public_ip.to_string(),
     );
+    let pipework = Arc::new(Pipework::open(netlink.clone(), ovsdb, &opts.state_dir)?);
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),
         publishers.attacher.subscribe(),
         named_networks.clone(),
+        pipework.clone(),
     )?;
     containers.recover().await;
     let mover = tokio::spawn(
@@ -135,7 +137,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .follow_subnet(publishers.attacher.subscribe()),
     );
-    let pipework = Arc::new(Pipework::open(netlink.clone(), ovsdb, &opts.state_dir)?);
     let follower = tokio::spawn(pipework.clone().follow(containers.clone()));
     let server = api::serve(
         &opts.api_socket,

@@ -49,7 +49,7 @@ enum Command {
     /// Show this node's lease, the network config and every peer lease.
     Status(StatusArgs),
     /// Plug a container in: tartan attach [ADDR/LEN] CONTAINER (onto the node
-    /// bridge), or tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]
+    /// bridge), or tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]|0/0
     /// [MAC][@VLAN] (pipework's form).
     ///
     /// CONTAINER is a netns name (as `ip netns` knows it), a netns path or a
@@ -168,7 +168,7 @@ struct AttachArgs {
     #[arg(long)]
     host_shim: bool,
     /// Weave form: [ADDR/LEN] CONTAINER. Pipework form: HOST_INTERFACE
-    /// CONTAINER ADDR/LEN[@GATEWAY] [MAC][@VLAN].
+    /// CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN].
     #[arg(required = true, num_args = 1..=4, value_name = "ARG")]
     args: Vec<String>,
 }
@@ -499,7 +499,7 @@ async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
     let request = match args.args.as_slice() {
         [_] | [_, _] => {
             if args.host_interface_name.is_some() || args.host_shim {
-                anyhow::bail!("-l and --host-shim belong to the pipework form: tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY] [MAC][@VLAN]");
+                anyhow::bail!("-l and --host-shim belong to the pipework form: tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN]");
             }
             let (address, container) = match args.args.as_slice() {
                 [container] => (String::new(), container.clone()),
@@ -531,7 +531,7 @@ async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
                 host_shim: args.host_shim,
             }
         }
-        _ => anyhow::bail!("usage: tartan attach [-i IF] [ADDR/LEN] CONTAINER, or tartan attach [-i IF] [-l HOST_IF] [--host-shim] HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY] [MAC][@VLAN]"),
+        _ => anyhow::bail!("usage: tartan attach [-i IF] [ADDR/LEN] CONTAINER, or tartan attach [-i IF] [-l HOST_IF] [--host-shim] HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN]"),
     };
     let container = request.container.clone();
     let mut client = api::connect(api_socket).await?;

@@ -151,7 +151,8 @@ pub struct MacvlanSpec {
     pub mode: MacvlanMode,
     /// None: the kernel picks a random one.
     pub mac: Option<[u8; 6]>,
-    pub address: Ipv4Network,
+    /// None: the interface is made and up with no address (pipework's `0/0`).
+    pub address: Option<Ipv4Network>,
     pub gateway: Option<Ipv4Addr>,
 }
 
@@ -164,7 +165,7 @@ impl MacvlanSpec {
             check_mac(mac)?;
         }
         if let Some(gateway) = self.gateway {
-            if gateway == self.address.ip() {
+            if self.address.is_some_and(|address| address.ip() == gateway) {
                 return Err(DataplaneError::Invalid(format!(
                     "gateway {gateway} is the container's own address"
                 )));
@@ -277,9 +278,11 @@ impl Netlink {
                 })
             })
             .await?;
-            container
-                .ensure_ipv4(link.index, spec.address.ip(), spec.address.prefix())
-                .await?;
+            if let Some(address) = spec.address {
+                container
+                    .ensure_ipv4(link.index, address.ip(), address.prefix())
+                    .await?;
+            }
             container
                 .configure_container_side(spec, link.index, parent.mtu)
                 .await
@@ -322,9 +325,11 @@ impl Netlink {
                 return Err(conflict("with another MAC address".into()));
             }
         }
-        let addresses = self.link_ipv4_addresses(existing.header.index).await?;
-        if !addresses.contains(&(spec.address.ip(), spec.address.prefix())) {
-            return Err(conflict(format!("without address {}", spec.address)));
+        if let Some(address) = spec.address {
+            let addresses = self.link_ipv4_addresses(existing.header.index).await?;
+            if !addresses.contains(&(address.ip(), address.prefix())) {
+                return Err(conflict(format!("without address {address}")));
+            }
         }
         Ok(())
     }
@@ -364,7 +369,10 @@ impl Netlink {
         let Some(gateway) = spec.gateway else {
             return Ok(());
         };
-        if needs_gateway_host_route(spec.address, gateway) {
+        if spec
+            .address
+            .is_none_or(|address| needs_gateway_host_route(address, gateway))
+        {
             let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(gateway, 32)
                 .output_interface(index)
@@ -426,7 +434,7 @@ mod tests {
             name: DEFAULT_CONTAINER_IFNAME.into(),
             mode: MacvlanMode::Bridge,
             mac: Some([0x02, 1, 2, 3, 4, 5]),
-            address: "10.1.1.5/24".parse().unwrap(),
+            address: Some("10.1.1.5/24".parse().unwrap()),
             gateway: Some("10.1.1.1".parse().unwrap()),
         }
     }

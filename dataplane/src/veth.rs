@@ -45,9 +45,10 @@ pub struct VethSpec {
     pub host_name: String,
     /// The container end, e.g. `eth0`.
     pub container_name: String,
-    pub address: Ipv4Network,
-    /// The default route's next hop; one outside the subnet gets a host
-    /// route first, as pipework does.
+    /// None: the interface is made and up with no address (pipework's `0/0`).
+    pub address: Option<Ipv4Network>,
+    /// The default route's next hop; one outside the subnet (or with no
+    /// address) gets a host route first, as pipework does.
     pub gateway: Option<Ipv4Addr>,
     pub mtu: u32,
     /// The Linux bridge the host end joins; None leaves it on its own, up.
@@ -120,17 +121,22 @@ impl Netlink {
             })
         })
         .await?;
-        container
-            .handle
-            .address()
-            .add(inner.index, spec.address.ip().into(), spec.address.prefix())
-            .execute()
-            .await
-            .map_err(netlink_err("container address add"))?;
+        if let Some(address) = spec.address {
+            container
+                .handle
+                .address()
+                .add(inner.index, address.ip().into(), address.prefix())
+                .execute()
+                .await
+                .map_err(netlink_err("container address add"))?;
+        }
         container.set_up_with_mtu(inner.index, spec.mtu).await?;
         container.set_loopback_up().await?;
         if let Some(gateway) = spec.gateway {
-            if needs_gateway_host_route(spec.address, gateway) {
+            if spec
+                .address
+                .is_none_or(|address| needs_gateway_host_route(address, gateway))
+            {
                 let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(gateway, 32)
                     .output_interface(inner.index)

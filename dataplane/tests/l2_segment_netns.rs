@@ -41,7 +41,7 @@ async fn segment_host(underlay: &Underlay, n: u8) -> Result<SegmentHost> {
             netns: container.path(),
             host_name: format!("vl2c{n}"),
             container_name: L2_SEGMENT_IFNAME.into(),
-            address: format!("{address}/24").parse()?,
+            address: Some(format!("{address}/24").parse()?),
             gateway: None,
             mtu: spec.mtu,
             bridge_index: Some(segment.bridge_index),

@@ -74,7 +74,7 @@ fn spec(container: &Netns, address: &str, gateway: Option<&str>) -> Result<Macvl
         name: "eth1".into(),
         mode: MacvlanMode::Bridge,
         mac: None,
-        address: address.parse()?,
+        address: Some(address.parse()?),
         gateway: gateway.map(str::parse).transpose()?,
     })
 }

@@ -171,7 +171,7 @@ async fn vxlan_overlay_is_reconciled_and_repaired() -> Result<()> {
         netns: container.path(),
         host_name: "vtest0".into(),
         container_name: "eth0".into(),
-        address: "10.5.34.2/24".parse()?,
+        address: Some("10.5.34.2/24".parse()?),
         gateway: Some(Ipv4Addr::new(10, 5, 34, 1)),
         mtu: 1450,
         bridge_index: Some(bridge),

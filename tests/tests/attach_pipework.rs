@@ -1,7 +1,8 @@
-//! `tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GW] [MAC][@VLAN]`,
+//! `tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GW]|0/0 [MAC][@VLAN]`,
 //! pipework's form, end to end: Open vSwitch VLANs on one host and across a
 //! trunk, macvlan across hosts and the host shim, a Linux bridge created on
-//! demand, idempotence, detach, agent restarts and refused input.
+//! demand, interfaces with no address, idempotence, detach, agent restarts
+//! and refused input.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -478,7 +479,15 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
             &["attach", "br1", y.name(), "192.168.220.11"],
             "prefix length",
         ),
-        (&["attach", "br1", y.name(), "0/0"], "not supported"),
+        (
+            &["attach", "br1", y.name(), "0/0@192.168.220.1"],
+            "takes no gateway",
+        ),
+        (&["attach", "br1", y.name(), "dhcp"], "no DHCP client"),
+        (
+            &["attach", "--host-shim", "eth0", y.name(), "0/0"],
+            "nothing for the host to route to",
+        ),
         (
             &[
                 "attach",
@@ -661,24 +670,175 @@ fn a_tartan_containers_attachment_follows_its_restarts_and_goes_with_it() -> Res
     cli_ok(agent, &["attach", "br5", "pwweb", "192.168.223.10/24"])?;
     ensure!(in_web()?.contains("eth1"), "{}", in_web()?);
 
-    // A new process, a new namespace: the attachment is made again there.
-    cli_ok(agent, &["restart", "-t", "0", "pwweb"])?;
-    wait_until(FOLLOW, Duration::from_millis(100), || {
-        Ok(in_web()?.contains("192.168.223.10/24"))
-    })
-    .with_context(|| {
-        format!(
-            "the attachment follows the restarted container; agent log:\n{}",
+    // A new process, a new namespace: the attachment is made again there
+    // before restart returns (and before the command runs), and again at
+    // a stop and start.
+    for step in [
+        &["restart", "-t", "0", "pwweb"][..],
+        &["stop", "-t", "0", "pwweb"],
+        &["start", "pwweb"],
+    ] {
+        cli_ok(agent, step)?;
+        if step[0] == "stop" {
+            continue;
+        }
+        let inside = in_web()?;
+        ensure!(
+            inside.contains("192.168.223.10/24"),
+            "the attachment is back when {step:?} returns: {inside}; agent log:\n{}",
             agent.log_tail(20)
-        )
-    })?;
+        );
+    }
 
-    // Removed with the container, and the bridge made for it too.
+    // Removed with the container when rm returns, and the bridge made for it too.
     cli_ok(agent, &["rm", "-f", "pwweb"])?;
+    let listed = cli_ok(agent, &["attachments", "-q"])?;
+    ensure!(listed.trim().is_empty(), "rm took the attachment: {listed}");
+    ensure!(
+        !links(&cluster.hosts[0].netns)?.contains("br5"),
+        "rm took the bridge made for it"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_address_0_0_makes_the_interface_up_on_its_bridge_and_vlan() -> Result<()> {
+    let ovsdb = OvsdbLinks::new()?;
+    let mut cluster = cluster_with_ovsdb("pwz", 150, 1, &ovsdb)?;
+    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
+    ovsdb.point(&cluster.hosts[0].netns, &ovs)?;
+    let agent = &cluster.agents[0];
+    let bare = Netns::create("pwzbare")?;
+    let peer = Netns::create("pwzpeer")?;
+    let other = Netns::create("pwzother")?;
+
+    // No address, with a MAC, a VLAN, -i and -l all still applied.
+    let out = cli_ok(
+        agent,
+        &[
+            "attach",
+            "-i",
+            "lan0",
+            "-l",
+            "pwzhost",
+            "ovs0",
+            bare.name(),
+            "0/0",
+            "02:00:00:15:00:01@100",
+        ],
+    )?;
+    ensure!(out.trim() == "0/0", "attach printed {out}");
+    let link = text(&bare.exec("ip", &["-o", "link", "show", "lan0"])?.stdout);
+    ensure!(
+        link.contains("state UP") && link.contains("link/ether 02:00:00:15:00:01"),
+        "up, with the MAC asked for: {link}"
+    );
+    ensure!(
+        !addresses(&bare)?.contains("lan0"),
+        "no IPv4 address: {}",
+        addresses(&bare)?
+    );
+    let routes = text(&bare.exec("ip", &["-4", "route"])?.stdout);
+    ensure!(routes.trim().is_empty(), "no route: {routes}");
+    let port = ovs.vsctl(&["--columns=tag", "--format=csv", "list", "Port", "pwzhost"])?;
+    ensure!(port.contains("100"), "an access port of VLAN 100: {port}");
+    let listed = cli_ok(agent, &["attachments"])?;
+    ensure!(
+        listed.contains(bare.name()) && listed.contains("0/0"),
+        "{listed}"
+    );
+
+    // The interface is where it was asked to be: an address given by hand
+    // (as a DHCP client would) reaches VLAN 100 and not VLAN 200.
+    cli_ok(
+        agent,
+        &["attach", "ovs0", peer.name(), "192.168.150.2/24", "@100"],
+    )?;
+    cli_ok(
+        agent,
+        &["attach", "ovs0", other.name(), "192.168.150.3/24", "@200"],
+    )?;
+    tartan_tests::netns::ip(&[
+        "-n",
+        bare.name(),
+        "addr",
+        "add",
+        "192.168.150.1/24",
+        "dev",
+        "lan0",
+    ])?;
+    ensure!(reaches(&bare, "192.168.150.2")?, "VLAN 100 reached");
+    ensure!(
+        !pings(&bare, "192.168.150.3")?,
+        "VLAN 200 must not be reached"
+    );
+    tartan_tests::netns::ip(&[
+        "-n",
+        bare.name(),
+        "addr",
+        "del",
+        "192.168.150.1/24",
+        "dev",
+        "lan0",
+    ])?;
+
+    // Asking again is the same request; an agent restart keeps the record.
+    let again = cli_ok(
+        agent,
+        &[
+            "attach",
+            "-i",
+            "lan0",
+            "-l",
+            "pwzhost",
+            "ovs0",
+            bare.name(),
+            "0/0",
+            "02:00:00:15:00:01@100",
+        ],
+    )?;
+    ensure!(again.contains("already attached"), "{again}");
+    let agent = &mut cluster.agents[0];
+    agent.kill()?;
+    tartan_tests::netns::ip(&["-n", bare.name(), "link", "del", "lan0"])?;
+    agent.restart()?;
+    agent.wait_ready(READY)?;
     wait_until(FOLLOW, Duration::from_millis(100), || {
-        let listed = cli_ok(agent, &["attachments", "-q"])?;
-        Ok(listed.trim().is_empty() && !links(&cluster.hosts[0].netns)?.contains("br5"))
+        let link = text(&bare.exec("ip", &["-o", "link", "show", "lan0"])?.stdout);
+        Ok(link.contains("state UP"))
     })
-    .context("the attachment goes with the container")?;
+    .context("the attachment with no address is made again")?;
+    ensure!(
+        !addresses(&bare)?.contains("lan0"),
+        "still no address: {}",
+        addresses(&bare)?
+    );
+
+    // A Linux bridge takes one too, its host end on the bridge.
+    cli_ok(
+        agent,
+        &["attach", "-i", "eth2", "br150", peer.name(), "0/0"],
+    )?;
+    let host_end = text(
+        &cluster.hosts[0]
+            .netns
+            .exec("ip", &["-o", "link", "show", "master", "br150"])?
+            .stdout,
+    );
+    ensure!(
+        host_end.lines().count() == 1,
+        "one port on br150: {host_end}"
+    );
+    ensure!(
+        text(&peer.exec("ip", &["-o", "link", "show", "eth2"])?.stdout).contains("state UP"),
+        "eth2 is up"
+    );
+
+    cli_ok(agent, &["detach", "-i", "lan0", bare.name()])?;
+    ensure!(
+        !links(&bare)?.contains("lan0"),
+        "detach removes it: {}",
+        links(&bare)?
+    );
     Ok(())
 }

@@ -39,7 +39,7 @@ use crate::control::lease::Lease;
 use crate::control::node_state::{EtcdHealth, EtcdMonitor, NodeState};
 use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
 use crate::networks::named::NamedNetworks;
-use crate::networks::pipework::{Pipework, Target};
+use crate::networks::pipework::{show_address, Pipework, Target};
 use crate::networks::store::{self, NetworkDef};
 
 /// How many lease TTL look-ups a status call keeps in flight.
@@ -268,10 +268,10 @@ impl AgentService {
         if attached.already {
             info!(container = %request.container, interface = %attached.ifname, "already attached");
         } else {
-            info!(container = %request.container, interface = %attached.ifname, host = %request.host_interface, address = %attached.address, "attached");
+            info!(container = %request.container, interface = %attached.ifname, host = %request.host_interface, address = %show_address(attached.address), "attached");
         }
         Ok(Response::new(AttachResponse {
-            address: attached.address.to_string(),
+            address: show_address(attached.address),
             already_attached: attached.already,
             container_interface: attached.ifname,
         }))
@@ -705,7 +705,7 @@ impl Agent for AgentService {
                 .into_iter()
                 .map(|r| PbAttachment {
                     container: r.container,
-                    address: r.address.to_string(),
+                    address: show_address(r.address),
                     host_interface: r.host_ifname.unwrap_or_default(),
                     driver: r.driver,
                     attached_to: r.host_interface,
@@ -730,7 +730,7 @@ impl Agent for AgentService {
         let keys = Target::keys_for(&request.container, &self.containers);
         let detached = self.pipework.detach(&keys, ifname).await.map_err(failed)?;
         for record in &detached {
-            info!(container = %request.container, interface = %record.ifname, address = %record.address, "detached");
+            info!(container = %request.container, interface = %record.ifname, address = %show_address(record.address), "detached");
         }
         let weave = ContainerRef::parse(&request.container).ok();
         let current = self.attacher.borrow().clone();
@@ -748,14 +748,14 @@ impl Agent for AgentService {
                 let address = freed
                     .first()
                     .map(ToString::to_string)
-                    .or_else(|| detached.first().map(|r| r.address.to_string()))
+                    .or_else(|| detached.first().map(|r| show_address(r.address)))
                     .unwrap_or_default();
                 return Ok(Response::new(DetachResponse { address }));
             }
         }
         match detached.first() {
             Some(record) => Ok(Response::new(DetachResponse {
-                address: record.address.to_string(),
+                address: show_address(record.address),
             })),
             None => Err(failed(anyhow::anyhow!(
                 "{} is not attached{}",

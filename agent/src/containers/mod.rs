@@ -39,6 +39,18 @@ const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What else follows a container's lifecycle (the attachments `tartan
+/// attach` gave it), told by the containers service at once rather than
+/// finding out later.
+#[async_trait::async_trait]
+pub trait LifecycleHook: Send + Sync {
+    /// The container `id` has a new process `pid`, in a new network
+    /// namespace, whose command has not run yet.
+    async fn started(&self, id: &str, pid: u32);
+    /// The container `id` is removed.
+    async fn removed(&self, id: &str) -> Result<()>;
+}
+
 /// A container whose command could not be run: what `run -d` and `start`
 /// report, with Docker's exit code (127 not found, 126 not runnable, 125
 /// any other failure of the start).
@@ -125,6 +137,7 @@ struct Inner {
     images: Images,
     attacher: AttacherWatch,
     networks: NamedNetworks,
+    hook: Arc<dyn LifecycleHook>,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
 }
@@ -315,6 +328,7 @@ impl Containers {
         images: Images,
         attacher: AttacherWatch,
         networks: NamedNetworks,
+        hook: Arc<dyn LifecycleHook>,
     ) -> Result<Containers> {
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -325,6 +339,7 @@ impl Containers {
                 images,
                 attacher,
                 networks,
+                hook,
                 shim_binary,
                 entries: Mutex::new(HashMap::new()),
             }),
@@ -963,6 +978,8 @@ impl Containers {
             let _ = go.write_all(b"abort\n").await;
             return Err(err.context("plugging the container into the network"));
         }
+        // Its other attachments are back before its command runs.
+        self.inner.hook.started(&config.id, pid).await;
         go.write_all(b"go\n")
             .await
             .context("starting the container's process")?;
@@ -1061,6 +1078,10 @@ impl Containers {
                 return;
             }
             self.lock().remove(id);
+            teardown.step(
+                "removing its attachments",
+                self.inner.hook.removed(id).await,
+            );
             info!(container = %config.name, "removed a container that ended (--rm)");
             for endpoint in &config.endpoints {
                 self.remove_bridge_if_unused(endpoint, &mut teardown).await;
@@ -1315,6 +1336,10 @@ impl Containers {
         );
         if removed.is_some() {
             self.lock().remove(id);
+            teardown.step(
+                "removing its attachments",
+                self.inner.hook.removed(id).await,
+            );
             info!(container = %config.name, "removed a container");
             for endpoint in &config.endpoints {
                 self.remove_bridge_if_unused(endpoint, &mut teardown).await;

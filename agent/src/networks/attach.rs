@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tartan_dataplane::Netlink;
 
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::driver::{container_mac, AttachStatus, AttachmentDriver, AttachmentSpec};
 use crate::networks::drivers::bridge::BridgeDriver;
 use tartan_ipam::HostAllocator;
 use tokio::sync::Mutex;
@@ -512,10 +512,12 @@ impl Attacher {
             netns,
             ifname: split_interface_key(key).0.to_string(),
             host_ifname: host_ifname_for(key),
-            address: Ipv4Network::new(addr, self.subnet.prefix())?,
+            address: Some(Ipv4Network::new(addr, self.subnet.prefix())?),
             gateway: Some(gateway),
             mtu: self.mtu,
-            mac: None,
+            // Docker's, as on the named networks: a container back with
+            // the same address keeps its MAC, and peers' caches stay right.
+            mac: Some(container_mac(addr)),
             vlan: None,
             owner: key.to_string(),
             host_shim: false,

@@ -24,8 +24,9 @@ pub struct AttachmentSpec {
     pub ifname: String,
     /// The host's end, for drivers that have one (a veth's).
     pub host_ifname: String,
-    /// The address with its network's prefix.
-    pub address: Ipv4Network,
+    /// The address with its network's prefix; None makes the interface up
+    /// with no address and no route (pipework's `0/0`).
+    pub address: Option<Ipv4Network>,
     /// The default route's next hop, if any.
     pub gateway: Option<Ipv4Addr>,
     pub mtu: u32,
@@ -49,7 +50,7 @@ pub struct AttachStatus {
     pub ifname: String,
     /// The host's end, when there is one.
     pub host_ifname: Option<String>,
-    /// None when rebuilt from a record that had none.
+    /// None when the interface has no address (pipework's `0/0`).
     pub address: Option<Ipv4Network>,
     /// The namespace the interface is in.
     pub netns: PathBuf,
@@ -57,6 +58,27 @@ pub struct AttachStatus {
     pub vlan: Option<u16>,
     /// The host shim carrying a route to it, if any.
     pub host_shim: Option<String>,
+}
+
+/// A gateway needs an address beside it, and another one.
+pub fn check_gateway(spec: &AttachmentSpec) -> Result<()> {
+    match (spec.address, spec.gateway) {
+        (None, Some(gateway)) => {
+            anyhow::bail!("gateway {gateway} with no address: 0/0 takes no gateway")
+        }
+        (Some(address), Some(gateway)) if address.ip() == gateway => {
+            anyhow::bail!("gateway {gateway} is the container's own address")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Docker's MAC for a container address on a bridge network: 02:42 and
+/// the address, so that neighbours' caches stay right when the container
+/// comes back with the same address.
+pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = addr.octets();
+    [0x02, 0x42, a, b, c, d]
 }
 
 /// One way to put an interface into a network namespace.
@@ -72,13 +94,7 @@ pub trait AttachmentDriver: Send + Sync {
         if let Some(vlan) = spec.vlan {
             tartan_dataplane::check_vlan_id(vlan)?;
         }
-        if spec.gateway == Some(spec.address.ip()) {
-            anyhow::bail!(
-                "gateway {} is the container's own address",
-                spec.address.ip()
-            );
-        }
-        Ok(())
+        check_gateway(spec)
     }
 
     /// Makes the interface; nothing stays half-made when it fails.

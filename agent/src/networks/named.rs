@@ -13,7 +13,7 @@ use tartan_dataplane::{BridgeSpec, MacvlanMode, Netlink};
 use tartan_runtime::container::Endpoint;
 
 use crate::networks::attach::host_ifname_for;
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::driver::{container_mac, AttachStatus, AttachmentDriver, AttachmentSpec};
 use crate::networks::drivers::bridge::BridgeDriver;
 use crate::networks::drivers::l2_segment::L2SegmentDriver;
 use crate::networks::drivers::macvlan::MacvlanDriver;
@@ -29,13 +29,6 @@ pub fn check_driver_available(driver: &str) -> Result<()> {
         "bridge" | "macvlan" | "ovs" => Ok(()),
         other => bail!("unknown driver {other:?}: use bridge, macvlan or ovs"),
     }
-}
-
-/// Docker's MAC for a container address: 02:42 and the address, so that
-/// neighbours' caches stay right when the container comes back.
-fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = addr.octets();
-    [0x02, 0x42, a, b, c, d]
 }
 
 /// The host end of a container's interface: derived from the container and
@@ -160,7 +153,7 @@ impl NamedNetworks {
             netns,
             ifname: endpoint.ifname.clone(),
             host_ifname: host_ifname(container, &endpoint.ifname),
-            address,
+            address: Some(address),
             gateway: if endpoint.default_route {
                 endpoint.gateway
             } else {
@@ -274,6 +267,7 @@ impl NamedNetworks {
         }
         if endpoint.driver == "bridge" {
             let (bridge, _) = endpoint_bridge(endpoint);
+            let address = endpoint_address(endpoint)?;
             let gateway = endpoint
                 .gateway
                 .ok_or_else(|| anyhow!("the endpoint on {} has no gateway", endpoint.network))?;
@@ -281,7 +275,7 @@ impl NamedNetworks {
                 .ensure_bridge(&BridgeSpec {
                     name: bridge.clone(),
                     mtu: BRIDGE_MTU,
-                    gateway: Ipv4Network::new(gateway, spec.address.prefix())?,
+                    gateway: Ipv4Network::new(gateway, address.prefix())?,
                     mac: bridge_mac(&endpoint.network_id),
                 })
                 .await
@@ -305,7 +299,7 @@ impl NamedNetworks {
             driver: driver.kind(),
             ifname: spec.ifname,
             host_ifname: (endpoint.driver != "macvlan").then_some(spec.host_ifname),
-            address: Some(spec.address),
+            address: spec.address,
             netns: spec.netns,
             vlan: spec.vlan,
             host_shim: None,

@@ -1,4 +1,4 @@
-//! `tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GW] [MAC][@VLAN]`:
+//! `tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GW]|0/0 [MAC][@VLAN]`:
 //! pipework's form. The host interface picks the driver (a Linux bridge, an
 //! Open vSwitch bridge, or a macvlan parent); a missing `br*` or `ovs*`
 //! name is created. Every attachment is recorded in the state dir with what
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tartan_dataplane::{MacvlanMode, Netlink, DEFAULT_CONTAINER_IFNAME};
 use tokio::sync::Mutex;
 
-use crate::containers::{Containers, Status as RunStatus};
+use crate::containers::{Containers, LifecycleHook, Status as RunStatus};
 use crate::networks::attach::{host_ifname_for, ContainerRef};
 use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
 use crate::networks::drivers::bridge::BridgeDriver;
@@ -28,9 +28,10 @@ use crate::networks::drivers::ovs::{owned_by, OvsDriver, OvsdbHandle, OWNER_KEY}
 /// The record file, in the agent's state dir.
 const RECORDS: &str = "pipework.json";
 
-/// How often namespaces with attachments are looked at: a Tartan container
-/// that started again gets its attachments back, and the attachments of
-/// namespaces that went are removed.
+/// How often namespaces with attachments are looked at: the attachments
+/// of namespaces that went are removed. A Tartan container's follow its
+/// starts and removal at once, through `LifecycleHook`; this catches what
+/// that missed.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The owner key prefix of a Tartan container's attachments.
@@ -142,7 +143,8 @@ pub struct Record {
     pub host_ifname: Option<String>,
     /// Whether `-l` named the host end (part of the request).
     pub host_ifname_given: bool,
-    pub address: Ipv4Network,
+    /// None: made with no address (`0/0`).
+    pub address: Option<Ipv4Network>,
     pub gateway: Option<Ipv4Addr>,
     pub mac: Option<String>,
     pub vlan: Option<u16>,
@@ -153,7 +155,7 @@ pub struct Record {
 
 impl Record {
     /// Whether `request` asks for what this record has.
-    fn same_request(&self, request: &Request, address: Ipv4Network) -> bool {
+    fn same_request(&self, request: &Request, address: Option<Ipv4Network>) -> bool {
         self.host_interface == request.host_interface
             && self.address == address
             && self.gateway == request.gateway
@@ -172,7 +174,7 @@ impl Record {
             },
             ifname: self.ifname.clone(),
             host_ifname: self.host_ifname.clone(),
-            address: Some(self.address),
+            address: self.address,
             netns: self.netns.clone(),
             vlan: self.vlan,
             host_shim: self.host_shim.clone(),
@@ -205,7 +207,8 @@ impl Record {
 /// What the pipework form answers.
 #[derive(Debug, Clone)]
 pub struct Attached {
-    pub address: Ipv4Network,
+    /// None: the interface has no address (`0/0`).
+    pub address: Option<Ipv4Network>,
     pub ifname: String,
     pub already: bool,
 }
@@ -224,13 +227,14 @@ fn default_host_ifname(owner: &str, ifname: &str) -> String {
     host_ifname_for(&format!("{owner}#{ifname}"))
 }
 
-/// Parses `ADDR/LEN`; pipework's `0/0` (no address) and `dhcp` are refused.
-pub fn parse_address(text: &str) -> Result<Ipv4Network> {
+/// Parses `ADDR/LEN`, or pipework's `0/0`: an interface with no address
+/// (None). `dhcp` is refused.
+pub fn parse_address(text: &str) -> Result<Option<Ipv4Network>> {
     if text == "0/0" || text == "0.0.0.0/0" {
-        bail!("0/0 (an interface with no address) is not supported: give ADDR/LEN");
+        return Ok(None);
     }
     if text.starts_with("dhcp") {
-        bail!("dhcp is not supported: give ADDR/LEN");
+        bail!("dhcp is not supported: Tartan runs no DHCP client in the namespace; give ADDR/LEN, or 0/0 and run one there");
     }
     let Some((addr, len)) = text.split_once('/') else {
         bail!("{text:?} needs a prefix length, as in {text}/24");
@@ -246,7 +250,12 @@ pub fn parse_address(text: &str) -> Result<Ipv4Network> {
     if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
         bail!("{addr} cannot be an interface's address");
     }
-    Ok(Ipv4Network::new(addr, len)?)
+    Ok(Some(Ipv4Network::new(addr, len)?))
+}
+
+/// An address as the API shows it: pipework's `0/0` for none.
+pub fn show_address(address: Option<Ipv4Network>) -> String {
+    address.map_or_else(|| "0/0".to_string(), |address| address.to_string())
 }
 
 /// The process behind `/proc/PID/ns/net`, with its start time (in clock
@@ -418,6 +427,14 @@ impl Pipework {
         let target = &request.target;
         refuse_own_namespace(&target.netns, &target.shown)?;
         let address = parse_address(&request.address)?;
+        if address.is_none() {
+            if let Some(gateway) = request.gateway {
+                bail!("0/0@{gateway}: an interface with no address takes no gateway");
+            }
+            if request.host_shim {
+                bail!("--host-shim with 0/0: an interface with no address has nothing for the host to route to");
+            }
+        }
         let ifname = request
             .ifname
             .clone()
@@ -452,7 +469,7 @@ impl Pipework {
                 "{} already has {ifname} attached to {} with {}: detach it first",
                 target.shown,
                 have.host_interface,
-                have.address
+                show_address(have.address)
             );
         }
         let (kind, create) = self.classify(&request.host_interface).await?;
@@ -668,16 +685,7 @@ impl Pipework {
                     kept.push(record);
                 }
                 Some(Liveness::Moved(path, id, process)) => {
-                    // The old namespace went with the old process: what
-                    // was outside it (a veth's OVS port, a shim route) too.
-                    // Nothing inside the old path is touched: its PID may be another's now.
-                    let mut old = record.clone();
-                    old.netns = PathBuf::new();
-                    self.teardown_quietly(&old).await;
-                    record.netns = path;
-                    record.netns_id = Some(id);
-                    record.process = process;
-                    self.reapply(&record).await;
+                    self.move_to(&mut record, path, id, process).await;
                     changed = true;
                     kept.push(record);
                 }
@@ -701,6 +709,52 @@ impl Pipework {
             self.remove_ovs_orphans(&records).await;
         }
         Ok(())
+    }
+
+    /// Makes `record` again in the new namespace of its Tartan container.
+    async fn move_to(
+        &self,
+        record: &mut Record,
+        path: PathBuf,
+        id: (u64, u64),
+        process: Option<(u32, u64)>,
+    ) {
+        // The old namespace went with the old process: what was outside it
+        // (a veth's OVS port, a shim route) too. Nothing inside the old path
+        // is touched: its PID may be another's now.
+        let mut old = record.clone();
+        old.netns = PathBuf::new();
+        self.teardown_quietly(&old).await;
+        record.netns = path;
+        record.netns_id = Some(id);
+        record.process = process;
+        self.reapply(record).await;
+    }
+
+    /// The Tartan container `id` runs as `pid` now: its attachments move
+    /// into its new namespace.
+    async fn container_started(&self, id: &str, pid: u32) {
+        let owner = format!("{CONTAINER_KEY}{id}");
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let Some(netns) = netns_id(&path) else {
+            // Gone already: nothing to attach.
+            return;
+        };
+        let process = process_of(&path);
+        let mut records = self.records.lock().await;
+        let mut changed = false;
+        for record in records.iter_mut().filter(|r| r.owner == owner) {
+            if process.is_some() && record.process == process {
+                continue;
+            }
+            self.move_to(record, path.clone(), netns, process).await;
+            changed = true;
+        }
+        if changed {
+            if let Err(err) = self.save(&records) {
+                tracing::warn!(container = %id, error = %format!("{err:#}"), "could not record where its attachments moved");
+            }
+        }
     }
 
     async fn teardown_quietly(&self, record: &Record) {
@@ -811,6 +865,18 @@ impl Pipework {
     }
 }
 
+#[async_trait::async_trait]
+impl LifecycleHook for Pipework {
+    async fn started(&self, id: &str, pid: u32) {
+        self.container_started(id, pid).await;
+    }
+
+    async fn removed(&self, id: &str) -> Result<()> {
+        self.detach(&[format!("{CONTAINER_KEY}{id}")], None).await?;
+        Ok(())
+    }
+}
+
 enum Liveness {
     Same,
     Stopped,
@@ -836,19 +902,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_need_a_prefix_and_refuse_no_address() {
+    fn addresses_need_a_prefix_and_0_0_is_none() {
         assert_eq!(
             parse_address("10.1.1.1/24").ok(),
-            Some("10.1.1.1/24".parse().expect("cidr"))
+            Some(Some("10.1.1.1/24".parse().expect("cidr")))
         );
-        for bad in [
-            "10.1.1.1",
-            "0/0",
-            "dhcp",
-            "10.1.1.1/33",
-            "banana/24",
-            "0.0.0.0/8",
-        ] {
+        assert_eq!(parse_address("0/0").ok(), Some(None));
+        assert_eq!(parse_address("0.0.0.0/0").ok(), Some(None));
+        for bad in ["10.1.1.1", "dhcp", "10.1.1.1/33", "banana/24", "0.0.0.0/8"] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }

@@ -96,7 +96,7 @@ mod tests {
             netns: netns.path(),
             ifname: L2_SEGMENT_IFNAME.into(),
             host_ifname: "vtl2test0".into(),
-            address: "10.162.0.5/24".parse().expect("cidr"),
+            address: Some("10.162.0.5/24".parse().expect("cidr")),
             gateway: None,
             mtu: 1500,
             mac: None,

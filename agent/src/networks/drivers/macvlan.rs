@@ -81,13 +81,13 @@ impl MacvlanDriver {
             gateway: spec.gateway,
         };
         let made = self.netlink.ensure_macvlan(&macvlan).await?;
-        if !spec.host_shim {
+        let (true, Some(address)) = (spec.host_shim, spec.address) else {
             return Ok(None);
-        }
+        };
         let shim = HostShimSpec {
             parent: parent.to_string(),
             name: host_shim_name(parent),
-            container: spec.address.ip(),
+            container: address.ip(),
         };
         if let Err(err) = self.netlink.ensure_host_shim(&shim).await {
             let err =
@@ -116,18 +116,12 @@ impl AttachmentDriver for MacvlanDriver {
         if let Some(vlan) = spec.vlan {
             tartan_dataplane::vlan_ifname(&self.parent, vlan)?;
         }
-        if spec.gateway == Some(spec.address.ip()) {
-            anyhow::bail!(
-                "gateway {} is the container's own address",
-                spec.address.ip()
-            );
-        }
-        Ok(())
+        crate::networks::driver::check_gateway(spec)
     }
 
     async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
         self.validate(spec)?;
-        let user = user_of(Some(spec.address), &spec.ifname);
+        let user = user_of(spec.address, &spec.ifname);
         let parent = match spec.vlan {
             None => self.parent.clone(),
             Some(vlan) => {
@@ -142,7 +136,7 @@ impl AttachmentDriver for MacvlanDriver {
                 driver: self.kind(),
                 ifname: spec.ifname.clone(),
                 host_ifname: None,
-                address: Some(spec.address),
+                address: spec.address,
                 netns: spec.netns.clone(),
                 vlan: spec.vlan,
                 host_shim,

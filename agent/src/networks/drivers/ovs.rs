@@ -113,7 +113,7 @@ impl AttachmentDriver for OvsDriver {
             driver: self.kind(),
             ifname: spec.ifname.clone(),
             host_ifname: Some(spec.host_ifname.clone()),
-            address: Some(spec.address),
+            address: spec.address,
             netns: spec.netns.clone(),
             vlan: spec.vlan,
             host_shim: None,
