@@ -134,7 +134,8 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     let tp = tartan_prefix(&cluster);
     assert_eq!(
         etcd_keys(&cluster, &tp)?,
-        [format!("{tp}/networks/network01")]
+        [format!("{tp}/networks"), format!("{tp}/networks/network01")],
+        "the definition, and the key every create rewrites"
     );
     assert_eq!(
         etcd_keys(&cluster, &cluster.prefix)?,
@@ -257,7 +258,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
         "the bridge goes with the last container on it"
     );
     cli_ok(h1, &["network", "rm", "network01"])?;
-    assert_eq!(etcd_keys(&cluster, &tp)?, Vec::<String>::new());
+    assert_eq!(etcd_keys(&cluster, &tp)?, [format!("{tp}/networks")]);
     ensure!(!cli_ok(h0, &["network", "ls"])?.contains("network01"));
 
     // The seed's macvlan network on the hosts' underlay interface: made
@@ -314,7 +315,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     cli_ok(h0, &["rm", "-f", "m0"])?;
     cli_ok(h1, &["rm", "-f", "m1"])?;
     cli_ok(h0, &["network", "rm", "macvlan1"])?;
-    assert_eq!(etcd_keys(&cluster, &tp)?, Vec::<String>::new());
+    assert_eq!(etcd_keys(&cluster, &tp)?, [format!("{tp}/networks")]);
     Ok(())
 }
 
@@ -842,8 +843,76 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
     let containers = cli_ok(agent, &["ps", "-a", "-q"])?;
     assert_eq!(containers.lines().count(), 1, "{containers}");
     ensure!(
-        etcd_keys(&cluster, &tp)?.len() == 4,
-        "good, tagged, switched and user's address"
+        etcd_keys(&cluster, &tp)?.len() == 5,
+        "good, tagged, switched, user's address and the key every create rewrites"
     );
+    Ok(())
+}
+
+#[test]
+fn creates_at_once_never_get_overlapping_subnets() -> Result<()> {
+    const CREATES_PER_HOST: usize = 6;
+    let cluster = Cluster::start("nk", 154, VXLAN, 2)?;
+    let spawn_creates =
+        |prefix: &str, extra: &[&str]| -> Result<Vec<(String, std::process::Child)>> {
+            let mut children = Vec::new();
+            for (h, agent) in cluster.agents.iter().enumerate() {
+                for i in 0..CREATES_PER_HOST {
+                    let name = format!("{prefix}{h}{i}");
+                    let mut args = vec!["network", "create"];
+                    args.extend_from_slice(extra);
+                    args.push(&name);
+                    let child = agent
+                        .cli_command(&args)?
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()?;
+                    children.push((name, child));
+                }
+            }
+            Ok(children)
+        };
+
+    // Default pools: each create its own.
+    for (name, child) in spawn_creates("pool", &[])? {
+        let out = finish(child, Duration::from_secs(60))?;
+        ensure!(out.status.success(), "{name}: {}", text(&out.stderr));
+    }
+    let mut subnets = Vec::new();
+    for h in 0..2 {
+        for i in 0..CREATES_PER_HOST {
+            let info = inspect_network(&cluster.agents[0], &format!("pool{h}{i}"))?;
+            let subnet: ipnetwork::Ipv4Network = info["IPAM"]["Config"][0]["Subnet"]
+                .as_str()
+                .with_context(|| format!("no subnet: {info}"))?
+                .parse()?;
+            subnets.push(subnet);
+        }
+    }
+    for (i, a) in subnets.iter().enumerate() {
+        for b in &subnets[i + 1..] {
+            ensure!(!a.overlaps(*b), "{a} and {b} overlap: {subnets:?}");
+        }
+    }
+
+    // One --subnet: one create wins, the others name it.
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for (name, child) in spawn_creates("same", &["--subnet", "10.60.0.0/24"])? {
+        let out = finish(child, Duration::from_secs(60))?;
+        if out.status.success() {
+            winners.push(name);
+        } else {
+            losers.push((name, text(&out.stderr)));
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners {winners:?}, losers {losers:?}");
+    let expected = format!("overlaps 10.60.0.0/24 of network {}", winners[0]);
+    for (name, err) in &losers {
+        ensure!(
+            err.contains(&expected) && err.trim_end().lines().count() == 1,
+            "{name}: expected one line with {expected:?}, got {err:?}"
+        );
+    }
     Ok(())
 }

@@ -822,30 +822,25 @@ impl Agent for AgentService {
             ip_range: nonempty(r.ip_range),
             options: r.options,
         };
-        let networks = self.networks.store();
-        let existing = networks.list().await.map_err(failed)?;
-        if existing.iter().any(|def| def.name == ask.name) {
-            return Err(Status::already_exists(format!(
-                "network with name {} already exists",
-                ask.name
-            )));
-        }
-        let mut taken: Vec<(String, ipnetwork::Ipv4Network)> = existing
-            .into_iter()
-            .map(|def| (format!("network {}", def.name), def.subnet))
-            .collect();
         // The overlay's addresses are the fabric's too.
-        if let Some(config) = &self.node.borrow().config {
-            taken.push(("the overlay".into(), config.range.network()));
-        }
-        let def = store::define(&ask, &taken, tartan_runtime::container::now_rfc3339())
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        crate::networks::named::check_driver_available(&def.driver)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        networks
-            .create(&def)
+        let overlay: Vec<(String, ipnetwork::Ipv4Network)> = self
+            .node
+            .borrow()
+            .config
+            .as_ref()
+            .map(|config| ("the overlay".to_string(), config.range.network()))
+            .into_iter()
+            .collect();
+        let def = self
+            .networks
+            .store()
+            .create(&ask, &overlay, tartan_runtime::container::now_rfc3339())
             .await
-            .map_err(|e| Status::already_exists(format!("{e:#}")))?;
+            .map_err(|e| match e {
+                store::CreateError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                store::CreateError::Exists(_) => Status::already_exists(e.to_string()),
+                store::CreateError::Failed(_) => Status::failed_precondition(e.to_string()),
+            })?;
         info!(network = %def.name, driver = %def.driver, subnet = %def.subnet, "created a network");
         Ok(Response::new(to_pb_network(def, Vec::new())))
     }
