@@ -916,3 +916,91 @@ fn creates_at_once_never_get_overlapping_subnets() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn reset_removes_the_ovs_bridges_of_ovs_networks() -> Result<()> {
+    // The agent is told where OVSDB will be before the switch exists.
+    let links = tempfile::Builder::new()
+        .prefix("tt-nr-ovsdb-")
+        .tempdir_in("/tmp")?;
+    let socket = links.path().join("db.sock");
+    let flag = format!("--ovsdb=unix:{}", socket.display());
+    let mut cluster = Cluster::start_with("nr", 155, VXLAN, 1, &[&flag])?;
+    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
+    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
+    import_busybox(&cluster.agents[0])?;
+    let agent = &cluster.agents[0];
+    let id = cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovs",
+            "--subnet",
+            "10.7.5.0/24",
+            "ovsnet",
+        ],
+    )?;
+    let ovs_bridge = format!("ovs{}", &id.trim()[..12]);
+    // An operator's bridge beside it, which reset leaves alone.
+    ovs.vsctl(&[
+        "add-br",
+        "operator0",
+        "--",
+        "set",
+        "Bridge",
+        "operator0",
+        "datapath_type=netdev",
+    ])?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "o1",
+            "--network",
+            "ovsnet",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let shown = ovs.vsctl(&["show"])?;
+    ensure!(
+        shown.contains(&ovs_bridge),
+        "{ovs_bridge} before reset: {shown}"
+    );
+
+    cluster.agents[0].terminate()?;
+    let agent = &cluster.agents[0];
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let out = cluster.hosts[0]
+        .netns
+        .command(&tartan.display().to_string())
+        .args(["reset", "-f", "--state-dir"])
+        .arg(agent.state_dir())
+        .arg("--subnet-file")
+        .arg(agent.subnet_file())
+        .arg("--api-socket")
+        .arg(agent.api_socket())
+        .arg(&flag)
+        .output()?;
+    ensure!(out.status.success(), "reset: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout).contains(&format!("removed OVS bridge {ovs_bridge}")),
+        "{}",
+        text(&out.stdout)
+    );
+    let shown = ovs.vsctl(&["show"])?;
+    ensure!(
+        !shown.contains(&ovs_bridge),
+        "{ovs_bridge} after reset: {shown}"
+    );
+    ensure!(
+        shown.contains("operator0"),
+        "the operator's bridge stays: {shown}"
+    );
+    Ok(())
+}
