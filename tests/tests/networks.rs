@@ -150,10 +150,41 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]
     );
-    assert_eq!(
-        lines[1].split_whitespace().collect::<Vec<_>>(),
-        [&id[..12], "network01", "bridge", "global"]
+    // With the predefined networks, by name as Docker lists them.
+    let rows: Vec<Vec<&str>> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(names, ["host", "network01", "none", "overlay"], "{listed}");
+    assert_eq!(rows[1], [&id[..12], "network01", "bridge", "global"]);
+    assert_eq!(rows[0][2..], ["host", "local"]);
+    assert_eq!(rows[2][2..], ["null", "local"]);
+    assert_eq!(rows[3][2..], ["vxlan", "global"], "the cluster's backend");
+    let overlay_id = rows[3][0].to_string();
+    ensure!(
+        cli_ok(h0, &["network", "ls"])?.contains(&overlay_id),
+        "every host shows the same id for the overlay"
     );
+    // The node's own subnet and gateway, as the subnet file has them
+    // (FLANNEL_SUBNET is the gateway with the subnet's prefix).
+    let subnet_file = std::fs::read_to_string(h1.subnet_file())?;
+    let own: ipnetwork::Ipv4Network = subnet_file
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .with_context(|| format!("no FLANNEL_SUBNET in {subnet_file}"))?
+        .parse()?;
+    let info = inspect_network(h1, "overlay")?;
+    assert_eq!(info["Driver"], "vxlan");
+    assert_eq!(info["Scope"], "global");
+    assert_eq!(
+        info["IPAM"]["Config"][0]["Subnet"],
+        format!("{}/{}", own.network(), own.prefix())
+    );
+    assert_eq!(info["IPAM"]["Config"][0]["Gateway"], own.ip().to_string());
+    let info = inspect_network(h1, "none")?;
+    assert_eq!(info["Driver"], "null");
+    assert_eq!(info["IPAM"]["Config"], serde_json::json!([]));
     let info = inspect_network(h1, "network01")?;
     assert_eq!(info["Id"], id);
     assert_eq!(info["IPAM"]["Config"][0]["Subnet"], "10.1.1.0/24");
@@ -763,8 +794,16 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
         ),
         (&["network", "create", "good"], "already exists"),
         (&["network", "create", "host"], "network mode"),
+        (
+            &["network", "create", "overlay"],
+            "overlay is a pre-defined network",
+        ),
         (&["network", "create", "bad/name"], "invalid network name"),
-        (&["network", "rm", "overlay"], "network mode"),
+        (
+            &["network", "rm", "overlay"],
+            "overlay is a pre-defined network",
+        ),
+        (&["network", "rm", "none"], "none is a pre-defined network"),
         (&["network", "rm", "ghost"], "network ghost not found"),
         (&["network", "rm", "good"], "in use by container user"),
         (&["network", "inspect", "ghost"], "network ghost not found"),

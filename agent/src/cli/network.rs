@@ -178,8 +178,14 @@ fn short_id(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
-/// The networks are the fabric's: every host sees the same definitions.
-const SCOPE: &str = "global";
+/// Named networks and the overlay are the fabric's: every host sees the
+/// same definitions. The host's network and none are each host's own.
+fn scope(network: &Network) -> &'static str {
+    match network.name.as_str() {
+        "host" | "none" => "local",
+        _ => "global",
+    }
+}
 
 /// `network ls`, in Docker's columns.
 pub fn table(networks: &[Network]) -> String {
@@ -190,7 +196,7 @@ pub fn table(networks: &[Network]) -> String {
                 short_id(&n.id).to_string(),
                 n.name.clone(),
                 n.driver.clone(),
-                SCOPE.to_string(),
+                scope(n).to_string(),
             ]
         })
         .collect();
@@ -225,6 +231,12 @@ pub fn network_json(n: &Network) -> Value {
         config.insert("IPRange".into(), json!(n.ip_range));
     }
     config.insert("Gateway".into(), json!(n.gateway));
+    // As Docker's host and none: no addresses, no IPAM config.
+    let configs = if n.subnet.is_empty() {
+        Vec::new()
+    } else {
+        vec![Value::Object(config)]
+    };
     let containers: Map<String, Value> = n
         .endpoints
         .iter()
@@ -245,13 +257,13 @@ pub fn network_json(n: &Network) -> Value {
         "Name": n.name,
         "Id": n.id,
         "Created": n.created,
-        "Scope": SCOPE,
+        "Scope": scope(n),
         "Driver": n.driver,
         "EnableIPv6": false,
         "IPAM": {
             "Driver": "default",
             "Options": {},
-            "Config": [Value::Object(config)],
+            "Config": configs,
         },
         "Internal": false,
         "Attachable": true,
@@ -285,5 +297,15 @@ mod tests {
         assert_eq!(j["IPAM"]["Config"][0]["Gateway"], "10.1.1.1");
         assert!(j["IPAM"]["Config"][0].get("IPRange").is_none());
         assert_eq!(j["Containers"], json!({}));
+        let none = Network {
+            name: "none".into(),
+            id: "f".repeat(64),
+            driver: "null".into(),
+            ..Network::default()
+        };
+        assert!(
+            table(std::slice::from_ref(&none)).ends_with("ffffffffffff   none   null     local\n")
+        );
+        assert_eq!(network_json(&none)["IPAM"]["Config"], json!([]));
     }
 }

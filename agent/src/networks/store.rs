@@ -52,6 +52,25 @@ impl std::fmt::Display for CreateError {
 /// The names that are network modes rather than networks.
 pub const RESERVED_NAMES: [&str; 4] = ["overlay", "bridge", "host", "none"];
 
+/// The networks every host has, listed and inspected as Docker's `bridge`,
+/// `host` and `none` are.
+pub const PREDEFINED: [&str; 3] = ["overlay", "host", "none"];
+
+/// A predefined network's id: 64 hex digits derived from its name (FNV-1a),
+/// so that every host and every restart shows the same one.
+pub fn predefined_id(name: &str) -> String {
+    (0..4u8)
+        .map(|round| {
+            let hash = std::iter::once(round)
+                .chain(name.bytes())
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            format!("{hash:016x}")
+        })
+        .collect()
+}
+
 /// The drivers a network can have.
 pub const DRIVERS: [&str; 3] = ["bridge", "macvlan", "ovs"];
 
@@ -108,7 +127,8 @@ pub fn check_name(name: &str) -> Result<()> {
         bail!("invalid network name {name:?}: use letters, digits and _ . - (starting with a letter or digit)");
     }
     if RESERVED_NAMES.contains(&name) {
-        bail!("{name} is a network mode, not a network that can be created or removed");
+        // Docker's words for its own bridge, host and none.
+        bail!("{name} is a pre-defined network (a network mode) and cannot be created or removed");
     }
     Ok(())
 }
