@@ -1043,3 +1043,102 @@ fn reset_removes_the_ovs_bridges_of_ovs_networks() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn ls_filters_and_prune_work_as_docker_s() -> Result<()> {
+    let cluster = Cluster::start("np", 156, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    let mut ids = std::collections::BTreeMap::new();
+    for (name, driver, subnet) in [
+        ("web1", "bridge", "10.11.0.0/24"),
+        ("web2", "bridge", "10.11.1.0/24"),
+        ("sw", "ovs", "10.11.2.0/24"),
+    ] {
+        let id = cli_ok(
+            agent,
+            &["network", "create", "-d", driver, "--subnet", subnet, name],
+        )?;
+        ids.insert(name, id.trim()[..12].to_string());
+    }
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "user",
+            "--network",
+            "web1",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let names = |args: &[&str]| -> Result<Vec<String>> {
+        let mut all = vec!["network", "ls"];
+        all.extend_from_slice(args);
+        Ok(cli_ok(agent, &all)?
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+            .collect())
+    };
+    assert_eq!(names(&["--filter", "name=web"])?, ["web1", "web2"]);
+    assert_eq!(
+        names(&["-f", "name=web2", "--filter", "name=sw"])?,
+        ["sw", "web2"],
+        "values of one key are alternatives"
+    );
+    assert_eq!(
+        names(&["--filter", "name=web", "--filter", "driver=ovs"])?,
+        Vec::<String>::new(),
+        "different keys must all match"
+    );
+    assert_eq!(names(&["--filter", "driver=null"])?, ["none"]);
+    assert_eq!(
+        cli_ok(agent, &["network", "ls", "-q", "--filter", "driver=ovs"])?,
+        format!("{}\n", ids["sw"])
+    );
+    refused(
+        agent,
+        &["network", "ls", "--filter", "label=x"],
+        "invalid filter 'label'",
+    )?;
+
+    // Without -f it asks; anything but y keeps everything.
+    let mut child = agent
+        .cli_command(&["network", "prune"])?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("prune's stdin")?;
+        stdin.write_all(b"n\n")?;
+    }
+    let out = finish(child, Duration::from_secs(30))?;
+    ensure!(out.status.success(), "prune: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout).contains("Are you sure you want to continue? [y/N]"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        names(&[])?,
+        ["host", "none", "overlay", "sw", "web1", "web2"]
+    );
+
+    // -f removes the networks no container is on, and says which.
+    let out = cli_ok(agent, &["network", "prune", "-f"])?;
+    assert_eq!(out, "Deleted Networks:\nsw\nweb2\n");
+    assert_eq!(names(&[])?, ["host", "none", "overlay", "web1"]);
+    cli_ok(agent, &["rm", "-f", "user"])?;
+    assert_eq!(
+        cli_ok(agent, &["network", "prune", "-f"])?,
+        "Deleted Networks:\nweb1\n"
+    );
+    assert_eq!(cli_ok(agent, &["network", "prune", "-f"])?, "");
+    Ok(())
+}
