@@ -198,7 +198,7 @@ struct ResetArgs {
     /// The address the agent published, if not one of this host's.
     #[arg(long, env = "TARTAN_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
-    /// The Open vSwitch database, for the OVS ports of attachments.
+    /// The Open vSwitch database, for the OVS ports of attachments and the OVS bridges of ovs networks.
     #[arg(
         long,
         env = "TARTAN_OVSDB",

@@ -1,7 +1,7 @@
 //! `tartan reset`: removes everything the agent made on this host, as
 //! weave's `reset` does: the bridge and the ports on it, the VXLAN and TUN
 //! devices, Tartan's routes, the nf_tables table, the bridges of bridge
-//! networks, the subnet file and the address book; on request the etcd
+//! networks and the Open vSwitch bridges of ovs networks, the subnet file and the address book; on request the etcd
 //! lease. It runs with no agent, and refuses while one runs in this network
 //! namespace, or while containers run (unless forced, which kills them).
 
@@ -36,7 +36,8 @@ pub struct ResetOptions {
     pub force: bool,
     /// Release this node's lease in etcd too.
     pub release_lease: Option<EtcdOptions>,
-    /// The OVSDB address, for the OVS ports of pipework-form attachments.
+    /// The OVSDB address, for the OVS ports of pipework-form attachments
+    /// and the OVS bridges of ovs networks.
     pub ovsdb: String,
 }
 
@@ -73,6 +74,7 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
     remove_pipework(&netlink, opts, &mut done, &mut teardown).await;
     remove_links(&netlink, opts, &mut done, &mut teardown).await;
     remove_network_bridges(&netlink, opts, &mut done, &mut teardown).await;
+    remove_network_ovs_bridges(opts, &mut done, &mut teardown).await;
     for backend in registry::every_backend() {
         done.extend(backend.teardown(&netlink, &mut teardown).await);
     }
@@ -296,6 +298,63 @@ async fn remove_network_bridges(
             done.push(format!("removed {name}"));
         }
     }
+}
+
+/// The Open vSwitch bridges the agent made for ovs networks: those whose
+/// owner in external_ids names a network (the switch is this host's, so
+/// they are this host's), with the containers' ports on them. A switch that
+/// is not reachable fails the reset only when a container here was on an
+/// ovs network.
+async fn remove_network_ovs_bridges(
+    opts: &ResetOptions,
+    done: &mut Vec<String>,
+    teardown: &mut Teardown,
+) {
+    use crate::networks::drivers::ovs::OWNER_KEY;
+    use crate::networks::named::NETWORK_OWNER_PREFIX;
+    let ovsdb = match tartan_dataplane::ovsdb::Ovsdb::connect(&opts.ovsdb).await {
+        Ok(ovsdb) => ovsdb,
+        Err(err) => {
+            if uses_ovs_networks(opts) {
+                teardown.step::<(), _>(
+                    "removing the OVS bridges of ovs networks",
+                    Err(anyhow::Error::new(err)),
+                );
+            }
+            return;
+        }
+    };
+    let Some(bridges) = teardown.step(
+        "listing the OVS bridges of ovs networks",
+        ovsdb
+            .bridges_owned_with_prefix(OWNER_KEY, NETWORK_OWNER_PREFIX)
+            .await,
+    ) else {
+        return;
+    };
+    for name in bridges {
+        if teardown
+            .step(
+                &format!("removing the OVS bridge {name}"),
+                ovsdb.remove_bridge(&name).await,
+            )
+            .is_some()
+        {
+            done.push(format!("removed OVS bridge {name}"));
+        }
+    }
+}
+
+/// Whether a container here has an endpoint on an ovs network.
+fn uses_ovs_networks(opts: &ResetOptions) -> bool {
+    let Ok(listing) = std::fs::read_dir(opts.state_dir.join("containers")) else {
+        return false;
+    };
+    listing.flatten().any(|entry| {
+        ContainerDir::new(entry.path())
+            .read_config()
+            .is_ok_and(|config| config.endpoints.iter().any(|e| e.driver == "ovs"))
+    })
 }
 
 /// Revokes this node's lease, named by the subnet file, if it is this

@@ -134,7 +134,8 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     let tp = tartan_prefix(&cluster);
     assert_eq!(
         etcd_keys(&cluster, &tp)?,
-        [format!("{tp}/networks/network01")]
+        [format!("{tp}/networks"), format!("{tp}/networks/network01")],
+        "the definition, and the key every create rewrites"
     );
     assert_eq!(
         etcd_keys(&cluster, &cluster.prefix)?,
@@ -149,10 +150,41 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]
     );
-    assert_eq!(
-        lines[1].split_whitespace().collect::<Vec<_>>(),
-        [&id[..12], "network01", "bridge", "global"]
+    // With the predefined networks, by name as Docker lists them.
+    let rows: Vec<Vec<&str>> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(names, ["host", "network01", "none", "overlay"], "{listed}");
+    assert_eq!(rows[1], [&id[..12], "network01", "bridge", "global"]);
+    assert_eq!(rows[0][2..], ["host", "local"]);
+    assert_eq!(rows[2][2..], ["null", "local"]);
+    assert_eq!(rows[3][2..], ["vxlan", "global"], "the cluster's backend");
+    let overlay_id = rows[3][0].to_string();
+    ensure!(
+        cli_ok(h0, &["network", "ls"])?.contains(&overlay_id),
+        "every host shows the same id for the overlay"
     );
+    // The node's own subnet and gateway, as the subnet file has them
+    // (FLANNEL_SUBNET is the gateway with the subnet's prefix).
+    let subnet_file = std::fs::read_to_string(h1.subnet_file())?;
+    let own: ipnetwork::Ipv4Network = subnet_file
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .with_context(|| format!("no FLANNEL_SUBNET in {subnet_file}"))?
+        .parse()?;
+    let info = inspect_network(h1, "overlay")?;
+    assert_eq!(info["Driver"], "vxlan");
+    assert_eq!(info["Scope"], "global");
+    assert_eq!(
+        info["IPAM"]["Config"][0]["Subnet"],
+        format!("{}/{}", own.network(), own.prefix())
+    );
+    assert_eq!(info["IPAM"]["Config"][0]["Gateway"], own.ip().to_string());
+    let info = inspect_network(h1, "none")?;
+    assert_eq!(info["Driver"], "null");
+    assert_eq!(info["IPAM"]["Config"], serde_json::json!([]));
     let info = inspect_network(h1, "network01")?;
     assert_eq!(info["Id"], id);
     assert_eq!(info["IPAM"]["Config"][0]["Subnet"], "10.1.1.0/24");
@@ -257,7 +289,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
         "the bridge goes with the last container on it"
     );
     cli_ok(h1, &["network", "rm", "network01"])?;
-    assert_eq!(etcd_keys(&cluster, &tp)?, Vec::<String>::new());
+    assert_eq!(etcd_keys(&cluster, &tp)?, [format!("{tp}/networks")]);
     ensure!(!cli_ok(h0, &["network", "ls"])?.contains("network01"));
 
     // The seed's macvlan network on the hosts' underlay interface: made
@@ -314,7 +346,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     cli_ok(h0, &["rm", "-f", "m0"])?;
     cli_ok(h1, &["rm", "-f", "m1"])?;
     cli_ok(h0, &["network", "rm", "macvlan1"])?;
-    assert_eq!(etcd_keys(&cluster, &tp)?, Vec::<String>::new());
+    assert_eq!(etcd_keys(&cluster, &tp)?, [format!("{tp}/networks")]);
     Ok(())
 }
 
@@ -762,8 +794,16 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
         ),
         (&["network", "create", "good"], "already exists"),
         (&["network", "create", "host"], "network mode"),
+        (
+            &["network", "create", "overlay"],
+            "overlay is a pre-defined network",
+        ),
         (&["network", "create", "bad/name"], "invalid network name"),
-        (&["network", "rm", "overlay"], "network mode"),
+        (
+            &["network", "rm", "overlay"],
+            "overlay is a pre-defined network",
+        ),
+        (&["network", "rm", "none"], "none is a pre-defined network"),
         (&["network", "rm", "ghost"], "network ghost not found"),
         (&["network", "rm", "good"], "in use by container user"),
         (&["network", "inspect", "ghost"], "network ghost not found"),
@@ -842,8 +882,263 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
     let containers = cli_ok(agent, &["ps", "-a", "-q"])?;
     assert_eq!(containers.lines().count(), 1, "{containers}");
     ensure!(
-        etcd_keys(&cluster, &tp)?.len() == 4,
-        "good, tagged, switched and user's address"
+        etcd_keys(&cluster, &tp)?.len() == 5,
+        "good, tagged, switched, user's address and the key every create rewrites"
     );
+    Ok(())
+}
+
+#[test]
+fn creates_at_once_never_get_overlapping_subnets() -> Result<()> {
+    const CREATES_PER_HOST: usize = 6;
+    let cluster = Cluster::start("nk", 154, VXLAN, 2)?;
+    let spawn_creates =
+        |prefix: &str, extra: &[&str]| -> Result<Vec<(String, std::process::Child)>> {
+            let mut children = Vec::new();
+            for (h, agent) in cluster.agents.iter().enumerate() {
+                for i in 0..CREATES_PER_HOST {
+                    let name = format!("{prefix}{h}{i}");
+                    let mut args = vec!["network", "create"];
+                    args.extend_from_slice(extra);
+                    args.push(&name);
+                    let child = agent
+                        .cli_command(&args)?
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()?;
+                    children.push((name, child));
+                }
+            }
+            Ok(children)
+        };
+
+    // Default pools: each create its own.
+    for (name, child) in spawn_creates("pool", &[])? {
+        let out = finish(child, Duration::from_secs(60))?;
+        ensure!(out.status.success(), "{name}: {}", text(&out.stderr));
+    }
+    let mut subnets = Vec::new();
+    for h in 0..2 {
+        for i in 0..CREATES_PER_HOST {
+            let info = inspect_network(&cluster.agents[0], &format!("pool{h}{i}"))?;
+            let subnet: ipnetwork::Ipv4Network = info["IPAM"]["Config"][0]["Subnet"]
+                .as_str()
+                .with_context(|| format!("no subnet: {info}"))?
+                .parse()?;
+            subnets.push(subnet);
+        }
+    }
+    for (i, a) in subnets.iter().enumerate() {
+        for b in &subnets[i + 1..] {
+            ensure!(!a.overlaps(*b), "{a} and {b} overlap: {subnets:?}");
+        }
+    }
+
+    // One --subnet: one create wins, the others name it.
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for (name, child) in spawn_creates("same", &["--subnet", "10.60.0.0/24"])? {
+        let out = finish(child, Duration::from_secs(60))?;
+        if out.status.success() {
+            winners.push(name);
+        } else {
+            losers.push((name, text(&out.stderr)));
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners {winners:?}, losers {losers:?}");
+    let expected = format!("overlaps 10.60.0.0/24 of network {}", winners[0]);
+    for (name, err) in &losers {
+        ensure!(
+            err.contains(&expected) && err.trim_end().lines().count() == 1,
+            "{name}: expected one line with {expected:?}, got {err:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn reset_removes_the_ovs_bridges_of_ovs_networks() -> Result<()> {
+    // The agent is told where OVSDB will be before the switch exists.
+    let links = tempfile::Builder::new()
+        .prefix("tt-nr-ovsdb-")
+        .tempdir_in("/tmp")?;
+    let socket = links.path().join("db.sock");
+    let flag = format!("--ovsdb=unix:{}", socket.display());
+    let mut cluster = Cluster::start_with("nr", 155, VXLAN, 1, &[&flag])?;
+    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
+    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
+    import_busybox(&cluster.agents[0])?;
+    let agent = &cluster.agents[0];
+    let id = cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovs",
+            "--subnet",
+            "10.7.5.0/24",
+            "ovsnet",
+        ],
+    )?;
+    let ovs_bridge = format!("ovs{}", &id.trim()[..12]);
+    // An operator's bridge beside it, which reset leaves alone.
+    ovs.vsctl(&[
+        "add-br",
+        "operator0",
+        "--",
+        "set",
+        "Bridge",
+        "operator0",
+        "datapath_type=netdev",
+    ])?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "o1",
+            "--network",
+            "ovsnet",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let shown = ovs.vsctl(&["show"])?;
+    ensure!(
+        shown.contains(&ovs_bridge),
+        "{ovs_bridge} before reset: {shown}"
+    );
+
+    cluster.agents[0].terminate()?;
+    let agent = &cluster.agents[0];
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let out = cluster.hosts[0]
+        .netns
+        .command(&tartan.display().to_string())
+        .args(["reset", "-f", "--state-dir"])
+        .arg(agent.state_dir())
+        .arg("--subnet-file")
+        .arg(agent.subnet_file())
+        .arg("--api-socket")
+        .arg(agent.api_socket())
+        .arg(&flag)
+        .output()?;
+    ensure!(out.status.success(), "reset: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout).contains(&format!("removed OVS bridge {ovs_bridge}")),
+        "{}",
+        text(&out.stdout)
+    );
+    let shown = ovs.vsctl(&["show"])?;
+    ensure!(
+        !shown.contains(&ovs_bridge),
+        "{ovs_bridge} after reset: {shown}"
+    );
+    ensure!(
+        shown.contains("operator0"),
+        "the operator's bridge stays: {shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ls_filters_and_prune_work_as_docker_s() -> Result<()> {
+    let cluster = Cluster::start("np", 156, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    let mut ids = std::collections::BTreeMap::new();
+    for (name, driver, subnet) in [
+        ("web1", "bridge", "10.11.0.0/24"),
+        ("web2", "bridge", "10.11.1.0/24"),
+        ("sw", "ovs", "10.11.2.0/24"),
+    ] {
+        let id = cli_ok(
+            agent,
+            &["network", "create", "-d", driver, "--subnet", subnet, name],
+        )?;
+        ids.insert(name, id.trim()[..12].to_string());
+    }
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "user",
+            "--network",
+            "web1",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let names = |args: &[&str]| -> Result<Vec<String>> {
+        let mut all = vec!["network", "ls"];
+        all.extend_from_slice(args);
+        Ok(cli_ok(agent, &all)?
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+            .collect())
+    };
+    assert_eq!(names(&["--filter", "name=web"])?, ["web1", "web2"]);
+    assert_eq!(
+        names(&["-f", "name=web2", "--filter", "name=sw"])?,
+        ["sw", "web2"],
+        "values of one key are alternatives"
+    );
+    assert_eq!(
+        names(&["--filter", "name=web", "--filter", "driver=ovs"])?,
+        Vec::<String>::new(),
+        "different keys must all match"
+    );
+    assert_eq!(names(&["--filter", "driver=null"])?, ["none"]);
+    assert_eq!(
+        cli_ok(agent, &["network", "ls", "-q", "--filter", "driver=ovs"])?,
+        format!("{}\n", ids["sw"])
+    );
+    refused(
+        agent,
+        &["network", "ls", "--filter", "label=x"],
+        "invalid filter 'label'",
+    )?;
+
+    // Without -f it asks; anything but y keeps everything.
+    let mut child = agent
+        .cli_command(&["network", "prune"])?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("prune's stdin")?;
+        stdin.write_all(b"n\n")?;
+    }
+    let out = finish(child, Duration::from_secs(30))?;
+    ensure!(out.status.success(), "prune: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout).contains("Are you sure you want to continue? [y/N]"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        names(&[])?,
+        ["host", "none", "overlay", "sw", "web1", "web2"]
+    );
+
+    // -f removes the networks no container is on, and says which.
+    let out = cli_ok(agent, &["network", "prune", "-f"])?;
+    assert_eq!(out, "Deleted Networks:\nsw\nweb2\n");
+    assert_eq!(names(&[])?, ["host", "none", "overlay", "web1"]);
+    cli_ok(agent, &["rm", "-f", "user"])?;
+    assert_eq!(
+        cli_ok(agent, &["network", "prune", "-f"])?,
+        "Deleted Networks:\nweb1\n"
+    );
+    assert_eq!(cli_ok(agent, &["network", "prune", "-f"])?, "");
     Ok(())
 }

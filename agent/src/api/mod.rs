@@ -778,30 +778,25 @@ impl Agent for AgentService {
             ip_range: nonempty(r.ip_range),
             options: r.options,
         };
-        let networks = self.networks.store();
-        let existing = networks.list().await.map_err(failed)?;
-        if existing.iter().any(|def| def.name == ask.name) {
-            return Err(Status::already_exists(format!(
-                "network with name {} already exists",
-                ask.name
-            )));
-        }
-        let mut taken: Vec<(String, ipnetwork::Ipv4Network)> = existing
-            .into_iter()
-            .map(|def| (format!("network {}", def.name), def.subnet))
-            .collect();
         // The overlay's addresses are the fabric's too.
-        if let Some(config) = &self.node.borrow().config {
-            taken.push(("the overlay".into(), config.range.network()));
-        }
-        let def = store::define(&ask, &taken, tartan_runtime::container::now_rfc3339())
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        crate::networks::named::check_driver_available(&def.driver)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        networks
-            .create(&def)
+        let overlay: Vec<(String, ipnetwork::Ipv4Network)> = self
+            .node
+            .borrow()
+            .config
+            .as_ref()
+            .map(|config| ("the overlay".to_string(), config.range.network()))
+            .into_iter()
+            .collect();
+        let def = self
+            .networks
+            .store()
+            .create(&ask, &overlay, tartan_runtime::container::now_rfc3339())
             .await
-            .map_err(|e| Status::already_exists(format!("{e:#}")))?;
+            .map_err(|e| match e {
+                store::CreateError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                store::CreateError::Exists(_) => Status::already_exists(e.to_string()),
+                store::CreateError::Failed(_) => Status::failed_precondition(e.to_string()),
+            })?;
         info!(network = %def.name, driver = %def.driver, subnet = %def.subnet, "created a network");
         Ok(Response::new(to_pb_network(def, Vec::new())))
     }
@@ -810,14 +805,15 @@ impl Agent for AgentService {
         &self,
         _request: Request<ListNetworksRequest>,
     ) -> Result<Response<NetworksResponse>, Status> {
-        let mut defs = self.networks.store().list().await.map_err(failed)?;
-        defs.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(NetworksResponse {
-            networks: defs
-                .into_iter()
-                .map(|def| to_pb_network(def, Vec::new()))
-                .collect(),
-        }))
+        let defs = self.networks.store().list().await.map_err(failed)?;
+        let mut networks: Vec<PbNetwork> = store::PREDEFINED
+            .iter()
+            .map(|name| self.predefined_network(name))
+            .chain(defs.into_iter().map(|def| to_pb_network(def, Vec::new())))
+            .collect();
+        // Docker lists by name.
+        networks.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(NetworksResponse { networks }))
     }
 
     async fn inspect_network(
@@ -825,6 +821,9 @@ impl Agent for AgentService {
         request: Request<PbNetworkRequest>,
     ) -> Result<Response<PbNetwork>, Status> {
         let name = request.into_inner().name;
+        if store::PREDEFINED.contains(&name.as_str()) {
+            return Ok(Response::new(self.predefined_network(&name)));
+        }
         let networks = self.networks.store();
         let def = networks
             .get(&name)
@@ -907,6 +906,38 @@ fn to_pb_network(def: NetworkDef, endpoints: Vec<NetworkEndpoint>) -> PbNetwork 
 }
 
 impl AgentService {
+    /// A network every host has without a create, as Docker's `bridge`,
+    /// `host` and `none`: the overlay (driven by the cluster's backend, on
+    /// this node's subnet), the host's network and none.
+    fn predefined_network(&self, name: &str) -> PbNetwork {
+        let mut network = PbNetwork {
+            name: name.to_string(),
+            id: store::predefined_id(name),
+            ..PbNetwork::default()
+        };
+        match name {
+            "overlay" => {
+                let node = self.node.borrow();
+                network.driver = node
+                    .config
+                    .as_ref()
+                    .map(|c| c.backend.type_name())
+                    .filter(|t| !t.is_empty())
+                    // flannel's default backend.
+                    .unwrap_or("udp")
+                    .to_string();
+                if let Some(subnet) = node.subnet() {
+                    network.subnet = subnet.to_string();
+                    network.gateway = tartan_ipam::gateway(&subnet).to_string();
+                }
+            }
+            "host" => network.driver = "host".into(),
+            // Docker's driver name for no network.
+            _ => network.driver = "null".into(),
+        }
+        network
+    }
+
     /// Expiry times of the etcd leases behind the peers' keys. Looked up on
     /// demand: keeping thousands of TTLs current would cost etcd far more
     /// than an occasional `tartan status`.

@@ -12,6 +12,7 @@ use tartan_proto::v1::{
 };
 
 use crate::cli::stdout;
+use crate::networks::store::PREDEFINED;
 use crate::{api, refused};
 
 #[derive(Subcommand)]
@@ -30,6 +31,15 @@ pub enum NetworkCommand {
     Connect(ConnectArgs),
     /// Take a container off a network.
     Disconnect(DisconnectArgs),
+    /// Remove every network no container is on.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -57,6 +67,37 @@ pub struct ListArgs {
     /// Only the ids.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// name=TEXT (part of the name) or driver=DRIVER; repeatable, as Docker's.
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+}
+
+/// Docker's `network ls --filter`: values of one key are alternatives,
+/// different keys must all match.
+#[derive(Debug, Default)]
+struct Filters {
+    names: Vec<String>,
+    drivers: Vec<String>,
+}
+
+impl Filters {
+    fn parse(given: &[String]) -> Result<Filters> {
+        let mut filters = Filters::default();
+        for entry in given {
+            match entry.split_once('=') {
+                Some(("name", value)) => filters.names.push(value.to_string()),
+                Some(("driver", value)) => filters.drivers.push(value.to_string()),
+                Some((key, _)) => bail!("invalid filter '{key}': use name= or driver="),
+                None => bail!("bad format of filter {entry:?} (expected name=value)"),
+            }
+        }
+        Ok(filters)
+    }
+
+    fn matches(&self, network: &Network) -> bool {
+        (self.names.is_empty() || self.names.iter().any(|n| network.name.contains(n.as_str())))
+            && (self.drivers.is_empty() || self.drivers.contains(&network.driver))
+    }
 }
 
 #[derive(Args)]
@@ -99,18 +140,60 @@ pub async fn run(command: NetworkCommand, api_socket: &Path) -> Result<()> {
             stdout::println(network.id)
         }
         NetworkCommand::List(args) => {
-            let list = client
+            let filters = Filters::parse(&args.filter)?;
+            let mut networks = client
                 .list_networks(ListNetworksRequest {})
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_inner()
+                .networks;
+            networks.retain(|n| filters.matches(n));
             if args.quiet {
-                for network in &list.networks {
+                for network in &networks {
                     stdout::println(short_id(&network.id))?;
                 }
                 return Ok(());
             }
-            stdout::print(table(&list.networks))
+            stdout::print(table(&networks))
+        }
+        NetworkCommand::Prune(args) => {
+            if !args.force && !confirm_prune()? {
+                return Ok(());
+            }
+            let networks = client
+                .list_networks(ListNetworksRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .networks;
+            let mut deleted = Vec::new();
+            let mut failures = 0;
+            for network in networks {
+                if PREDEFINED.contains(&network.name.as_str()) {
+                    continue;
+                }
+                match client
+                    .remove_network(NetworkRequest {
+                        name: network.name.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => deleted.push(network.name),
+                    // A container, on any host, is on it: kept, as Docker keeps it.
+                    Err(status) if status.message().contains(" is in use by ") => {}
+                    Err(status) => {
+                        eprintln!("tartan: {}", status.message());
+                        failures += 1;
+                    }
+                }
+            }
+            if !deleted.is_empty() {
+                stdout::println(format!("Deleted Networks:\n{}", deleted.join("\n")))?;
+            }
+            if failures > 0 {
+                bail!("{failures} unused networks could not be removed");
+            }
+            Ok(())
         }
         NetworkCommand::Inspect(args) => {
             let mut out = Vec::new();
@@ -174,12 +257,34 @@ pub async fn run(command: NetworkCommand, api_socket: &Path) -> Result<()> {
     }
 }
 
+/// Docker's question before a prune; anything but y or yes is a no.
+fn confirm_prune() -> Result<bool> {
+    use std::io::Write;
+    print!(
+        "WARNING! This will remove all custom networks not used by at least one container.\n\
+         Are you sure you want to continue? [y/N] "
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
 fn short_id(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
-/// The networks are the fabric's: every host sees the same definitions.
-const SCOPE: &str = "global";
+/// Named networks and the overlay are the fabric's: every host sees the
+/// same definitions. The host's network and none are each host's own.
+fn scope(network: &Network) -> &'static str {
+    match network.name.as_str() {
+        "host" | "none" => "local",
+        _ => "global",
+    }
+}
 
 /// `network ls`, in Docker's columns.
 pub fn table(networks: &[Network]) -> String {
@@ -190,7 +295,7 @@ pub fn table(networks: &[Network]) -> String {
                 short_id(&n.id).to_string(),
                 n.name.clone(),
                 n.driver.clone(),
-                SCOPE.to_string(),
+                scope(n).to_string(),
             ]
         })
         .collect();
@@ -225,6 +330,12 @@ pub fn network_json(n: &Network) -> Value {
         config.insert("IPRange".into(), json!(n.ip_range));
     }
     config.insert("Gateway".into(), json!(n.gateway));
+    // As Docker's host and none: no addresses, no IPAM config.
+    let configs = if n.subnet.is_empty() {
+        Vec::new()
+    } else {
+        vec![Value::Object(config)]
+    };
     let containers: Map<String, Value> = n
         .endpoints
         .iter()
@@ -245,13 +356,13 @@ pub fn network_json(n: &Network) -> Value {
         "Name": n.name,
         "Id": n.id,
         "Created": n.created,
-        "Scope": SCOPE,
+        "Scope": scope(n),
         "Driver": n.driver,
         "EnableIPv6": false,
         "IPAM": {
             "Driver": "default",
             "Options": {},
-            "Config": [Value::Object(config)],
+            "Config": configs,
         },
         "Internal": false,
         "Attachable": true,
@@ -285,5 +396,15 @@ mod tests {
         assert_eq!(j["IPAM"]["Config"][0]["Gateway"], "10.1.1.1");
         assert!(j["IPAM"]["Config"][0].get("IPRange").is_none());
         assert_eq!(j["Containers"], json!({}));
+        let none = Network {
+            name: "none".into(),
+            id: "f".repeat(64),
+            driver: "null".into(),
+            ..Network::default()
+        };
+        assert!(
+            table(std::slice::from_ref(&none)).ends_with("ffffffffffff   none   null     local\n")
+        );
+        assert_eq!(network_json(&none)["IPAM"]["Config"], json!([]));
     }
 }

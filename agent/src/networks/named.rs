@@ -62,9 +62,13 @@ fn endpoint_bridge(endpoint: &Endpoint) -> (String, bool) {
     }
 }
 
+/// What the external_ids owner of an OVS bridge made for a network starts
+/// with; the network's id follows.
+pub const NETWORK_OWNER_PREFIX: &str = "tartan-network:";
+
 /// The external_ids owner of an OVS bridge made for a network.
 fn network_owner(network_id: &str) -> String {
-    format!("tartan-network:{network_id}")
+    format!("{NETWORK_OWNER_PREFIX}{network_id}")
 }
 
 /// Named networks on this host; cheap to clone.

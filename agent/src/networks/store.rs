@@ -3,12 +3,15 @@
 //! inside flannel's keys).
 //!
 //! ```text
+//! <tp>/networks                          the name of the network created last
 //! <tp>/networks/<NAME>                   {name, id, driver, subnet, gateway, ip_range, options, created}
 //! <tp>/networks/<NAME>/addresses/<ADDR>  {host, container, name, interface}
 //! ```
 //!
 //! Every change is one etcd transaction: a name is created only if it does
-//! not exist, an address is claimed only if nobody holds it and the network
+//! not exist and no other network was created since the subnets it was
+//! checked against were read (every create rewrites `<tp>/networks`), an
+//! address is claimed only if nobody holds it and the network
 //! is still the one it was read as, and a network is removed only while no
 //! address is claimed on it. Two hosts allocating at once therefore never
 //! get the same address, whatever the timing.
@@ -23,8 +26,50 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::etcd::bounded;
 
+/// How often a create re-reads the networks after losing to another create.
+const CREATE_ATTEMPTS: usize = 32;
+
+/// Why a create failed, for the caller's status code.
+#[derive(Debug)]
+pub enum CreateError {
+    /// The request is wrong, or overlaps what exists.
+    Invalid(anyhow::Error),
+    /// The name is taken.
+    Exists(String),
+    /// etcd failed, or other creates kept winning.
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Invalid(err) | CreateError::Failed(err) => write!(f, "{err:#}"),
+            CreateError::Exists(name) => write!(f, "network with name {name} already exists"),
+        }
+    }
+}
+
 /// The names that are network modes rather than networks.
 pub const RESERVED_NAMES: [&str; 4] = ["overlay", "bridge", "host", "none"];
+
+/// The networks every host has, listed and inspected as Docker's `bridge`,
+/// `host` and `none` are.
+pub const PREDEFINED: [&str; 3] = ["overlay", "host", "none"];
+
+/// A predefined network's id: 64 hex digits derived from its name (FNV-1a),
+/// so that every host and every restart shows the same one.
+pub fn predefined_id(name: &str) -> String {
+    (0..4u8)
+        .map(|round| {
+            let hash = std::iter::once(round)
+                .chain(name.bytes())
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            format!("{hash:016x}")
+        })
+        .collect()
+}
 
 /// The drivers a network can have.
 pub const DRIVERS: [&str; 3] = ["bridge", "macvlan", "ovs"];
@@ -82,7 +127,8 @@ pub fn check_name(name: &str) -> Result<()> {
         bail!("invalid network name {name:?}: use letters, digits and _ . - (starting with a letter or digit)");
     }
     if RESERVED_NAMES.contains(&name) {
-        bail!("{name} is a network mode, not a network that can be created or removed");
+        // Docker's words for its own bridge, host and none.
+        bail!("{name} is a pre-defined network (a network mode) and cannot be created or removed");
     }
     Ok(())
 }
@@ -291,19 +337,66 @@ impl NetworkStore {
         format!("{}/networks/{name}/addresses/", self.prefix)
     }
 
-    /// Stores a new definition; refused if the name exists.
-    pub async fn create(&self, def: &NetworkDef) -> Result<()> {
-        let key = self.network_key(&def.name);
-        let value = serde_json::to_vec(def).context("encoding the network")?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), value, None)]);
-        let mut client = self.client.clone();
-        let resp = bounded("storing the network", client.txn(txn)).await?;
-        if !resp.succeeded() {
-            bail!("network with name {} already exists", def.name);
+    /// The key every create rewrites, so that a create checked against an
+    /// older list of networks fails and is checked again.
+    fn marker_key(&self) -> String {
+        format!("{}/networks", self.prefix)
+    }
+
+    /// Checks the request against the networks that exist and `also_taken`
+    /// (the overlay's range) and stores it. Atomic with the check: of two
+    /// creates at once, the later sees the earlier's subnet, so none
+    /// overlap and a default pool is never handed out twice.
+    pub async fn create(
+        &self,
+        request: &CreateRequest,
+        also_taken: &[(String, Ipv4Network)],
+        created: String,
+    ) -> Result<NetworkDef, CreateError> {
+        let marker = self.marker_key();
+        for _ in 0..CREATE_ATTEMPTS {
+            // The marker first: the list read after it is at least as new.
+            let mut client = self.client.clone();
+            let resp = bounded("reading the networks", client.get(marker.as_str(), None))
+                .await
+                .map_err(CreateError::Failed)?;
+            let seen = resp.kvs().first().map_or(0, |kv| kv.mod_revision());
+            let existing = self.list().await.map_err(CreateError::Failed)?;
+            if existing.iter().any(|def| def.name == request.name) {
+                return Err(CreateError::Exists(request.name.clone()));
+            }
+            let taken: Vec<(String, Ipv4Network)> = existing
+                .into_iter()
+                .map(|def| (format!("network {}", def.name), def.subnet))
+                .chain(also_taken.iter().cloned())
+                .collect();
+            let def = define(request, &taken, created.clone()).map_err(CreateError::Invalid)?;
+            let key = self.network_key(&def.name);
+            let value = serde_json::to_vec(&def)
+                .context("encoding the network")
+                .map_err(CreateError::Failed)?;
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                    // A missing key's mod revision is 0.
+                    Compare::mod_revision(marker.as_str(), CompareOp::Equal, seen),
+                ])
+                .and_then([
+                    TxnOp::put(key.as_str(), value, None),
+                    TxnOp::put(marker.as_str(), def.name.as_bytes().to_vec(), None),
+                ]);
+            let resp = bounded("storing the network", client.txn(txn))
+                .await
+                .map_err(CreateError::Failed)?;
+            if resp.succeeded() {
+                return Ok(def);
+            }
+            // Another create won: check against what it made.
         }
-        Ok(())
+        Err(CreateError::Failed(anyhow!(
+            "network {} was not created: other networks kept being created at the same time; try again",
+            request.name
+        )))
     }
 
     /// The definition and its key's create revision (its incarnation).

@@ -229,6 +229,26 @@ impl Ovsdb {
         Ok(names)
     }
 
+    /// The names of the bridges whose `external_ids` value of `key` starts
+    /// with `prefix`, sorted. OVSDB matches whole values only: filtered here.
+    pub async fn bridges_owned_with_prefix(&self, key: &str, prefix: &str) -> Result<Vec<String>> {
+        let results = self
+            .transact(vec![json!({"op": "select", "table": "Bridge",
+                   "where": [], "columns": ["name", "external_ids"]})])
+            .await?;
+        let mut names: Vec<_> = rows(&results[0])
+            .iter()
+            .filter(|row| {
+                map_of(row.get("external_ids"))
+                    .get(key)
+                    .is_some_and(|owner| owner.starts_with(prefix))
+            })
+            .map(|row| text(row, "name"))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Whether a bridge named `name` exists.
     pub async fn has_bridge(&self, name: &str) -> Result<bool> {
         Ok(self.bridge_uuid(name).await?.is_some())
