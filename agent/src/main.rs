@@ -12,7 +12,7 @@ mod notify;
 mod reset;
 mod teardown;
 
-use cli::{containers as container_cli, flanneld, progress, status, stdout};
+use cli::{containers as container_cli, flanneld, progress, refused, status, stdout};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -462,11 +462,6 @@ fn parse_etcd_endpoint(text: &str) -> Result<String, String> {
         }
     }
     Ok(format!("{scheme}://{rest}"))
-}
-
-/// The agent's refusal, as one line.
-fn refused(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
 }
 
 /// `ADDR/LEN[@GATEWAY]`, split.

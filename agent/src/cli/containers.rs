@@ -14,8 +14,9 @@ use tartan_runtime::container::exec::{ExecSpec, RawMode};
 use tartan_runtime::container::frame::{Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::api;
+use crate::cli::refused;
 use crate::containers::{spec, NetworkRequest};
-use crate::{api, refused};
 
 #[derive(Args)]
 pub struct RunArgs {

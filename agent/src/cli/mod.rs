@@ -7,3 +7,8 @@ pub mod network;
 pub mod progress;
 pub mod status;
 pub mod stdout;
+
+/// The agent's refusal, as one line.
+pub fn refused(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}

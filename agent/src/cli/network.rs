@@ -11,9 +11,10 @@ use tartan_proto::v1::{
     NetworkRequest,
 };
 
+use crate::api;
+use crate::cli::refused;
 use crate::cli::stdout;
 use crate::networks::store::PREDEFINED;
-use crate::{api, refused};
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
