@@ -12,7 +12,8 @@ mod notify;
 mod reset;
 mod teardown;
 
-use cli::{containers as container_cli, flanneld, progress, refused, status, stdout};
+use cli::refusal::refused;
+use cli::{containers as container_cli, flanneld, progress, status, stdout};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

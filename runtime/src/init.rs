@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::ContainerSpec;
+use crate::container::spec::ContainerSpec;
 use crate::rootfs::{mount_rootfs, pivot_into, restrict_kernel_paths, RootfsLayout};
 use crate::syscall::Syscall;
 use crate::{Result, RuntimeError};

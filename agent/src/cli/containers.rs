@@ -15,7 +15,7 @@ use tartan_runtime::container::frame::{Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api;
-use crate::cli::refused;
+use crate::cli::refusal::refused;
 use crate::containers::{spec, NetworkRequest};
 
 #[derive(Args)]
@@ -220,30 +220,6 @@ fn security_flags(
         });
     }
     Ok(security)
-}
-
-/// The `--security-opt` entries that give `security` back, as Docker's
-/// inspect shows them (a profile by its contents).
-pub fn security_opt_flags(security: &PbSecurity) -> Vec<String> {
-    let mut opts = Vec::new();
-    if security.no_new_privileges {
-        opts.push("no-new-privileges".to_string());
-    }
-    match security.seccomp() {
-        Seccomp::Default => {}
-        Seccomp::Unconfined => opts.push("seccomp=unconfined".into()),
-        Seccomp::Profile => opts.push(format!("seccomp={}", security.seccomp_profile)),
-    }
-    opts
-}
-
-/// `--sysctl` entries, `KEY=VALUE`.
-pub fn sysctl_flags(security: &PbSecurity) -> Vec<String> {
-    security
-        .sysctls
-        .iter()
-        .map(|s| format!("{}={}", s.key, s.value))
-        .collect()
 }
 
 /// `tartan run`; returns the exit code to leave with.
@@ -691,6 +667,7 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::status::{security_opt_flags, sysctl_flags};
 
     #[test]
     fn security_flags_read_dockers_spellings() {

@@ -5,10 +5,6 @@ pub mod containers;
 pub mod flanneld;
 pub mod network;
 pub mod progress;
+pub mod refusal;
 pub mod status;
 pub mod stdout;
-
-/// The agent's refusal, as one line.
-pub fn refused(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
-}

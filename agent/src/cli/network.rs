@@ -12,7 +12,7 @@ use tartan_proto::v1::{
 };
 
 use crate::api;
-use crate::cli::refused;
+use crate::cli::refusal::refused;
 use crate::cli::stdout;
 use crate::networks::store::PREDEFINED;
 

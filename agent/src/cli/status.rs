@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tartan_proto::v1::{Lease, NetworkConfig, StatusResponse};
+use tartan_proto::v1::{Lease, NetworkConfig, Seccomp, Security as PbSecurity, StatusResponse};
 
 fn expires_text(expires_unix: Option<i64>) -> Option<String> {
     let secs = u64::try_from(expires_unix?).ok()?;
@@ -162,6 +162,30 @@ pub fn human_size(bytes: u64) -> String {
     } else {
         format!("{value:.1}{}", UNITS[unit])
     }
+}
+
+/// The `--security-opt` entries that give `security` back, as Docker's
+/// inspect shows them (a profile by its contents).
+pub fn security_opt_flags(security: &PbSecurity) -> Vec<String> {
+    let mut opts = Vec::new();
+    if security.no_new_privileges {
+        opts.push("no-new-privileges".to_string());
+    }
+    match security.seccomp() {
+        Seccomp::Default => {}
+        Seccomp::Unconfined => opts.push("seccomp=unconfined".into()),
+        Seccomp::Profile => opts.push(format!("seccomp={}", security.seccomp_profile)),
+    }
+    opts
+}
+
+/// `--sysctl` entries, `KEY=VALUE`.
+pub fn sysctl_flags(security: &PbSecurity) -> Vec<String> {
+    security
+        .sysctls
+        .iter()
+        .map(|s| format!("{}={}", s.key, s.value))
+        .collect()
 }
 
 #[cfg(test)]
@@ -414,10 +438,10 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
         },
         "host_config": {
             "privileged": security.privileged,
-            "security_opt": crate::cli::containers::security_opt_flags(&security),
+            "security_opt": security_opt_flags(&security),
             "cap_add": security.cap_add,
             "cap_drop": security.cap_drop,
-            "sysctls": crate::cli::containers::sysctl_flags(&security),
+            "sysctls": sysctl_flags(&security),
         },
     })
 }
