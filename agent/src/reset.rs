@@ -135,9 +135,7 @@ async fn remove_pipework(
     done: &mut Vec<String>,
     teardown: &mut Teardown,
 ) {
-    let ovsdb = std::sync::Arc::new(crate::networks::drivers::ovs::OvsdbHandle::new(
-        opts.ovsdb.clone(),
-    ));
+    let ovsdb = std::sync::Arc::new(crate::networks::ovsdb::OvsdbHandle::new(opts.ovsdb.clone()));
     let Some(pipework) = teardown.step(
         "reading the attachment records",
         crate::networks::pipework::Pipework::open(netlink.clone(), ovsdb, &opts.state_dir),

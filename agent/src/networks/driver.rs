@@ -9,10 +9,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use ipnetwork::Ipv4Network;
+use tartan_dataplane::{MacvlanMode, Netlink};
 
+use crate::networks::ovsdb::OvsdbHandle;
 use crate::teardown::Teardown;
 
 /// One interface to make in a network namespace.
@@ -102,4 +105,27 @@ pub trait AttachmentDriver: Send + Sync {
 
     /// Removes what `setup` made, trying every step.
     async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown>;
+}
+
+/// What a driver is made with: the host's handles, and where it plugs in.
+pub struct DriverContext<'a> {
+    pub netlink: &'a Netlink,
+    pub ovsdb: &'a Arc<OvsdbHandle>,
+    /// The bridge the driver's veths join, or a macvlan's parent.
+    pub host_interface: &'a str,
+    pub macvlan_mode: MacvlanMode,
+}
+
+pub type MakeDriver = fn(&DriverContext) -> Arc<dyn AttachmentDriver>;
+
+/// One driver, as `DRIVERS` lists it.
+pub struct Registration {
+    /// As networks and records name it (`AttachmentDriver::kind`).
+    pub name: &'static str,
+    /// The `-o` options a network of it takes; `parent`, when taken, is
+    /// required (the interface a macvlan sits on has no default).
+    pub options: &'static [&'static str],
+    /// Whether `network create --driver` may name it.
+    pub named_networks: bool,
+    pub make: MakeDriver,
 }

@@ -5,5 +5,6 @@ pub mod attach;
 pub mod driver;
 pub mod drivers;
 pub mod named;
+pub mod ovsdb;
 pub mod pipework;
 pub mod store;

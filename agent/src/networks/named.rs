@@ -7,28 +7,26 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use ipnetwork::Ipv4Network;
 use tartan_dataplane::{BridgeSpec, MacvlanMode, Netlink};
 use tartan_runtime::container::Endpoint;
 
 use crate::networks::attach::host_ifname_for;
-use crate::networks::driver::{container_mac, AttachStatus, AttachmentDriver, AttachmentSpec};
-use crate::networks::drivers::bridge::BridgeDriver;
-use crate::networks::drivers::l2_segment::L2SegmentDriver;
-use crate::networks::drivers::macvlan::MacvlanDriver;
-use crate::networks::drivers::ovs::{owned_by, OvsDriver, OvsdbHandle};
+use crate::networks::driver::{
+    container_mac, AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext,
+};
+use crate::networks::drivers;
+use crate::networks::drivers::ovs::owned_by;
+use crate::networks::ovsdb::OvsdbHandle;
 use crate::networks::store::{AddressHolder, NetworkDef, NetworkStore};
 
 /// The MTU of a bridge network's bridge and interfaces, as Docker's.
 const BRIDGE_MTU: u32 = 1500;
 
-/// The drivers whose interfaces this build makes.
+/// The drivers a named network may have.
 pub fn check_driver_available(driver: &str) -> Result<()> {
-    match driver {
-        "bridge" | "macvlan" | "ovs" => Ok(()),
-        other => bail!("unknown driver {other:?}: use bridge, macvlan or ovs"),
-    }
+    drivers::for_named_network(driver).map(|_| ())
 }
 
 /// The host end of a container's interface: derived from the container and
@@ -107,43 +105,37 @@ impl NamedNetworks {
 
     /// The network's driver, made on first use.
     fn driver(&self, endpoint: &Endpoint) -> Result<Arc<dyn AttachmentDriver>> {
-        let mut drivers = self
+        let mut made = self
             .drivers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(driver) = drivers.get(&endpoint.network_id) {
+        if let Some(driver) = made.get(&endpoint.network_id) {
             return Ok(driver.clone());
         }
-        let driver: Arc<dyn AttachmentDriver> = match endpoint.driver.as_str() {
-            "bridge" => Arc::new(BridgeDriver::new(
-                self.netlink.clone(),
-                endpoint_bridge(endpoint).0,
-            )),
-            "macvlan" => {
-                let parent = endpoint
-                    .options
-                    .get("parent")
-                    .ok_or_else(|| anyhow!("macvlan network {} has no parent", endpoint.network))?;
-                let mode = match endpoint.options.get("macvlan_mode") {
-                    Some(mode) => mode.parse()?,
-                    None => MacvlanMode::Bridge,
-                };
-                Arc::new(MacvlanDriver::new(
-                    self.netlink.clone(),
-                    parent.clone(),
-                    mode,
-                ))
-            }
-            "ovs" => Arc::new(OvsDriver::new(
-                self.netlink.clone(),
-                self.ovsdb.clone(),
-                endpoint_bridge(endpoint).0,
-            )),
-            // Not admitted by check_driver_available until the daemon keeps the segment.
-            "l2segment" => Arc::new(L2SegmentDriver::new(self.netlink.clone())),
-            other => bail!("unknown driver {other:?}: use bridge, macvlan or ovs"),
+        let registration = drivers::registration(&endpoint.driver)?;
+        // A driver taking `parent` sits on it; the others plug into a bridge.
+        let host_interface = if registration.options.contains(&"parent") {
+            endpoint.options.get("parent").cloned().ok_or_else(|| {
+                anyhow!(
+                    "{} network {} has no parent",
+                    registration.name,
+                    endpoint.network
+                )
+            })?
+        } else {
+            endpoint_bridge(endpoint).0
         };
-        drivers.insert(endpoint.network_id.clone(), driver.clone());
+        let macvlan_mode = match endpoint.options.get("macvlan_mode") {
+            Some(mode) => mode.parse()?,
+            None => MacvlanMode::Bridge,
+        };
+        let driver = (registration.make)(&DriverContext {
+            netlink: &self.netlink,
+            ovsdb: &self.ovsdb,
+            host_interface: &host_interface,
+            macvlan_mode,
+        });
+        made.insert(endpoint.network_id.clone(), driver.clone());
         Ok(driver)
     }
 

@@ -20,10 +20,18 @@ use tokio::sync::Mutex;
 
 use crate::containers::{Containers, LifecycleHook, Status as RunStatus};
 use crate::networks::attach::{host_ifname_for, ContainerRef};
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
-use crate::networks::drivers::bridge::BridgeDriver;
-use crate::networks::drivers::macvlan::MacvlanDriver;
-use crate::networks::drivers::ovs::{owned_by, OvsDriver, OvsdbHandle, OWNER_KEY};
+use crate::networks::driver::{
+    AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, Registration,
+};
+use crate::networks::drivers::ovs::{owned_by, OWNER_KEY};
+use crate::networks::drivers::{self, bridge};
+use crate::networks::ovsdb::OvsdbHandle;
+
+/// The driver a record names: the bridge's for a name no driver has (a
+/// record edited by hand), rather than failing its removal.
+fn registration(kind: &str) -> &'static Registration {
+    drivers::registration(kind).unwrap_or(&bridge::REGISTRATION)
+}
 
 /// The record file, in the agent's state dir.
 const RECORDS: &str = "pipework.json";
@@ -167,11 +175,7 @@ impl Record {
 
     fn status(&self) -> AttachStatus {
         AttachStatus {
-            driver: match self.driver.as_str() {
-                "ovs" => "ovs",
-                "macvlan" => "macvlan",
-                _ => "bridge",
-            },
+            driver: registration(&self.driver).name,
             ifname: self.ifname.clone(),
             host_ifname: self.host_ifname.clone(),
             address: self.address,
@@ -280,14 +284,18 @@ fn netns_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// A driver's name and the host interface it plugs into.
+type DriverKey = (&'static str, String);
+
 /// Attaches and detaches in pipework's form, and keeps the records.
 pub struct Pipework {
     netlink: Netlink,
     ovsdb: Arc<OvsdbHandle>,
     store: PathBuf,
     records: Mutex<Vec<Record>>,
-    /// One per parent: it counts the users of the parent's VLAN devices.
-    macvlans: std::sync::Mutex<BTreeMap<String, Arc<MacvlanDriver>>>,
+    /// One per driver and host interface: a macvlan's counts the users of
+    /// its parent's VLAN devices.
+    drivers: std::sync::Mutex<BTreeMap<DriverKey, Arc<dyn AttachmentDriver>>>,
 }
 
 impl Pipework {
@@ -304,7 +312,7 @@ impl Pipework {
             ovsdb,
             store,
             records: Mutex::new(records),
-            macvlans: std::sync::Mutex::default(),
+            drivers: std::sync::Mutex::default(),
         })
     }
 
@@ -321,33 +329,22 @@ impl Pipework {
         self.records.lock().await.clone()
     }
 
-    /// The driver for a host interface of `kind` (the one place drivers are
-    /// chosen: a new driver is one more arm).
+    /// The driver for a host interface of `kind`, made on first use.
     fn driver(&self, kind: &str, host_interface: &str) -> Arc<dyn AttachmentDriver> {
-        match kind {
-            "ovs" => Arc::new(OvsDriver::new(
-                self.netlink.clone(),
-                self.ovsdb.clone(),
-                host_interface.to_string(),
-            )),
-            "macvlan" => self
-                .macvlans
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .entry(host_interface.to_string())
-                .or_insert_with(|| {
-                    Arc::new(MacvlanDriver::new(
-                        self.netlink.clone(),
-                        host_interface.to_string(),
-                        MacvlanMode::Bridge,
-                    ))
+        let registration = registration(kind);
+        self.drivers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((registration.name, host_interface.to_string()))
+            .or_insert_with(|| {
+                (registration.make)(&DriverContext {
+                    netlink: &self.netlink,
+                    ovsdb: &self.ovsdb,
+                    host_interface,
+                    macvlan_mode: MacvlanMode::Bridge,
                 })
-                .clone(),
-            _ => Arc::new(BridgeDriver::new(
-                self.netlink.clone(),
-                host_interface.to_string(),
-            )),
-        }
+            })
+            .clone()
     }
 
     /// Whether OVS has a bridge `name`; an unreachable OVS has none.

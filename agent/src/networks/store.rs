@@ -25,6 +25,8 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::control::etcd::bounded;
+use crate::networks::driver::Registration;
+use crate::networks::drivers;
 
 /// How often a create re-reads the networks after losing to another create.
 const CREATE_ATTEMPTS: usize = 32;
@@ -70,9 +72,6 @@ pub fn predefined_id(name: &str) -> String {
         })
         .collect()
 }
-
-/// The drivers a network can have.
-pub const DRIVERS: [&str; 3] = ["bridge", "macvlan", "ovs"];
 
 /// A named network as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,21 +150,20 @@ fn parse_cidr(flag: &str, text: &str) -> Result<Ipv4Network> {
 }
 
 /// Checks the driver's options: each known to it, each well-formed.
-fn parse_options(driver: &str, given: &[String]) -> Result<BTreeMap<String, String>> {
+fn parse_options(
+    registration: &Registration,
+    given: &[String],
+) -> Result<BTreeMap<String, String>> {
+    let driver = registration.name;
     let mut options = BTreeMap::new();
     for entry in given {
         let Some((key, value)) = entry.split_once('=') else {
             bail!("invalid option {entry:?}: use KEY=VALUE");
         };
-        let known: &[&str] = match driver {
-            "bridge" => &["bridge"],
-            "macvlan" => &["parent", "macvlan_mode", "vlan"],
-            _ => &["bridge", "vlan"],
-        };
-        if !known.contains(&key) {
+        if !registration.options.contains(&key) {
             bail!(
                 "unknown option {key:?} for the {driver} driver: it takes {}",
-                known.join(", ")
+                registration.options.join(", ")
             );
         }
         match key {
@@ -185,8 +183,8 @@ fn parse_options(driver: &str, given: &[String]) -> Result<BTreeMap<String, Stri
             bail!("option {key} is given twice");
         }
     }
-    if driver == "macvlan" && !options.contains_key("parent") {
-        bail!("a macvlan network needs -o parent=INTERFACE");
+    if registration.options.contains(&"parent") && !options.contains_key("parent") {
+        bail!("a {driver} network needs -o parent=INTERFACE");
     }
     Ok(options)
 }
@@ -216,10 +214,8 @@ pub fn define(
     } else {
         request.driver.as_str()
     };
-    if !DRIVERS.contains(&driver) {
-        bail!("unknown driver {driver:?}: use bridge, macvlan or ovs");
-    }
-    let options = parse_options(driver, &request.options)?;
+    let registration = drivers::for_named_network(driver)?;
+    let options = parse_options(registration, &request.options)?;
     let subnet = match &request.subnet {
         Some(text) => {
             let subnet = parse_cidr("--subnet", text)?;

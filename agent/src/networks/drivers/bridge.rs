@@ -1,11 +1,25 @@
 //! A veth pair whose host end joins a Linux bridge: the overlay's attach
 //! onto `tartan0`, any bridge network, and `tartan attach BRIDGE ...`.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use tartan_dataplane::{Netlink, VethSpec};
 
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
 use crate::teardown::Teardown;
+
+pub const REGISTRATION: Registration = Registration {
+    name: "bridge",
+    options: &["bridge"],
+    named_networks: true,
+    make: |context| {
+        Arc::new(BridgeDriver::new(
+            context.netlink.clone(),
+            context.host_interface.to_string(),
+        ))
+    },
+};
 
 pub struct BridgeDriver {
     netlink: Netlink,

@@ -8,12 +8,23 @@
 //! The segment itself (bridge, VXLAN device, FDB towards the peers) is kept
 //! by the daemon, not here: a missing segment fails the attachment.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use tartan_dataplane::{Netlink, L2_SEGMENT_BRIDGE, L2_SEGMENT_VXLAN};
 
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
 use crate::networks::drivers::bridge::BridgeDriver;
 use crate::teardown::Teardown;
+
+/// Not for named networks until the daemon keeps the segment for them; its
+/// bridge is always the segment's.
+pub const REGISTRATION: Registration = Registration {
+    name: "l2segment",
+    options: &[],
+    named_networks: false,
+    make: |context| Arc::new(L2SegmentDriver::new(context.netlink.clone())),
+};
 
 pub struct L2SegmentDriver {
     netlink: Netlink,

@@ -4,13 +4,26 @@
 //! the container, which a macvlan's parent never has.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use tartan_dataplane::{HostShimSpec, MacvlanMode, MacvlanSpec, Netlink};
 
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec};
+use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
 use crate::teardown::Teardown;
+
+pub const REGISTRATION: Registration = Registration {
+    name: "macvlan",
+    options: &["parent", "macvlan_mode", "vlan"],
+    named_networks: true,
+    make: |context| {
+        Arc::new(MacvlanDriver::new(
+            context.netlink.clone(),
+            context.host_interface.to_string(),
+            context.macvlan_mode,
+        ))
+    },
+};
 
 pub struct MacvlanDriver {
     netlink: Netlink,
