@@ -28,7 +28,7 @@ use rtnetlink::packet_core::{
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use crate::error::netlink_err;
-use crate::link::{check_ifname, LinkState};
+use crate::link::{check_ifname, Ensured, LinkState};
 use crate::overlay::{neighbour_ip, neighbour_mac, pipelined};
 use crate::{DataplaneError, Netlink, Result};
 
@@ -232,7 +232,35 @@ impl Netlink {
     pub async fn ensure_l2_segment(&self, spec: &L2SegmentSpec) -> Result<L2Segment> {
         check_ifname(&spec.bridge)?;
         check_ifname(&spec.vxlan)?;
-        self.ensure_plain_bridge(&spec.bridge).await?;
+        let made_bridge = self.ensure_plain_bridge(&spec.bridge).await? == Ensured::Created;
+        let mut made_vxlan = false;
+        let result = self.finish_l2_segment(spec, &mut made_vxlan).await;
+        let Err(err) = result else {
+            return result;
+        };
+        // Nothing this call made stays behind a failure (a taken port).
+        let vxlan_undo = match made_vxlan {
+            true => self.delete_link_named(&spec.vxlan).await,
+            false => Ok(()),
+        };
+        let bridge_undo = match made_bridge {
+            true => self.delete_link_named(&spec.bridge).await,
+            false => Ok(()),
+        };
+        let undo = match (vxlan_undo, bridge_undo) {
+            (Ok(()), other) | (other, Ok(())) => other,
+            (Err(vxlan), Err(bridge)) => Err(bridge.undone(Err(vxlan))),
+        };
+        Err(err.undone(undo))
+    }
+
+    /// The bridge exists: its MTU, and the VXLAN device made or remade as
+    /// `spec` says and up on the bridge. `made_vxlan` says whether it was made here.
+    async fn finish_l2_segment(
+        &self,
+        spec: &L2SegmentSpec,
+        made_vxlan: &mut bool,
+    ) -> Result<L2Segment> {
         let bridge = self.link(&spec.bridge).await?.ok_or_else(|| {
             DataplaneError::Conflict(format!("{} vanished after creation", spec.bridge))
         })?;
@@ -246,6 +274,7 @@ impl Netlink {
                     self.delete_link(stale.index).await?;
                 }
                 self.add_l2_vxlan(spec).await?;
+                *made_vxlan = true;
                 self.link(&spec.vxlan).await?.ok_or_else(|| {
                     DataplaneError::Conflict(format!("{} vanished after creation", spec.vxlan))
                 })?

@@ -234,6 +234,15 @@ async fn a_taken_udp_port_is_reported_in_one_line() -> Result<()> {
         text.contains("UDP port 6784 is taken") && !text.contains('\n'),
         "{text}"
     );
+    // Nothing is left half-made: neither device stays behind the refusal.
+    ensure!(
+        netlink.link("tartan-l2vx").await?.is_none(),
+        "tartan-l2vx left behind"
+    );
+    ensure!(
+        netlink.link("tartan-l2").await?.is_none(),
+        "tartan-l2 left behind"
+    );
     drop(taken);
     netlink.ensure_l2_segment(&spec).await?;
     Ok(())
