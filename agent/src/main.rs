@@ -827,6 +827,24 @@ fn container_init(spec: &Path) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// Tartan's own keys never go among flannel's: a prefix inside
+/// `--etcd-prefix` would put them where flanneld reads its config and leases.
+fn check_tartan_prefix(tartan: &str, flannel: &str) -> Result<(), String> {
+    let tartan_trimmed = tartan.trim_end_matches('/');
+    let flannel_trimmed = flannel.trim_end_matches('/');
+    if !tartan_trimmed.starts_with('/') {
+        return Err(format!("--tartan-prefix {tartan:?} must start with /"));
+    }
+    let inside = tartan_trimmed == flannel_trimmed
+        || tartan_trimmed.starts_with(&format!("{flannel_trimmed}/"));
+    if inside {
+        return Err(format!(
+            "--tartan-prefix {tartan} lies inside flannel's --etcd-prefix {flannel}: Tartan's keys stay apart from flannel's"
+        ));
+    }
+    Ok(())
+}
+
 /// An exit code of a container, as this process's own.
 fn exit_with(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(255))
@@ -847,6 +865,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err, &translated.args),
     };
+    if let Command::Agent(args) = &cli.command {
+        if let Some(tartan) = &args.tartan_prefix {
+            if let Err(line) = check_tartan_prefix(tartan, &args.etcd.etcd_prefix) {
+                eprintln!("tartan: {line}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     // Before any runtime thread exists: these fork, enter namespaces or exec.
     let cli = match cli.command {
         Command::Init(args) => return container_init(&args.spec),
@@ -953,6 +979,22 @@ mod tests {
             .collect();
         known.sort();
         assert_eq!(globals, known);
+    }
+
+    #[test]
+    fn tartan_keys_stay_out_of_flannels_prefix() {
+        let flannel = "/coreos.com/network";
+        assert!(check_tartan_prefix("/tartan/coreos.com/network", flannel).is_ok());
+        assert!(check_tartan_prefix("/coreos.com/networks", flannel).is_ok());
+        for inside in [
+            "/coreos.com/network",
+            "/coreos.com/network/",
+            "/coreos.com/network/tartan",
+        ] {
+            let err = check_tartan_prefix(inside, flannel).expect_err(inside);
+            assert!(err.contains("inside flannel's --etcd-prefix"), "{err}");
+        }
+        assert!(check_tartan_prefix("tartan", flannel).is_err());
     }
 
     #[test]
