@@ -137,7 +137,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .follow_subnet(publishers.attacher.subscribe()),
     );
-    let follower = tokio::spawn(pipework.clone().follow(containers.clone()));
+    let follower = tokio::spawn(pipework.clone().follow(Arc::new(containers.clone())));
     let server = api::serve(
         &opts.api_socket,
         api::Services {

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::containers::images::Images;
 use crate::containers::spec::RunSpec;
 use crate::networks::attach::{Attacher, AttacherWatch};
+use crate::networks::lifecycle::{ContainerLookup, LifecycleHook, RunState};
 use crate::networks::named::NamedNetworks;
 use crate::networks::store;
 use crate::teardown::Teardown;
@@ -38,18 +39,6 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What else follows a container's lifecycle (the attachments `tartan
-/// attach` gave it), told by the containers service at once rather than
-/// finding out later.
-#[async_trait::async_trait]
-pub trait LifecycleHook: Send + Sync {
-    /// The container `id` has a new process `pid`, in a new network
-    /// namespace, whose command has not run yet.
-    async fn started(&self, id: &str, pid: u32);
-    /// The container `id` is removed.
-    async fn removed(&self, id: &str) -> Result<()>;
-}
 
 /// A container whose command could not be run: what `run -d` and `start`
 /// report, with Docker's exit code (127 not found, 126 not runnable, 125
@@ -140,6 +129,19 @@ struct Inner {
     hook: Arc<dyn LifecycleHook>,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl ContainerLookup for Containers {
+    fn id_of(&self, text: &str) -> Result<String> {
+        self.resolve(text)
+    }
+
+    fn run_state(&self, id: &str) -> Result<RunState> {
+        Ok(match self.view(id)?.status {
+            Status::Running { pid, .. } => RunState::Running { pid },
+            Status::Created | Status::Exited { .. } => RunState::NotRunning,
+        })
+    }
 }
 
 /// The address book key of a container's overlay address.

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod driver;
 pub mod drivers;
+pub mod lifecycle;
 pub mod named;
 pub mod ovsdb;
 pub mod pipework;

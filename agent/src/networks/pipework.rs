@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use tartan_dataplane::{MacvlanMode, Netlink, DEFAULT_CONTAINER_IFNAME};
 use tokio::sync::Mutex;
 
-use crate::containers::{Containers, LifecycleHook, Status as RunStatus};
 use crate::networks::attach::{host_ifname_for, ContainerRef};
 use crate::networks::driver::{
     AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, Registration,
 };
 use crate::networks::drivers::ovs::{owned_by, OWNER_KEY};
 use crate::networks::drivers::{self, bridge};
+use crate::networks::lifecycle::{ContainerLookup, LifecycleHook, RunState};
 use crate::networks::ovsdb::OvsdbHandle;
 
 /// The driver a record names: the bridge's for a name no driver has (a
@@ -69,12 +69,11 @@ pub struct Target {
 impl Target {
     /// A PID, a netns path, a Tartan container's name or id (running), or
     /// a netns name, in that order.
-    pub fn resolve(text: &str, containers: &Containers) -> Result<Target> {
+    pub fn resolve(text: &str, containers: &dyn ContainerLookup) -> Result<Target> {
         let plain = ContainerRef::parse(text)?;
         if let ContainerRef::Netns(_) = plain {
-            if let Ok(id) = containers.resolve(text) {
-                let view = containers.view(&id)?;
-                let RunStatus::Running { pid, .. } = view.status else {
+            if let Ok(id) = containers.id_of(text) {
+                let RunState::Running { pid } = containers.run_state(&id)? else {
                     bail!("container {text} is not running");
                 };
                 let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
@@ -100,12 +99,12 @@ impl Target {
 
     /// The records' owner key, without resolving anything: what `detach`
     /// of a container that is gone goes by.
-    pub fn keys_for(text: &str, containers: &Containers) -> Vec<String> {
+    pub fn keys_for(text: &str, containers: &dyn ContainerLookup) -> Vec<String> {
         let mut keys = Vec::new();
         if let Ok(plain) = ContainerRef::parse(text) {
             keys.push(plain.key());
         }
-        if let Ok(id) = containers.resolve(text) {
+        if let Ok(id) = containers.id_of(text) {
             keys.push(format!("{CONTAINER_KEY}{id}"));
         }
         keys
@@ -631,11 +630,10 @@ impl Pipework {
 
     /// Where a record's namespace is now: None when it is gone. A Tartan
     /// container that runs again has a new one.
-    fn live_netns(&self, record: &Record, containers: &Containers) -> Option<Liveness> {
+    fn live_netns(&self, record: &Record, containers: &dyn ContainerLookup) -> Option<Liveness> {
         if let Some(id) = record.owner.strip_prefix(CONTAINER_KEY) {
-            let view = containers.view(id).ok()?;
-            return match view.status {
-                RunStatus::Running { pid, .. } => {
+            return match containers.run_state(id).ok()? {
+                RunState::Running { pid } => {
                     let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
                     // Stopping or starting: looked at again next time.
                     let Some(id) = netns_id(&path) else {
@@ -664,7 +662,7 @@ impl Pipework {
     /// namespaces are made again where missing, those of namespaces that
     /// went are removed; `orphans` also removes OVS ports and bridges this
     /// form made that no record has (after an agent restart).
-    pub async fn reconcile(&self, containers: &Containers, orphans: bool) -> Result<()> {
+    pub async fn reconcile(&self, containers: &dyn ContainerLookup, orphans: bool) -> Result<()> {
         let mut records = self.records.lock().await;
         let mut changed = false;
         let mut kept = Vec::new();
@@ -849,13 +847,13 @@ impl Pipework {
     /// Follows the namespaces with attachments until the agent stops: a
     /// Tartan container that starts again gets its attachments back, and
     /// the attachments of namespaces that went are removed.
-    pub async fn follow(self: Arc<Self>, containers: Containers) {
-        if let Err(err) = self.reconcile(&containers, true).await {
+    pub async fn follow(self: Arc<Self>, containers: Arc<dyn ContainerLookup>) {
+        if let Err(err) = self.reconcile(containers.as_ref(), true).await {
             tracing::warn!(error = %format!("{err:#}"), "could not re-apply the recorded attachments");
         }
         loop {
             tokio::time::sleep(FOLLOW_INTERVAL).await;
-            if let Err(err) = self.reconcile(&containers, false).await {
+            if let Err(err) = self.reconcile(containers.as_ref(), false).await {
                 tracing::warn!(error = %format!("{err:#}"), "could not follow the attached namespaces");
             }
         }
