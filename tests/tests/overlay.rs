@@ -344,6 +344,24 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
         "attach by pid: {out} {err}"
     );
 
+    // The same request again changes nothing and says so.
+    for args in [
+        vec!["attach", named.name()],
+        vec!["attach", &wanted, named.name()],
+    ] {
+        let (ok, out, err) = cli(&cluster, &args)?;
+        ensure!(
+            ok && out == format!("{} already attached: eth0 {wanted}", named.name()),
+            "{args:?} again: {out} {err}"
+        );
+    }
+    let named_links = named.exec("ip", &["-o", "link", "show"])?;
+    let named_links = String::from_utf8_lossy(&named_links.stdout).to_string();
+    ensure!(
+        named_links.lines().count() == 2 && named_links.contains(": eth0@"),
+        "lo and one eth0 after attaching twice:\n{named_links}"
+    );
+
     // Bad input: one line, non-zero, and no new interface on the host.
     let links_before = host_links(&cluster)?;
     let spare = tartan_tests::netns::Netns::create("ats")?;
@@ -352,6 +370,14 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
         (
             vec!["attach".into(), agent_pid.to_string()],
             "the agent's own network namespace",
+        ),
+        (
+            vec![
+                "attach".into(),
+                format!("{prefix}.78/24"),
+                named.name().into(),
+            ],
+            "already attached as eth0 with",
         ),
         (
             vec![
@@ -372,10 +398,6 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
                 spare.name().into(),
             ],
             "reserved",
-        ),
-        (
-            vec!["attach".into(), named.name().into()],
-            "already attached",
         ),
         (
             vec!["attach".into(), "tt-no-such-netns".into()],
@@ -412,10 +434,10 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
     cluster.agents[0].terminate()?;
     cluster.agents[0].restart()?;
     cluster.agents[0].wait_ready(READY)?;
-    let (ok, _, err) = cli(&cluster, &["attach", named.name()])?;
+    let (ok, out, err) = cli(&cluster, &["attach", named.name()])?;
     ensure!(
-        !ok && err.contains(&format!("already attached with {prefix}.77")),
-        "{err}"
+        ok && out == format!("{} already attached: eth0 {wanted}", named.name()),
+        "attach after a restart: {out} {err}"
     );
 
     // Attachments are listed as they were named (weave's `ps`).

@@ -149,6 +149,15 @@ pub fn parse_requested(text: &str, subnet: &Ipv4Network) -> Result<Ipv4Addr> {
     Ok(addr)
 }
 
+/// What `Attacher::attach` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The address, with the subnet's prefix.
+    pub address: Ipv4Network,
+    /// The interface was there already, and nothing was changed.
+    pub already: bool,
+}
+
 /// Attaches and detaches containers; owns the node subnet's address book.
 /// One exists per subnet the node holds: when the subnet changes, a new one
 /// takes over the namespaces and the old one is retired.
@@ -362,14 +371,15 @@ impl Attacher {
         self.subnet
     }
 
-    /// Plugs the container in as `ifname`; returns its address with the
-    /// subnet's prefix.
+    /// Plugs the container in as `ifname`. The same request again (no
+    /// address, or the one it has) changes nothing and says so; another
+    /// address for an interface it has is refused.
     pub async fn attach(
         &self,
         container: &ContainerRef,
         requested: Option<&str>,
         ifname: &str,
-    ) -> Result<Ipv4Network> {
+    ) -> Result<Attached> {
         tartan_dataplane::check_ifname(ifname)?;
         let path = container.netns_path();
         if !path.exists() {
@@ -387,7 +397,20 @@ impl Attacher {
         let key = interface_key(container, ifname);
         let _hold = self.hold().await;
         if let Some(addr) = self.address_of(&key).await {
-            bail!("{} is already attached with {addr}", describe(container));
+            let address = Ipv4Network::new(addr, self.subnet.prefix())?;
+            if let Some(text) = requested {
+                let wanted = parse_requested(text, &self.subnet)?;
+                if wanted != addr {
+                    bail!(
+                        "{} is already attached as {ifname} with {address}: detach it before asking for {wanted}",
+                        describe(container)
+                    );
+                }
+            }
+            return Ok(Attached {
+                address,
+                already: true,
+            });
         }
         let address = self.reserve(&key, requested, None).await?;
         if let Err(err) = self.plug(&key, path).await {
@@ -396,7 +419,10 @@ impl Attacher {
             }
             return Err(err);
         }
-        Ok(address)
+        Ok(Attached {
+            address,
+            already: false,
+        })
     }
 
     /// Unplugs the container (only its `ifname`, when given) and frees
