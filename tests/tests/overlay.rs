@@ -364,12 +364,49 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
 
     // Bad input: one line, non-zero, and no new interface on the host.
     let links_before = host_links(&cluster)?;
+    // The agent runs in a host namespace of the harness; PID 1 is the
+    // machine's init, whose namespace the refusal must leave untouched. The
+    // test's own namespace is the machine's as far as the harness can see
+    // (PID 1's may be closed to it).
+    let machine_state = || -> Result<String> {
+        let mut state = String::new();
+        for what in [
+            &["-o", "link", "show"][..],
+            &["-o", "address", "show"],
+            &["route", "show", "table", "all"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(what)
+                .output()
+                .context("ip")?;
+            ensure!(
+                out.status.success(),
+                "ip {what:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            state.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(state)
+    };
+    let machine_before = machine_state()?;
     let spare = tartan_tests::netns::Netns::create("ats")?;
     let agent_pid = cluster.agents[0].pid().context("the agent's pid")?;
     for (args, needle) in [
         (
             vec!["attach".into(), agent_pid.to_string()],
             "the agent's own network namespace",
+        ),
+        (
+            vec!["attach".into(), format!("/proc/{agent_pid}/ns/net")],
+            "the agent's own network namespace",
+        ),
+        (
+            vec!["attach".into(), "1".into()],
+            "the host's network namespace",
+        ),
+        (
+            vec!["attach".into(), "/proc/1/ns/net".into()],
+            "the host's network namespace",
         ),
         (
             vec![
@@ -415,6 +452,10 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
     ensure!(
         host_links(&cluster)? == links_before,
         "nothing half-made on the host"
+    );
+    ensure!(
+        machine_state()? == machine_before,
+        "the machine's interfaces, addresses and routes are untouched"
     );
 
     // Detach frees the address and the interface; the next attach reuses it.

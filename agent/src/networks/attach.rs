@@ -158,6 +158,26 @@ pub struct Attached {
     pub already: bool,
 }
 
+/// The agent's own and the host's namespaces take no attachment: it would
+/// replace the host's default route.
+pub fn refuse_own_namespace(netns: &Path, shown: &str) -> Result<()> {
+    const HOST: &str = "/proc/1/ns/net";
+    // PID 1's by its name too: the agent may be denied a look at PID 1's
+    // namespace, and then no comparison can tell.
+    if netns == Path::new(HOST) {
+        bail!("{shown} is the host's network namespace: refusing to give it a container interface and default route");
+    }
+    for (own, what) in [
+        ("/proc/self/ns/net", "the agent's own"),
+        (HOST, "the host's"),
+    ] {
+        if same_file(netns, Path::new(own)) {
+            bail!("{shown} is {what} network namespace: refusing to give it a container interface and default route");
+        }
+    }
+    Ok(())
+}
+
 /// Attaches and detaches containers; owns the node subnet's address book.
 /// One exists per subnet the node holds: when the subnet changes, a new one
 /// takes over the namespaces and the old one is retired.
@@ -382,16 +402,11 @@ impl Attacher {
     ) -> Result<Attached> {
         tartan_dataplane::check_ifname(ifname)?;
         let path = container.netns_path();
+        refuse_own_namespace(&path, &describe(container))?;
         if !path.exists() {
             bail!(
                 "no network namespace at {} (from {container:?})",
                 path.display()
-            );
-        }
-        if same_file(&path, Path::new("/proc/self/ns/net")) {
-            bail!(
-                "{} is the agent's own network namespace: refusing to give it a container interface and default route",
-                describe(container)
             );
         }
         let key = interface_key(container, ifname);
@@ -734,6 +749,20 @@ fn describe(container: &ContainerRef) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agents_and_the_hosts_namespaces_are_refused() {
+        for (path, needle) in [
+            ("/proc/self/ns/net", "the agent's own"),
+            ("/proc/1/ns/net", "the host's"),
+        ] {
+            let refused = refuse_own_namespace(Path::new(path), path);
+            assert!(
+                refused.is_err_and(|e| e.to_string().contains(needle)),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn container_references_parse() {
