@@ -164,11 +164,32 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         addresses(a)?
     );
 
-    // One host: each VLAN reaches itself only.
+    // One host: each VLAN reaches itself only. A second container per VLAN
+    // on this host, as in the seed: the positive cases first, so that the
+    // negative one cannot pass for a bridge that carries nothing.
+    let mut same_host = Vec::new();
+    for (name, address, vlan) in [
+        ("a2", "192.168.218.5/24", 100),
+        ("b2", "192.168.218.6/24", 200),
+    ] {
+        let ns = Netns::create(&format!("pwo{name}"))?;
+        let out = cli_ok(
+            &cluster.agents[0],
+            &["attach", "ovs0", ns.name(), address, &format!("@{vlan}")],
+        )?;
+        ensure!(out.trim() == address, "attach printed {out}");
+        same_host.push(ns);
+    }
+    ensure!(reaches(a, "192.168.218.5")?, "VLAN 100 on one host");
+    ensure!(reaches(b, "192.168.218.6")?, "VLAN 200 on one host");
     ensure!(
         !reaches(a, "192.168.218.2")?,
         "VLAN 100 must not reach VLAN 200"
     );
+    for ns in &same_host {
+        cli_ok(&cluster.agents[0], &["detach", ns.name()])?;
+    }
+    drop(same_host);
 
     // Refused input changes nothing in OVS or on the host, a bridge
     // created for the request included.

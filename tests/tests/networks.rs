@@ -537,16 +537,71 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
 
 #[test]
 fn hosts_allocating_at_once_never_share_an_address() -> Result<()> {
+    let mut cluster = Cluster::start("na", 237, VXLAN, 2)?;
+    let id = allocate_at_once(&cluster, &["--subnet", "10.3.3.0/24"])?;
+
+    // `reset -f` on a host with the agent stopped removes the network's bridge too.
+    let bridge = format!("br-{}", &id.trim()[..12]);
+    ensure!(links(&cluster, 1)?.contains(&bridge), "{bridge} on host 1");
+    cluster.agents[1].terminate()?;
+    let agent = &cluster.agents[1];
+    let tartan = tartan_tests::agent::tartan_bin()?;
+    let out = cluster.hosts[1]
+        .netns
+        .command(&tartan.display().to_string())
+        .args(["reset", "-f", "--state-dir"])
+        .arg(agent.state_dir())
+        .arg("--subnet-file")
+        .arg(agent.subnet_file())
+        .arg("--api-socket")
+        .arg(agent.api_socket())
+        .output()?;
+    ensure!(out.status.success(), "reset: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout).contains(&format!("removed {bridge}")),
+        "{}",
+        text(&out.stdout)
+    );
+    ensure!(!links(&cluster, 1)?.contains(&bridge), "{bridge} is gone");
+    Ok(())
+}
+
+/// The seed's macvlan network on the hosts' underlay interface, its
+/// addresses claimed from both hosts at once.
+#[test]
+fn hosts_allocating_at_once_on_a_macvlan_network_never_share_an_address() -> Result<()> {
+    let cluster = Cluster::start("nm", 166, VXLAN, 2)?;
+    allocate_at_once(
+        &cluster,
+        &[
+            "-d",
+            "macvlan",
+            "--subnet",
+            "10.3.3.0/24",
+            "-o",
+            "parent=eth0",
+        ],
+    )?;
+    assert_eq!(
+        inspect_network(&cluster.agents[1], "busy")?["Driver"],
+        "macvlan"
+    );
+    Ok(())
+}
+
+/// Makes a network `busy` with `create_args` and has both hosts run and
+/// connect containers on it at once; every address is claimed once and is
+/// on its interface. Returns the network's id.
+fn allocate_at_once(cluster: &Cluster, create_args: &[&str]) -> Result<String> {
     const RUNS_PER_HOST: usize = 6;
     const CONNECTS_PER_HOST: usize = 3;
-    let mut cluster = Cluster::start("na", 237, VXLAN, 2)?;
     for agent in &cluster.agents {
         import_busybox(agent)?;
     }
-    let id = cli_ok(
-        &cluster.agents[0],
-        &["network", "create", "--subnet", "10.3.3.0/24", "busy"],
-    )?;
+    let mut create = vec!["network", "create"];
+    create.extend_from_slice(create_args);
+    create.push("busy");
+    let id = cli_ok(&cluster.agents[0], &create)?;
     // Containers to connect, made first.
     for (h, agent) in cluster.agents.iter().enumerate() {
         for i in 0..CONNECTS_PER_HOST {
@@ -627,30 +682,7 @@ fn hosts_allocating_at_once_never_share_an_address() -> Result<()> {
         );
     }
 
-    // `reset -f` on a host with the agent stopped removes the network's bridge too.
-    let bridge = format!("br-{}", &id.trim()[..12]);
-    ensure!(links(&cluster, 1)?.contains(&bridge), "{bridge} on host 1");
-    cluster.agents[1].terminate()?;
-    let agent = &cluster.agents[1];
-    let tartan = tartan_tests::agent::tartan_bin()?;
-    let out = cluster.hosts[1]
-        .netns
-        .command(&tartan.display().to_string())
-        .args(["reset", "-f", "--state-dir"])
-        .arg(agent.state_dir())
-        .arg("--subnet-file")
-        .arg(agent.subnet_file())
-        .arg("--api-socket")
-        .arg(agent.api_socket())
-        .output()?;
-    ensure!(out.status.success(), "reset: {}", text(&out.stderr));
-    ensure!(
-        text(&out.stdout).contains(&format!("removed {bridge}")),
-        "{}",
-        text(&out.stdout)
-    );
-    ensure!(!links(&cluster, 1)?.contains(&bridge), "{bridge} is gone");
-    Ok(())
+    Ok(id)
 }
 
 #[test]

@@ -344,14 +344,77 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
         "attach by pid: {out} {err}"
     );
 
+    // The same request again changes nothing and says so.
+    for args in [
+        vec!["attach", named.name()],
+        vec!["attach", &wanted, named.name()],
+    ] {
+        let (ok, out, err) = cli(&cluster, &args)?;
+        ensure!(
+            ok && out == format!("{} already attached: eth0 {wanted}", named.name()),
+            "{args:?} again: {out} {err}"
+        );
+    }
+    let named_links = named.exec("ip", &["-o", "link", "show"])?;
+    let named_links = String::from_utf8_lossy(&named_links.stdout).to_string();
+    ensure!(
+        named_links.lines().count() == 2 && named_links.contains(": eth0@"),
+        "lo and one eth0 after attaching twice:\n{named_links}"
+    );
+
     // Bad input: one line, non-zero, and no new interface on the host.
     let links_before = host_links(&cluster)?;
+    // The agent runs in a host namespace of the harness; PID 1 is the
+    // machine's init, whose namespace the refusal must leave untouched. The
+    // test's own namespace is the machine's as far as the harness can see
+    // (PID 1's may be closed to it).
+    let machine_state = || -> Result<String> {
+        let mut state = String::new();
+        for what in [
+            &["-o", "link", "show"][..],
+            &["-o", "address", "show"],
+            &["route", "show", "table", "all"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(what)
+                .output()
+                .context("ip")?;
+            ensure!(
+                out.status.success(),
+                "ip {what:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            state.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(state)
+    };
+    let machine_before = machine_state()?;
     let spare = tartan_tests::netns::Netns::create("ats")?;
     let agent_pid = cluster.agents[0].pid().context("the agent's pid")?;
     for (args, needle) in [
         (
             vec!["attach".into(), agent_pid.to_string()],
             "the agent's own network namespace",
+        ),
+        (
+            vec!["attach".into(), format!("/proc/{agent_pid}/ns/net")],
+            "the agent's own network namespace",
+        ),
+        (
+            vec!["attach".into(), "1".into()],
+            "the host's network namespace",
+        ),
+        (
+            vec!["attach".into(), "/proc/1/ns/net".into()],
+            "the host's network namespace",
+        ),
+        (
+            vec![
+                "attach".into(),
+                format!("{prefix}.78/24"),
+                named.name().into(),
+            ],
+            "already attached as eth0 with",
         ),
         (
             vec![
@@ -374,10 +437,6 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
             "reserved",
         ),
         (
-            vec!["attach".into(), named.name().into()],
-            "already attached",
-        ),
-        (
             vec!["attach".into(), "tt-no-such-netns".into()],
             "no network namespace",
         ),
@@ -393,6 +452,10 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
     ensure!(
         host_links(&cluster)? == links_before,
         "nothing half-made on the host"
+    );
+    ensure!(
+        machine_state()? == machine_before,
+        "the machine's interfaces, addresses and routes are untouched"
     );
 
     // Detach frees the address and the interface; the next attach reuses it.
@@ -412,10 +475,10 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
     cluster.agents[0].terminate()?;
     cluster.agents[0].restart()?;
     cluster.agents[0].wait_ready(READY)?;
-    let (ok, _, err) = cli(&cluster, &["attach", named.name()])?;
+    let (ok, out, err) = cli(&cluster, &["attach", named.name()])?;
     ensure!(
-        !ok && err.contains(&format!("already attached with {prefix}.77")),
-        "{err}"
+        ok && out == format!("{} already attached: eth0 {wanted}", named.name()),
+        "attach after a restart: {out} {err}"
     );
 
     // Attachments are listed as they were named (weave's `ps`).

@@ -584,18 +584,24 @@ impl Agent for AgentService {
             "" => "eth0",
             name => name,
         };
-        let address = self
+        let attached = self
             .attacher()?
             .attach(&container, requested, ifname)
             .await
             .map_err(failed)?;
-        info!(container = %request.container, %address, elapsed_us = started.elapsed().as_micros(), "attached");
-        if let ContainerRef::Pid(pid) = container {
-            crate::networks::attach::free_when_process_ends(self.attacher.clone(), pid);
+        let address = attached.address;
+        if attached.already {
+            info!(container = %request.container, interface = %ifname, %address, "already attached");
+        } else {
+            info!(container = %request.container, %address, elapsed_us = started.elapsed().as_micros(), "attached");
+            // Watched from the first attach on; a second watch would do nothing more.
+            if let ContainerRef::Pid(pid) = container {
+                crate::networks::attach::free_when_process_ends(self.attacher.clone(), pid);
+            }
         }
         Ok(Response::new(AttachResponse {
             address: address.to_string(),
-            already_attached: false,
+            already_attached: attached.already,
             container_interface: ifname.to_string(),
         }))
     }

@@ -149,6 +149,35 @@ pub fn parse_requested(text: &str, subnet: &Ipv4Network) -> Result<Ipv4Addr> {
     Ok(addr)
 }
 
+/// What `Attacher::attach` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The address, with the subnet's prefix.
+    pub address: Ipv4Network,
+    /// The interface was there already, and nothing was changed.
+    pub already: bool,
+}
+
+/// The agent's own and the host's namespaces take no attachment: it would
+/// replace the host's default route.
+pub fn refuse_own_namespace(netns: &Path, shown: &str) -> Result<()> {
+    const HOST: &str = "/proc/1/ns/net";
+    // PID 1's by its name too: the agent may be denied a look at PID 1's
+    // namespace, and then no comparison can tell.
+    if netns == Path::new(HOST) {
+        bail!("{shown} is the host's network namespace: refusing to give it a container interface and default route");
+    }
+    for (own, what) in [
+        ("/proc/self/ns/net", "the agent's own"),
+        (HOST, "the host's"),
+    ] {
+        if same_file(netns, Path::new(own)) {
+            bail!("{shown} is {what} network namespace: refusing to give it a container interface and default route");
+        }
+    }
+    Ok(())
+}
+
 /// Attaches and detaches containers; owns the node subnet's address book.
 /// One exists per subnet the node holds: when the subnet changes, a new one
 /// takes over the namespaces and the old one is retired.
@@ -362,32 +391,41 @@ impl Attacher {
         self.subnet
     }
 
-    /// Plugs the container in as `ifname`; returns its address with the
-    /// subnet's prefix.
+    /// Plugs the container in as `ifname`. The same request again (no
+    /// address, or the one it has) changes nothing and says so; another
+    /// address for an interface it has is refused.
     pub async fn attach(
         &self,
         container: &ContainerRef,
         requested: Option<&str>,
         ifname: &str,
-    ) -> Result<Ipv4Network> {
+    ) -> Result<Attached> {
         tartan_dataplane::check_ifname(ifname)?;
         let path = container.netns_path();
+        refuse_own_namespace(&path, &describe(container))?;
         if !path.exists() {
             bail!(
                 "no network namespace at {} (from {container:?})",
                 path.display()
             );
         }
-        if same_file(&path, Path::new("/proc/self/ns/net")) {
-            bail!(
-                "{} is the agent's own network namespace: refusing to give it a container interface and default route",
-                describe(container)
-            );
-        }
         let key = interface_key(container, ifname);
         let _hold = self.hold().await;
         if let Some(addr) = self.address_of(&key).await {
-            bail!("{} is already attached with {addr}", describe(container));
+            let address = Ipv4Network::new(addr, self.subnet.prefix())?;
+            if let Some(text) = requested {
+                let wanted = parse_requested(text, &self.subnet)?;
+                if wanted != addr {
+                    bail!(
+                        "{} is already attached as {ifname} with {address}: detach it before asking for {wanted}",
+                        describe(container)
+                    );
+                }
+            }
+            return Ok(Attached {
+                address,
+                already: true,
+            });
         }
         let address = self.reserve(&key, requested, None).await?;
         if let Err(err) = self.plug(&key, path).await {
@@ -396,7 +434,10 @@ impl Attacher {
             }
             return Err(err);
         }
-        Ok(address)
+        Ok(Attached {
+            address,
+            already: false,
+        })
     }
 
     /// Unplugs the container (only its `ifname`, when given) and frees
@@ -708,6 +749,20 @@ fn describe(container: &ContainerRef) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agents_and_the_hosts_namespaces_are_refused() {
+        for (path, needle) in [
+            ("/proc/self/ns/net", "the agent's own"),
+            ("/proc/1/ns/net", "the host's"),
+        ] {
+            let refused = refuse_own_namespace(Path::new(path), path);
+            assert!(
+                refused.is_err_and(|e| e.to_string().contains(needle)),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn container_references_parse() {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tartan_dataplane::{MacvlanMode, Netlink, DEFAULT_CONTAINER_IFNAME};
 use tokio::sync::Mutex;
 
-use crate::networks::attach::{host_ifname_for, ContainerRef};
+use crate::networks::attach::{host_ifname_for, refuse_own_namespace, ContainerRef};
 use crate::networks::driver::{
     AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, Registration,
 };
@@ -876,20 +876,6 @@ enum Liveness {
     Same,
     Stopped,
     Moved(PathBuf, (u64, u64), Option<(u32, u64)>),
-}
-
-/// The agent's own and the host's namespaces take no attachment: it would
-/// replace the host's default route.
-pub fn refuse_own_namespace(netns: &Path, shown: &str) -> Result<()> {
-    for (own, what) in [
-        ("/proc/self/ns/net", "the agent's own"),
-        ("/proc/1/ns/net", "the host's"),
-    ] {
-        if netns_id(netns).is_some() && netns_id(netns) == netns_id(Path::new(own)) {
-            bail!("{shown} is {what} network namespace: refusing to give it a container interface and default route");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
