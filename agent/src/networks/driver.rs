@@ -63,6 +63,21 @@ pub struct AttachStatus {
     pub host_shim: Option<String>,
 }
 
+impl AttachStatus {
+    /// What a veth-based driver made for `spec`: the pair's two ends.
+    pub fn of_veth(driver: &'static str, spec: &AttachmentSpec) -> AttachStatus {
+        AttachStatus {
+            driver,
+            ifname: spec.ifname.clone(),
+            host_ifname: Some(spec.host_ifname.clone()),
+            address: spec.address,
+            netns: spec.netns.clone(),
+            vlan: spec.vlan,
+            host_shim: None,
+        }
+    }
+}
+
 /// A gateway needs an address beside it, and another one.
 pub fn check_gateway(spec: &AttachmentSpec) -> Result<()> {
     match (spec.address, spec.gateway) {

@@ -87,15 +87,7 @@ impl AttachmentDriver for BridgeDriver {
             }
             return Err(err);
         }
-        Ok(AttachStatus {
-            driver: self.kind(),
-            ifname: spec.ifname.clone(),
-            host_ifname: Some(spec.host_ifname.clone()),
-            address: spec.address,
-            netns: spec.netns.clone(),
-            vlan: spec.vlan,
-            host_shim: None,
-        })
+        Ok(AttachStatus::of_veth(self.kind(), spec))
     }
 
     async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown> {
