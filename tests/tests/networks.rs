@@ -431,7 +431,11 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
         ],
     )?;
     let ovs_bridge = format!("ovs{}", &id.trim()[..12]);
-    cli_ok(agent, &["network", "connect", "ovsnet", "web"])?;
+    // A fixed address on connect, as Docker's `network connect --ip`.
+    cli_ok(
+        agent,
+        &["network", "connect", "--ip", "10.7.7.20", "ovsnet", "web"],
+    )?;
     cli_ok(
         agent,
         &[
@@ -446,16 +450,17 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
             "1000",
         ],
     )?;
-    assert_eq!(inet(agent, "web", "eth2")?.as_deref(), Some("10.7.7.2/24"));
+    assert_eq!(inet(agent, "web", "eth2")?.as_deref(), Some("10.7.7.20/24"));
     assert_eq!(
         inet(agent, "opeer", "eth0")?.as_deref(),
-        Some("10.7.7.3/24")
+        Some("10.7.7.2/24"),
+        "the first free address, web holding .20"
     );
     let tagged = ovs.vsctl(&["--bare", "--columns=name", "find", "Port", "tag=7"])?;
     assert_eq!(tagged.split_whitespace().count(), 2, "{tagged}");
     assert_eq!(ovs.vsctl(&["list-br"])?.trim(), ovs_bridge);
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(agent, "opeer", "10.7.7.2")
+        pings(agent, "opeer", "10.7.7.20")
     })
     .context("opeer never reached web's eth2 on the OVS bridge")?;
 
@@ -509,13 +514,13 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
     assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
     cli_ok(agent, &["restart", "-t", "1", "web"])?;
     assert_eq!(inet(agent, "web", "eth1")?.as_deref(), Some("10.2.2.64/24"));
-    assert_eq!(inet(agent, "web", "eth2")?.as_deref(), Some("10.7.7.2/24"));
+    assert_eq!(inet(agent, "web", "eth2")?.as_deref(), Some("10.7.7.20/24"));
     wait_until(CONVERGE, Duration::from_millis(200), || {
         pings(agent, "peer", "10.2.2.64")
     })
     .context("peer never reached web's eth1 after the restarts")?;
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(agent, "opeer", "10.7.7.2")
+        pings(agent, "opeer", "10.7.7.20")
     })
     .context("opeer never reached web's eth2 after the restarts")?;
 
