@@ -366,13 +366,24 @@ impl Netlink {
             .await
             .map_err(netlink_err("container link up"))?;
         self.set_loopback_up().await?;
-        let Some(gateway) = spec.gateway else {
-            return Ok(());
-        };
-        if spec
-            .address
-            .is_none_or(|address| needs_gateway_host_route(address, gateway))
-        {
+        match spec.gateway {
+            Some(gateway) => self.route_via_gateway(index, spec.address, gateway).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The container's default route via `gateway` on the interface
+    /// `index`, preceded by a host route to the gateway when it lies outside
+    /// `address`'s subnet (or there is no address), as pipework does. The
+    /// default route is replaced: the latest attachment with a gateway takes
+    /// over the container's default route. `self` is the container's handle.
+    pub(crate) async fn route_via_gateway(
+        &self,
+        index: u32,
+        address: Option<Ipv4Network>,
+        gateway: Ipv4Addr,
+    ) -> Result<()> {
+        if address.is_none_or(|address| needs_gateway_host_route(address, gateway)) {
             let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(gateway, 32)
                 .output_interface(index)
@@ -386,8 +397,6 @@ impl Netlink {
                 .await
                 .map_err(netlink_err("container route to the gateway"))?;
         }
-        // Replacing, as pipework does: the attachment with a gateway takes
-        // over the container's default route.
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(index)

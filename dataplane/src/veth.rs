@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
-
-use netlink_packet_route::route::RouteScope;
+use rtnetlink::{LinkUnspec, LinkVeth};
 
 use crate::error::netlink_err;
-use crate::macvlan::{enable_arp_notify, needs_gateway_host_route};
+use crate::macvlan::enable_arp_notify;
 use crate::netlink::run_in_netns;
 use crate::{DataplaneError, Netlink, Result};
 
@@ -133,38 +131,9 @@ impl Netlink {
         container.set_up_with_mtu(inner.index, spec.mtu).await?;
         container.set_loopback_up().await?;
         if let Some(gateway) = spec.gateway {
-            if spec
-                .address
-                .is_none_or(|address| needs_gateway_host_route(address, gateway))
-            {
-                let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(gateway, 32)
-                    .output_interface(inner.index)
-                    .scope(RouteScope::Link)
-                    .build();
-                container
-                    .handle
-                    .route()
-                    .add(host_route)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(netlink_err("container route to the gateway"))?;
-            }
-            // Replacing, as pipework does: the latest attachment with a
-            // gateway takes over the container's default route.
-            let default = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gateway)
-                .output_interface(inner.index)
-                .build();
             container
-                .handle
-                .route()
-                .add(default)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink_err("container default route"))?;
+                .route_via_gateway(inner.index, spec.address, gateway)
+                .await?;
         }
 
         let host = self
