@@ -69,6 +69,14 @@ pub fn and_undo(err: anyhow::Error, undo: impl Into<anyhow::Error>) -> anyhow::E
     anyhow::anyhow!("{err:#}; undoing it also failed: {:#}", undo.into())
 }
 
+/// `err`, joined by the failure of its undo if the undo failed.
+pub fn undone<T, E: Into<anyhow::Error>>(err: anyhow::Error, undo: Result<T, E>) -> anyhow::Error {
+    match undo {
+        Ok(_) => err,
+        Err(undo) => and_undo(err, undo),
+    }
+}
+
 /// Removes a directory tree; one that is already gone is not a failure.
 pub fn remove_dir_all(path: &std::path::Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(path) {

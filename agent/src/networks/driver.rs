@@ -63,6 +63,23 @@ pub struct AttachStatus {
     pub host_shim: Option<String>,
 }
 
+impl AttachmentSpec {
+    /// The veth pair this spec asks for, its host end on `bridge_index`
+    /// when the bridge is a Linux one.
+    pub fn veth(&self, bridge_index: Option<u32>) -> tartan_dataplane::VethSpec {
+        tartan_dataplane::VethSpec {
+            netns: self.netns.clone(),
+            host_name: self.host_ifname.clone(),
+            container_name: self.ifname.clone(),
+            address: self.address,
+            gateway: self.gateway,
+            mtu: self.mtu,
+            bridge_index,
+            mac: self.mac,
+        }
+    }
+}
+
 impl AttachStatus {
     /// What a veth-based driver made for `spec`: the pair's two ends.
     pub fn of_veth(driver: &'static str, spec: &AttachmentSpec) -> AttachStatus {

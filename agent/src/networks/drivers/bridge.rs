@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use tartan_dataplane::{Netlink, VethSpec};
+use tartan_dataplane::Netlink;
 
 use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
 use crate::teardown::Teardown;
@@ -56,16 +56,7 @@ impl AttachmentDriver for BridgeDriver {
                 .ensure_bridge_vlan_filtering(&self.bridge)
                 .await?;
         }
-        let veth = VethSpec {
-            netns: spec.netns.clone(),
-            host_name: spec.host_ifname.clone(),
-            container_name: spec.ifname.clone(),
-            address: spec.address,
-            gateway: spec.gateway,
-            mtu: spec.mtu,
-            bridge_index: Some(bridge_index),
-            mac: spec.mac,
-        };
+        let veth = spec.veth(Some(bridge_index));
         // A host end left by an earlier run whose namespace is still being torn down.
         self.netlink.detach_veth(&veth.host_name).await?;
         let made = async {
@@ -82,10 +73,8 @@ impl AttachmentDriver for BridgeDriver {
         }
         .await;
         if let Err(err) = made {
-            if let Err(undo) = self.netlink.detach_veth(&veth.host_name).await {
-                return Err(crate::teardown::and_undo(err, undo));
-            }
-            return Err(err);
+            let undo = self.netlink.detach_veth(&veth.host_name).await;
+            return Err(crate::teardown::undone(err, undo));
         }
         Ok(AttachStatus::of_veth(self.kind(), spec))
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use tartan_dataplane::{Netlink, PortSpec, PortType, VethSpec};
+use tartan_dataplane::{Netlink, PortSpec, PortType};
 
 use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
 use crate::networks::ovsdb::OvsdbHandle;
@@ -59,16 +59,7 @@ impl AttachmentDriver for OvsDriver {
     async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
         self.validate(spec)?;
         let ovsdb = self.ovsdb.get().await?;
-        let veth = VethSpec {
-            netns: spec.netns.clone(),
-            host_name: spec.host_ifname.clone(),
-            container_name: spec.ifname.clone(),
-            address: spec.address,
-            gateway: spec.gateway,
-            mtu: spec.mtu,
-            bridge_index: None,
-            mac: spec.mac,
-        };
+        let veth = spec.veth(None);
         self.netlink.attach_veth(&veth).await?;
         let port = PortSpec {
             bridge: self.bridge.clone(),
@@ -78,10 +69,8 @@ impl AttachmentDriver for OvsDriver {
             external_ids: owned_by(&spec.owner),
         };
         if let Err(err) = self.ovsdb.check(ovsdb.ensure_port(&port).await).await {
-            if let Err(undo) = self.netlink.detach_veth(&veth.host_name).await {
-                return Err(crate::teardown::and_undo(err, undo));
-            }
-            return Err(err);
+            let undo = self.netlink.detach_veth(&veth.host_name).await;
+            return Err(crate::teardown::undone(err, undo));
         }
         Ok(AttachStatus::of_veth(self.kind(), spec))
     }
