@@ -234,13 +234,14 @@ impl Netlink {
         Ok(found)
     }
 
+    /// Removes the link with this index. A link already gone counts as
+    /// removed: a veth goes with its peer's namespace, between our listing
+    /// and our delete.
     pub async fn delete_link(&self, index: u32) -> Result<()> {
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(netlink_err("link delete"))
+        match self.handle.link().del(index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            other => other.map_err(netlink_err("link delete")),
+        }
     }
 
     /// Deletes the link called `name` if there is one.
