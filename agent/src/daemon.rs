@@ -5,7 +5,7 @@
 //! we are ready, then keep the lease alive and the peer table current until
 //! SIGTERM. The lease is kept on shutdown so that a restart gets it back.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -33,6 +33,8 @@ use crate::networks::named::NamedNetworks;
 use crate::networks::ovsdb::OvsdbHandle;
 use crate::networks::pipework::Pipework;
 use crate::networks::store::NetworkStore;
+use crate::segment::wire::PeerSecret;
+use crate::segment::{self, Segment, SegmentOptions};
 use crate::teardown::Teardown;
 use crate::{api, backends::node, claim, notify};
 
@@ -62,6 +64,16 @@ pub struct AgentOptions {
     pub etcd_outage_report_interval: Duration,
     /// The OVSDB address (`unix:PATH`), connected to when first needed.
     pub ovsdb: String,
+    pub segment: SegmentSettings,
+}
+
+/// The L2 segment's part of the command line.
+#[derive(Debug, Clone)]
+pub struct SegmentSettings {
+    pub peer_port: u16,
+    pub secret: Option<String>,
+    pub range: Ipv4Network,
+    pub timing: crate::segment::book::Timing,
 }
 
 /// The channels the node's facts travel on; the control plane writes them.
@@ -124,6 +136,31 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         public_ip.to_string(),
     );
     let pipework = Arc::new(Pipework::open(netlink.clone(), ovsdb, &opts.state_dir)?);
+    let segment = Segment::new(
+        netlink.clone(),
+        SegmentOptions {
+            public_ip,
+            underlay: iface.as_ref().map(|i| (i.index, i.mtu)),
+            peer_port: opts.segment.peer_port,
+            secret: opts.segment.secret.as_deref().map(PeerSecret::new),
+            range: opts.segment.range,
+            timing: opts.segment.timing,
+            state_dir: opts.state_dir.clone(),
+        },
+        pipework.clone(),
+        Some(segment::Store {
+            client: registry.client(),
+            tartan_prefix: opts.tartan_prefix.clone(),
+        }),
+    )?;
+    // Up before the attachments on it are made again.
+    segment.start().await;
+    let _peer_service = segment::server::serve(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.segment.peer_port)),
+        segment.clone(),
+    )
+    .await?;
+    let segment_keeper = tokio::spawn(segment.clone().run(Some(publishers.node.subscribe())));
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),
@@ -150,10 +187,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             containers,
             networks: named_networks,
             pipework,
+            segment,
         },
     )
     .await?;
-    let _background = AbortOnDrop(vec![outage_reports, mover, follower]);
+    let _background = AbortOnDrop(vec![outage_reports, mover, follower, segment_keeper]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -10,6 +10,7 @@ mod daemon;
 mod networks;
 mod notify;
 mod reset;
+mod segment;
 mod teardown;
 
 use cli::refusal::refused;
@@ -61,6 +62,11 @@ enum Command {
     Attach(AttachArgs),
     /// Unplug a container (one interface with -i) and free its address.
     Detach(DetachArgs),
+    /// Add hosts to the L2 segment's peers (weave's connect): tartan connect
+    /// [--replace] HOST[:PORT]... Each is told, and adds this host back.
+    Connect(cli::segment::ConnectArgs),
+    /// Drop hosts from the L2 segment's manual peers (weave's forget); each is told.
+    Forget(cli::segment::ForgetArgs),
     /// List the namespaces plugged in with attach, and their addresses (weave's ps).
     Attachments(AttachmentsArgs),
     /// Remove everything the agent made on this host (weave's reset); the agent must be stopped.
@@ -168,6 +174,10 @@ struct AttachArgs {
     /// (pipework form, macvlan only).
     #[arg(long)]
     host_shim: bool,
+    /// Weave form: onto the L2 segment even with no address (an automatic
+    /// one from --l2-range) or one inside the cluster network.
+    #[arg(long)]
+    l2: bool,
     /// Weave form: [ADDR/LEN] CONTAINER. Pipework form: HOST_INTERFACE
     /// CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN].
     #[arg(required = true, num_args = 1..=4, value_name = "ARG")]
@@ -344,6 +354,46 @@ struct AgentArgs {
         default_value = "unix:/var/run/openvswitch/db.sock"
     )]
     ovsdb: String,
+    #[command(flatten)]
+    segment: SegmentArgs,
+}
+
+/// The weave-style L2 segment's settings.
+#[derive(Args)]
+struct SegmentArgs {
+    /// TCP port of the peer service, where the segment's hosts meet (weave's).
+    #[arg(long, env = "TARTAN_PEER_PORT", default_value_t = segment::book::DEFAULT_PEER_PORT)]
+    peer_port: u16,
+    /// A secret every host of the segment shares: peers that cannot prove
+    /// it are refused. Prefer the environment variable to the flag, which
+    /// other users can read in the process list.
+    #[arg(long, env = "TARTAN_PEER_SECRET", hide_env_values = true)]
+    peer_secret: Option<String>,
+    /// The range automatic segment addresses come from.
+    #[arg(long, env = "TARTAN_L2_RANGE", default_value = segment::DEFAULT_RANGE)]
+    l2_range: ipnetwork::Ipv4Network,
+    /// A peer not heard from for this long gets no more traffic, and its
+    /// containers' FDB entries go, until it answers again.
+    #[arg(long, env = "TARTAN_PEER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    peer_timeout: Duration,
+    /// How often connected peers are contacted.
+    #[arg(long, env = "TARTAN_PEER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, hide = true)]
+    peer_interval: Duration,
+}
+
+impl SegmentArgs {
+    fn into_settings(self) -> daemon::SegmentSettings {
+        daemon::SegmentSettings {
+            peer_port: self.peer_port,
+            secret: self.peer_secret,
+            range: self.l2_range,
+            timing: segment::book::Timing {
+                interval: self.peer_interval,
+                timeout: self.peer_timeout,
+                ..segment::book::Timing::default()
+            },
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -381,6 +431,7 @@ impl AgentArgs {
             forward_rules: !self.no_forward_rules,
             etcd_outage_report_interval: self.etcd_outage_report_interval,
             ovsdb: self.ovsdb,
+            segment: self.segment.into_settings(),
         }
     }
 }
@@ -506,10 +557,14 @@ async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
                 container,
                 address,
                 container_interface: args.container_interface.unwrap_or_default(),
+                l2: args.l2,
                 ..Default::default()
             }
         }
         [host, container, address, rest @ ..] => {
+            if args.l2 {
+                anyhow::bail!("--l2 belongs to the weave form: tartan attach --l2 [ADDR/LEN] CONTAINER");
+            }
             let (address, gateway) = split_gateway(address);
             let (mac, vlan) = match rest {
                 [mac_vlan] => split_mac_vlan(mac_vlan)?,
@@ -525,6 +580,7 @@ async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
                 mac,
                 vlan,
                 host_shim: args.host_shim,
+                l2: false,
             }
         }
         _ => anyhow::bail!("usage: tartan attach [-i IF] [ADDR/LEN] CONTAINER, or tartan attach [-i IF] [-l HOST_IF] [--host-shim] HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN]"),
@@ -738,11 +794,21 @@ async fn status(args: StatusArgs, api_socket: &Path) -> Result<()> {
         .await
         .map_err(refused)?
         .into_inner();
+    let segment = client
+        .segment(tartan_proto::v1::SegmentStatusRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
     match args.output {
-        OutputFormat::Json => stdout::println(
-            serde_json::to_string_pretty(&status::to_json(&resp)).context("encoding JSON")?,
+        OutputFormat::Json => {
+            let mut json = status::to_json(&resp);
+            json["segment"] = cli::segment::to_json(&segment);
+            stdout::println(serde_json::to_string_pretty(&json).context("encoding JSON")?)
+        }
+        OutputFormat::Table => stdout::print(
+            status::to_table(&resp)
+                + &cli::segment::to_table(&segment, std::time::SystemTime::now()),
         ),
-        OutputFormat::Table => stdout::print(status::to_table(&resp)),
     }
 }
 
@@ -920,6 +986,8 @@ fn main() -> ExitCode {
             Command::Status(args) => done(status(args, socket).await),
             Command::Attach(args) => done(attach(args, socket).await),
             Command::Detach(args) => done(detach(args, socket).await),
+            Command::Connect(args) => done(cli::segment::connect(args, socket).await),
+            Command::Forget(args) => done(cli::segment::forget(args, socket).await),
             Command::Attachments(args) => done(attachments(args, socket).await),
             Command::Reset(args) => done(reset(*args, socket).await),
             Command::Import(args) => done(import(args, socket).await),

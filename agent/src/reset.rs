@@ -75,6 +75,17 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
     remove_links(&netlink, opts, &mut done, &mut teardown).await;
     remove_network_bridges(&netlink, opts, &mut done, &mut teardown).await;
     remove_network_ovs_bridges(opts, &mut done, &mut teardown).await;
+    // The segment's devices: its attachments went with remove_pipework.
+    let segment = tartan_dataplane::L2SegmentSpec::new(std::net::Ipv4Addr::UNSPECIFIED, 0, 0);
+    if let Some(true) = teardown.step(
+        "removing the L2 segment",
+        netlink.remove_l2_segment(&segment).await,
+    ) {
+        done.push(format!(
+            "removed the L2 segment ({} and {})",
+            segment.bridge, segment.vxlan
+        ));
+    }
     for backend in registry::every_backend() {
         done.extend(backend.teardown(&netlink, &mut teardown).await);
     }
@@ -113,6 +124,8 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
     for (what, path) in [
         ("the subnet file", opts.subnet_file.clone()),
         ("the address book", opts.state_dir.join("ipam.json")),
+        // weave's reset forgets the peers too.
+        ("the segment's peers", opts.state_dir.join("peers.json")),
     ] {
         if path.exists()
             && teardown

@@ -36,7 +36,7 @@ pub use l2_segment::{
 };
 pub use link::{check_ifname, Ensured, LinkState, VxlanInfo, MAX_IFNAME_LEN};
 pub use macvlan::{
-    needs_gateway_host_route, parse_mac, pipework_mac, MacvlanMode, MacvlanSpec,
+    format_mac, needs_gateway_host_route, parse_mac, pipework_mac, MacvlanMode, MacvlanSpec,
     DEFAULT_CONTAINER_IFNAME,
 };
 pub use netlink::Netlink;

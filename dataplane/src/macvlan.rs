@@ -92,6 +92,14 @@ pub fn pipework_mac(seed: &str) -> [u8; 6] {
     [0x02, hash[0], hash[1], hash[2], hash[3], hash[4]]
 }
 
+/// A MAC in its usual form, `02:42:0a:20:00:05`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Parses a MAC as pipework takes it: `aa:bb:cc:dd:ee:ff`, or `U:STRING`.
 /// A multicast or all-zero address is refused: no interface can have one.
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {

@@ -2,6 +2,7 @@
 //! the client half used by the CLI.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use futures::{stream, StreamExt};
 use hyper_util::rt::TokioIo;
+use ipnetwork::Ipv4Network;
 use tartan_proto::v1::agent_client::AgentClient;
 use tartan_proto::v1::agent_server::{Agent, AgentServer};
 use tartan_proto::v1::{
@@ -21,8 +23,9 @@ use tartan_proto::v1::{
     RunRequest, StatusRequest, StatusResponse, StopRequest,
 };
 use tartan_proto::v1::{
-    ConnectRequest, CreateNetworkRequest, DisconnectRequest, ListNetworksRequest,
-    Network as PbNetwork, NetworkEndpoint, NetworkRequest as PbNetworkRequest, NetworksResponse,
+    ConnectPeersRequest, ConnectRequest, CreateNetworkRequest, DisconnectRequest,
+    ForgetPeersRequest, ListNetworksRequest, Network as PbNetwork, NetworkEndpoint,
+    NetworkRequest as PbNetworkRequest, NetworksResponse, SegmentStatus, SegmentStatusRequest,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -41,6 +44,7 @@ use crate::networks::attach::{Attacher, AttacherWatch, ContainerRef};
 use crate::networks::named::NamedNetworks;
 use crate::networks::pipework::{show_address, Pipework, Target};
 use crate::networks::store::{self, NetworkDef};
+use crate::segment::{Segment, SegmentRequest};
 
 /// How many lease TTL look-ups a status call keeps in flight.
 const TTL_LOOKUP_CONCURRENCY: usize = 32;
@@ -60,6 +64,7 @@ pub struct Services {
     pub containers: Containers,
     pub networks: NamedNetworks,
     pub pipework: Arc<Pipework>,
+    pub segment: Arc<Segment>,
 }
 
 struct AgentService {
@@ -72,6 +77,7 @@ struct AgentService {
     containers: Containers,
     networks: NamedNetworks,
     pipework: Arc<Pipework>,
+    segment: Arc<Segment>,
 }
 
 fn to_pb_container(view: ContainerView) -> PbContainer {
@@ -232,6 +238,54 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AgentService {
+    /// The cluster network, once the config is read.
+    fn cluster_network(&self) -> Option<Ipv4Network> {
+        self.node.borrow().config.as_ref().map(|c| c.network())
+    }
+
+    /// The weave form onto the L2 segment.
+    async fn attach_segment(
+        &self,
+        request: AttachRequest,
+    ) -> Result<Response<AttachResponse>, Status> {
+        if !request.host_interface_name.is_empty()
+            || request.host_shim
+            || !request.gateway.is_empty()
+            || request.vlan != 0
+        {
+            return Err(Status::invalid_argument(
+                "the L2 segment takes ADDR/LEN, -i and a MAC only: no -l, --host-shim, gateway or VLAN",
+            ));
+        }
+        let target = Target::resolve(&request.container, &self.containers).map_err(invalid)?;
+        let address = segment_address(&request.address, self.segment.range()).map_err(invalid)?;
+        let segment_request = SegmentRequest {
+            target,
+            address,
+            ifname: (!request.container_interface.is_empty())
+                .then(|| request.container_interface.clone()),
+            mac: (!request.mac.is_empty()).then(|| request.mac.clone()),
+        };
+        let attached = self
+            .segment
+            .attach(&segment_request)
+            .await
+            .map_err(failed)?;
+        let shown = attached
+            .address
+            .map_or_else(String::new, |a| a.ip().to_string());
+        if attached.already {
+            info!(container = %request.container, interface = %attached.ifname, address = %shown, "already on the L2 segment");
+        } else {
+            info!(container = %request.container, interface = %attached.ifname, address = %shown, "attached to the L2 segment");
+        }
+        Ok(Response::new(AttachResponse {
+            address: shown,
+            already_attached: attached.already,
+            container_interface: attached.ifname,
+        }))
+    }
+
     async fn attach_pipework(
         &self,
         request: AttachRequest,
@@ -312,6 +366,64 @@ impl AgentService {
 }
 
 /// One line for the CLI: the error and its causes.
+fn invalid(err: anyhow::Error) -> Status {
+    Status::invalid_argument(format!("{err:#}"))
+}
+
+/// Whether a weave-form attach goes onto the L2 segment: asked for with
+/// `--l2`, or an address outside the cluster network (weave's model: any
+/// subnet of the operator's choosing). Without a cluster network (peer
+/// mode) everything goes there.
+fn wants_segment(request: &AttachRequest, network: Option<Ipv4Network>) -> anyhow::Result<bool> {
+    if request.l2 {
+        return Ok(true);
+    }
+    let Some(network) = network else {
+        return Ok(false);
+    };
+    if request.address.is_empty() {
+        return Ok(false);
+    }
+    let ip = request
+        .address
+        .split_once('/')
+        .map_or(request.address.as_str(), |(ip, _)| ip);
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad address {:?}: give ADDR or ADDR/LEN", request.address))?;
+    Ok(!network.contains(ip))
+}
+
+/// A segment address as given: `ADDR/LEN`, or `ADDR` inside the segment's
+/// range (its length then); empty for an automatic one.
+fn segment_address(text: &str, range: Ipv4Network) -> anyhow::Result<Option<Ipv4Network>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad = || anyhow::anyhow!("bad address {text:?}: give ADDR/LEN, as in 10.1.1.1/24");
+    let address = match text.split_once('/') {
+        Some(_) => text.parse::<Ipv4Network>().map_err(|_| bad())?,
+        None => {
+            let ip: Ipv4Addr = text.parse().map_err(|_| bad())?;
+            if !range.contains(ip) {
+                anyhow::bail!("{text} is outside the L2 segment's range {range}: give ADDR/LEN");
+            }
+            Ipv4Network::new(ip, range.prefix()).map_err(|_| bad())?
+        }
+    };
+    let ip = address.ip();
+    if address.prefix() < 32
+        && address.prefix() > 0
+        && (ip == address.network() || ip == address.broadcast())
+    {
+        anyhow::bail!("{address} is its subnet's network or broadcast address");
+    }
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || ip.is_broadcast() {
+        anyhow::bail!("{ip} cannot be a container's address");
+    }
+    Ok(Some(address))
+}
+
 fn failed(err: anyhow::Error) -> Status {
     Status::failed_precondition(format!("{err:#}"))
 }
@@ -569,6 +681,12 @@ impl Agent for AgentService {
     ) -> Result<Response<AttachResponse>, Status> {
         let started = std::time::Instant::now();
         let request = request.into_inner();
+        if request.host_interface == tartan_dataplane::L2_SEGMENT_BRIDGE
+            || (request.host_interface.is_empty()
+                && wants_segment(&request, self.cluster_network()).map_err(invalid)?)
+        {
+            return self.attach_segment(request).await;
+        }
         if !request.host_interface.is_empty() {
             return self.attach_pipework(request).await;
         }
@@ -735,6 +853,7 @@ impl Agent for AgentService {
             .then_some(request.container_interface.as_str());
         let keys = Target::keys_for(&request.container, &self.containers);
         let detached = self.pipework.detach(&keys, ifname).await.map_err(failed)?;
+        self.segment.detached(&detached).await;
         for record in &detached {
             info!(container = %request.container, interface = %record.ifname, address = %show_address(record.address), "detached");
         }
@@ -895,6 +1014,47 @@ impl Agent for AgentService {
             .map_err(failed)?;
         Ok(Response::new(to_pb_container(view)))
     }
+
+    async fn connect_peers(
+        &self,
+        request: Request<ConnectPeersRequest>,
+    ) -> Result<Response<SegmentStatus>, Status> {
+        let r = request.into_inner();
+        if r.hosts.is_empty() && !r.replace {
+            return Err(Status::invalid_argument("name at least one HOST[:PORT]"));
+        }
+        let outcomes = self
+            .segment
+            .connect(&r.hosts, r.replace)
+            .await
+            .map_err(failed)?;
+        for outcome in &outcomes {
+            match &outcome.pending {
+                None => info!(peer = %outcome.address, "connect: connected"),
+                Some(why) => info!(peer = %outcome.address, %why, "connect: kept, retrying"),
+            }
+        }
+        Ok(Response::new(self.segment.status().await))
+    }
+
+    async fn forget_peers(
+        &self,
+        request: Request<ForgetPeersRequest>,
+    ) -> Result<Response<SegmentStatus>, Status> {
+        let r = request.into_inner();
+        if r.hosts.is_empty() {
+            return Err(Status::invalid_argument("name at least one HOST[:PORT]"));
+        }
+        self.segment.forget(&r.hosts).await.map_err(failed)?;
+        Ok(Response::new(self.segment.status().await))
+    }
+
+    async fn segment(
+        &self,
+        _request: Request<SegmentStatusRequest>,
+    ) -> Result<Response<SegmentStatus>, Status> {
+        Ok(Response::new(self.segment.status().await))
+    }
 }
 
 fn to_pb_network(def: NetworkDef, endpoints: Vec<NetworkEndpoint>) -> PbNetwork {
@@ -1045,6 +1205,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         containers,
         networks,
         pipework,
+        segment,
     } = services;
     let service = AgentServer::new(AgentService {
         node,
@@ -1056,6 +1217,7 @@ pub async fn serve(path: &Path, services: Services) -> Result<ApiServer> {
         containers,
         networks,
         pipework,
+        segment,
     });
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

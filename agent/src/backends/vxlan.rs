@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tartan_dataplane::{
-    stable_vtep_mac, FdbSpec, NeighbourSpec, Netlink, OverlayScope, OverlayState, RouteSpec,
-    VxlanSpec,
+    format_mac, stable_vtep_mac, FdbSpec, NeighbourSpec, Netlink, OverlayScope, OverlayState,
+    RouteSpec, VxlanSpec,
 };
 
 use super::{optional_port, NodeNet, OverlayBackend, Registration, Underlay};
@@ -223,13 +223,6 @@ impl OverlayBackend for Vxlan {
         }
         removed
     }
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {

@@ -6,5 +6,6 @@ pub mod flanneld;
 pub mod network;
 pub mod progress;
 pub mod refusal;
+pub mod segment;
 pub mod status;
 pub mod stdout;

@@ -219,6 +219,8 @@ pub struct Attached {
 /// The kinds of host interface, as `attach` sorts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HostKind {
+    /// The L2 segment's bridge, which the segment keeps.
+    Segment,
     LinuxBridge,
     OvsBridge,
     MacvlanParent,
@@ -360,6 +362,9 @@ impl Pipework {
     /// What the host interface is, and whether it must be created.
     async fn classify(&self, name: &str) -> Result<(HostKind, bool)> {
         tartan_dataplane::check_ifname(name)?;
+        if name == tartan_dataplane::L2_SEGMENT_BRIDGE {
+            return Ok((HostKind::Segment, false));
+        }
         if let Some(link) = self.netlink.link(name).await? {
             if link.kind.as_deref() == Some("bridge") {
                 return Ok((HostKind::LinuxBridge, false));
@@ -399,7 +404,7 @@ impl Pipework {
                     .check(ovsdb.ensure_bridge(name, &owned_by(BRIDGE_OWNER)).await)
                     .await?;
             }
-            HostKind::MacvlanParent => {}
+            HostKind::MacvlanParent | HostKind::Segment => {}
         }
         Ok(())
     }
@@ -470,6 +475,7 @@ impl Pipework {
         }
         let (kind, create) = self.classify(&request.host_interface).await?;
         let driver_kind = match kind {
+            HostKind::Segment => "l2segment",
             HostKind::LinuxBridge => "bridge",
             HostKind::OvsBridge => "ovs",
             HostKind::MacvlanParent => "macvlan",

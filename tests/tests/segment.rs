@@ -1,0 +1,349 @@
+//! The weave-style flat L2 segment end to end: hosts sharing etcd are each
+//! other's peers, addresses on the segment are unique fabric-wide, ARP and
+//! broadcast cross hosts, a host of another etcd prefix joins only through
+//! `connect`, and bad peers are refused in one line.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use tartan_tests::agent::{Agent, AgentConfig};
+use tartan_tests::cli::{cli_ok, text, VXLAN};
+use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::netns::Netns;
+use tartan_tests::wait::{wait_until, wait_value};
+
+/// How long peers may take to find each other: a listing of the leases,
+/// then an exchange, each retried after a second or two.
+const MEET: Duration = Duration::from_secs(30);
+
+/// The segment's part of `status -o json`.
+fn segment(agent: &Agent) -> Result<Value> {
+    Ok(agent.status_json()?["segment"].clone())
+}
+
+/// The connected peers' addresses (`HOST:PORT`) of an agent.
+fn connected(agent: &Agent) -> Result<BTreeSet<String>> {
+    let status = segment(agent)?;
+    Ok(status["peers"]
+        .as_array()
+        .context("peers")?
+        .iter()
+        .filter(|p| p["state"] == "connected")
+        .filter_map(|p| p["address"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Every peer of an agent, whatever its state.
+fn peer_list(agent: &Agent) -> Result<BTreeSet<String>> {
+    let status = segment(agent)?;
+    Ok(status["peers"]
+        .as_array()
+        .context("peers")?
+        .iter()
+        .filter_map(|p| p["address"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn peer_of(host: Ipv4Addr) -> String {
+    format!("{host}:6783")
+}
+
+/// Pings until one answers: the first frames of a new path wait on ARP.
+fn reaches(from: &Netns, to: Ipv4Addr) -> Result<bool> {
+    for _ in 0..5 {
+        let out = from.exec("ping", &["-c", "1", "-W", "1", &to.to_string()])?;
+        if out.status.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `tartan attach --l2 NETNS` on `agent`: the address it printed.
+fn attach_auto(agent: &Agent, ns: &Netns) -> Result<Ipv4Addr> {
+    let printed = cli_ok(agent, &["attach", "--l2", ns.name()])?;
+    printed
+        .trim()
+        .parse()
+        .with_context(|| format!("attach printed {printed:?}"))
+}
+
+fn links_of(ns: &Netns) -> Result<String> {
+    Ok(text(&ns.exec("ip", &["-o", "link", "show"])?.stdout))
+}
+
+#[test]
+fn hosts_sharing_etcd_share_one_segment_with_unique_addresses() -> Result<()> {
+    let cluster = Cluster::start("seg", 175, VXLAN, 3)?;
+    let hosts: Vec<Ipv4Addr> = cluster.hosts.iter().map(|h| h.ip).collect();
+    for (i, agent) in cluster.agents.iter().enumerate() {
+        let others: BTreeSet<String> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, ip)| peer_of(*ip))
+            .collect();
+        wait_value(
+            &format!("host {i} connected to the other two"),
+            MEET,
+            Duration::from_millis(300),
+            || connected(agent),
+            |peers| *peers == others,
+        )?;
+        let status = segment(agent)?;
+        ensure!(status["up"] == true, "segment down on host {i}: {status}");
+        ensure!(
+            status["peers"][0]["source"][0] == "etcd",
+            "etcd peers say so: {status}"
+        );
+    }
+
+    // Automatic addresses, one per host, unique across the fabric.
+    let containers: Vec<Netns> = (0..3)
+        .map(|i| Netns::create(&format!("sgc{i}")))
+        .collect::<Result<_>>()?;
+    let mut addresses = Vec::new();
+    for (agent, ns) in cluster.agents.iter().zip(&containers) {
+        addresses.push(attach_auto(agent, ns)?);
+    }
+    let unique: BTreeSet<Ipv4Addr> = addresses.iter().copied().collect();
+    ensure!(
+        unique.len() == 3,
+        "automatic addresses collide: {addresses:?}"
+    );
+    let range: ipnetwork::Ipv4Network = "10.32.0.0/12".parse()?;
+    ensure!(
+        addresses.iter().all(|a| range.contains(*a)),
+        "outside --l2-range: {addresses:?}"
+    );
+    let inside = text(
+        &containers[0]
+            .exec("ip", &["-o", "-4", "addr", "show", "ethwe"])?
+            .stdout,
+    );
+    ensure!(
+        inside.contains(&format!("{}/12", addresses[0])),
+        "ethwe carries the address: {inside}"
+    );
+    // The same attach again is the same attachment.
+    let again = cli_ok(
+        &cluster.agents[0],
+        &["attach", "--l2", containers[0].name()],
+    )?;
+    ensure!(
+        again.contains("already attached") && again.contains(&addresses[0].to_string()),
+        "{again}"
+    );
+
+    // A duplicate is refused, naming its holder; nothing is made.
+    let intruder = Netns::create("sgdup")?;
+    let out =
+        cluster.agents[1].cli(&["attach", &format!("{}/12", addresses[0]), intruder.name()])?;
+    let err = text(&out.stderr);
+    ensure!(!out.status.success(), "a duplicate was accepted");
+    ensure!(
+        err.contains(&format!("{} on {}", containers[0].name(), hosts[0])),
+        "the refusal names the holder: {err}"
+    );
+    ensure!(err.trim().lines().count() == 1, "one line: {err}");
+    ensure!(
+        !links_of(&intruder)?.contains("ethwe"),
+        "nothing left in the refused namespace"
+    );
+
+    // One broadcast domain: unicast, and a broadcast ping answered by both
+    // other hosts' containers.
+    for (i, to) in addresses.iter().enumerate().skip(1) {
+        ensure!(
+            reaches(&containers[0], *to)?,
+            "container on host 0 cannot reach {to} on host {i}"
+        );
+    }
+    for ns in &containers {
+        ns.exec("sysctl", &["-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"])?;
+    }
+    let broadcast = range.broadcast().to_string();
+    let mut heard = BTreeSet::new();
+    for _ in 0..3 {
+        let out = containers[0].exec("ping", &["-b", "-c", "3", "-W", "2", &broadcast])?;
+        for line in text(&out.stdout).lines() {
+            for (i, address) in addresses.iter().enumerate().skip(1) {
+                if line.contains(&format!("from {address}:")) {
+                    heard.insert(i);
+                }
+            }
+        }
+        if heard.len() == 2 {
+            break;
+        }
+    }
+    ensure!(
+        heard.len() == 2,
+        "broadcast answered by hosts {heard:?} only"
+    );
+
+    // Detach gives the address back: another container may take it.
+    cli_ok(&cluster.agents[2], &["detach", containers[2].name()])?;
+    let taker = Netns::create("sgtake")?;
+    cli_ok(
+        &cluster.agents[1],
+        &["attach", &format!("{}/12", addresses[2]), taker.name()],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_host_of_another_prefix_joins_only_through_connect() -> Result<()> {
+    let cluster = Cluster::start("sgx", 176, VXLAN, 2)?;
+    let hosts: Vec<Ipv4Addr> = cluster.hosts.iter().map(|h| h.ip).collect();
+    let outsider_host = cluster.underlay.add_host("hx")?;
+    let prefix = format!("{}-other", cluster.prefix);
+    cluster.etcdctl(&["put", &format!("{prefix}/config"), VXLAN])?;
+    let outsider = Agent::start(AgentConfig {
+        etcd_endpoints: cluster.etcd.endpoint(),
+        etcd_prefix: prefix,
+        netns: Some(outsider_host.netns.name().to_string()),
+        ..AgentConfig::default()
+    })?;
+    outsider.wait_ready(READY)?;
+    for agent in &cluster.agents {
+        wait_value(
+            "the two hosts of one prefix connected",
+            MEET,
+            Duration::from_millis(300),
+            || connected(agent),
+            |peers| peers.len() == 1,
+        )?;
+    }
+    let inside: Vec<Netns> = (0..2)
+        .map(|i| Netns::create(&format!("sgxc{i}")))
+        .collect::<Result<_>>()?;
+    for (i, (agent, ns)) in cluster.agents.iter().zip(&inside).enumerate() {
+        cli_ok(
+            agent,
+            &["attach", &format!("10.1.1.{}/24", i + 1), ns.name()],
+        )?;
+    }
+    let lone = Netns::create("sgxc9")?;
+    cli_ok(&outsider, &["attach", "10.1.1.9/24", lone.name()])?;
+    ensure!(
+        connected(&outsider)?.is_empty(),
+        "another prefix's host has no peers of its own"
+    );
+    ensure!(
+        !reaches(&lone, Ipv4Addr::new(10, 1, 1, 1))?,
+        "reached the segment without connect"
+    );
+
+    let hosts_arg: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+    let mut args = vec!["connect"];
+    args.extend(hosts_arg.iter().map(String::as_str));
+    let said = cli_ok(&outsider, &args)?;
+    for host in &hosts {
+        ensure!(
+            said.contains(&format!("{}: connected", peer_of(*host))),
+            "connect says how it went: {said}"
+        );
+    }
+    // Mutual: each side lists the other as a manual peer.
+    for agent in &cluster.agents {
+        wait_until(MEET, Duration::from_millis(300), || {
+            Ok(connected(agent)?.contains(&peer_of(outsider_host.ip)))
+        })?;
+    }
+    for (i, to) in ["10.1.1.1", "10.1.1.2"].iter().enumerate() {
+        ensure!(
+            reaches(&lone, to.parse()?)?,
+            "after connect, host {i}'s container is not reached"
+        );
+    }
+    // Its claim is known to the others: the address is refused there.
+    let dup = Netns::create("sgxdup")?;
+    let out = cluster.agents[0].cli(&["attach", "10.1.1.9/24", dup.name()])?;
+    ensure!(
+        !out.status.success()
+            && text(&out.stderr).contains(&format!("{} on {}", lone.name(), outsider_host.ip)),
+        "a peer's address is refused, naming it: {}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_unreachable_and_unauthorised_peers_are_told_in_one_line() -> Result<()> {
+    let cluster = Cluster::start_with("sgb", 177, VXLAN, 2, &["--peer-secret", "one secret"])?;
+    let agent = &cluster.agents[0];
+    let before = peer_list(agent)?;
+
+    for bad in [
+        "10.177.0.1:0",
+        "fe80::1",
+        "no-such-host.invalid",
+        "10.177.0.1:x",
+    ] {
+        let out = agent.cli(&["connect", bad])?;
+        let err = text(&out.stderr);
+        ensure!(!out.status.success(), "connect {bad} succeeded");
+        ensure!(err.trim().lines().count() == 1, "connect {bad}: {err}");
+    }
+    let own = agent.cli(&["connect", &cluster.hosts[0].ip.to_string()])?;
+    ensure!(
+        !own.status.success() && text(&own.stderr).contains("this host"),
+        "connecting to oneself: {}",
+        text(&own.stderr)
+    );
+    ensure!(peer_list(agent)? == before, "bad input changed the peers");
+
+    // Nobody listens there: kept, retried, and said so.
+    let unreachable = Ipv4Addr::new(10, 177, 0, 200);
+    let said = cli_ok(agent, &["connect", &unreachable.to_string()])?;
+    ensure!(
+        said.contains(&format!("{}: not reached", peer_of(unreachable)))
+            && said.contains("retried with back-off"),
+        "{said}"
+    );
+    let status = segment(agent)?;
+    let kept = status["peers"]
+        .as_array()
+        .context("peers")?
+        .iter()
+        .find(|p| p["address"] == peer_of(unreachable).as_str())
+        .cloned()
+        .context("the unreachable peer is kept")?;
+    ensure!(kept["state"] == "retrying", "{kept}");
+    cli_ok(agent, &["forget", &unreachable.to_string()])?;
+
+    // A host with another secret refuses this one, and is not kept on
+    // either side.
+    let stranger_host = cluster.underlay.add_host("hs")?;
+    let stranger = Agent::start(AgentConfig {
+        etcd_endpoints: cluster.etcd.endpoint(),
+        etcd_prefix: format!("{}-s", cluster.prefix),
+        netns: Some(stranger_host.netns.name().to_string()),
+        extra_args: vec!["--peer-secret".into(), "another secret".into()],
+        ..AgentConfig::default()
+    })?;
+    cluster.etcdctl(&["put", &format!("{}-s/config", cluster.prefix), VXLAN])?;
+    stranger.wait_ready(READY)?;
+    let out = agent.cli(&["connect", &stranger_host.ip.to_string()])?;
+    let err = text(&out.stderr);
+    ensure!(!out.status.success(), "a wrong secret was accepted");
+    ensure!(
+        err.contains("secret does not match") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let mine = segment(agent)?;
+    ensure!(
+        !mine.to_string().contains(&stranger_host.ip.to_string()),
+        "the refusing host is kept here: {mine}"
+    );
+    let theirs = segment(&stranger)?;
+    ensure!(
+        theirs["peers"].as_array().is_some_and(Vec::is_empty),
+        "the stranger kept this host: {theirs}"
+    );
+    Ok(())
+}
