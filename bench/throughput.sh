@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # iperf3 throughput between containers on two simulated hosts, for each
-# backend (vxlan, host-gw, udp), beside the bare underlay between the two hosts, in one run.
+# backend (vxlan, host-gw, udp), beside the bare underlay between the two hosts, in one run;
+# with vxlan, also over the weave-style L2 segment between the same containers.
 #
 #   sudo bench/throughput.sh [SECONDS]     (default 5; needs etcd, etcdctl, iproute2, iperf3)
 #
@@ -81,8 +82,23 @@ run_backend() {
   if [ "$n" = 1 ]; then
     echo "underlay  host1 -> host2:                 $(iperf "$tag-$n-h1" "10.24$n.0.2" "$tag-$n-h2") Gbit/s"
   fi
+  local routed
+  routed=$(iperf "$tag-$n-c1" "$a2" "$tag-$n-c2")
   printf '%-9s container -> container (MTU %s): %s Gbit/s\n' "$backend" \
-    "$(grep FLANNEL_MTU "$work/$n-1/subnet.env" | cut -d= -f2)" "$(iperf "$tag-$n-c1" "$a2" "$tag-$n-c2")"
+    "$(grep FLANNEL_MTU "$work/$n-1/subnet.env" | cut -d= -f2)" "$routed"
+  if [ "$backend" = vxlan ]; then
+    # The same two containers on the L2 segment too: its own VXLAN device,
+    # the peers found through the shared etcd.
+    for h in 1 2; do
+      "$tartan" attach "10.1.1.$h/24" "$tag-$n-c$h" --api-socket "$work/$n-$h/sock" >/dev/null
+    done
+    for _ in $(seq 300); do ip netns exec "$tag-$n-c1" ping -c1 -W1 10.1.1.2 >/dev/null 2>&1 && break; sleep 0.1; done
+    local segment
+    segment=$(iperf "$tag-$n-c1" 10.1.1.2 "$tag-$n-c2")
+    printf '%-9s container -> container (MTU %s): %s Gbit/s (%.2f of vxlan)\n' "l2 seg" \
+      "$(ip -n "$tag-$n-c1" -o link show ethwe | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')" "$segment" \
+      "$(python3 -c "print($segment / $routed if $routed else 0)")"
+  fi
 }
 
 echo "iperf3, ${secs}s per run, 2 cores shared by everything:"

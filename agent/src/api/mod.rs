@@ -1335,3 +1335,54 @@ pub async fn connect(path: &Path) -> Result<AgentClient<Channel>> {
         .context("connecting to the tartan agent")?;
     Ok(AgentClient::new(channel))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weave(address: &str, l2: bool) -> AttachRequest {
+        AttachRequest {
+            container: "c1".into(),
+            address: address.into(),
+            l2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_address_outside_the_cluster_network_goes_onto_the_segment() -> anyhow::Result<()> {
+        let cluster: Ipv4Network = "10.5.0.0/16".parse()?;
+        assert!(wants_segment(&weave("10.1.1.1/24", false), Some(cluster))?);
+        assert!(!wants_segment(&weave("10.5.3.7", false), Some(cluster))?);
+        assert!(!wants_segment(&weave("", false), Some(cluster))?);
+        assert!(wants_segment(&weave("", true), Some(cluster))?);
+        assert!(wants_segment(&weave("10.5.3.7/16", true), Some(cluster))?);
+        assert!(wants_segment(&weave("junk", false), Some(cluster)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn segment_addresses_take_the_range_s_length_when_none_is_given() -> anyhow::Result<()> {
+        let range: Ipv4Network = "10.32.0.0/12".parse()?;
+        assert_eq!(segment_address("", range)?, None);
+        assert_eq!(
+            segment_address("10.32.0.9", range)?,
+            Some("10.32.0.9/12".parse()?)
+        );
+        assert_eq!(
+            segment_address("10.1.1.1/24", range)?,
+            Some("10.1.1.1/24".parse()?)
+        );
+        for bad in [
+            "10.1.1.1",
+            "10.1.1.0/24",
+            "10.1.1.255/24",
+            "224.0.0.1/4",
+            "10.1.1.1/33",
+            "x/24",
+        ] {
+            assert!(segment_address(bad, range).is_err(), "{bad}");
+        }
+        Ok(())
+    }
+}
