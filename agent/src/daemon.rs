@@ -93,6 +93,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             humantime::format_duration(opts.subnet_lease_ttl)
         );
     }
+    let timing = opts.segment.timing;
+    if timing.timeout <= timing.interval {
+        bail!(
+            "--peer-timeout ({}) must be longer than --peer-interval ({}): peers would time out between two exchanges",
+            humantime::format_duration(timing.timeout),
+            humantime::format_duration(timing.interval)
+        );
+    }
     let netlink = Netlink::connect().context("opening netlink")?;
     let (public_ip, iface) = public_address(&netlink, &opts).await?;
     info!(%public_ip, iface = iface.as_ref().map(|i| i.name.as_str()), "using public address");

@@ -347,3 +347,130 @@ fn bad_unreachable_and_unauthorised_peers_are_told_in_one_line() -> Result<()> {
     );
     Ok(())
 }
+
+/// The unicast FDB entries of a host's segment device, as `MAC dst HOST`.
+fn fdb(host: &Netns) -> Result<BTreeSet<String>> {
+    let out = host.exec("bridge", &["fdb", "show", "dev", "tartan-l2vx"])?;
+    ensure!(out.status.success(), "bridge fdb: {}", text(&out.stderr));
+    Ok(text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" dst ") && !l.starts_with("00:00:00:00:00:00"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let dst = words
+                .iter()
+                .position(|w| *w == "dst")
+                .and_then(|i| words.get(i + 1))
+                .copied()
+                .unwrap_or("?");
+            format!("{} dst {dst}", words.first().copied().unwrap_or("?"))
+        })
+        .collect())
+}
+
+#[test]
+fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Result<()> {
+    let mut cluster = Cluster::start_with(
+        "sgt",
+        178,
+        VXLAN,
+        2,
+        &["--peer-timeout", "3s", "--peer-interval", "1s"],
+    )?;
+    wait_value(
+        "the two hosts connected",
+        MEET,
+        Duration::from_millis(300),
+        || connected(&cluster.agents[0]),
+        |peers| peers.len() == 1,
+    )?;
+    let containers: Vec<Netns> = (0..2)
+        .map(|i| Netns::create(&format!("sgtc{i}")))
+        .collect::<Result<_>>()?;
+    for (i, (agent, ns)) in cluster.agents.iter().zip(&containers).enumerate() {
+        cli_ok(agent, &["attach", &format!("10.1.2.{}/24", i + 1), ns.name()])?;
+    }
+    let entry = format!("02:42:0a:01:02:02 dst {}", cluster.hosts[1].ip);
+    let host0 = &cluster.hosts[0].netns;
+    wait_value(
+        "host 0 has host 1's container in its FDB",
+        MEET,
+        Duration::from_millis(300),
+        || fdb(host0),
+        |entries| entries.contains(&entry),
+    )?;
+    ensure!(reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?, "no path");
+
+    cluster.agents[1].kill()?;
+    let gone = wait_value(
+        "host 1's entries gone after the timeout",
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || fdb(host0),
+        |entries| !entries.contains(&entry),
+    );
+    gone?;
+    wait_value(
+        "the gone peer retried",
+        MEET,
+        Duration::from_millis(300),
+        || segment(&cluster.agents[0]),
+        |status| status["peers"][0]["state"] == "retrying",
+    )?;
+    cluster.agents[1].restart()?;
+    cluster.agents[1].wait_ready(READY)?;
+    wait_value(
+        "host 1's entries back with it",
+        MEET,
+        Duration::from_millis(300),
+        || fdb(host0),
+        |entries| entries.contains(&entry),
+    )?;
+    ensure!(
+        reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?,
+        "the restarted host's container is not reached"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_conflict_found_when_two_hosts_meet_shows_on_both() -> Result<()> {
+    let cluster = Cluster::start("sgk", 179, VXLAN, 1)?;
+    let other_host = cluster.underlay.add_host("hk")?;
+    let prefix = format!("{}-k", cluster.prefix);
+    cluster.etcdctl(&["put", &format!("{prefix}/config"), VXLAN])?;
+    let other = Agent::start(AgentConfig {
+        etcd_endpoints: cluster.etcd.endpoint(),
+        etcd_prefix: prefix,
+        netns: Some(other_host.netns.name().to_string()),
+        ..AgentConfig::default()
+    })?;
+    other.wait_ready(READY)?;
+    let a = Netns::create("sgka")?;
+    let b = Netns::create("sgkb")?;
+    cli_ok(&cluster.agents[0], &["attach", "10.1.3.9/24", a.name()])?;
+    cli_ok(&other, &["attach", "10.1.3.9/24", b.name()])?;
+    cli_ok(&cluster.agents[0], &["connect", &other_host.ip.to_string()])?;
+    for agent in [&cluster.agents[0], &other] {
+        let conflict = wait_value(
+            "the conflict reported",
+            MEET,
+            Duration::from_millis(300),
+            || segment(agent),
+            |status| status["conflicts"].as_array().is_some_and(|c| c.len() == 1),
+        )?;
+        let holders = conflict["conflicts"][0]["holders"].to_string();
+        ensure!(
+            holders.contains(&format!("{} on {}", a.name(), cluster.hosts[0].ip))
+                && holders.contains(&format!("{} on {}", b.name(), other_host.ip)),
+            "both holders named: {holders}"
+        );
+        let table = cli_ok(agent, &["status"])?;
+        ensure!(table.contains("CONFLICT: 10.1.3.9"), "{table}");
+        ensure!(
+            agent.log().contains("address conflict on the L2 segment"),
+            "logged"
+        );
+    }
+    Ok(())
+}
