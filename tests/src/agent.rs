@@ -413,6 +413,11 @@ impl Agent {
         crate::kill_child(&mut self.child, "the agent")
     }
 
+    /// What the next `restart` starts the agent with (its directories stay).
+    pub fn config_mut(&mut self) -> &mut AgentConfig {
+        &mut self.config
+    }
+
     /// Starts the agent again with the same directories and flags.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {

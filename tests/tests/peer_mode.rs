@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tartan_tests::agent::{tartan_bin, Agent, AgentConfig};
-use tartan_tests::cli::{cli_ok, finish, import_busybox, text};
-use tartan_tests::cluster::READY;
+use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
+use tartan_tests::cluster::{Cluster, READY};
 use tartan_tests::netns::{Host, Netns, Underlay};
 use tartan_tests::wait::wait_until;
 
@@ -110,15 +110,24 @@ fn a_peer_mode_agent_is_ready_without_etcd_and_says_so() -> Result<()> {
     // etcd settings in the environment (a shared environment file) are
     // ignored in peer mode: with them taken, the agent would wait for an
     // etcd that does not exist and never be ready.
+    // Stand in for systemd: Type=notify services get READY=1 on $NOTIFY_SOCKET.
+    let notify_dir = tempfile::tempdir()?;
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(READY))?;
     let peer = peer_host(
         "pma",
         170,
         &[
             ("TARTAN_ETCD_PREFIX", "/coreos.com/network"),
             ("FLANNELD_ETCD_ENDPOINTS", "http://10.170.0.254:2379"),
+            ("NOTIFY_SOCKET", &notify_path.to_string_lossy()),
         ],
     )?;
     let agent = &peer.agent;
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).context("no READY=1 from the agent")?;
+    ensure!(&buf[..n] == b"READY=1", "{:?}", &buf[..n]);
     ensure!(
         !agent.subnet_file().exists(),
         "peer mode writes no subnet file"
@@ -400,5 +409,56 @@ fn no_etcd_with_an_etcd_flag_is_refused() -> Result<()> {
         "{said}"
     );
     ensure!(!dir.path().join("state").exists(), "nothing was made");
+    Ok(())
+}
+
+#[test]
+fn a_host_moved_to_peer_mode_keeps_its_containers_but_not_the_overlay() -> Result<()> {
+    let no_ovs = tempfile::Builder::new()
+        .prefix("tt-noovs-")
+        .tempdir_in("/tmp")?;
+    let flag = format!("--ovsdb=unix:{}/db.sock", no_ovs.path().display());
+    let mut cluster = Cluster::start_with("pmm", 174, VXLAN, 1, &[&flag])?;
+    import_busybox(&cluster.agents[0])?;
+    cli_ok(
+        &cluster.agents[0],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "onoverlay",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    cli_ok(&cluster.agents[0], &["stop", "-t", "0", "onoverlay"])?;
+    cli_ok(
+        &cluster.agents[0],
+        &[
+            "run", "-d", "--name", "onnone", "--net", "none", "busybox", "sleep", "1000",
+        ],
+    )?;
+
+    // The same host, its state kept, restarted without etcd.
+    let agent = &mut cluster.agents[0];
+    agent.terminate()?;
+    agent.config_mut().peer_mode = true;
+    agent.restart()?;
+    agent.wait_ready(READY)?;
+    ensure!(agent.status_json()?["store"] == "none", "peer mode");
+    let running = cli_ok(agent, &["ps"])?;
+    ensure!(running.contains("onnone"), "onnone still runs: {running}");
+    ensure!(
+        exec(agent, "onnone", &["echo", "still here"])?.trim() == "still here",
+        "exec in onnone"
+    );
+    // Per container, then how many failed, as Docker's `start` says it.
+    let out = agent.cli(&["start", "onoverlay"])?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains(NO_OVERLAY),
+        "start onoverlay: {out:?}"
+    );
+    cli_ok(agent, &["rm", "-f", "onoverlay", "onnone"])?;
     Ok(())
 }
