@@ -920,11 +920,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err, &translated.args),
     };
-    if let Err(line) = check_no_etcd(&translated.args) {
-        eprintln!("tartan: {line}");
-        return ExitCode::from(2);
-    }
     if let Command::Agent(args) = &cli.command {
+        // Parsed again only here: where each flag came from is clap's to say.
+        if args.no_etcd {
+            if let Err(line) = check_no_etcd(&translated.args) {
+                eprintln!("tartan: {line}");
+                return ExitCode::from(2);
+            }
+        }
         if let Some(tartan) = &args.tartan_prefix {
             if let Err(line) = check_tartan_prefix(tartan, &args.etcd.etcd_prefix) {
                 eprintln!("tartan: {line}");

@@ -271,6 +271,16 @@ fn containers_run_without_a_network_by_default_and_exec_works() -> Result<()> {
     let said = refused(agent, &["network", "connect", "net1", "c1"])?;
     ensure!(said.contains(NO_STORE), "network connect: {said}");
 
+    // A foreground run streams its output; logs has it afterwards.
+    let said = cli_ok(
+        agent,
+        &["run", "--name", "greet", "busybox", "echo", "hello"],
+    )?;
+    ensure!(said == "hello\n", "run printed {said:?}");
+    let logged = cli_ok(agent, &["logs", "greet"])?;
+    ensure!(logged == "hello\n", "logs printed {logged:?}");
+    cli_ok(agent, &["rm", "greet"])?;
+
     let ps = cli_ok(agent, &["ps", "-q"])?;
     ensure!(ps.lines().count() == 4, "four containers run: {ps}");
     cli_ok(agent, &["stop", "-t", "0", "c2"])?;
