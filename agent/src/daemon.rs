@@ -4,6 +4,10 @@
 //! valid network config, take a lease, write the subnet file, tell systemd
 //! we are ready, then keep the lease alive and the peer table current until
 //! SIGTERM. The lease is kept on shutdown so that a restart gets it back.
+//!
+//! With `--no-etcd` (peer mode) there is no store: no config, lease, subnet
+//! file, overlay or peer table. The agent serves the API (attachments, the
+//! containers, images) and is ready as soon as it does.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -20,7 +24,7 @@ use crate::backends::node::{NodeDataplane, FIREWALL_TABLE};
 use crate::backends::registry::parse_config;
 use crate::backends::{OverlayBackend, Underlay};
 use crate::containers::images::Images;
-use crate::containers::Containers;
+use crate::containers::{Containers, Overlay};
 use crate::control::acquire::{acquire, HeldLease};
 use crate::control::config::NetworkConfig;
 use crate::control::etcd::{is_unreachable, EtcdOptions, Registry};
@@ -38,12 +42,23 @@ use crate::segment::{self, Segment, SegmentOptions};
 use crate::teardown::Teardown;
 use crate::{api, backends::node, claim, notify};
 
+/// Where the fabric's shared state is kept.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Leases and peers under flannel's prefix, named networks under
+    /// `tartan_prefix` (Tartan's own keys).
+    Etcd {
+        etcd: EtcdOptions,
+        tartan_prefix: String,
+    },
+    /// `--no-etcd` (peer mode): nothing is shared through a store.
+    None,
+}
+
 /// Everything `tartan agent` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    pub etcd: EtcdOptions,
-    /// Where Tartan's own keys (named networks) live in etcd.
-    pub tartan_prefix: String,
+    pub store: Store,
     /// Interfaces to try in order; empty: the default route's.
     pub iface: Vec<InterfaceSelector>,
     /// The node bridge's name.
@@ -109,18 +124,31 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         state_dir: opts.state_dir.display().to_string(),
         api_socket: opts.api_socket.display().to_string(),
     };
-    // Two agents with one public address and prefix would share one lease.
-    let prefix = opts.etcd.prefix.trim_end_matches('/');
-    let _lease_claim = claim::take(
-        &format!("lease {prefix} {public_ip}"),
-        &holder,
-        &format!("leases the subnet of {public_ip} under {prefix}"),
-    )
-    .await?;
+    let _claim = match &opts.store {
+        // Two agents with one public address and prefix would share one lease.
+        Store::Etcd { etcd, .. } => {
+            let prefix = etcd.prefix.trim_end_matches('/');
+            claim::take(
+                &format!("lease {prefix} {public_ip}"),
+                &holder,
+                &format!("leases the subnet of {public_ip} under {prefix}"),
+            )
+            .await?
+        }
+        // No lease to share; the namespace's network is this agent's (and
+        // `tartan reset` takes the same claim).
+        Store::None => {
+            claim::take(
+                "dataplane",
+                &holder,
+                "programs its network (peer mode, --no-etcd)",
+            )
+            .await?
+        }
+    };
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating --state-dir {}", opts.state_dir.display()))?;
 
-    let connect = Registry::connect_options(&opts.etcd)?;
     let publishers = Publishers {
         node: watch::Sender::new(NodeState::default()),
         attacher: watch::Sender::new(None),
@@ -133,12 +161,27 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .report_outages(opts.etcd_outage_report_interval),
     );
-    let registry = connect_with_backoff(&opts.etcd, connect, &publishers.etcd).await;
+    let (registry, network_store) = match &opts.store {
+        Store::Etcd {
+            etcd,
+            tartan_prefix,
+        } => {
+            let connect = Registry::connect_options(etcd)?;
+            let registry = connect_with_backoff(etcd, connect, &publishers.etcd).await;
+            let store = NetworkStore::new(registry.client(), tartan_prefix);
+            (Some(registry), store)
+        }
+        Store::None => (None, NetworkStore::none()),
+    };
+    let overlay = match registry {
+        Some(_) => Overlay::Leased,
+        None => Overlay::NoStore,
+    };
     let images = Images::open(&opts.state_dir)?;
     // One connection to Open vSwitch for named networks and `attach`.
     let ovsdb = Arc::new(OvsdbHandle::new(opts.ovsdb.clone()));
     let named_networks = NamedNetworks::new(
-        NetworkStore::new(registry.client(), &opts.tartan_prefix),
+        network_store,
         netlink.clone(),
         ovsdb.clone(),
         public_ip.to_string(),
@@ -172,6 +215,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),
+        overlay,
         publishers.attacher.subscribe(),
         named_networks.clone(),
         pipework.clone(),
@@ -206,18 +250,31 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let node_state = publishers.node.subscribe();
     // Held until the firewall table is removed below, not only while the node runs.
     let mut dataplane_claim = None;
-    let node = run_node(
-        &opts,
-        registry,
-        &publishers,
-        netlink,
-        (public_ip, iface),
-        (&holder, &mut dataplane_claim),
-    );
+    let keeps = if registry.is_some() {
+        ", keeping the lease"
+    } else {
+        ""
+    };
+    let node = async {
+        match registry {
+            Some(registry) => {
+                run_node(
+                    &opts,
+                    registry,
+                    &publishers,
+                    netlink,
+                    (public_ip, iface),
+                    (&holder, &mut dataplane_claim),
+                )
+                .await
+            }
+            None => run_peer_mode().await,
+        }
+    };
     let outcome = tokio::select! {
         result = node => result,
-        _ = sigterm.recv() => { info!("SIGTERM: shutting down, keeping the lease"); Ok(()) }
-        _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down, keeping the lease"); Ok(()) }
+        _ = sigterm.recv() => { info!("SIGTERM: shutting down{keeps}"); Ok(()) }
+        _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down{keeps}"); Ok(()) }
     };
     let mut teardown = Teardown::new();
     teardown.step("telling systemd", notify::notify("STOPPING=1"));
@@ -241,6 +298,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
     teardown.log("shutting down left something behind");
     outcome
+}
+
+/// Peer mode: no config to wait for, no lease to take or keep; ready as
+/// soon as the API serves, until a signal.
+async fn run_peer_mode() -> Result<()> {
+    if let Err(err) = notify::notify("READY=1") {
+        warn!(error = %format!("{err:#}"), "could not notify systemd");
+    }
+    info!("ready: peer mode (--no-etcd), no store, no lease");
+    std::future::pending().await
 }
 
 /// Builds the etcd client, retrying while etcd is unreachable (only

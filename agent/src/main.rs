@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tartan_dataplane::InterfaceSelector;
 
 use crate::control::etcd::EtcdOptions;
-use crate::daemon::AgentOptions;
+use crate::daemon::{AgentOptions, Store};
 
 const DEFAULT_API_SOCKET: &str = "/run/tartan/tartan.sock";
 
@@ -286,6 +286,12 @@ impl EtcdArgs {
 
 #[derive(Args)]
 struct AgentArgs {
+    /// Peer mode: run with no store. No subnet lease and no routed overlay;
+    /// attachments, the containers and images work. Refused together with
+    /// an --etcd-* flag on the command line; TARTAN_ETCD_* and FLANNELD_ETCD_*
+    /// are ignored.
+    #[arg(long, env = "TARTAN_NO_ETCD")]
+    no_etcd: bool,
     #[command(flatten)]
     etcd: EtcdArgs,
     /// Key prefix of Tartan's own keys (named networks and their
@@ -411,13 +417,20 @@ struct StatusArgs {
 
 impl AgentArgs {
     fn into_options(self, api_socket: PathBuf) -> AgentOptions {
-        let etcd = self.etcd.into_options();
-        let tartan_prefix = self
-            .tartan_prefix
-            .unwrap_or_else(|| format!("/tartan/{}", etcd.prefix.trim_matches('/')));
+        let store = if self.no_etcd {
+            Store::None
+        } else {
+            let etcd = self.etcd.into_options();
+            let tartan_prefix = self
+                .tartan_prefix
+                .unwrap_or_else(|| format!("/tartan/{}", etcd.prefix.trim_matches('/')));
+            Store::Etcd {
+                etcd,
+                tartan_prefix,
+            }
+        };
         AgentOptions {
-            tartan_prefix,
-            etcd,
+            store,
             iface: self.iface,
             bridge: self.bridge,
             external_bridge: self.external_bridge,
@@ -911,6 +924,48 @@ fn check_tartan_prefix(tartan: &str, flannel: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The agent's flags that only mean something with etcd.
+const ETCD_FLAGS: [&str; 8] = [
+    "etcd_endpoints",
+    "etcd_prefix",
+    "etcd_cafile",
+    "etcd_certfile",
+    "etcd_keyfile",
+    "etcd_username",
+    "etcd_password",
+    "tartan_prefix",
+];
+
+/// `--no-etcd` with an etcd flag on the command line is a contradiction,
+/// refused rather than guessed at. Only the command line counts: a
+/// TARTAN_ETCD_* variable from a shared environment file is a default that
+/// peer mode ignores.
+fn check_no_etcd(args: &[std::ffi::OsString]) -> Result<(), String> {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    let Ok(matches) = Cli::command().try_get_matches_from(args) else {
+        return Ok(());
+    };
+    let Some(("agent", agent)) = matches.subcommand() else {
+        return Ok(());
+    };
+    if !agent.get_flag("no_etcd") {
+        return Ok(());
+    }
+    let given: Vec<String> = ETCD_FLAGS
+        .iter()
+        .filter(|id| agent.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "--no-etcd runs the agent without etcd: {} cannot be given with it",
+        given.join(", ")
+    ))
+}
+
 /// An exit code of a container, as this process's own.
 fn exit_with(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(255))
@@ -932,6 +987,13 @@ fn main() -> ExitCode {
         Err(err) => return usage_error(err, &translated.args),
     };
     if let Command::Agent(args) = &cli.command {
+        // Parsed again only here: where each flag came from is clap's to say.
+        if args.no_etcd {
+            if let Err(line) = check_no_etcd(&translated.args) {
+                eprintln!("tartan: {line}");
+                return ExitCode::from(2);
+            }
+        }
         if let Some(tartan) = &args.tartan_prefix {
             if let Err(line) = check_tartan_prefix(tartan, &args.etcd.etcd_prefix) {
                 eprintln!("tartan: {line}");
@@ -1047,6 +1109,27 @@ mod tests {
             .collect();
         known.sort();
         assert_eq!(globals, known);
+    }
+
+    #[test]
+    fn no_etcd_refuses_etcd_flags_given_with_it() {
+        let argv = |words: &[&str]| -> Vec<std::ffi::OsString> {
+            words.iter().map(|w| w.into()).collect()
+        };
+        assert!(check_no_etcd(&argv(&["tartan", "agent", "--no-etcd"])).is_ok());
+        assert!(check_no_etcd(&argv(&["tartan", "agent", "--etcd-prefix", "/x"])).is_ok());
+        let err = check_no_etcd(&argv(&[
+            "tartan",
+            "agent",
+            "--no-etcd",
+            "--etcd-endpoints",
+            "http://10.0.0.1:2379",
+        ]))
+        .expect_err("refused");
+        assert_eq!(
+            err,
+            "--no-etcd runs the agent without etcd: --etcd-endpoints cannot be given with it"
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct AgentConfig {
     /// Run the binary under the name `flanneld` with flanneld's Go-style
     /// flags, as a swapped-in flanneld would run.
     pub as_flanneld: bool,
+    /// `--no-etcd` and no etcd flags (the etcd fields are unused): ready
+    /// once the API serves, with no subnet file.
+    pub peer_mode: bool,
 }
 
 /// A running (or stopped) agent; killed on drop.
@@ -151,6 +154,11 @@ impl Agent {
             cmd.arg(format!("-etcd-endpoints={}", self.config.etcd_endpoints))
                 .arg(format!("-etcd-prefix={}", self.config.etcd_prefix))
                 .arg(format!("-subnet-file={}", self.subnet_file().display()));
+        } else if self.config.peer_mode {
+            cmd = self.command(&bin);
+            // The subnet file is named so that a test can see none is written.
+            cmd.args(["agent", "--no-etcd", "--subnet-file"])
+                .arg(self.subnet_file());
         } else {
             cmd = self.command(&bin);
             cmd.arg("agent")
@@ -199,16 +207,17 @@ impl Agent {
         Ok(())
     }
 
-    /// Waits until this run has written the subnet file and serves the API;
-    /// fails early, with the log, if the agent exits.
+    /// Waits until this run has written the subnet file (none in peer
+    /// mode) and serves the API; fails early, with the log, if the agent exits.
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         // Coarse file timestamps: allow the write to land in the same tick as the spawn.
         let since = self.spawned_at - Duration::from_millis(50);
         loop {
-            let written = std::fs::metadata(self.subnet_file())
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= since);
+            let written = self.config.peer_mode
+                || std::fs::metadata(self.subnet_file())
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since);
             if written && UnixStream::connect(self.api_socket()).is_ok() {
                 return Ok(());
             }
@@ -402,6 +411,11 @@ impl Agent {
     /// SIGKILL: the agent dies without any cleanup, as in a crash.
     pub fn kill(&mut self) -> Result<()> {
         crate::kill_child(&mut self.child, "the agent")
+    }
+
+    /// What the next `restart` starts the agent with (its directories stay).
+    pub fn config_mut(&mut self) -> &mut AgentConfig {
+        &mut self.config
     }
 
     /// Starts the agent again with the same directories and flags.

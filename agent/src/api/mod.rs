@@ -58,7 +58,8 @@ pub struct Services {
     pub node: tokio::sync::watch::Receiver<NodeState>,
     pub etcd: EtcdMonitor,
     pub forward_dropped_by: tokio::sync::watch::Receiver<Vec<String>>,
-    pub registry: Registry,
+    /// None on an agent without etcd (`--no-etcd`).
+    pub registry: Option<Registry>,
     pub attacher: AttacherWatch,
     pub images: Images,
     pub containers: Containers,
@@ -71,7 +72,7 @@ struct AgentService {
     node: tokio::sync::watch::Receiver<NodeState>,
     etcd: EtcdMonitor,
     forward_dropped_by: tokio::sync::watch::Receiver<Vec<String>>,
-    registry: Registry,
+    registry: Option<Registry>,
     attacher: AttacherWatch,
     images: Images,
     containers: Containers,
@@ -357,6 +358,12 @@ impl AgentService {
 
     /// The current subnet's attacher.
     fn attacher(&self) -> Result<Arc<Attacher>, Status> {
+        if self.registry.is_none() {
+            // Nothing to wait for: without a lease there is never a node subnet.
+            return Err(Status::failed_precondition(
+                "no cluster network in peer mode (--no-etcd): there is no node subnet to attach to; use the pipework form, tartan attach HOST_INTERFACE CONTAINER ADDR/LEN",
+            ));
+        }
         self.attacher.borrow().clone().ok_or_else(|| {
             Status::unavailable(
                 "the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)",
@@ -607,6 +614,12 @@ impl Agent for AgentService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(Response::new(StatusResponse {
+                peer_mode: true,
+                ..StatusResponse::default()
+            }));
+        };
         let (node, config, peers) = {
             let st = self.node.borrow();
             let config = st.config.as_ref().map(|c| PbConfig {
@@ -625,7 +638,7 @@ impl Agent for AgentService {
         };
         let forward_dropped_by = self.forward_dropped_by.borrow().clone();
         // Asked now: what the agent last saw may be seconds old.
-        let probe = self.registry.probe(STATUS_PROBE_TIMEOUT).await;
+        let probe = registry.probe(STATUS_PROBE_TIMEOUT).await;
         match &probe {
             Ok(()) => self.etcd.reachable(),
             // A refusal (say, of authentication) is an answer, not an outage.
@@ -641,7 +654,7 @@ impl Agent for AgentService {
             (Err(err), _) => (format!("{err:#}"), 0),
         };
         let expiries = if etcd_reachable {
-            tokio::time::timeout(STATUS_TTL_TIMEOUT, self.peer_expiries(&peers))
+            tokio::time::timeout(STATUS_TTL_TIMEOUT, self.peer_expiries(registry, &peers))
                 .await
                 .unwrap_or_default()
         } else {
@@ -671,7 +684,8 @@ impl Agent for AgentService {
             etcd_error,
             etcd_unreachable_secs,
             forward_dropped_by,
-            etcd_prefix: self.registry.prefix().to_string(),
+            etcd_prefix: registry.prefix().to_string(),
+            peer_mode: false,
         }))
     }
 
@@ -933,6 +947,7 @@ impl Agent for AgentService {
         let defs = self.networks.store().list().await.map_err(failed)?;
         let mut networks: Vec<PbNetwork> = store::PREDEFINED
             .iter()
+            .filter(|name| self.has_predefined(name))
             .map(|name| self.predefined_network(name))
             .chain(defs.into_iter().map(|def| to_pb_network(def, Vec::new())))
             .collect();
@@ -947,6 +962,11 @@ impl Agent for AgentService {
     ) -> Result<Response<PbNetwork>, Status> {
         let name = request.into_inner().name;
         if store::PREDEFINED.contains(&name.as_str()) {
+            if !self.has_predefined(&name) {
+                return Err(Status::failed_precondition(
+                    crate::containers::OVERLAY_NEEDS_ETCD,
+                ));
+            }
             return Ok(Response::new(self.predefined_network(&name)));
         }
         let networks = self.networks.store();
@@ -991,6 +1011,10 @@ impl Agent for AgentService {
         request: Request<ConnectRequest>,
     ) -> Result<Response<PbContainer>, Status> {
         let r = request.into_inner();
+        // Said before the container's own reasons: no named network exists here.
+        if self.registry.is_none() {
+            return Err(Status::failed_precondition(store::NO_STORE));
+        }
         let id = self.container_id(&r.container)?;
         let ip = nonempty(r.ip);
         let view = self
@@ -1072,6 +1096,12 @@ fn to_pb_network(def: NetworkDef, endpoints: Vec<NetworkEndpoint>) -> PbNetwork 
 }
 
 impl AgentService {
+    /// Whether this agent has the predefined network `name`: the overlay
+    /// needs a subnet lease, so an agent without etcd has only host and none.
+    fn has_predefined(&self, name: &str) -> bool {
+        name != "overlay" || self.registry.is_some()
+    }
+
     /// A network every host has without a create, as Docker's `bridge`,
     /// `host` and `none`: the overlay (driven by the cluster's backend, on
     /// this node's subnet), the host's network and none.
@@ -1107,7 +1137,7 @@ impl AgentService {
     /// Expiry times of the etcd leases behind the peers' keys. Looked up on
     /// demand: keeping thousands of TTLs current would cost etcd far more
     /// than an occasional `tartan status`.
-    async fn peer_expiries(&self, peers: &[Lease]) -> HashMap<i64, i64> {
+    async fn peer_expiries(&self, registry: &Registry, peers: &[Lease]) -> HashMap<i64, i64> {
         let mut ids: Vec<i64> = peers
             .iter()
             .map(|l| l.etcd_lease)
@@ -1121,7 +1151,7 @@ impl AgentService {
             .unwrap_or(0);
         stream::iter(ids)
             .map(|id| {
-                let registry = self.registry.clone();
+                let registry = registry.clone();
                 async move { (id, registry.time_to_live(id).await) }
             })
             .buffer_unordered(TTL_LOOKUP_CONCURRENCY)

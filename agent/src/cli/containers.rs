@@ -55,7 +55,8 @@ pub struct RunArgs {
     /// The working directory inside the container.
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
-    /// overlay (default), host, none, container:NAME or a network made with `network create`.
+    /// overlay (the default; none on an agent run with --no-etcd), host, none,
+    /// container:NAME or a network made with `network create`.
     #[arg(long = "net", visible_alias = "network", value_name = "MODE")]
     net: Option<String>,
     /// An address in the node subnet (--net overlay) or the named network's subnet.

@@ -242,9 +242,16 @@ pub fn translate(
             }
         }
     }
+    // An agent without etcd ignores etcd settings from the environment (a
+    // shared environment file); only the command line's are refused.
+    let no_etcd = out.iter().any(|a| a == "--no-etcd")
+        || env("TARTAN_NO_ETCD").is_some_and(|v| go_bool(&v) == Some(true));
     // FLANNELD_* fills in what the command line did not say, as flanneld's
     // SetFlagsFromEnv does; tartan's own TARTAN_* variables come first.
     for flag in FROM_ENVIRONMENT {
+        if no_etcd && flag.starts_with("etcd-") {
+            continue;
+        }
         let Some(value) = env(&env_name(flag)).filter(|v| !v.is_empty()) else {
             continue;
         };
@@ -276,7 +283,7 @@ pub fn translate(
             ("FLANNEL_ETCD_ENDPOINTS", "etcd-endpoints"),
             ("FLANNEL_ETCD_PREFIX", "etcd-prefix"),
         ] {
-            if let Some(value) = env(variable).filter(|v| !v.is_empty()) {
+            if let Some(value) = env(variable).filter(|v| !v.is_empty() && !no_etcd) {
                 if !given.contains(&long) && env(&tartan_env_name(long)).is_none() {
                     given.push(long);
                     out.push(format!("--{long}").into());
@@ -445,6 +452,20 @@ mod tests {
         );
         assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
         assert!(t.notes[0].contains("healthz"), "{:?}", t.notes);
+    }
+
+    #[test]
+    fn an_agent_without_etcd_takes_no_etcd_settings_from_the_environment() {
+        let env = |name: &str| match name {
+            "FLANNELD_ETCD_ENDPOINTS" => Some("http://etcd:2379".to_string()),
+            "FLANNELD_IFACE" => Some("eth1".to_string()),
+            _ => None,
+        };
+        let t = translate(args(&["tartan", "agent", "--no-etcd"]), &env).expect("valid");
+        assert_eq!(
+            strings(&t),
+            ["tartan", "agent", "--no-etcd", "--iface", "eth1"]
+        );
     }
 
     #[test]

@@ -38,9 +38,15 @@ fn config_json(config: &NetworkConfig) -> Value {
     })
 }
 
-/// The status as a JSON document (the `-o json` output).
+/// The status as a JSON document (the `-o json` output). `store` says the
+/// mode: "etcd", or "none" for an agent run with --no-etcd, which has no
+/// etcd, lease, config or peers to show.
 pub fn to_json(status: &StatusResponse) -> Value {
+    if status.peer_mode {
+        return json!({ "store": "none" });
+    }
     json!({
+        "store": "etcd",
         "etcd_prefix": status.etcd_prefix,
         "etcd_reachable": status.etcd_reachable,
         "etcd_error": (!status.etcd_reachable).then_some(&status.etcd_error),
@@ -57,6 +63,10 @@ pub fn to_json(status: &StatusResponse) -> Value {
 /// The status as a human-readable table.
 pub fn to_table(status: &StatusResponse) -> String {
     let mut out = String::new();
+    if status.peer_mode {
+        out.push_str("store:    none (peer mode, --no-etcd): no subnet lease, no routed overlay\n");
+        return out;
+    }
     let reachable = if status.etcd_reachable {
         "reachable".to_string()
     } else if status.etcd_unreachable_secs > 0 {
@@ -223,7 +233,22 @@ mod tests {
             }],
             etcd_reachable: true,
             etcd_prefix: "/coreos.com/network".into(),
+            peer_mode: false,
         }
+    }
+
+    #[test]
+    fn peer_mode_says_so_and_shows_no_etcd() {
+        let status = StatusResponse {
+            peer_mode: true,
+            ..StatusResponse::default()
+        };
+        assert_eq!(
+            to_table(&status),
+            "store:    none (peer mode, --no-etcd): no subnet lease, no routed overlay\n"
+        );
+        assert_eq!(to_json(&status), json!({ "store": "none" }));
+        assert_eq!(to_json(&sample())["store"], "etcd");
     }
 
     #[test]

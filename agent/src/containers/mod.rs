@@ -121,9 +121,24 @@ pub struct Containers {
     inner: Arc<Inner>,
 }
 
+/// Whether containers may have the overlay: it needs the node's subnet lease,
+/// and an agent without etcd has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlay {
+    /// From etcd, once the agent holds its lease.
+    Leased,
+    /// `--no-etcd`: never.
+    NoStore,
+}
+
+/// Why `--net overlay` is refused on an agent without etcd.
+pub const OVERLAY_NEEDS_ETCD: &str =
+    "the overlay needs etcd (a subnet lease): this agent runs with --no-etcd";
+
 struct Inner {
     root: PathBuf,
     images: Images,
+    overlay: Overlay,
     attacher: AttacherWatch,
     networks: NamedNetworks,
     hook: Arc<dyn LifecycleHook>,
@@ -180,7 +195,9 @@ const NAME_NOUNS: [&str; 16] = [
 /// The network a container is run on (`--net`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum NetworkRequest {
+    /// No `--net`: the overlay, or none on an agent without etcd.
     #[default]
+    Default,
     Overlay,
     Host,
     None,
@@ -191,10 +208,11 @@ pub enum NetworkRequest {
 }
 
 impl NetworkRequest {
-    /// Parses `--net`: Docker's `bridge` is the overlay, its default.
+    /// Parses `--net`: Docker's `bridge` is the overlay.
     pub fn parse(text: &str) -> Result<NetworkRequest> {
         Ok(match text {
-            "" | "overlay" | "bridge" => NetworkRequest::Overlay,
+            "" => NetworkRequest::Default,
+            "overlay" | "bridge" => NetworkRequest::Overlay,
             "host" => NetworkRequest::Host,
             "none" => NetworkRequest::None,
             other => match other.strip_prefix("container:") {
@@ -328,6 +346,7 @@ impl Containers {
     pub fn open(
         state_dir: &Path,
         images: Images,
+        overlay: Overlay,
         attacher: AttacherWatch,
         networks: NamedNetworks,
         hook: Arc<dyn LifecycleHook>,
@@ -339,6 +358,7 @@ impl Containers {
             inner: Arc::new(Inner {
                 root: root.clone(),
                 images,
+                overlay,
                 attacher,
                 networks,
                 hook,
@@ -565,12 +585,18 @@ impl Containers {
                 .context("resolving the image")??
         };
         let mut named = None;
-        let network = match opts.network.clone() {
-            NetworkRequest::Overlay => NetworkMode::Overlay,
-            NetworkRequest::Host => NetworkMode::Host,
-            NetworkRequest::None => NetworkMode::None,
-            NetworkRequest::Container(name) => NetworkMode::Container(self.resolve(&name)?),
-            NetworkRequest::Named(name) => {
+        let network = match (opts.network.clone(), self.inner.overlay) {
+            (NetworkRequest::Default | NetworkRequest::Overlay, Overlay::Leased) => {
+                NetworkMode::Overlay
+            }
+            // No lease, no overlay: the default is loopback alone, and
+            // `tartan attach` adds interfaces.
+            (NetworkRequest::Default, Overlay::NoStore) => NetworkMode::None,
+            (NetworkRequest::Overlay, Overlay::NoStore) => bail!(OVERLAY_NEEDS_ETCD),
+            (NetworkRequest::Host, _) => NetworkMode::Host,
+            (NetworkRequest::None, _) => NetworkMode::None,
+            (NetworkRequest::Container(name), _) => NetworkMode::Container(self.resolve(&name)?),
+            (NetworkRequest::Named(name), _) => {
                 let def = self.inner.networks.store().require(&name).await?;
                 crate::networks::named::check_driver_available(&def.driver)?;
                 named = Some(def);
@@ -764,6 +790,10 @@ impl Containers {
         // One attacher from booking to plugging, held so that a subnet
         // change waits until this start is done (and then moves it).
         let overlay = match &config.network {
+            // Run on the overlay before the agent ran without etcd.
+            NetworkMode::Overlay if self.inner.overlay == Overlay::NoStore => {
+                bail!(OVERLAY_NEEDS_ETCD)
+            }
             NetworkMode::Overlay => {
                 let attacher = self.attacher().ok_or_else(|| {
                     anyhow!("the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge); use --net host or none")
@@ -1501,7 +1531,8 @@ mod tests {
     #[test]
     fn network_modes_parse() {
         for (given, expected) in [
-            ("", NetworkRequest::Overlay),
+            ("", NetworkRequest::Default),
+            ("overlay", NetworkRequest::Overlay),
             ("bridge", NetworkRequest::Overlay),
             ("host", NetworkRequest::Host),
             ("none", NetworkRequest::None),

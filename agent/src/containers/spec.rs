@@ -89,6 +89,8 @@ fn nonempty(text: String) -> Option<String> {
 /// The typed `--net` as the API carries it.
 pub fn network_to_pb(network: &NetworkRequest) -> Option<PbRunNetwork> {
     Some(match network {
+        // Unset: the agent knows its default.
+        NetworkRequest::Default => return None,
         NetworkRequest::Overlay => PbRunNetwork::Overlay(true),
         NetworkRequest::Host => PbRunNetwork::Host(true),
         NetworkRequest::None => PbRunNetwork::None(true),
@@ -99,7 +101,8 @@ pub fn network_to_pb(network: &NetworkRequest) -> Option<PbRunNetwork> {
 
 fn network_from_pb(network: Option<PbRunNetwork>) -> Result<NetworkRequest> {
     Ok(match network {
-        None | Some(PbRunNetwork::Overlay(_)) => NetworkRequest::Overlay,
+        None => NetworkRequest::Default,
+        Some(PbRunNetwork::Overlay(_)) => NetworkRequest::Overlay,
         Some(PbRunNetwork::Host(_)) => NetworkRequest::Host,
         Some(PbRunNetwork::None(_)) => NetworkRequest::None,
         Some(PbRunNetwork::Container(name)) if name.is_empty() => {
@@ -175,7 +178,7 @@ mod tests {
         assert_eq!(spec.container.args, ["/bin/sh"]);
         assert_eq!(spec.container.cwd, std::path::Path::new("/"));
         assert_eq!(spec.container.security, Security::default());
-        assert_eq!(spec.network, NetworkRequest::Overlay);
+        assert_eq!(spec.network, NetworkRequest::Default);
         assert_eq!((spec.name, spec.hostname, spec.ip), (None, None, None));
     }
 

@@ -305,10 +305,14 @@ fn candidates(def: &NetworkDef) -> impl Iterator<Item = Ipv4Addr> + '_ {
     })
 }
 
+/// Why a named network cannot be made or used by an agent with no store.
+pub const NO_STORE: &str = "named networks are kept in etcd; this agent runs with --no-etcd";
+
 /// The definitions and address claims in etcd.
 #[derive(Clone)]
 pub struct NetworkStore {
-    client: Client,
+    /// None on an agent with no store (`--no-etcd`): there are no named networks.
+    client: Option<Client>,
     /// `--tartan-prefix`, without a trailing slash.
     prefix: String,
 }
@@ -316,9 +320,22 @@ pub struct NetworkStore {
 impl NetworkStore {
     pub fn new(client: Client, prefix: &str) -> NetworkStore {
         NetworkStore {
-            client,
+            client: Some(client),
             prefix: prefix.trim_end_matches('/').to_string(),
         }
+    }
+
+    /// The store of an agent without etcd: it lists no networks and refuses
+    /// everything else with [`NO_STORE`].
+    pub fn none() -> NetworkStore {
+        NetworkStore {
+            client: None,
+            prefix: String::new(),
+        }
+    }
+
+    fn client(&self) -> Result<Client> {
+        self.client.clone().ok_or_else(|| anyhow!(NO_STORE))
     }
 
     fn networks_prefix(&self) -> String {
@@ -350,9 +367,10 @@ impl NetworkStore {
         created: String,
     ) -> Result<NetworkDef, CreateError> {
         let marker = self.marker_key();
+        let client = self.client().map_err(CreateError::Failed)?;
         for _ in 0..CREATE_ATTEMPTS {
             // The marker first: the list read after it is at least as new.
-            let mut client = self.client.clone();
+            let mut client = client.clone();
             let resp = bounded("reading the networks", client.get(marker.as_str(), None))
                 .await
                 .map_err(CreateError::Failed)?;
@@ -398,7 +416,7 @@ impl NetworkStore {
     /// The definition and its key's create revision (its incarnation).
     async fn get_with_revision(&self, name: &str) -> Result<Option<(NetworkDef, i64, i64)>> {
         let key = self.network_key(name);
-        let mut client = self.client.clone();
+        let mut client = self.client()?;
         let resp = bounded("reading the network", client.get(key.as_str(), None)).await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
@@ -421,8 +439,11 @@ impl NetworkStore {
 
     /// Every definition, by name.
     pub async fn list(&self) -> Result<Vec<NetworkDef>> {
+        let Some(mut client) = self.client.clone() else {
+            // No store, no networks: the predefined ones are listed apart.
+            return Ok(Vec::new());
+        };
         let prefix = self.networks_prefix();
-        let mut client = self.client.clone();
         let resp = bounded(
             "listing networks",
             client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -448,7 +469,7 @@ impl NetworkStore {
     /// Who holds which address on the network.
     pub async fn holders(&self, name: &str) -> Result<Vec<(Ipv4Addr, AddressHolder)>> {
         let prefix = self.addresses_prefix(name);
-        let mut client = self.client.clone();
+        let mut client = self.client()?;
         let resp = bounded(
             "listing the network's addresses",
             client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -483,7 +504,7 @@ impl NetworkStore {
                 Compare::create_revision(addresses.as_str(), CompareOp::Equal, 0).with_prefix(),
             ])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let mut client = self.client.clone();
+        let mut client = self.client()?;
         let resp = bounded("removing the network", client.txn(txn)).await?;
         if resp.succeeded() {
             return Ok(def);
@@ -583,7 +604,7 @@ impl NetworkStore {
                 Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             ])
             .and_then([TxnOp::put(key.as_str(), value.to_vec(), None)]);
-        let mut client = self.client.clone();
+        let mut client = self.client()?;
         let resp = bounded("claiming an address", client.txn(txn)).await?;
         if resp.succeeded() {
             return Ok(true);
@@ -597,7 +618,7 @@ impl NetworkStore {
     /// Frees `addr` if `container` holds it. Returns whether it did.
     pub async fn release(&self, network: &str, addr: Ipv4Addr, container: &str) -> Result<bool> {
         let key = format!("{}{addr}", self.addresses_prefix(network));
-        let mut client = self.client.clone();
+        let mut client = self.client()?;
         let resp = bounded("reading an address claim", client.get(key.as_str(), None)).await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(false);
