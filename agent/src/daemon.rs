@@ -199,10 +199,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             state_dir: opts.state_dir.clone(),
         },
         pipework.clone(),
-        Some(segment::Store {
-            client: registry.client(),
-            tartan_prefix: opts.tartan_prefix.clone(),
-        }),
+        match (&registry, &opts.store) {
+            (Some(registry), Store::Etcd { tartan_prefix, .. }) => Some(segment::Store {
+                client: registry.client(),
+                tartan_prefix: tartan_prefix.clone(),
+            }),
+            _ => None,
+        },
     )?;
     // Up before the attachments on it are made again.
     segment.start().await;
@@ -211,7 +214,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         segment.clone(),
     )
     .await?;
-    let segment_keeper = tokio::spawn(segment.clone().run(Some(publishers.node.subscribe())));
+    // With etcd, the lease holders are peers too.
+    let lease_holders = registry.is_some().then(|| publishers.node.subscribe());
+    let segment_keeper = tokio::spawn(segment.clone().run(lease_holders));
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),

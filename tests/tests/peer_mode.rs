@@ -167,13 +167,20 @@ fn a_peer_mode_agent_is_ready_without_etcd_and_says_so() -> Result<()> {
     let said = refused(agent, &["network", "inspect", "overlay"])?;
     ensure!(said.contains(NO_OVERLAY), "network inspect overlay: {said}");
 
-    // The weave form has no node subnet to take an address from: told at once.
+    // With no cluster network, the weave form is the L2 segment's.
     let target = Netns::create("pmat")?;
-    let said = refused(agent, &["attach", "10.170.5.2/24", target.name()])?;
+    let printed = cli_ok(agent, &["attach", "10.170.5.2/24", target.name()])?;
     ensure!(
-        said.contains("no cluster network in peer mode"),
-        "weave-form attach: {said}"
+        printed.trim() == "10.170.5.2",
+        "weave-form attach: {printed}"
     );
+    let ethwe = text(
+        &target
+            .exec("ip", &["-o", "-4", "addr", "show", "ethwe"])?
+            .stdout,
+    );
+    ensure!(ethwe.contains("10.170.5.2/24"), "on the segment: {ethwe}");
+    cli_ok(agent, &["detach", target.name()])?;
 
     // A second agent in the namespace is refused, naming the first.
     let mut second = Agent::start(AgentConfig {

@@ -388,7 +388,10 @@ fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Resu
         .map(|i| Netns::create(&format!("sgtc{i}")))
         .collect::<Result<_>>()?;
     for (i, (agent, ns)) in cluster.agents.iter().zip(&containers).enumerate() {
-        cli_ok(agent, &["attach", &format!("10.1.2.{}/24", i + 1), ns.name()])?;
+        cli_ok(
+            agent,
+            &["attach", &format!("10.1.2.{}/24", i + 1), ns.name()],
+        )?;
     }
     let entry = format!("02:42:0a:01:02:02 dst {}", cluster.hosts[1].ip);
     let host0 = &cluster.hosts[0].netns;
@@ -399,7 +402,10 @@ fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Resu
         || fdb(host0),
         |entries| entries.contains(&entry),
     )?;
-    ensure!(reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?, "no path");
+    ensure!(
+        reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?,
+        "no path"
+    );
 
     cluster.agents[1].kill()?;
     let gone = wait_value(
@@ -471,6 +477,173 @@ fn a_conflict_found_when_two_hosts_meet_shows_on_both() -> Result<()> {
             agent.log().contains("address conflict on the L2 segment"),
             "logged"
         );
+    }
+    Ok(())
+}
+
+/// One ping from a Tartan container; true when answered.
+fn container_pings(agent: &Agent, container: &str, to: &str) -> Result<bool> {
+    let out = agent.cli(&["exec", container, "ping", "-c", "1", "-W", "1", to])?;
+    Ok(out.status.success())
+}
+
+/// Pings from a Tartan container until one answers, a few times at most.
+fn container_reaches(agent: &Agent, container: &str, to: &str) -> Result<bool> {
+    for _ in 0..5 {
+        if container_pings(agent, container, to)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The peers an agent lists, with their state: `HOST:PORT state`.
+fn peer_states(agent: &Agent) -> Result<BTreeSet<String>> {
+    let status = segment(agent)?;
+    Ok(status["peers"]
+        .as_array()
+        .context("peers")?
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["address"].as_str().unwrap_or("?"),
+                p["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn the_seed_s_weave_sequence_in_peer_mode() -> Result<()> {
+    tartan_tests::prereq::require_root()?;
+    let underlay =
+        tartan_tests::netns::Underlay::create("sgw", (Ipv4Addr::new(10, 180, 0, 0), 24))?;
+    let hosts = [underlay.add_host("h1")?, underlay.add_host("h2")?];
+    // No OVS for these agents: a machine's own is never asked.
+    let no_ovs = tempfile::Builder::new()
+        .prefix("tt-noovs-")
+        .tempdir_in("/tmp")?;
+    let mut agents = Vec::new();
+    for host in &hosts {
+        let agent = Agent::start(AgentConfig {
+            peer_mode: true,
+            netns: Some(host.netns.name().to_string()),
+            extra_args: vec![format!("--ovsdb=unix:{}/db.sock", no_ovs.path().display())],
+            ..AgentConfig::default()
+        })?;
+        agent.wait_ready(READY)?;
+        tartan_tests::cli::import_busybox(&agent)?;
+        agents.push(agent);
+    }
+    let (h1, h2) = (hosts[0].ip, hosts[1].ip);
+
+    // host1$ docker run -tid --name c1 …; weave attach 10.1.1.1/24 c1
+    // host2$ docker run -tid --name c1 …; weave attach 10.1.1.2/24 c1
+    for (i, agent) in agents.iter().enumerate() {
+        cli_ok(
+            agent,
+            &["run", "-d", "--name", "c1", "busybox", "sleep", "1d"],
+        )?;
+        let printed = cli_ok(agent, &["attach", &format!("10.1.1.{}/24", i + 1), "c1"])?;
+        ensure!(
+            printed.trim() == format!("10.1.1.{}", i + 1),
+            "attach printed {printed:?}"
+        );
+    }
+    ensure!(
+        !container_pings(&agents[0], "c1", "10.1.1.2")?,
+        "reached host2 before any connect"
+    );
+
+    // host1$ weave connect 192.168.0.20: one side only, and both list each other.
+    let said = cli_ok(&agents[0], &["connect", &h2.to_string()])?;
+    ensure!(
+        said.contains(&format!("{}: connected", peer_of(h2))),
+        "{said}"
+    );
+    wait_value(
+        "host2 lists host1 back",
+        MEET,
+        Duration::from_millis(300),
+        || peer_states(&agents[1]),
+        |peers| peers.contains(&format!("{} connected", peer_of(h1))),
+    )?;
+    let listed = segment(&agents[1])?;
+    ensure!(
+        listed["peers"][0]["source"][0] == "manual",
+        "a connect made on the other side is a manual peer here: {listed}"
+    );
+    // host1$ docker attach c1 -> ping 10.1.1.2, and the other way.
+    ensure!(
+        container_reaches(&agents[0], "c1", "10.1.1.2")?,
+        "host1 -> host2"
+    );
+    ensure!(
+        container_reaches(&agents[1], "c1", "10.1.1.1")?,
+        "host2 -> host1"
+    );
+
+    // Peers know each other's addresses: a duplicate is refused, naming c1 on host1.
+    cli_ok(
+        &agents[1],
+        &["run", "-d", "--name", "c2", "busybox", "sleep", "1d"],
+    )?;
+    let out = agents[1].cli(&["attach", "10.1.1.1/24", "c2"])?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains(&format!("c1 on {h1}")),
+        "a peer's address is refused, naming it: {}",
+        text(&out.stderr)
+    );
+
+    // forget on one side: traffic stops, and the other side drops it too.
+    cli_ok(&agents[0], &["forget", &h2.to_string()])?;
+    ensure!(
+        peer_states(&agents[0])?.is_empty(),
+        "host1 still lists host2"
+    );
+    wait_value(
+        "host2 drops host1",
+        MEET,
+        Duration::from_millis(300),
+        || peer_states(&agents[1]),
+        BTreeSet::is_empty,
+    )?;
+    ensure!(
+        !container_pings(&agents[0], "c1", "10.1.1.2")?
+            && !container_pings(&agents[1], "c1", "10.1.1.1")?,
+        "traffic still flows after forget"
+    );
+
+    // connect again: traffic comes back.
+    cli_ok(&agents[0], &["connect", &h2.to_string()])?;
+    ensure!(
+        container_reaches(&agents[0], "c1", "10.1.1.2")?,
+        "after connect again"
+    );
+
+    // An agent restart keeps the peer list and the attachments.
+    agents[0].terminate()?;
+    agents[0].restart()?;
+    agents[0].wait_ready(READY)?;
+    wait_value(
+        "host1 reconnects to host2 after its restart",
+        MEET,
+        Duration::from_millis(300),
+        || peer_states(&agents[0]),
+        |peers| peers.contains(&format!("{} connected", peer_of(h2))),
+    )?;
+    ensure!(
+        container_reaches(&agents[0], "c1", "10.1.1.2")?,
+        "the attachment after a restart"
+    );
+    let peers = cli_ok(&agents[0], &["status"])?;
+    ensure!(
+        peers.contains(&peer_of(h2)) && peers.contains("manual"),
+        "{peers}"
+    );
+    for agent in &agents {
+        cli_ok(agent, &["rm", "-f", "c1"])?;
     }
     Ok(())
 }

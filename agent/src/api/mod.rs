@@ -358,12 +358,6 @@ impl AgentService {
 
     /// The current subnet's attacher.
     fn attacher(&self) -> Result<Arc<Attacher>, Status> {
-        if self.registry.is_none() {
-            // Nothing to wait for: without a lease there is never a node subnet.
-            return Err(Status::failed_precondition(
-                "no cluster network in peer mode (--no-etcd): there is no node subnet to attach to; use the pipework form, tartan attach HOST_INTERFACE CONTAINER ADDR/LEN",
-            ));
-        }
         self.attacher.borrow().clone().ok_or_else(|| {
             Status::unavailable(
                 "the agent holds no subnet lease yet, or keeps no bridge (the alloc backend, or --external-bridge)",
@@ -377,10 +371,10 @@ fn invalid(err: anyhow::Error) -> Status {
     Status::invalid_argument(format!("{err:#}"))
 }
 
-/// Whether a weave-form attach goes onto the L2 segment: asked for with
-/// `--l2`, or an address outside the cluster network (weave's model: any
-/// subnet of the operator's choosing). Without a cluster network (peer
-/// mode) everything goes there.
+/// Whether a weave-form attach goes onto the L2 segment, with a cluster
+/// network: asked for with `--l2`, or an address outside the cluster
+/// network (weave's model: any subnet of the operator's choosing). In peer
+/// mode, which has no cluster network, everything goes there.
 fn wants_segment(request: &AttachRequest, network: Option<Ipv4Network>) -> anyhow::Result<bool> {
     if request.l2 {
         return Ok(true);
@@ -697,7 +691,8 @@ impl Agent for AgentService {
         let request = request.into_inner();
         if request.host_interface == tartan_dataplane::L2_SEGMENT_BRIDGE
             || (request.host_interface.is_empty()
-                && wants_segment(&request, self.cluster_network()).map_err(invalid)?)
+                && (self.registry.is_none()
+                    || wants_segment(&request, self.cluster_network()).map_err(invalid)?))
         {
             return self.attach_segment(request).await;
         }
