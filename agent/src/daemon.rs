@@ -187,6 +187,19 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         public_ip.to_string(),
     );
     let pipework = Arc::new(Pipework::open(netlink.clone(), ovsdb, &opts.state_dir)?);
+    // One agent per namespace keeps the segment: its devices and the peer
+    // port are the namespace's. Others (alloc agents sharing a namespace)
+    // run without one, and say why.
+    let segment_claim = claim::take(
+        "segment",
+        &holder,
+        "keeps the L2 segment (tartan-l2) and its peer port",
+    )
+    .await;
+    let kept_elsewhere = segment_claim.as_ref().err().map(|err| format!("{err:#}"));
+    if let Some(why) = &kept_elsewhere {
+        warn!(reason = %why, "running without the L2 segment");
+    }
     let segment = Segment::new(
         netlink.clone(),
         SegmentOptions {
@@ -197,6 +210,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             range: opts.segment.range,
             timing: opts.segment.timing,
             state_dir: opts.state_dir.clone(),
+            kept_elsewhere: kept_elsewhere.clone(),
         },
         pipework.clone(),
         match (&registry, &opts.store) {
@@ -207,16 +221,23 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ => None,
         },
     )?;
-    // Up before the attachments on it are made again.
-    segment.start().await;
-    let _peer_service = segment::server::serve(
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.segment.peer_port)),
-        segment.clone(),
-    )
-    .await?;
-    // With etcd, the lease holders are peers too.
-    let lease_holders = registry.is_some().then(|| publishers.node.subscribe());
-    let segment_keeper = tokio::spawn(segment.clone().run(lease_holders));
+    let (_peer_service, segment_keeper) = if kept_elsewhere.is_none() {
+        // Up before the attachments on it are made again.
+        segment.start().await;
+        let service = segment::server::serve(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.segment.peer_port)),
+            segment.clone(),
+        )
+        .await?;
+        // With etcd, the lease holders are peers too.
+        let lease_holders = registry.is_some().then(|| publishers.node.subscribe());
+        (
+            Some(service),
+            tokio::spawn(segment.clone().run(lease_holders)),
+        )
+    } else {
+        (None, tokio::spawn(async {}))
+    };
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),

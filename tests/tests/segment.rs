@@ -647,3 +647,34 @@ fn the_seed_s_weave_sequence_in_peer_mode() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_second_agent_in_a_namespace_runs_without_the_segment_and_says_why() -> Result<()> {
+    let alloc = r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "alloc"}}"#;
+    let cluster = Cluster::start("sgn", 181, alloc, 1)?;
+    let second = Agent::start(AgentConfig {
+        etcd_endpoints: cluster.etcd.endpoint(),
+        etcd_prefix: cluster.prefix.clone(),
+        netns: Some(cluster.hosts[0].netns.name().to_string()),
+        public_ip: Some(Ipv4Addr::new(10, 181, 0, 77)),
+        ..AgentConfig::default()
+    })?;
+    second.wait_ready(READY)?;
+    ensure!(segment(&cluster.agents[0])?["up"] == true, "the first keeps it");
+    let status = segment(&second)?;
+    ensure!(
+        status["up"] == false
+            && status["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("keeps the L2 segment")),
+        "{status}"
+    );
+    let ns = Netns::create("sgnc")?;
+    let out = second.cli(&["attach", "--l2", ns.name()])?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains("not up on this host"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}

@@ -82,6 +82,9 @@ pub struct SegmentOptions {
     pub range: Ipv4Network,
     pub timing: Timing,
     pub state_dir: PathBuf,
+    /// Another agent in this network namespace keeps the segment: why this
+    /// one has none.
+    pub kept_elsewhere: Option<String>,
 }
 
 /// A weave-form attachment onto the segment, as asked.
@@ -155,13 +158,17 @@ impl Segment {
         let spec = opts
             .underlay
             .map(|(index, mtu)| L2SegmentSpec::new(opts.public_ip, index, mtu));
+        let health = Health {
+            error: opts.kept_elsewhere.clone().unwrap_or_default(),
+            ..Health::default()
+        };
         Ok(Arc::new(Segment {
             netlink,
             spec,
             registry,
             pipework,
             book: Mutex::new(book),
-            health: watch::Sender::new(Health::default()),
+            health: watch::Sender::new(health),
             wake: Notify::new(),
             attaching: tokio::sync::Mutex::new(()),
             manual,
