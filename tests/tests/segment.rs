@@ -660,7 +660,10 @@ fn a_second_agent_in_a_namespace_runs_without_the_segment_and_says_why() -> Resu
         ..AgentConfig::default()
     })?;
     second.wait_ready(READY)?;
-    ensure!(segment(&cluster.agents[0])?["up"] == true, "the first keeps it");
+    ensure!(
+        segment(&cluster.agents[0])?["up"] == true,
+        "the first keeps it"
+    );
     let status = segment(&second)?;
     ensure!(
         status["up"] == false
