@@ -417,9 +417,15 @@ fn attach_and_detach_take_every_container_form_and_refuse_bad_input() -> Result<
             "already attached as eth0 with",
         ),
         (
+            // Inside the cluster network, outside this node's subnet (an
+            // address outside the cluster network is the L2 segment's).
             vec![
                 "attach".to_string(),
-                "10.200.0.5/24".into(),
+                if prefix == "10.3.250" {
+                    "10.3.251.5/24".into()
+                } else {
+                    "10.3.250.5/24".into()
+                },
                 spare.name().into(),
             ],
             "outside the node subnet",
