@@ -185,13 +185,33 @@ fn hosts_sharing_etcd_share_one_segment_with_unique_addresses() -> Result<()> {
         "broadcast answered by hosts {heard:?} only"
     );
 
+    // The registry converges on the attachments: a claim lost from etcd
+    // is registered again.
+    let key = format!(
+        "/tartan/{}/segment/addresses/{}",
+        cluster.prefix.trim_matches('/'),
+        addresses[1]
+    );
+    ensure!(
+        cluster.etcdctl(&["get", &key])?.contains("sgc1"),
+        "registered"
+    );
+    cluster.etcdctl(&["del", &key])?;
+    wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        Ok(cluster.etcdctl(&["get", &key])?.contains("sgc1"))
+    })?;
+
     // Detach gives the address back: another container may take it.
     cli_ok(&cluster.agents[2], &["detach", containers[2].name()])?;
+    // Its host tells its peers at once; they may still be answering.
     let taker = Netns::create("sgtake")?;
-    cli_ok(
-        &cluster.agents[1],
-        &["attach", &format!("{}/12", addresses[2]), taker.name()],
-    )?;
+    let freed = format!("{}/12", addresses[2]);
+    wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        Ok(cluster.agents[1]
+            .cli(&["attach", &freed, taker.name()])?
+            .status
+            .success())
+    })?;
     Ok(())
 }
 

@@ -214,6 +214,16 @@ impl PeerBook {
         }
     }
 
+    /// Every connected peer is due now: this host's claims changed, and
+    /// the peers should hear it before their next round.
+    pub fn all_due_now(&mut self, now: Instant) {
+        for peer in self.peers.values_mut() {
+            if peer.state == LinkState::Connected {
+                peer.next_try = peer.next_try.min(now);
+            }
+        }
+    }
+
     /// Drops a manual peer; one etcd also names stays. True if it was manual.
     pub fn forget(&mut self, address: SocketAddrV4) -> bool {
         self.drop_source(address, Source::Manual)
@@ -442,6 +452,19 @@ mod tests {
             book.next_due().expect("due") - (now + Duration::from_secs(5)),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn a_change_here_makes_connected_peers_due_at_once() {
+        let now = Instant::now();
+        let mut book = PeerBook::new(at(1), timing());
+        book.add_manual(at(2), now);
+        book.add_manual(at(3), now);
+        book.take_due(now);
+        book.heard(at(2), vec![], now, SystemTime::now());
+        book.failed(at(3), "refused".into(), now);
+        book.all_due_now(now);
+        assert_eq!(book.take_due(now), vec![at(2)], "not the one backing off");
     }
 
     #[test]

@@ -436,11 +436,18 @@ impl Segment {
         }
     }
 
-    /// Frees the registered claims of attachments that went without a detach.
+    /// Brings the registry to this host's attachments: registers what is
+    /// not (a store that lost it), and frees the claims of attachments
+    /// that went without a detach. A claim someone else took meanwhile is
+    /// a conflict, logged here.
     async fn sweep(&self) {
-        let kept: Vec<(Ipv4Addr, String)> = self
-            .local_claims()
-            .await
+        let local = self.local_claims().await;
+        for (claim, owner) in &local {
+            if let Err(err) = self.registry.claim(claim, owner).await {
+                warn!(address = %claim.address.ip(), error = %format!("{err:#}"), "a segment address of this host is registered to another holder");
+            }
+        }
+        let kept: Vec<(Ipv4Addr, String)> = local
             .into_iter()
             .map(|(claim, owner)| (claim.address.ip(), owner))
             .collect();
@@ -701,6 +708,7 @@ impl Segment {
         );
         match self.plug(request, &ifname, Some(claim.address), mac).await {
             Ok(attached) => {
+                self.book().all_due_now(Instant::now());
                 self.wake.notify_one();
                 Ok(attached)
             }
@@ -750,6 +758,7 @@ impl Segment {
                 warn!(address = %claim.address.ip(), error = %format!("{err:#}"), "could not free a segment address; the sweep retries");
             }
         }
+        self.book().all_due_now(Instant::now());
         self.wake.notify_one();
     }
 
