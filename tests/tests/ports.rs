@@ -192,6 +192,22 @@ fn a_published_port_is_reached_from_everywhere_and_its_rules_go_with_it() -> Res
         cli_ok(h0, &["port", "web"])?.is_empty(),
         "a stopped container publishes nothing"
     );
+    // Its port is free while it is stopped; its start is refused while taken.
+    cli_ok(
+        h0,
+        &[
+            "run", "-d", "--name", "taker", "-p", "8080:81", "busybox", "sleep", "1000",
+        ],
+    )?;
+    let out = h0.cli(&["start", "web"])?;
+    ensure!(!out.status.success(), "web's port is taken");
+    ensure!(
+        text(&out.stderr).contains("Bind for 0.0.0.0:8080 failed: port is already allocated"),
+        "{}",
+        text(&out.stderr)
+    );
+    cli_ok(h0, &["rm", "-f", "taker"])?;
+    wait_ruleset(&host0.netns, &before, "rm -f of the other container")?;
     cli_ok(h0, &["start", "web"])?;
     reaches(
         &cluster.hosts[1].netns,
@@ -306,6 +322,29 @@ fn no_rules_outlive_a_crashed_agent_or_a_failed_start() -> Result<()> {
     );
     ensure!(
         !cli_ok(agent, &["ps", "-a"])?.contains("bad"),
+        "nothing is made"
+    );
+
+    // An address that is not the host's: refused, as Docker's proxy cannot bind it.
+    let out = agent.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "elsewhere",
+        "-p",
+        "192.0.2.1:9091:80",
+        "busybox",
+        "sleep",
+        "1",
+    ])?;
+    ensure!(!out.status.success());
+    ensure!(
+        text(&out.stderr).contains("192.0.2.1 is not an address of this host"),
+        "{}",
+        text(&out.stderr)
+    );
+    ensure!(
+        !cli_ok(agent, &["ps", "-a"])?.contains("elsewhere"),
         "nothing is made"
     );
 

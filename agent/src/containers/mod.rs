@@ -1492,6 +1492,10 @@ impl Containers {
                 }
             }
         }
+        // Published ports follow the new addresses.
+        if !moved.is_empty() {
+            self.sync_ports_or_warn().await;
+        }
     }
 
     /// Moves one container if it runs; returns its new address.

@@ -10,7 +10,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
 use tartan_dataplane::{PortProtocol, PublishedPort};
 use tartan_runtime::container::ports::PortBinding;
@@ -114,6 +114,21 @@ fn allocated(port: &PortBinding) -> anyhow::Error {
     )
 }
 
+/// Refuses a host address that is not the host's, as Docker's port proxy
+/// fails to bind it.
+fn check_host_address(port: &PortBinding) -> Result<()> {
+    let Some(ip) = port.host_ip else {
+        return Ok(());
+    };
+    match UdpSocket::bind(SocketAddrV4::new(ip, 0)) {
+        Err(err) if err.kind() == std::io::ErrorKind::AddrNotAvailable => bail!(
+            "cannot publish on {ip}:{}: {ip} is not an address of this host",
+            port.host_port
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Whether nothing on the host listens on the port: binding it tells.
 fn is_free(ip: Option<Ipv4Addr>, port: u16, protocol: &str) -> bool {
     let address = SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
@@ -137,6 +152,9 @@ fn ephemeral_range() -> (u16, u16) {
 /// The host ports of one start: fixed ones checked against `taken`, free
 /// ones chosen from the ephemeral range, clear of listeners and of `taken`.
 pub fn choose_ports(wanted: &[PortBinding], taken: &[PortBinding]) -> Result<Vec<PortBinding>> {
+    for port in wanted {
+        check_host_address(port)?;
+    }
     let mut chosen: Vec<PortBinding> = Vec::new();
     for port in wanted.iter().filter(|p| p.host_port != 0) {
         if taken.iter().chain(&chosen).any(|t| t.overlaps(port)) {
@@ -362,13 +380,19 @@ mod tests {
     #[test]
     fn overlapping_ports_are_refused_and_free_ones_chosen() {
         let taken = [binding(None, 8080, 80, "tcp")];
-        let err = choose_ports(&[binding(Some([10, 0, 0, 1]), 8080, 81, "tcp")], &taken)
+        let err = choose_ports(&[binding(Some([127, 0, 0, 1]), 8080, 81, "tcp")], &taken)
             .expect_err("0.0.0.0 covers every address");
         assert_eq!(
             err.to_string(),
-            "Bind for 10.0.0.1:8080 failed: port is already allocated"
+            "Bind for 127.0.0.1:8080 failed: port is already allocated"
         );
         assert!(choose_ports(&[binding(None, 8080, 80, "udp")], &taken).is_ok());
+        let err = choose_ports(&[binding(Some([192, 0, 2, 1]), 9090, 22, "tcp")], &[])
+            .expect_err("not this host's address");
+        assert!(
+            err.to_string().contains("not an address of this host"),
+            "{err}"
+        );
         let chosen = choose_ports(
             &[binding(None, 0, 80, "tcp"), binding(None, 9091, 22, "tcp")],
             &taken,
