@@ -91,6 +91,8 @@ enum Command {
     Ps(container_cli::PsArgs),
     /// Show containers in detail, as JSON.
     Inspect(container_cli::NamesArgs),
+    /// List a container's published ports: tartan port CONTAINER [PRIVATE_PORT[/PROTO]].
+    Port(cli::ports::PortArgs),
     /// Print a container's output (-f to follow it).
     Logs(container_cli::LogsArgs),
     /// Run a command inside a running container.
@@ -1063,6 +1065,7 @@ fn main() -> ExitCode {
             }),
             Command::Ps(args) => done(container_cli::ps(args, socket).await),
             Command::Inspect(args) => done(container_cli::inspect(args, socket).await),
+            Command::Port(args) => done(cli::ports::port(args, socket).await),
             Command::Logs(args) => done(container_cli::logs(args, socket).await),
             Command::Stop(args) => done(container_cli::stop(args, false, socket).await),
             Command::Start(args) => done(container_cli::start(args, socket).await),

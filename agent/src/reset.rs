@@ -111,6 +111,21 @@ pub async fn reset(opts: &ResetOptions) -> Result<Vec<String>> {
         // Removing an absent table succeeds too: say what is true either way.
         done.push(format!("nf_tables table ip {FIREWALL_TABLE}: gone"));
     }
+    let ports = tokio::task::spawn_blocking(|| {
+        tartan_dataplane::apply_published_ports(crate::containers::ports::PORTS_TABLE, &[])
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r.map_err(anyhow::Error::from));
+    if teardown
+        .step("removing the published-port rules", ports)
+        .is_some()
+    {
+        done.push(format!(
+            "nf_tables table ip {}: gone",
+            crate::containers::ports::PORTS_TABLE
+        ));
+    }
 
     // The subnet file names the lease: released before the file goes.
     if let Some(etcd) = &opts.release_lease {

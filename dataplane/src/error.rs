@@ -84,6 +84,12 @@ pub enum DataplaneError {
     OvsNoOwner(&'static str),
     #[error("VLAN {0} is out of range (1-4094)")]
     BadVlan(u16),
+    #[error("writing {path}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A step failed, and so did undoing what it had half-made.
     #[error("{failed}; undoing it also failed: {undo}")]
     UndoFailed {

@@ -40,6 +40,10 @@ pub use macvlan::{
     DEFAULT_CONTAINER_IFNAME,
 };
 pub use netlink::Netlink;
+pub use nftables::{
+    allow_hairpin, allow_loopback_towards, apply_published_ports, PortProtocol, PortRuleChanges,
+    PublishedPort,
+};
 pub use nftables::{ensure_firewall, forward_drop_policies, remove_firewall, FirewallSpec};
 pub use overlay::{
     diff, FdbSpec, NeighbourSpec, OverlayChanges, OverlayScope, OverlayState, RouteSpec,

@@ -27,6 +27,12 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::{DataplaneError, Result};
 
+mod ports;
+pub use ports::{
+    allow_hairpin, allow_loopback_towards, apply_published_ports, PortProtocol, PortRuleChanges,
+    PublishedPort,
+};
+
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;

@@ -126,6 +126,24 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         security: Some(security_to_pb(&config.spec.security)),
         // Read from the kernel, and only where a listing needs them.
         addresses: Vec::new(),
+        port_bindings: config.ports.iter().map(port_to_pb).collect(),
+        // Published only while it runs, as Docker shows them.
+        ports: if pid != 0 {
+            config.published.iter().map(port_to_pb).collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn port_to_pb(
+    port: &tartan_runtime::container::ports::PortBinding,
+) -> tartan_proto::v1::PortBinding {
+    tartan_proto::v1::PortBinding {
+        host_ip: port.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        host_port: u32::from(port.host_port),
+        container_port: u32::from(port.container_port),
+        protocol: port.protocol.clone(),
     }
 }
 

@@ -85,6 +85,12 @@ pub struct RunArgs {
     /// The command and its arguments (default: /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+    /// [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp]: publish a container's port on the host. Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    publish: Vec<String>,
+    /// Publish every port the image exposes on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
 }
 
 #[derive(Args)]
@@ -236,6 +242,10 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         &args.sysctl,
     )?;
     let network = NetworkRequest::parse(args.net.as_deref().unwrap_or_default())?;
+    if network == NetworkRequest::Host && (!args.publish.is_empty() || args.publish_all) {
+        // Docker's warning: the container has the host's ports already.
+        eprintln!("WARNING: Published ports are discarded when using host network mode");
+    }
     let mut client = api::connect(api_socket).await?;
     let container = client
         .run_container(RunRequest {
@@ -252,6 +262,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             detach: args.detach,
             auto_remove: args.rm,
             security: Some(security),
+            publish: args.publish,
+            publish_all: args.publish_all,
         })
         .await;
     let container = match container {

@@ -4,6 +4,7 @@
 pub mod containers;
 pub mod flanneld;
 pub mod network;
+pub mod ports;
 pub mod progress;
 pub mod refusal;
 pub mod segment;

@@ -369,7 +369,7 @@ fn container_status(c: &tartan_proto::v1::Container, now: std::time::SystemTime)
 /// `tartan ps`.
 pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
     let now = std::time::SystemTime::now();
-    let rows: Vec<[String; 7]> = containers
+    let rows: Vec<[String; 8]> = containers
         .iter()
         .map(|c| {
             let mut command = c.args.join(" ");
@@ -384,6 +384,7 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
                     .map(|a| format!("{a} ago"))
                     .unwrap_or_default(),
                 container_status(c, now),
+                crate::cli::ports::ports_cell(c),
                 c.addresses.join(","),
                 c.name.clone(),
             ]
@@ -395,6 +396,7 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
         "ADDRESS",
         "NAMES",
     ];
@@ -468,6 +470,9 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "cap_drop": security.cap_drop,
             "sysctls": sysctl_flags(&security),
         },
+        // Docker's own shapes, for tools that read them.
+        "HostConfig": { "PortBindings": crate::cli::ports::port_bindings_json(c) },
+        "NetworkSettings": { "Ports": crate::cli::ports::network_ports_json(c) },
     })
 }
 

@@ -8,6 +8,7 @@
 //! address under the key `container:ID`.
 
 pub mod images;
+pub mod ports;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -144,6 +145,7 @@ struct Inner {
     hook: Arc<dyn LifecycleHook>,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
+    ports: ports::Publisher,
 }
 
 impl ContainerLookup for Containers {
@@ -364,6 +366,7 @@ impl Containers {
                 hook,
                 shim_binary,
                 entries: Mutex::new(HashMap::new()),
+                ports: ports::Publisher::default(),
             }),
         };
         let listing =
@@ -418,6 +421,10 @@ impl Containers {
             }
         }
         info!(running, "found containers");
+        // Rules of containers that ended while no agent was there go; those
+        // of the running ones are put back if missing.
+        let this = self.clone();
+        tokio::spawn(async move { this.sync_ports_or_warn().await });
         // Addresses this host claimed for containers that are gone (removed
         // while etcd was out of reach): freed, fabric-wide.
         let this = self.clone();
@@ -603,6 +610,21 @@ impl Containers {
                 NetworkMode::Named(name)
             }
         };
+        if !opts.ports.is_empty() && matches!(network, NetworkMode::Container(_)) {
+            // Docker's words.
+            bail!("conflicting options: port publishing and the container type network mode");
+        }
+        let exposed = if opts.publish_all {
+            ports::image_exposed_ports(&image)
+        } else {
+            Vec::new()
+        };
+        // --net host and none publish nothing, as in Docker (the CLI warns for host).
+        let requested_ports = if ports::can_publish(&network) {
+            ports::requested_ports(&opts.ports, &exposed)
+        } else {
+            Vec::new()
+        };
         if opts.ip.is_some() && !matches!(network, NetworkMode::Overlay | NetworkMode::Named(_)) {
             bail!("--ip needs --net overlay or a named network");
         }
@@ -666,6 +688,8 @@ impl Containers {
                 auto_remove: opts.auto_remove,
                 created: now_rfc3339(),
                 endpoints: Vec::new(),
+                ports: requested_ports.clone(),
+                published: Vec::new(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
             entries.insert(
@@ -784,6 +808,10 @@ impl Containers {
             }
         };
         let layers = self.inner.images.layer_dirs(&image);
+        // Host ports before anything is made: a port in use refuses the start.
+        let (published, ports_guard) = self.reserve_ports(&config).await?;
+        config.published = published;
+        let publishes = !config.published.is_empty();
 
         // The network: an address booked before the process exists, so that /etc/hosts can name it.
         let key = address_key(id);
@@ -878,6 +906,16 @@ impl Containers {
                 match shim_pid {
                     Some(pid) => self.watch(id.to_string(), pid),
                     None => self.watch_by_lock(id.to_string()),
+                }
+                if publishes {
+                    if let Err(err) = self.sync_ports(Some(&ports_guard)).await {
+                        // Not running without the ports it was started with.
+                        drop(ports_guard);
+                        if let Err(undo) = self.stop_locked(id, Duration::ZERO).await {
+                            return Err(crate::teardown::and_undo(err, undo));
+                        }
+                        return Err(err);
+                    }
                 }
                 Ok(())
             }
@@ -1084,6 +1122,9 @@ impl Containers {
         if dir.shim_alive() {
             // Started again meanwhile.
             return;
+        }
+        if !config.published.is_empty() {
+            self.sync_ports_or_warn().await;
         }
         if config.network == NetworkMode::Overlay {
             match self.attacher() {
@@ -1368,6 +1409,9 @@ impl Containers {
         );
         if removed.is_some() {
             self.lock().remove(id);
+            if !config.published.is_empty() {
+                self.sync_ports_or_warn().await;
+            }
             teardown.step(
                 "removing its attachments",
                 self.inner.hook.removed(id).await,
@@ -1447,6 +1491,10 @@ impl Containers {
                     warn!(container = %config.name, error = %format!("{err:#}"), "could not rewrite /etc/hosts after a move");
                 }
             }
+        }
+        // Published ports follow the new addresses.
+        if !moved.is_empty() {
+            self.sync_ports_or_warn().await;
         }
     }
 

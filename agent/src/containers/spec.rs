@@ -29,6 +29,10 @@ pub struct RunSpec {
     pub ip: Option<String>,
     pub detach: bool,
     pub auto_remove: bool,
+    /// `-p`, parsed.
+    pub ports: Vec<tartan_runtime::container::ports::PortBinding>,
+    /// `-P`.
+    pub publish_all: bool,
     /// What runs; its `env` as given (Docker's defaults are added once the
     /// hostname is known) and its `hostname` empty.
     pub container: ContainerSpec,
@@ -65,6 +69,12 @@ impl RunSpec {
             network,
             detach: request.detach,
             auto_remove: request.auto_remove,
+            ports: request
+                .publish
+                .iter()
+                .map(|p| super::ports::parse_publish(p))
+                .collect::<Result<_>>()?,
+            publish_all: request.publish_all,
             container: ContainerSpec {
                 args: if request.args.is_empty() {
                     vec!["/bin/sh".into()]

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod export;
 pub mod frame;
 pub mod log;
+pub mod ports;
 pub mod shim;
 pub mod spec;
 
@@ -86,6 +87,12 @@ pub struct ContainerConfig {
     /// so that every start makes the same `ethN` with the same address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// `-p`/`-P` as asked for (a host port 0 is chosen at each start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ports::PortBinding>,
+    /// The ports of the current or last start, host ports chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<ports::PortBinding>,
 }
 
 /// One interface of a container on a named network, as recorded.
@@ -351,6 +358,8 @@ mod tests {
             auto_remove: true,
             created: now_rfc3339(),
             endpoints: Vec::new(),
+            ports: Vec::new(),
+            published: Vec::new(),
         };
         container.write_config(&config).expect("write");
         assert_eq!(container.read_config().expect("read"), config);
