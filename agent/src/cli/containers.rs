@@ -82,9 +82,15 @@ pub struct RunArgs {
     /// Print help (`-h` is `--hostname`, as in Docker).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
-    /// The command and its arguments (default: /bin/sh).
+    /// The command and its arguments (default: the image's Cmd; /bin/sh for an imported rootfs).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+    /// Replace the image's entrypoint ("" clears it; the image's Cmd is then dropped too).
+    #[arg(long, value_name = "COMMAND")]
+    entrypoint: Option<String>,
+    /// NAME, UID, NAME:GROUP or UID:GID, looked up in the image's /etc/passwd and /etc/group.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
 }
 
 #[derive(Args)]
@@ -252,6 +258,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             detach: args.detach,
             auto_remove: args.rm,
             security: Some(security),
+            entrypoint: args.entrypoint,
+            user: args.user.unwrap_or_default(),
         })
         .await;
     let container = match container {
@@ -661,6 +669,7 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
         cwd: args.workdir.unwrap_or(container.workdir),
         tty: args.tty,
         interactive: args.interactive,
+        user: container.user,
     };
     Ok(tartan_runtime::container::exec::exec_in(&spec)?)
 }
