@@ -83,6 +83,8 @@ enum Command {
     Images,
     /// Remove an image: tartan rmi NAME[:TAG]|ID.
     Rmi(RmiArgs),
+    /// Name an image with another NAME[:TAG]: tartan tag SOURCE TARGET.
+    Tag(TagArgs),
     /// Create and start a container: tartan run [OPTIONS] IMAGE [COMMAND [ARG...]].
     // `-h` is `--hostname` here, as in Docker; only `--help` prints help.
     #[command(disable_help_flag = true)]
@@ -161,6 +163,14 @@ struct RmiArgs {
     force: bool,
     /// NAME[:TAG] or an id prefix.
     image: String,
+}
+
+#[derive(Args)]
+struct TagArgs {
+    /// NAME[:TAG] or an id prefix.
+    source: String,
+    /// NAME[:TAG] (the tag defaults to latest).
+    target: String,
 }
 
 #[derive(Args)]
@@ -789,6 +799,19 @@ async fn rmi(args: RmiArgs, api_socket: &Path) -> Result<()> {
     Ok(())
 }
 
+/// As `docker tag`: silent on success.
+async fn tag(args: TagArgs, api_socket: &Path) -> Result<()> {
+    let mut client = api::connect(api_socket).await?;
+    client
+        .tag_image(tartan_proto::v1::TagImageRequest {
+            source: args.source,
+            target: args.target,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TARTAN_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -1058,6 +1081,7 @@ fn main() -> ExitCode {
             Command::Load(args) => done(load(args, socket).await),
             Command::Images => done(images(socket).await),
             Command::Rmi(args) => done(rmi(args, socket).await),
+            Command::Tag(args) => done(tag(args, socket).await),
             // Docker's code for a run that failed before the container did anything: 125.
             Command::Run(args) => container_cli::run(*args, socket).await.or_else(|err| {
                 eprintln!("tartan: {err:#}");

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::container::spec::ContainerSpec;
 use crate::rootfs::{mount_rootfs, pivot_into, restrict_kernel_paths, RootfsLayout};
 use crate::syscall::Syscall;
+use crate::user::Identity;
 use crate::{Result, RuntimeError};
 
 /// Everything init needs, written by the parent as JSON.
@@ -50,15 +51,30 @@ pub fn run_with(
     in_root: impl FnOnce() -> Result<()>,
 ) -> RuntimeError {
     match prepare(sys, spec, in_root) {
-        Ok(()) => exec(spec),
+        Ok(identity) => exec(spec, identity.as_ref()),
         Err(err) => err,
     }
 }
 
-fn prepare(sys: &dyn Syscall, spec: &InitSpec, in_root: impl FnOnce() -> Result<()>) -> Result<()> {
+fn prepare(
+    sys: &dyn Syscall,
+    spec: &InitSpec,
+    in_root: impl FnOnce() -> Result<()>,
+) -> Result<Option<Identity>> {
     build_root(sys, spec)?;
     in_root()?;
-    spec.container.security.privileges()?.apply()
+    // Resolved inside the container's root: its own passwd and group files.
+    let identity = match spec.container.user.as_str() {
+        "" => None,
+        user => Some(crate::user::resolve_in_root(user)?),
+    };
+    spec.container.security.privileges()?.apply()?;
+    // After the privileges, which need root to be set; leaving root drops
+    // the capabilities, as Docker gives a non-root user none.
+    if let Some(identity) = &identity {
+        crate::user::switch_to(identity)?;
+    }
+    Ok(identity)
 }
 
 /// The container's root, its files, hostname and working directory.
@@ -89,8 +105,26 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
     sys.chdir(&spec.container.cwd)
 }
 
-fn exec(spec: &InitSpec) -> RuntimeError {
-    exec_command(&spec.container.args, &spec.container.env)
+fn exec(spec: &InitSpec, identity: Option<&Identity>) -> RuntimeError {
+    exec_command(
+        &spec.container.args,
+        &with_home(&spec.container.env, identity),
+    )
+}
+
+/// `env` with HOME added unless it sets one, as Docker does: the user's home
+/// from the container's passwd file (root's without `identity`), else `/`.
+/// Run inside the container's root.
+pub(crate) fn with_home(env: &[String], identity: Option<&Identity>) -> Vec<String> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = match identity {
+            Some(identity) => identity.home.clone(),
+            None => crate::user::resolve_in_root("0").map_or_else(|_| "/".into(), |i| i.home),
+        };
+        env.push(format!("HOME={home}"));
+    }
+    env
 }
 
 /// The exit code for a container that could not start, as Docker gives it:

@@ -20,7 +20,7 @@ use tartan_proto::v1::{
     ExportChunk, Image as PbImage, ImagesRequest, ImagesResponse, ImportChunk, Lease as PbLease,
     ListAttachmentsRequest, ListContainersRequest, LogEntry, LogsRequest,
     NetworkConfig as PbConfig, RemoveContainerRequest, RemoveImageRequest, RemoveImageResponse,
-    RunRequest, StatusRequest, StatusResponse, StopRequest,
+    RunRequest, StatusRequest, StatusResponse, StopRequest, TagImageRequest,
 };
 use tartan_proto::v1::{
     ConnectPeersRequest, ConnectRequest, CreateNetworkRequest, DisconnectRequest,
@@ -126,6 +126,21 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         security: Some(security_to_pb(&config.spec.security)),
         // Read from the kernel, and only where a listing needs them.
         addresses: Vec::new(),
+        entrypoint: config.spec.entrypoint,
+        cmd: config.spec.cmd,
+        user: config.spec.user,
+        exposed_ports: config
+            .spec
+            .exposed_ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        volumes: config
+            .spec
+            .image_volumes
+            .iter()
+            .map(|v| v.display().to_string())
+            .collect(),
         port_bindings: config.ports.iter().map(port_to_pb).collect(),
         // Published only while it runs, as Docker shows them.
         ports: if pid != 0 {
@@ -798,6 +813,24 @@ impl Agent for AgentService {
         Ok(Response::new(ImagesResponse {
             images: list.into_iter().map(to_pb_image).collect(),
         }))
+    }
+
+    async fn tag_image(
+        &self,
+        request: Request<TagImageRequest>,
+    ) -> Result<Response<PbImage>, Status> {
+        let request = request.into_inner();
+        let images = self.images.clone();
+        let containers = self.containers.clone();
+        let tagged = blocking(move || {
+            let target: tartan_runtime::Reference = request.target.parse()?;
+            images.tag(&request.source, &target, |image| {
+                containers.user_of_image(&image.id)
+            })
+        })
+        .await?;
+        info!(image = %tagged.reference(), "tagged an image");
+        Ok(Response::new(to_pb_image(tagged)))
     }
 
     async fn remove_image(

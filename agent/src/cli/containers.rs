@@ -82,7 +82,7 @@ pub struct RunArgs {
     /// Print help (`-h` is `--hostname`, as in Docker).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
-    /// The command and its arguments (default: /bin/sh).
+    /// The command and its arguments (default: the image's Cmd; /bin/sh for an imported rootfs).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
     /// [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp]: publish a container's port on the host. Repeatable.
@@ -91,6 +91,12 @@ pub struct RunArgs {
     /// Publish every port the image exposes on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
+    /// Replace the image's entrypoint ("" clears it; the image's Cmd is then dropped too).
+    #[arg(long, value_name = "COMMAND")]
+    entrypoint: Option<String>,
+    /// NAME, UID, NAME:GROUP or UID:GID, looked up in the image's /etc/passwd and /etc/group.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
 }
 
 #[derive(Args)]
@@ -264,6 +270,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             security: Some(security),
             publish: args.publish,
             publish_all: args.publish_all,
+            entrypoint: args.entrypoint,
+            user: args.user.unwrap_or_default(),
         })
         .await;
     let container = match container {
@@ -673,6 +681,7 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
         cwd: args.workdir.unwrap_or(container.workdir),
         tty: args.tty,
         interactive: args.interactive,
+        user: container.user,
     };
     Ok(tartan_runtime::container::exec::exec_in(&spec)?)
 }

@@ -428,6 +428,14 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
 }
 
 /// `tartan inspect`: one JSON object per container, in an array as Docker prints it.
+/// Docker's set-as-object shape, `{"80/tcp": {}}`; null when empty.
+fn keyed_set(keys: &[String]) -> Value {
+    if keys.is_empty() {
+        return Value::Null;
+    }
+    Value::Object(keys.iter().map(|k| (k.clone(), json!({}))).collect())
+}
+
 pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
     let (ip, prefix) = match c.address.split_once('/') {
         Some((ip, len)) => (Some(ip), len.parse::<u8>().ok()),
@@ -457,6 +465,13 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "tty": c.tty,
             "open_stdin": c.interactive,
             "auto_remove": c.auto_remove,
+            // The image's settings as applied, in Docker's shapes: null when unset.
+            "image": c.image,
+            "user": c.user,
+            "entrypoint": (!c.entrypoint.is_empty()).then_some(&c.entrypoint),
+            "cmd": (!c.cmd.is_empty()).then_some(&c.cmd),
+            "exposed_ports": keyed_set(&c.exposed_ports),
+            "volumes": keyed_set(&c.volumes),
         },
         "network": {
             "mode": c.network,

@@ -89,6 +89,16 @@ impl Images {
         Ok(self.lock().remove(image, force, in_use)?)
     }
 
+    /// Blocking: `tag` (see `ImageStore::tag`).
+    pub fn tag(
+        &self,
+        source: &str,
+        target: &Reference,
+        in_use: impl Fn(&Image) -> Option<String>,
+    ) -> Result<Image> {
+        Ok(self.lock().tag(source, target, in_use)?)
+    }
+
     /// Blocking: a NAME[:TAG] or an id prefix.
     pub fn resolve(&self, image: &str) -> Result<Image> {
         Ok(self.lock().resolve(image)?)

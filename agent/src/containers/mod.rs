@@ -7,6 +7,7 @@
 //! say whether it runs, and the address book of the node subnet holds its
 //! address under the key `container:ID`.
 
+pub mod image_config;
 pub mod images;
 pub mod ports;
 pub mod spec;
@@ -671,6 +672,7 @@ impl Containers {
                 }
             };
             let mut spec = opts.container.clone();
+            image_config::apply(&mut spec, image.config.as_ref(), &opts.image_overrides)?;
             spec.hostname = opts
                 .hostname
                 .clone()

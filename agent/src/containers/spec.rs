@@ -12,6 +12,7 @@ use tartan_proto::v1::{
 use tartan_runtime::container::ContainerSpec;
 use tartan_runtime::security::{SeccompChoice, Security};
 
+use super::image_config::ImageOverrides;
 use super::NetworkRequest;
 
 /// What `tartan run` asks for, checked: names, environment entries, the
@@ -36,6 +37,9 @@ pub struct RunSpec {
     /// What runs; its `env` as given (Docker's defaults are added once the
     /// hostname is known) and its `hostname` empty.
     pub container: ContainerSpec,
+    /// `--entrypoint`, `-u` and `-w`, applied over the image's own settings
+    /// once the image is known (`args` is then the given command, maybe empty).
+    pub image_overrides: ImageOverrides,
 }
 
 impl RunSpec {
@@ -44,9 +48,13 @@ impl RunSpec {
         if let Some(name) = &name {
             super::check_name(name)?;
         }
-        let workdir = nonempty(request.workdir).unwrap_or_else(|| "/".into());
-        if !workdir.starts_with('/') {
+        let workdir = nonempty(request.workdir);
+        if let Some(workdir) = workdir.as_ref().filter(|w| !w.starts_with('/')) {
             bail!("the working directory {workdir:?} is not absolute");
+        }
+        let user = nonempty(request.user);
+        if let Some(user) = &user {
+            check_user(user)?;
         }
         for entry in &request.env {
             if entry.is_empty() || entry.starts_with('=') || !entry.contains('=') {
@@ -76,20 +84,40 @@ impl RunSpec {
                 .collect::<Result<_>>()?,
             publish_all: request.publish_all,
             container: ContainerSpec {
-                args: if request.args.is_empty() {
-                    vec!["/bin/sh".into()]
-                } else {
-                    request.args
-                },
+                args: request.args,
                 env: request.env,
-                cwd: workdir.into(),
                 hostname: String::new(),
                 tty: request.tty,
                 open_stdin: request.interactive,
                 security,
+                ..ContainerSpec::default()
+            },
+            image_overrides: ImageOverrides {
+                entrypoint: request.entrypoint,
+                user,
+                workdir: workdir.map(Into::into),
             },
         })
     }
+}
+
+/// `name`, `uid`, `name:group` or `uid:gid`: what can be looked up at the
+/// container's start (where unknown names are refused).
+fn check_user(user: &str) -> Result<()> {
+    let valid_part = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'))
+    };
+    let valid = match user.split_once(':') {
+        Some((name, group)) => valid_part(name) && valid_part(group),
+        None => valid_part(user),
+    };
+    if !valid {
+        bail!("invalid user {user:?}: use NAME, UID, NAME:GROUP or UID:GID");
+    }
+    Ok(())
 }
 
 fn nonempty(text: String) -> Option<String> {
@@ -184,7 +212,9 @@ mod tests {
 
     #[test]
     fn a_bare_request_gets_dockers_defaults() {
-        let spec = RunSpec::from_pb(request()).expect("valid");
+        let mut spec = RunSpec::from_pb(request()).expect("valid");
+        super::super::image_config::apply(&mut spec.container, None, &spec.image_overrides)
+            .expect("applied");
         assert_eq!(spec.container.args, ["/bin/sh"]);
         assert_eq!(spec.container.cwd, std::path::Path::new("/"));
         assert_eq!(spec.container.security, Security::default());
@@ -210,6 +240,14 @@ mod tests {
             },
             RunRequest {
                 env: vec!["=x".into()],
+                ..request()
+            },
+            RunRequest {
+                user: "app:".into(),
+                ..request()
+            },
+            RunRequest {
+                user: "a b".into(),
                 ..request()
             },
             RunRequest {

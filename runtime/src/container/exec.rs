@@ -25,6 +25,8 @@ pub struct ExecSpec {
     pub interactive: bool,
     /// The container's (capabilities, seccomp, `no_new_privs`), as `run` set them.
     pub security: Security,
+    /// The container's user (`-u` or the image's), resolved in its files; empty for root.
+    pub user: String,
 }
 
 /// The namespaces joined, in order.
@@ -166,13 +168,31 @@ fn run_inside(spec: &ExecSpec, privileges: &Privileges, slave: Option<&OwnedFd>)
         eprintln!("tartan: changing to {}: {err}", spec.cwd);
         return 126;
     }
+    // Inside the container's mount namespace: its own passwd and group files.
+    let identity = match spec.user.as_str() {
+        "" => None,
+        user => match crate::user::resolve_in_root(user) {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                eprintln!("tartan: {err}");
+                return 126;
+            }
+        },
+    };
     if let Err(err) = privileges.apply() {
         eprintln!("tartan: {err}");
         return 126;
     }
+    if let Some(identity) = &identity {
+        if let Err(err) = crate::user::switch_to(identity) {
+            eprintln!("tartan: {err}");
+            return 126;
+        }
+    }
+    let env = crate::init::with_home(&spec.env, identity.as_ref());
     // SAFETY: closes every descriptor above stderr before the command runs.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let err = exec_command(&spec.args, &spec.env);
+    let err = exec_command(&spec.args, &env);
     eprintln!("tartan: {}", crate::init::describe(&err));
     failure_code(&err)
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::ExposedPort;
 use crate::security::Security;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +24,21 @@ pub struct ContainerSpec {
     /// Docker's defaults unless `run` said otherwise; absent from older records.
     #[serde(default)]
     pub security: Security,
+    /// `-u` or the image's `User`, resolved in the container's own
+    /// `/etc/passwd` at its start; empty for root.
+    #[serde(default)]
+    pub user: String,
+    /// The entrypoint and command `args` was made of, as `inspect` shows them.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// The image's `ExposedPorts` (for `-P`).
+    #[serde(default)]
+    pub exposed_ports: Vec<ExposedPort>,
+    /// The image's `Volumes`: paths that get an anonymous volume.
+    #[serde(default)]
+    pub image_volumes: Vec<PathBuf>,
 }
 
 impl Default for ContainerSpec {
@@ -35,6 +51,11 @@ impl Default for ContainerSpec {
             tty: false,
             open_stdin: false,
             security: Security::default(),
+            user: String::new(),
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            exposed_ports: Vec::new(),
+            image_volumes: Vec::new(),
         }
     }
 }

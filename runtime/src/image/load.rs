@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::config::{ConfigFile, ImageConfig};
 use super::{archive, image_id, tempdir_in, Image, ImageStore, Reference};
 use crate::error::io_err;
 use crate::{Result, RuntimeError};
@@ -43,19 +44,14 @@ struct OciManifest {
     config: Option<OciDescriptor>,
 }
 
-/// The one field of an image's config (Docker's and OCI's alike) kept here.
-#[derive(Deserialize)]
-struct ImageConfig {
-    #[serde(default)]
-    created: Option<String>,
-}
-
 /// An image the archive describes: its names and its layer files, lowest first.
 struct Described {
     references: Vec<Reference>,
     layer_files: Vec<PathBuf>,
     /// When the image was built, from its config, RFC 3339 to the second.
     created: Option<String>,
+    /// Its run settings; `None` when the archive holds no config.
+    config: Option<ImageConfig>,
 }
 
 fn corrupt(reason: impl Into<String>) -> RuntimeError {
@@ -79,18 +75,22 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{}: {e}", path.display())))
 }
 
-/// The creation time an image's config records, if the archive holds the
-/// config and it has a time (a config without one is valid; so is an
+/// The creation time and run settings an image's config records, if the
+/// archive holds the config (a config without a time is valid; so is an
 /// archive without configs, which Docker never writes but other tools may).
-fn created_of(config: Option<PathBuf>) -> Result<Option<String>> {
+fn read_config(config: Option<PathBuf>) -> Result<(Option<String>, Option<ImageConfig>)> {
     let Some(path) = config.filter(|path| path.is_file()) else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let config: ImageConfig = read_json(&path)?;
-    Ok(config
+    let file: ConfigFile = read_json(&path)?;
+    let settings = file
+        .image_config()
+        .map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+    let created = file
         .created
         .and_then(|text| humantime::parse_rfc3339_weak(&text).ok())
-        .map(|time| humantime::format_rfc3339_seconds(time).to_string()))
+        .map(|time| humantime::format_rfc3339_seconds(time).to_string());
+    Ok((created, Some(settings)))
 }
 
 fn blob(root: &Path, digest: &str) -> Result<PathBuf> {
@@ -120,10 +120,12 @@ fn describe(root: &Path) -> Result<Vec<Described>> {
                     .map(|l| inside(root, l))
                     .collect::<Result<_>>()?;
                 let config = entry.config.map(|c| inside(root, &c)).transpose()?;
+                let (created, config) = read_config(config)?;
                 Ok(Described {
                     references,
                     layer_files,
-                    created: created_of(config)?,
+                    created,
+                    config,
                 })
             })
             .collect();
@@ -156,10 +158,12 @@ fn describe(root: &Path) -> Result<Vec<Described>> {
                     .map(|layer| blob(root, &layer.digest))
                     .collect::<Result<_>>()?;
                 let config = manifest.config.map(|c| blob(root, &c.digest)).transpose()?;
+                let (created, config) = read_config(config)?;
                 Ok(Described {
                     references,
                     layer_files,
-                    created: created_of(config)?,
+                    created,
+                    config,
                 })
             })
             .collect();
@@ -223,6 +227,7 @@ impl ImageStore {
                     created: image.created.clone().unwrap_or_else(|| {
                         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
                     }),
+                    config: image.config.clone(),
                 };
                 index
                     .images

@@ -13,6 +13,7 @@
 //! a crash.
 
 mod archive;
+pub mod config;
 mod load;
 mod reference;
 
@@ -24,6 +25,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use config::{ExposedPort, ImageConfig, Protocol};
 pub use reference::{Reference, DEFAULT_TAG};
 
 use crate::error::io_err;
@@ -42,6 +44,10 @@ pub struct Image {
     pub size: u64,
     /// RFC 3339.
     pub created: String,
+    /// The run settings of a loaded image; `None` for an imported rootfs
+    /// (and in records older than them).
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
 }
 
 impl Image {
@@ -159,6 +165,7 @@ impl ImageStore {
             layers,
             size: layer.size,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            config: None,
         };
         let mut index = self.load_index()?;
         index
@@ -168,6 +175,45 @@ impl ImageStore {
         self.save(&index)?;
         self.collect_garbage(&index, &HashSet::new())?;
         Ok(image)
+    }
+
+    /// `tag`, as Docker does it: `target` names the image `source` names
+    /// (a reference or an id), moving the name if another image had it.
+    /// Moving the last name of an image that `in_use` names a container of
+    /// is refused, since Tartan keeps no untagged images.
+    pub fn tag(
+        &self,
+        source: &str,
+        target: &Reference,
+        in_use: impl Fn(&Image) -> Option<String>,
+    ) -> Result<Image> {
+        let mut index = self.load_index()?;
+        let image = resolve_in(&index.images, source)?;
+        let tagged = Image {
+            name: target.name.clone(),
+            tag: target.tag.clone(),
+            ..image
+        };
+        let displaced = index
+            .images
+            .iter()
+            .find(|i| i.name == tagged.name && i.tag == tagged.tag && i.id != tagged.id);
+        if let Some(displaced) = displaced {
+            let last = index.images.iter().filter(|i| i.id == displaced.id).count() == 1;
+            if let Some(user) = last.then(|| in_use(displaced)).flatten() {
+                return Err(RuntimeError::ImageInUse {
+                    image: displaced.reference(),
+                    user,
+                });
+            }
+        }
+        index
+            .images
+            .retain(|i| !(i.name == tagged.name && i.tag == tagged.tag));
+        index.images.push(tagged.clone());
+        self.save(&index)?;
+        self.collect_garbage(&index, &HashSet::new())?;
+        Ok(tagged)
     }
 
     pub fn list(&self) -> Result<Vec<Image>> {
