@@ -19,6 +19,7 @@ pub mod seccomp;
 mod seccomp_x86_64;
 pub mod security;
 pub mod syscall;
+pub mod volumes;
 
 pub use error::{Result, RuntimeError};
 pub use image::{Image, ImageStore, Reference};

@@ -344,6 +344,7 @@ mod tests {
                     no_new_privileges: true,
                     ..Security::default()
                 },
+                mounts: Vec::new(),
             },
             network: NetworkMode::Container("ef".repeat(32)),
             requested_ip: None,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::security::Security;
+use crate::volumes::Mount;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -23,6 +24,9 @@ pub struct ContainerSpec {
     /// Docker's defaults unless `run` said otherwise; absent from older records.
     #[serde(default)]
     pub security: Security,
+    /// `-v` and `--volumes-from`, their sources resolved on the host; absent from older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 impl Default for ContainerSpec {
@@ -35,6 +39,7 @@ impl Default for ContainerSpec {
             tty: false,
             open_stdin: false,
             security: Security::default(),
+            mounts: Vec::new(),
         }
     }
 }
