@@ -9,3 +9,4 @@ pub mod refusal;
 pub mod segment;
 pub mod status;
 pub mod stdout;
+pub mod volume;

@@ -425,6 +425,21 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
     out
 }
 
+/// One of a container's mounts, in Docker's shape.
+fn mount_json(mount: &tartan_proto::v1::VolumeMount) -> Value {
+    let volume = mount.r#type == "volume";
+    json!({
+        "Type": mount.r#type,
+        "Name": (volume).then_some(&mount.name),
+        "Source": mount.source,
+        "Destination": mount.destination,
+        "Driver": if volume { "local" } else { "" },
+        "Mode": if mount.rw { "" } else { "ro" },
+        "RW": mount.rw,
+        "Propagation": if volume { "" } else { "rprivate" },
+    })
+}
+
 /// `tartan inspect`: one JSON object per container, in an array as Docker prints it.
 pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
     let (ip, prefix) = match c.address.split_once('/') {
@@ -468,6 +483,7 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "cap_drop": security.cap_drop,
             "sysctls": sysctl_flags(&security),
         },
+        "Mounts": c.mounts.iter().map(mount_json).collect::<Vec<_>>(),
     })
 }
 

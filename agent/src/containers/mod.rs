@@ -9,6 +9,7 @@
 
 pub mod images;
 pub mod spec;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -144,6 +145,7 @@ struct Inner {
     hook: Arc<dyn LifecycleHook>,
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
+    volumes: volumes::VolumeStore,
 }
 
 impl ContainerLookup for Containers {
@@ -364,6 +366,7 @@ impl Containers {
                 hook,
                 shim_binary,
                 entries: Mutex::new(HashMap::new()),
+                volumes: volumes::VolumeStore::open(state_dir)?,
             }),
         };
         let listing =
@@ -616,6 +619,8 @@ impl Containers {
             })?;
             crate::networks::attach::parse_requested(ip, &attacher.subnet())?;
         }
+        // The image's `Volumes` go in the first argument once the image's config is applied.
+        let mounts = self.plan_mounts(&[], &opts.volumes, &opts.volumes_from)?;
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
@@ -654,6 +659,7 @@ impl Containers {
                 .clone()
                 .unwrap_or_else(|| id[..12].to_string());
             spec.env = environment(&spec.env, &spec.hostname, spec.tty);
+            spec.mounts = mounts.clone();
             let config = ContainerConfig {
                 id: id.clone(),
                 name: name.clone(),
@@ -678,6 +684,11 @@ impl Containers {
             (id, name, lifecycle)
         };
         let _guard = lifecycle.lock().await;
+        let made = self.make_mounts(&mounts, &self.inner.images.layer_dirs(&image));
+        if let Err(err) = made {
+            self.discard(&id).await;
+            return Err(err);
+        }
         if let Some(def) = &named {
             // Claimed before the container exists: `--ip` taken fails the run.
             let joined = self
@@ -724,9 +735,10 @@ impl Containers {
     /// here are logged.
     async fn discard(&self, id: &str) {
         let mut teardown = Teardown::new();
-        let endpoints = self
-            .entry_parts(id)
-            .map(|(config, _)| config.endpoints)
+        let config = self.entry_parts(id).map(|(config, _)| config).ok();
+        let endpoints = config
+            .as_ref()
+            .map(|config| config.endpoints.clone())
             .unwrap_or_default();
         for endpoint in &endpoints {
             teardown.step(
@@ -745,6 +757,9 @@ impl Containers {
             crate::teardown::remove_dir_all(self.dir(id).path()),
         );
         self.lock().remove(id);
+        if let Some(config) = &config {
+            self.remove_anonymous_volumes(config);
+        }
         for endpoint in &endpoints {
             self.remove_bridge_if_unused(endpoint, &mut teardown).await;
         }
@@ -1110,6 +1125,8 @@ impl Containers {
                 return;
             }
             self.lock().remove(id);
+            // As Docker's --rm: its anonymous volumes go with it.
+            self.remove_anonymous_volumes(&config);
             teardown.step(
                 "removing its attachments",
                 self.inner.hook.removed(id).await,

@@ -12,6 +12,7 @@ use tartan_proto::v1::{
 use tartan_runtime::container::ContainerSpec;
 use tartan_runtime::security::{SeccompChoice, Security};
 
+use super::volumes::{parse_volume, parse_volumes_from, VolumeRequest};
 use super::NetworkRequest;
 
 /// What `tartan run` asks for, checked: names, environment entries, the
@@ -32,6 +33,10 @@ pub struct RunSpec {
     /// What runs; its `env` as given (Docker's defaults are added once the
     /// hostname is known) and its `hostname` empty.
     pub container: ContainerSpec,
+    /// `-v`, checked; made into mounts once the agent's volumes are at hand.
+    pub volumes: Vec<VolumeRequest>,
+    /// `--volumes-from` as given (the containers are looked up at run).
+    pub volumes_from: Vec<String>,
 }
 
 impl RunSpec {
@@ -50,6 +55,14 @@ impl RunSpec {
             }
         }
         let network = network_from_pb(request.network)?;
+        let volumes = request
+            .volumes
+            .iter()
+            .map(|text| parse_volume(text))
+            .collect::<Result<Vec<_>>>()?;
+        for text in &request.volumes_from {
+            parse_volumes_from(text)?;
+        }
         let security = security_from_pb(request.security.unwrap_or_default())?;
         // As Docker: a net.* sysctl would change the host's or another container's network.
         if security.sets_network_sysctls()
@@ -77,7 +90,10 @@ impl RunSpec {
                 tty: request.tty,
                 open_stdin: request.interactive,
                 security,
+                mounts: Vec::new(),
             },
+            volumes,
+            volumes_from: request.volumes_from,
         })
     }
 }
