@@ -57,18 +57,69 @@ pub fn under_root(root: &Path, destination: &Path) -> Option<PathBuf> {
     Some(path)
 }
 
+/// The most symlinks followed in one path, as the kernel's limit.
+const MAX_LINKS: usize = 40;
+
+/// `destination` under `root`, with the image's symlinks on the way
+/// followed as the container will see them: an absolute target starts
+/// again at `root` and `..` stops there, so that a link in an untrusted
+/// image cannot make the mount (or the directories made for it) land on
+/// the host's own paths.
+pub fn resolve_in_root(sys: &dyn Syscall, root: &Path, destination: &Path) -> Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    fn parts(path: &Path) -> Vec<OsString> {
+        path.components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    }
+    let mut pending: VecDeque<OsString> = parts(destination).into();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        match sys.read_link(&root.join(&candidate))? {
+            Some(target) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(io_err("resolving", destination)(
+                        std::io::Error::from_raw_os_error(libc::ELOOP),
+                    ));
+                }
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for part in parts(&target).into_iter().rev() {
+                    pending.push_front(part);
+                }
+            }
+            None => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
+}
+
 /// Binds each mount's source onto its destination under `root` (the
 /// container's merged root, before pivot_root), making the destination as
 /// Docker does (a directory, or an empty file for a file source), then
 /// makes the read-only ones read-only.
 pub fn mount_volumes(sys: &dyn Syscall, root: &Path, mounts: &[Mount]) -> Result<()> {
     for mount in mounts {
-        let target = under_root(root, &mount.destination).ok_or_else(|| {
-            crate::RuntimeError::BadReference(format!(
+        if under_root(root, &mount.destination).is_none() {
+            return Err(crate::RuntimeError::BadReference(format!(
                 "invalid mount path {}: it must be absolute, without ..",
                 mount.destination.display()
-            ))
-        })?;
+            )));
+        }
+        let target = resolve_in_root(sys, root, &mount.destination)?;
         match sys.path_kind(&mount.source)? {
             PathKind::Directory => sys.mkdir_all(&target)?,
             PathKind::Missing => {
@@ -233,6 +284,24 @@ mod tests {
                 bind("/host/app.conf", "/c/rootfs/etc/app.conf", MS_BIND | MS_REC),
             ]
         );
+    }
+
+    #[test]
+    fn the_images_symlinks_stay_inside_the_root() {
+        let sys = RecordingSyscall {
+            links: vec![
+                ("/r/escape".into(), "/etc".into()),
+                ("/r/up".into(), "../../..".into()),
+                ("/r/var/run".into(), "../run".into()),
+                ("/r/loop".into(), "/loop".into()),
+            ],
+            ..RecordingSyscall::default()
+        };
+        let resolve = |path: &str| resolve_in_root(&sys, Path::new("/r"), Path::new(path));
+        assert_eq!(resolve("/escape/x").expect("x"), Path::new("/r/etc/x"));
+        assert_eq!(resolve("/up/x").expect("x"), Path::new("/r/x"));
+        assert_eq!(resolve("/var/run/db").expect("db"), Path::new("/r/run/db"));
+        assert!(resolve("/loop/x").is_err());
     }
 
     #[test]

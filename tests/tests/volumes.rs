@@ -11,6 +11,7 @@ use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::rootfs::{busybox_rootfs, tarball};
 
 fn inspect(agent: &Agent, name: &str) -> Result<Value> {
     let out = cli_ok(agent, &["inspect", name])?;
@@ -145,6 +146,42 @@ fn binds_are_read_write_or_read_only_and_bad_input_makes_nothing() -> Result<()>
         ensure!(err.contains(says), "{args:?}: {err}");
     }
     ensure!(!absent.exists(), "a refused run made its bind source");
+
+    // An image whose symlink points at a host path: the mount lands inside
+    // the container's root, and nothing is made on the host.
+    let image_dir = tempfile::tempdir()?;
+    let root = busybox_rootfs(image_dir.path())?;
+    let outside = host.path().join("outside");
+    std::os::unix::fs::symlink(&outside, root.join("escape"))?;
+    let archive = image_dir.path().join("linky.tar");
+    std::fs::write(&archive, tarball(&root, false)?)?;
+    cli_ok(agent, &["import", &archive.display().to_string(), "linky"])?;
+    let through_link = format!("{}:/escape/sub", data.display());
+    let out = cli_ok(
+        agent,
+        &[
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "-v",
+            &through_link,
+            "linky",
+            "cat",
+            "/escape/sub/seed",
+        ],
+    )?;
+    ensure!(out.contains("from the host"), "through the link: {out:?}");
+    ensure!(
+        !outside.exists(),
+        "the image's symlink made {} on the host",
+        outside.display()
+    );
+    assert_eq!(
+        host_mounts_under(host.path())?,
+        0,
+        "a mount leaked to the host"
+    );
     ensure!(
         volume_names(agent)?.is_empty(),
         "a refused run made a volume"
