@@ -161,6 +161,11 @@ pub fn populate_from_layers(layers: &[PathBuf], path: &Path, dest: &Path) -> Res
         let Some(source) = under_root(layer, path) else {
             return Ok(());
         };
+        // Only a real directory at the path itself: a symlink on the way
+        // would be followed on the host, and copy the host's files.
+        if through_symlink(layer, &source) {
+            continue;
+        }
         match std::fs::symlink_metadata(&source) {
             Ok(meta) if meta.is_dir() => {
                 copy_tree(&source, dest)?;
@@ -174,6 +179,18 @@ pub fn populate_from_layers(layers: &[PathBuf], path: &Path, dest: &Path) -> Res
         }
     }
     Ok(())
+}
+
+/// Whether any part of `path` below `layer` is a symlink.
+fn through_symlink(layer: &Path, path: &Path) -> bool {
+    let Ok(below) = path.strip_prefix(layer) else {
+        return true;
+    };
+    let mut walked = layer.to_path_buf();
+    below.components().any(|part| {
+        walked.push(part);
+        std::fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -341,6 +358,20 @@ mod tests {
             "mknod needs root: {}",
             std::io::Error::last_os_error()
         );
+        // A link to a host directory is not the image's content.
+        let host = dir.path().join("host");
+        std::fs::create_dir_all(host.join("secret")).expect("host");
+        std::fs::write(host.join("secret/key"), "host").expect("key");
+        std::os::unix::fs::symlink(&host, top.join("linked")).expect("link");
+        let leak = dir.path().join("leak");
+        std::fs::create_dir(&leak).expect("leak");
+        populate_from_layers(
+            std::slice::from_ref(&top),
+            Path::new("/linked/secret"),
+            &leak,
+        )
+        .expect("nothing");
+        assert!(!leak.join("key").exists(), "the host's file was copied");
         let volume = dir.path().join("volume");
         std::fs::create_dir(&volume).expect("volume");
         populate_from_layers(&[base, top], Path::new("/srv"), &volume).expect("populates");
