@@ -112,6 +112,9 @@ enum Command {
     /// Manage named networks, shared by every host of the fabric.
     #[command(subcommand)]
     Network(cli::network::NetworkCommand),
+    /// Manage this host's volumes.
+    #[command(subcommand)]
+    Volume(cli::volume::VolumeCommand),
     /// A container's first process, inside the namespaces its parent made.
     #[command(hide = true)]
     Init(InitArgs),
@@ -1097,6 +1100,7 @@ fn main() -> ExitCode {
             Command::Rm(args) => done(container_cli::rm(args, socket).await),
             Command::Export(args) => done(container_cli::export(args, socket).await),
             Command::Network(command) => done(cli::network::run(command, socket).await),
+            Command::Volume(command) => done(cli::volume::run(command, socket).await),
             Command::Init(_) | Command::Shim(_) | Command::Exec(_) => Err(anyhow::anyhow!(
                 "this command runs before the async runtime starts"
             )),

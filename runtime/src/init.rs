@@ -13,6 +13,7 @@ use crate::container::spec::ContainerSpec;
 use crate::rootfs::{mount_rootfs, pivot_into, restrict_kernel_paths, RootfsLayout};
 use crate::syscall::Syscall;
 use crate::user::Identity;
+use crate::volumes::mount_volumes;
 use crate::{Result, RuntimeError};
 
 /// Everything init needs, written by the parent as JSON.
@@ -87,6 +88,8 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
         privileged: spec.container.security.privileged,
     };
     mount_rootfs(sys, &layout)?;
+    // While the host's paths are still in reach.
+    mount_volumes(sys, &spec.merged, &spec.container.mounts)?;
     pivot_into(sys, &spec.merged)?;
     restrict_kernel_paths(
         sys,
@@ -285,6 +288,14 @@ mod tests {
                 args: vec!["sh".into()],
                 env: vec!["PATH=/bin".into()],
                 hostname: "web".into(),
+                mounts: vec![crate::volumes::Mount {
+                    kind: crate::volumes::MountKind::Bind,
+                    name: String::new(),
+                    source: "/data".into(),
+                    destination: "/tmp/data".into(),
+                    read_only: false,
+                    anonymous: false,
+                }],
                 ..ContainerSpec::default()
             },
         };
@@ -309,6 +320,14 @@ mod tests {
         assert!(
             written > pivot,
             "files are written inside the new root only"
+        );
+        let bound = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/c/rootfs/tmp/data")))
+            .expect("the volume is bound");
+        assert!(
+            bound < pivot,
+            "volumes are bound while the host is in reach"
         );
         assert_eq!(calls[calls.len() - 3], Call::MkdirAll("/".into()));
         assert_eq!(calls[calls.len() - 2], Call::Sethostname("web".into()));

@@ -20,6 +20,7 @@ mod seccomp_x86_64;
 pub mod security;
 pub mod syscall;
 pub mod user;
+pub mod volumes;
 
 pub use error::{Result, RuntimeError};
 pub use image::{Image, ImageStore, Reference};

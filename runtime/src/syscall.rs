@@ -47,6 +47,8 @@ pub trait Syscall {
     fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()>;
     /// Whether `path` exists and is a directory (not following a last symlink).
     fn path_kind(&self, path: &Path) -> Result<PathKind>;
+    /// The target of `path` if it is a symlink; None if it is anything else or missing.
+    fn read_link(&self, path: &Path) -> Result<Option<PathBuf>>;
 }
 
 fn cstr(path: &Path) -> std::io::Result<CString> {
@@ -166,6 +168,17 @@ impl Syscall for LinuxSyscall {
             Err(err) => Err(io_err("looking at", path)(err)),
         }
     }
+
+    fn read_link(&self, path: &Path) -> Result<Option<PathBuf>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => std::fs::read_link(path)
+                .map(Some)
+                .map_err(io_err("reading the link", path)),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(io_err("looking at", path)(err)),
+        }
+    }
 }
 
 /// One recorded call, for tests.
@@ -196,6 +209,8 @@ pub struct RecordingSyscall {
     pub calls: RefCell<Vec<Call>>,
     pub directories: Vec<PathBuf>,
     pub missing: Vec<PathBuf>,
+    /// Symlinks: where each points.
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Syscall for RecordingSyscall {
@@ -266,5 +281,12 @@ impl Syscall for RecordingSyscall {
         } else {
             PathKind::Other
         })
+    }
+    fn read_link(&self, path: &Path) -> Result<Option<PathBuf>> {
+        Ok(self
+            .links
+            .iter()
+            .find(|(link, _)| link == path)
+            .map(|(_, target)| target.clone()))
     }
 }

@@ -203,6 +203,38 @@ fn a_loaded_images_config_is_applied_with_dockers_rules() -> Result<()> {
         "{env:?}"
     );
     cli_ok(agent, &["rm", "shown"])?;
+
+    // -P publishes what the image exposes, and its Volumes get anonymous
+    // volumes, which rm -v removes.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "exposed",
+            "-P",
+            "--entrypoint",
+            "sleep",
+            "cfg:1",
+            "60",
+        ],
+    )?;
+    let ports = cli_ok(agent, &["port", "exposed"])?;
+    ensure!(
+        ports.contains("80/tcp -> 0.0.0.0:") && ports.contains("53/udp -> 0.0.0.0:"),
+        "{ports}"
+    );
+    let shown: Value = serde_json::from_str(&cli_ok(agent, &["inspect", "exposed"])?)?;
+    let mounts = shown[0]["Mounts"].as_array().context("Mounts")?.clone();
+    ensure!(
+        mounts.len() == 1 && mounts[0]["Type"] == "volume" && mounts[0]["Destination"] == "/data",
+        "{mounts:?}"
+    );
+    let volume = mounts[0]["Name"].as_str().context("a name")?.to_string();
+    cli_ok(agent, &["rm", "-f", "-v", "exposed"])?;
+    let volumes = cli_ok(agent, &["volume", "ls", "-q"])?;
+    ensure!(!volumes.contains(&volume), "rm -v left {volume}");
     Ok(())
 }
 

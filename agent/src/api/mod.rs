@@ -1,6 +1,8 @@
 //! The local gRPC API on a unix socket: the server half inside the agent and
 //! the client half used by the CLI.
 
+mod volumes;
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -26,6 +28,9 @@ use tartan_proto::v1::{
     ConnectPeersRequest, ConnectRequest, CreateNetworkRequest, DisconnectRequest,
     ForgetPeersRequest, ListNetworksRequest, Network as PbNetwork, NetworkEndpoint,
     NetworkRequest as PbNetworkRequest, NetworksResponse, SegmentStatus, SegmentStatusRequest,
+};
+use tartan_proto::v1::{
+    ListVolumesRequest, PruneVolumesRequest, Volume as PbVolume, VolumeRequest, VolumesResponse,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -92,6 +97,12 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         } => (0, Some(code), started, finished),
     };
     let config = view.config;
+    let mounts = config
+        .spec
+        .mounts
+        .iter()
+        .map(volumes::to_pb_mount)
+        .collect();
     PbContainer {
         state: match (pid, exit_code) {
             (0, None) => "created",
@@ -126,6 +137,7 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         security: Some(security_to_pb(&config.spec.security)),
         // Read from the kernel, and only where a listing needs them.
         addresses: Vec::new(),
+        mounts,
         entrypoint: config.spec.entrypoint,
         cmd: config.spec.cmd,
         user: config.spec.user,
@@ -535,6 +547,9 @@ impl Agent for AgentService {
                 failed(err)
             }
         })?;
+        if r.volumes {
+            self.containers.remove_anonymous_volumes(&view.config);
+        }
         Ok(Response::new(to_pb_container(view)))
     }
 
@@ -1124,6 +1139,59 @@ impl Agent for AgentService {
         _request: Request<SegmentStatusRequest>,
     ) -> Result<Response<SegmentStatus>, Status> {
         Ok(Response::new(self.segment.status().await))
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<VolumeRequest>,
+    ) -> Result<Response<PbVolume>, Status> {
+        let name = request.into_inner().name;
+        let containers = self.containers.clone();
+        let view = blocking(move || containers.create_volume(&name)).await?;
+        Ok(Response::new(volumes::to_pb_volume(view)))
+    }
+
+    async fn list_volumes(
+        &self,
+        _request: Request<ListVolumesRequest>,
+    ) -> Result<Response<VolumesResponse>, Status> {
+        let containers = self.containers.clone();
+        let views = blocking(move || containers.list_volumes()).await?;
+        Ok(Response::new(VolumesResponse {
+            volumes: views.into_iter().map(volumes::to_pb_volume).collect(),
+        }))
+    }
+
+    async fn inspect_volume(
+        &self,
+        request: Request<VolumeRequest>,
+    ) -> Result<Response<PbVolume>, Status> {
+        let name = request.into_inner().name;
+        let containers = self.containers.clone();
+        let view = blocking(move || containers.inspect_volume(&name)).await?;
+        Ok(Response::new(volumes::to_pb_volume(view)))
+    }
+
+    async fn remove_volume(
+        &self,
+        request: Request<VolumeRequest>,
+    ) -> Result<Response<PbVolume>, Status> {
+        let name = request.into_inner().name;
+        let containers = self.containers.clone();
+        let view = blocking(move || containers.remove_volume(&name)).await?;
+        Ok(Response::new(volumes::to_pb_volume(view)))
+    }
+
+    async fn prune_volumes(
+        &self,
+        request: Request<PruneVolumesRequest>,
+    ) -> Result<Response<VolumesResponse>, Status> {
+        let all = request.into_inner().all;
+        let containers = self.containers.clone();
+        let views = blocking(move || containers.prune_volumes(all)).await?;
+        Ok(Response::new(VolumesResponse {
+            volumes: views.into_iter().map(volumes::to_pb_volume).collect(),
+        }))
     }
 }
 

@@ -77,6 +77,12 @@ pub struct RunArgs {
     /// A sysctl of the container's own namespaces (net.*, kernel.shm*, ...), set at its start. Repeatable.
     #[arg(long = "sysctl", value_name = "KEY=VALUE")]
     sysctl: Vec<String>,
+    /// HOST_PATH:CONTAINER_PATH[:ro|:rw], NAME:CONTAINER_PATH[:ro|:rw] or CONTAINER_PATH. Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
+    volume: Vec<String>,
+    /// The volumes and bind mounts of another container, CONTAINER[:ro|:rw]. Repeatable.
+    #[arg(long = "volumes-from", value_name = "CONTAINER")]
+    volumes_from: Vec<String>,
     /// NAME[:TAG] or an image id.
     image: String,
     /// Print help (`-h` is `--hostname`, as in Docker).
@@ -130,6 +136,9 @@ pub struct RmArgs {
     /// Kill running containers first.
     #[arg(short = 'f', long)]
     force: bool,
+    /// Remove the containers' anonymous volumes too.
+    #[arg(short = 'v', long)]
+    volumes: bool,
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
 }
@@ -272,6 +281,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             publish_all: args.publish_all,
             entrypoint: args.entrypoint,
             user: args.user.unwrap_or_default(),
+            volumes: args.volume.iter().map(|v| absolute_source(v)).collect(),
+            volumes_from: args.volumes_from,
         })
         .await;
     let container = match container {
@@ -312,6 +323,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             .remove_container(RemoveContainerRequest {
                 container: container.id,
                 force: false,
+                // As Docker's --rm: anonymous volumes go too.
+                volumes: true,
             })
             .await;
         if let Err(status) = removed {
@@ -451,6 +464,19 @@ async fn attach(socket: &str, tty: bool, interactive: bool, sig_proxy: bool) -> 
     code.context("the container's supervisor went away without an exit status")
 }
 
+/// `-v ./dir:/path`: a source relative to this shell's directory (starting
+/// with `.`) is made absolute here, as Docker's CLI does; the agent's
+/// directory would mean nothing to the operator.
+fn absolute_source(volume: &str) -> String {
+    match volume.split_once(':') {
+        Some((source, rest)) if source.starts_with('.') => match std::env::current_dir() {
+            Ok(cwd) => format!("{}:{rest}", cwd.join(source).display()),
+            Err(_) => volume.to_string(),
+        },
+        _ => volume.to_string(),
+    }
+}
+
 pub async fn ps(args: PsArgs, api_socket: &Path) -> Result<()> {
     let mut client = api::connect(api_socket).await?;
     let list = client
@@ -577,6 +603,7 @@ pub async fn rm(args: RmArgs, api_socket: &Path) -> Result<()> {
                 .remove_container(RemoveContainerRequest {
                     container,
                     force: args.force,
+                    volumes: args.volumes,
                 })
                 .await
                 .map_err(refused)?;

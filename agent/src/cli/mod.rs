@@ -10,3 +10,4 @@ pub mod refusal;
 pub mod segment;
 pub mod status;
 pub mod stdout;
+pub mod volume;

@@ -427,6 +427,21 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
     out
 }
 
+/// One of a container's mounts, in Docker's shape.
+fn mount_json(mount: &tartan_proto::v1::VolumeMount) -> Value {
+    let volume = mount.r#type == "volume";
+    json!({
+        "Type": mount.r#type,
+        "Name": (volume).then_some(&mount.name),
+        "Source": mount.source,
+        "Destination": mount.destination,
+        "Driver": if volume { "local" } else { "" },
+        "Mode": if mount.rw { "" } else { "ro" },
+        "RW": mount.rw,
+        "Propagation": if volume { "" } else { "rprivate" },
+    })
+}
+
 /// `tartan inspect`: one JSON object per container, in an array as Docker prints it.
 /// Docker's set-as-object shape, `{"80/tcp": {}}`; null when empty.
 fn keyed_set(keys: &[String]) -> Value {
@@ -488,6 +503,7 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
         // Docker's own shapes, for tools that read them.
         "HostConfig": { "PortBindings": crate::cli::ports::port_bindings_json(c) },
         "NetworkSettings": { "Ports": crate::cli::ports::network_ports_json(c) },
+        "Mounts": c.mounts.iter().map(mount_json).collect::<Vec<_>>(),
     })
 }
 

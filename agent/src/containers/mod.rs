@@ -11,6 +11,7 @@ pub mod image_config;
 pub mod images;
 pub mod ports;
 pub mod spec;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -147,6 +148,7 @@ struct Inner {
     shim_binary: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
     ports: ports::Publisher,
+    volumes: volumes::VolumeStore,
 }
 
 impl ContainerLookup for Containers {
@@ -368,6 +370,7 @@ impl Containers {
                 shim_binary,
                 entries: Mutex::new(HashMap::new()),
                 ports: ports::Publisher::default(),
+                volumes: volumes::VolumeStore::open(state_dir)?,
             }),
         };
         let listing =
@@ -639,6 +642,14 @@ impl Containers {
             })?;
             crate::networks::attach::parse_requested(ip, &attacher.subnet())?;
         }
+        // The image's `Volumes` get anonymous volumes, which -v and
+        // --volumes-from replace at the same path, as in Docker.
+        let image_volumes: Vec<std::path::PathBuf> = image
+            .config
+            .as_ref()
+            .map(|c| c.volumes.clone())
+            .unwrap_or_default();
+        let mounts = self.plan_mounts(&image_volumes, &opts.volumes, &opts.volumes_from)?;
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
@@ -678,6 +689,7 @@ impl Containers {
                 .clone()
                 .unwrap_or_else(|| id[..12].to_string());
             spec.env = environment(&spec.env, &spec.hostname, spec.tty);
+            spec.mounts = mounts.clone();
             let config = ContainerConfig {
                 id: id.clone(),
                 name: name.clone(),
@@ -704,6 +716,11 @@ impl Containers {
             (id, name, lifecycle)
         };
         let _guard = lifecycle.lock().await;
+        let made = self.make_mounts(&mounts, &self.inner.images.layer_dirs(&image));
+        if let Err(err) = made {
+            self.discard(&id).await;
+            return Err(err);
+        }
         if let Some(def) = &named {
             // Claimed before the container exists: `--ip` taken fails the run.
             let joined = self
@@ -750,9 +767,10 @@ impl Containers {
     /// here are logged.
     async fn discard(&self, id: &str) {
         let mut teardown = Teardown::new();
-        let endpoints = self
-            .entry_parts(id)
-            .map(|(config, _)| config.endpoints)
+        let config = self.entry_parts(id).map(|(config, _)| config).ok();
+        let endpoints = config
+            .as_ref()
+            .map(|config| config.endpoints.clone())
             .unwrap_or_default();
         for endpoint in &endpoints {
             teardown.step(
@@ -771,6 +789,9 @@ impl Containers {
             crate::teardown::remove_dir_all(self.dir(id).path()),
         );
         self.lock().remove(id);
+        if let Some(config) = &config {
+            self.remove_anonymous_volumes(config);
+        }
         for endpoint in &endpoints {
             self.remove_bridge_if_unused(endpoint, &mut teardown).await;
         }
@@ -1153,6 +1174,8 @@ impl Containers {
                 return;
             }
             self.lock().remove(id);
+            // As Docker's --rm: its anonymous volumes go with it.
+            self.remove_anonymous_volumes(&config);
             teardown.step(
                 "removing its attachments",
                 self.inner.hook.removed(id).await,

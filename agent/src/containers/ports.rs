@@ -80,10 +80,30 @@ pub fn parse_publish(text: &str) -> Result<PortBinding> {
     })
 }
 
-/// The ports the image exposes (its config's ExposedPorts), for `-P`.
-/// Images carry no config of their own yet: none until they do.
-pub fn image_exposed_ports(_image: &tartan_runtime::Image) -> Vec<PortBinding> {
-    Vec::new()
+/// The ports the image exposes (its config's ExposedPorts), for `-P`, each
+/// on a host port chosen at start. SCTP, which the rules do not carry, is
+/// left out.
+pub fn image_exposed_ports(image: &tartan_runtime::Image) -> Vec<PortBinding> {
+    let Some(config) = image.config.as_ref() else {
+        return Vec::new();
+    };
+    config
+        .exposed_ports
+        .iter()
+        .filter_map(|exposed| {
+            let protocol = match exposed.protocol {
+                tartan_runtime::image::Protocol::Tcp => "tcp",
+                tartan_runtime::image::Protocol::Udp => "udp",
+                tartan_runtime::image::Protocol::Sctp => return None,
+            };
+            Some(PortBinding {
+                host_ip: None,
+                host_port: 0,
+                container_port: exposed.port,
+                protocol: protocol.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// What `-p` and `-P` add up to: the given ports, then every exposed one

@@ -13,6 +13,7 @@ use tartan_runtime::container::ContainerSpec;
 use tartan_runtime::security::{SeccompChoice, Security};
 
 use super::image_config::ImageOverrides;
+use super::volumes::{parse_volume, parse_volumes_from, VolumeRequest};
 use super::NetworkRequest;
 
 /// What `tartan run` asks for, checked: names, environment entries, the
@@ -40,6 +41,10 @@ pub struct RunSpec {
     /// `--entrypoint`, `-u` and `-w`, applied over the image's own settings
     /// once the image is known (`args` is then the given command, maybe empty).
     pub image_overrides: ImageOverrides,
+    /// `-v`, checked; made into mounts once the agent's volumes are at hand.
+    pub volumes: Vec<VolumeRequest>,
+    /// `--volumes-from` as given (the containers are looked up at run).
+    pub volumes_from: Vec<String>,
 }
 
 impl RunSpec {
@@ -62,6 +67,14 @@ impl RunSpec {
             }
         }
         let network = network_from_pb(request.network)?;
+        let volumes = request
+            .volumes
+            .iter()
+            .map(|text| parse_volume(text))
+            .collect::<Result<Vec<_>>>()?;
+        for text in &request.volumes_from {
+            parse_volumes_from(text)?;
+        }
         let security = security_from_pb(request.security.unwrap_or_default())?;
         // As Docker: a net.* sysctl would change the host's or another container's network.
         if security.sets_network_sysctls()
@@ -90,6 +103,7 @@ impl RunSpec {
                 tty: request.tty,
                 open_stdin: request.interactive,
                 security,
+                mounts: Vec::new(),
                 ..ContainerSpec::default()
             },
             image_overrides: ImageOverrides {
@@ -97,6 +111,8 @@ impl RunSpec {
                 user,
                 workdir: workdir.map(Into::into),
             },
+            volumes,
+            volumes_from: request.volumes_from,
         })
     }
 }

@@ -351,6 +351,7 @@ mod tests {
                     no_new_privileges: true,
                     ..Security::default()
                 },
+                mounts: Vec::new(),
                 ..ContainerSpec::default()
             },
             network: NetworkMode::Container("ef".repeat(32)),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::ExposedPort;
 use crate::security::Security;
+use crate::volumes::Mount;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -39,6 +40,9 @@ pub struct ContainerSpec {
     /// The image's `Volumes`: paths that get an anonymous volume.
     #[serde(default)]
     pub image_volumes: Vec<PathBuf>,
+    /// `-v` and `--volumes-from`, their sources resolved on the host; absent from older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 impl Default for ContainerSpec {
@@ -56,6 +60,7 @@ impl Default for ContainerSpec {
             cmd: Vec::new(),
             exposed_ports: Vec::new(),
             image_volumes: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 }
