@@ -219,6 +219,30 @@ fn attach_joins_a_terminal_and_detaches_with_the_keys() -> Result<()> {
         "c2 and the --rm one run: {running}"
     );
 
+    // A terminal container without -i: our input is not its, so the
+    // terminal stays cooked and Ctrl-C ends the session, not the container.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-dt",
+            "--name",
+            "c3",
+            "busybox",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 1; done",
+        ],
+    )?;
+    let mut term = Terminal::spawn(agent.cli_command(&["attach", "c3"])?)?;
+    term.wait_for_text("tick")?;
+    term.type_keys(b"\x03")?;
+    let status = term.wait_exit()?;
+    ensure!(!status.success(), "Ctrl-C ended attach: {status}");
+    let row = status_of(agent, "c3")?;
+    ensure!(row.contains(" Up "), "left running: {row}");
+    cli_ok(agent, &["rm", "-f", "c3"])?;
+
     // A bad key spec: one line, nothing changes.
     for args in [
         &["attach", "--detach-keys", "ctrl-1", "c2"][..],

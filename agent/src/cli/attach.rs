@@ -172,6 +172,9 @@ pub async fn attach_container(container: PbContainer, options: ContainerAttach) 
         close_stdin_at_end: false,
         // As Docker, the keys are read only on a terminal session.
         detach_keys: container.tty.then_some(keys),
+        // Raw only when our input goes in, as Docker's CLI: otherwise Ctrl-C
+        // must still end this command (nothing would carry it to the container).
+        raw_terminal: container.tty && stdin,
     };
     match stream_session(&container.attach_socket, session).await? {
         SessionEnd::Exited(code) => Ok(code),

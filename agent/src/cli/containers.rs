@@ -291,6 +291,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         close_stdin_at_end: true,
         // As Docker, the keys are read only on a terminal session.
         detach_keys: args.tty.then_some(detach_keys),
+        raw_terminal: args.tty,
     };
     let code = match stream_session(&container.attach_socket, session).await? {
         SessionEnd::Exited(code) => code,
@@ -350,6 +351,8 @@ pub struct SessionOptions {
     pub close_stdin_at_end: bool,
     /// Typed on the input, these end the session and leave the container running.
     pub detach_keys: Option<DetachKeys>,
+    /// Put this terminal in raw mode (when it is one) for the session.
+    pub raw_terminal: bool,
 }
 
 /// How a session ended.
@@ -369,12 +372,13 @@ pub async fn stream_session(socket: &str, options: SessionOptions) -> Result<Ses
         sig_proxy,
         close_stdin_at_end,
         detach_keys,
+        raw_terminal,
     } = options;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("attaching to the container at {socket}"))?;
     let (mut from_shim, mut to_shim) = stream.into_split();
-    let raw = (tty && std::io::stdin().is_terminal()).then(|| RawMode::enable(0));
+    let raw = (raw_terminal && std::io::stdin().is_terminal()).then(|| RawMode::enable(0));
     let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Frame>(16);
     tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
