@@ -50,15 +50,19 @@ enum Command {
     Agent(Box<AgentArgs>),
     /// Show this node's lease, the network config and every peer lease.
     Status(StatusArgs),
-    /// Plug a container in: tartan attach [ADDR/LEN] CONTAINER (onto the node
-    /// bridge), or tartan attach HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]|0/0
-    /// [MAC][@VLAN] (pipework's form).
+    /// Join a running container's terminal or output (tartan attach
+    /// CONTAINER, as docker attach), or plug a container in: tartan attach
+    /// [ADDR/LEN] CONTAINER (onto the node bridge), or tartan attach
+    /// HOST_INTERFACE CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN]
+    /// (pipework's form).
     ///
-    /// CONTAINER is a netns name (as `ip netns` knows it), a netns path or a
-    /// PID (in the pipework form also a Tartan container). One or two
-    /// arguments are the weave form, three or four pipework's. Without ADDR
-    /// the next free address of the node subnet is used. Prints the address
-    /// given.
+    /// A single argument naming a Tartan container, with no -i, --l2 or
+    /// --netns, joins the container (Ctrl-P Ctrl-Q detaches); one that is
+    /// also a netns name is refused. Otherwise CONTAINER is a netns name (as
+    /// `ip netns` knows it), a netns path or a PID (in the pipework form
+    /// also a Tartan container). One or two arguments are the weave form,
+    /// three or four pipework's. Without ADDR the next free address of the
+    /// node subnet is used. Prints the address given.
     Attach(AttachArgs),
     /// Unplug a container (one interface with -i) and free its address.
     Detach(DetachArgs),
@@ -197,6 +201,28 @@ struct AttachArgs {
     /// CONTAINER ADDR/LEN[@GATEWAY]|0/0 [MAC][@VLAN].
     #[arg(required = true, num_args = 1..=4, value_name = "ARG")]
     args: Vec<String>,
+    /// Weave form: CONTAINER is a netns name, even when a Tartan container
+    /// has that name too.
+    #[arg(long)]
+    netns: bool,
+    /// Container form: the keys that detach, leaving the container running
+    /// (Docker's format; default ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    detach_keys: Option<String>,
+    /// Container form: do not pass standard input on.
+    #[arg(long = "no-stdin")]
+    no_stdin: bool,
+    /// Container form: pass the signals this command receives on (not with a terminal).
+    #[arg(
+        long = "sig-proxy",
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    sig_proxy: bool,
 }
 
 #[derive(Args)]
@@ -568,7 +594,30 @@ fn split_mac_vlan(text: &str) -> Result<(String, u32)> {
     Ok((mac.to_string(), vlan))
 }
 
-async fn attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
+async fn attach(args: AttachArgs, api_socket: &Path) -> Result<i32> {
+    // One argument naming a Tartan container, and no network flag: Docker's attach.
+    if let [single] = args.args.as_slice() {
+        let network_flags = args.container_interface.is_some() || args.l2 || args.netns;
+        if !network_flags {
+            if let Some(container) = cli::attach::container_named(single, api_socket).await? {
+                let options = cli::attach::ContainerAttach {
+                    detach_keys: args.detach_keys,
+                    no_stdin: args.no_stdin,
+                    sig_proxy: args.sig_proxy,
+                };
+                return cli::attach::attach_container(container, options).await;
+            }
+        }
+    }
+    if args.detach_keys.is_some() || args.no_stdin {
+        anyhow::bail!(
+            "--detach-keys and --no-stdin belong to the container form: tartan attach CONTAINER"
+        );
+    }
+    network_attach(args, api_socket).await.map(|()| 0)
+}
+
+async fn network_attach(args: AttachArgs, api_socket: &Path) -> Result<()> {
     // The forms differ in their number of arguments: one or two is weave's
     // ([ADDR/LEN] CONTAINER), three or four is pipework's.
     let request = match args.args.as_slice() {
@@ -1074,7 +1123,7 @@ fn main() -> ExitCode {
                 done(daemon::run(args.into_options(socket.to_path_buf())).await)
             }
             Command::Status(args) => done(status(args, socket).await),
-            Command::Attach(args) => done(attach(args, socket).await),
+            Command::Attach(args) => attach(args, socket).await,
             Command::Detach(args) => done(detach(args, socket).await),
             Command::Connect(args) => done(cli::segment::connect(args, socket).await),
             Command::Forget(args) => done(cli::segment::forget(args, socket).await),

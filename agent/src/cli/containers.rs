@@ -15,6 +15,7 @@ use tartan_runtime::container::frame::{Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api;
+use crate::cli::attach::{DetachKeys, EscapeMatcher};
 use crate::cli::refusal::refused;
 use crate::containers::{spec, NetworkRequest};
 
@@ -103,6 +104,10 @@ pub struct RunArgs {
     /// NAME, UID, NAME:GROUP or UID:GID, looked up in the image's /etc/passwd and /etc/group.
     #[arg(short = 'u', long)]
     user: Option<String>,
+    /// The keys that detach from a -t session, leaving the container running
+    /// (Docker's format; default ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    detach_keys: Option<String>,
 }
 
 #[derive(Args)]
@@ -261,6 +266,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         // Docker's warning: the container has the host's ports already.
         eprintln!("WARNING: Published ports are discarded when using host network mode");
     }
+    let detach_keys = DetachKeys::or_default(args.detach_keys.as_deref())?;
     let mut client = api::connect(api_socket).await?;
     let container = client
         .run_container(RunRequest {
@@ -309,13 +315,20 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
     }
     // As Docker's CLI: with a terminal, Ctrl-C travels through it instead.
     let sig_proxy = args.sig_proxy && !args.tty;
-    let code = attach(
-        &container.attach_socket,
-        args.tty,
-        args.interactive,
+    let session = SessionOptions {
+        tty: args.tty,
+        interactive: args.interactive,
         sig_proxy,
-    )
-    .await?;
+        close_stdin_at_end: true,
+        // As Docker, the keys are read only on a terminal session.
+        detach_keys: args.tty.then_some(detach_keys),
+        raw_terminal: args.tty,
+    };
+    let code = match stream_session(&container.attach_socket, session).await? {
+        SessionEnd::Exited(code) => code,
+        // Left running; with --rm the agent removes it when it ends.
+        SessionEnd::Detached => return Ok(0),
+    };
     if args.rm {
         // The agent removes it too when it sees it end; whoever is second
         // finds nothing. Either way it is gone when this returns.
@@ -359,14 +372,46 @@ const PROXIED_SIGNALS: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
+/// How a session with a container's supervisor goes (`run` in the
+/// foreground, `attach`).
+pub struct SessionOptions {
+    pub tty: bool,
+    /// Pass this command's standard input on.
+    pub interactive: bool,
+    /// Pass the signals this command receives on.
+    pub sig_proxy: bool,
+    /// The end of this command's input closes the container's.
+    pub close_stdin_at_end: bool,
+    /// Typed on the input, these end the session and leave the container running.
+    pub detach_keys: Option<DetachKeys>,
+    /// Put this terminal in raw mode (when it is one) for the session.
+    pub raw_terminal: bool,
+}
+
+/// How a session ended.
+pub enum SessionEnd {
+    /// The container ended with this code.
+    Exited(i32),
+    /// The detach keys were typed: the container goes on.
+    Detached,
+}
+
 /// Streams the container's output here and this terminal's input there,
-/// until the supervisor reports the exit code; passes signals on with `sig_proxy`.
-async fn attach(socket: &str, tty: bool, interactive: bool, sig_proxy: bool) -> Result<i32> {
+/// until the supervisor reports the exit code or the detach keys are typed.
+pub async fn stream_session(socket: &str, options: SessionOptions) -> Result<SessionEnd> {
+    let SessionOptions {
+        tty,
+        interactive,
+        sig_proxy,
+        close_stdin_at_end,
+        detach_keys,
+        raw_terminal,
+    } = options;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("attaching to the container at {socket}"))?;
     let (mut from_shim, mut to_shim) = stream.into_split();
-    let raw = (tty && std::io::stdin().is_terminal()).then(|| RawMode::enable(0));
+    let raw = (raw_terminal && std::io::stdin().is_terminal()).then(|| RawMode::enable(0));
     let (frames, mut outgoing) = tokio::sync::mpsc::channel::<Frame>(16);
     tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
@@ -410,20 +455,32 @@ async fn attach(socket: &str, tty: bool, interactive: bool, sig_proxy: bool) -> 
             });
         }
     }
+    let (detached_tx, mut detached) = tokio::sync::mpsc::channel::<()>(1);
     if interactive {
         let input = frames.clone();
+        let mut matcher = detach_keys.map(EscapeMatcher::new);
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        // A closed channel means the session already ended.
-                        let _ = input.send(Frame::StdinClose).await;
+                        if close_stdin_at_end {
+                            // A closed channel means the session already ended.
+                            let _ = input.send(Frame::StdinClose).await;
+                        }
                         return;
                     }
                     Ok(n) => {
-                        if input.send(Frame::Stdin(buf[..n].to_vec())).await.is_err() {
+                        let (data, detach) = match &mut matcher {
+                            Some(matcher) => matcher.feed(&buf[..n]),
+                            None => (buf[..n].to_vec(), false),
+                        };
+                        if !data.is_empty() && input.send(Frame::Stdin(data)).await.is_err() {
+                            return;
+                        }
+                        if detach {
+                            let _ = detached_tx.send(()).await;
                             return;
                         }
                     }
@@ -437,10 +494,15 @@ async fn attach(socket: &str, tty: bool, interactive: bool, sig_proxy: bool) -> 
     let mut decoder = FrameDecoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     let code = 'session: loop {
-        let n = from_shim
-            .read(&mut buf)
-            .await
-            .context("reading from the container")?;
+        let n = tokio::select! {
+            read = from_shim.read(&mut buf) => read.context("reading from the container")?,
+            Some(()) = detached.recv() => {
+                drop(raw);
+                // Docker's words on a detach.
+                eprintln!("read escape sequence");
+                return Ok(SessionEnd::Detached);
+            }
+        };
         if n == 0 {
             break 'session None;
         }
@@ -461,7 +523,8 @@ async fn attach(socket: &str, tty: bool, interactive: bool, sig_proxy: bool) -> 
         }
     };
     drop(raw);
-    code.context("the container's supervisor went away without an exit status")
+    code.map(SessionEnd::Exited)
+        .context("the container's supervisor went away without an exit status")
 }
 
 /// `-v ./dir:/path`: a source relative to this shell's directory (starting

@@ -1,6 +1,7 @@
 //! The client side of the binary: commands that talk to the agent, their
 //! output, and the argv translation of the flanneld drop-in.
 
+pub mod attach;
 pub mod containers;
 pub mod flanneld;
 pub mod network;
