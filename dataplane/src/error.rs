@@ -121,7 +121,82 @@ impl DataplaneError {
     }
 }
 
+/// Runs a dump again when the kernel interrupted it because the table
+/// changed meanwhile (EBUSY: another agent task, or anyone, adding a link
+/// or an address), as iproute2 does; a few times at most.
+pub(crate) async fn redo_interrupted<T, F, Fut>(mut dump: F) -> Result<T, DataplaneError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DataplaneError>>,
+{
+    let mut tries = 1;
+    loop {
+        match dump().await {
+            Err(DataplaneError::Netlink {
+                source: rtnetlink::Error::NetlinkError(ref e),
+                ..
+            }) if e.raw_code() == -libc::EBUSY && tries < 5 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 /// Maps an rtnetlink failure to the crate's error, naming the operation.
 pub(crate) fn netlink_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError {
     move |source| DataplaneError::Netlink { op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::num::NonZeroI32;
+
+    use rtnetlink::packet_core::ErrorMessage;
+
+    use super::*;
+
+    fn failed(code: i32) -> DataplaneError {
+        let mut message = ErrorMessage::default();
+        message.code = NonZeroI32::new(code);
+        DataplaneError::Netlink {
+            op: "link dump",
+            source: rtnetlink::Error::NetlinkError(message),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_dump_is_run_again_a_few_times_and_other_errors_are_not() {
+        let tries = Cell::new(0);
+        let got = redo_interrupted(|| {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move {
+                if n < 3 {
+                    Err(failed(-libc::EBUSY))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.ok(), Some(3));
+
+        tries.set(0);
+        let busy = redo_interrupted(|| {
+            tries.set(tries.get() + 1);
+            async { Err::<(), _>(failed(-libc::EBUSY)) }
+        })
+        .await;
+        assert!(busy.is_err());
+        assert_eq!(tries.get(), 5, "gives up after five");
+
+        tries.set(0);
+        let other = redo_interrupted(|| {
+            tries.set(tries.get() + 1);
+            async { Err::<(), _>(failed(-libc::EPERM)) }
+        })
+        .await;
+        assert!(other.is_err());
+        assert_eq!(tries.get(), 1);
+    }
 }

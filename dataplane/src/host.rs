@@ -120,6 +120,10 @@ pub(crate) fn best_default(routes: &[DefaultRoute]) -> Option<&DefaultRoute> {
 
 impl Netlink {
     async fn links(&self) -> Result<Vec<LinkEntry>> {
+        crate::error::redo_interrupted(|| self.links_once()).await
+    }
+
+    async fn links_once(&self) -> Result<Vec<LinkEntry>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
         while let Some(msg) = stream.try_next().await.map_err(netlink_err("link dump"))? {
@@ -144,6 +148,10 @@ impl Netlink {
     }
 
     async fn ipv4_addresses(&self) -> Result<Vec<AddrEntry>> {
+        crate::error::redo_interrupted(|| self.ipv4_addresses_once()).await
+    }
+
+    async fn ipv4_addresses_once(&self) -> Result<Vec<AddrEntry>> {
         let mut stream = self.handle.address().get().execute();
         let mut addrs = Vec::new();
         while let Some(msg) = stream

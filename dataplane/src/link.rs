@@ -189,6 +189,10 @@ impl Netlink {
 
     /// Every link of the namespace, as the kernel tells it.
     pub(crate) async fn link_messages(&self) -> Result<Vec<LinkMessage>> {
+        crate::error::redo_interrupted(|| self.link_messages_once()).await
+    }
+
+    async fn link_messages_once(&self) -> Result<Vec<LinkMessage>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
         while let Some(msg) = stream.try_next().await.map_err(netlink_err("link dump"))? {
@@ -210,6 +214,13 @@ impl Netlink {
     /// The IPv4 addresses of a link, each with the message that names it
     /// (what a deletion takes).
     async fn ipv4_address_messages(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
+        crate::error::redo_interrupted(|| self.ipv4_address_messages_once(index)).await
+    }
+
+    async fn ipv4_address_messages_once(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
         let mut stream = self
             .handle
             .address()
