@@ -609,7 +609,22 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
     );
 
     let flannel = r#"{"PublicIP":"10.234.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}"#;
-    etcdctl(&["put", &format!("{prefix}/subnets/10.5.250.0-24"), flannel])?;
+    // A subnet none of the agents holds: writing over an agent's own lease
+    // would make it lease another one.
+    let flannel_subnet = [
+        "10.5.250.0/24",
+        "10.5.251.0/24",
+        "10.5.252.0/24",
+        "10.5.253.0/24",
+    ]
+    .into_iter()
+    .find(|s| !subnets.iter().any(|held| held == s))
+    .context("a free subnet for the flannel lease")?;
+    etcdctl(&[
+        "put",
+        &format!("{prefix}/subnets/{}", flannel_subnet.replace('/', "-")),
+        flannel,
+    ])?;
     for (i, agent) in agents.iter().enumerate() {
         wait::wait_until(READY, Duration::from_millis(100), || {
             let mut expected: HashSet<String> = subnets
@@ -618,7 +633,7 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, s)| s.clone())
                 .collect();
-            expected.insert("10.5.250.0/24".into());
+            expected.insert(flannel_subnet.into());
             Ok(peer_subnets(&agent.status_json()?) == expected)
         })
         .with_context(|| agent.log_tail(20))?;
@@ -626,7 +641,7 @@ async fn three_hosts_share_one_etcd() -> Result<()> {
     let status = agents[0].status_json()?;
     let flannel_peer = status["peers"]
         .as_array()
-        .and_then(|peers| peers.iter().find(|p| p["subnet"] == "10.5.250.0/24"))
+        .and_then(|peers| peers.iter().find(|p| p["subnet"] == flannel_subnet))
         .context("flannel lease listed")?;
     assert_eq!(flannel_peer["public_ip"], "10.234.0.99");
     assert_eq!(flannel_peer["backend_data"]["VtepMAC"], "0e:aa:bb:cc:dd:ee");
