@@ -13,6 +13,7 @@ pub mod export;
 pub mod frame;
 pub mod log;
 pub mod ports;
+pub mod restart;
 pub mod shim;
 pub mod spec;
 
