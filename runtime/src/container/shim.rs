@@ -9,7 +9,8 @@
 //! network namespace in; on the agent's `go` (standard input) it runs the
 //! container's init. From then on the supervisor copies the container's
 //! output to the log and to attached clients, feeds it their input, and
-//! records its exit status when it ends.
+//! records its exit status when it ends; with a restart policy it then runs
+//! the command again (see `restart`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
