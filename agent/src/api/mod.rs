@@ -87,9 +87,12 @@ struct AgentService {
 }
 
 fn to_pb_container(view: ContainerView) -> PbContainer {
+    let restarting = matches!(view.status, RunStatus::Restarting { .. });
     let (pid, exit_code, started, finished) = match view.status {
         RunStatus::Created => (0, None, String::new(), String::new()),
         RunStatus::Running { pid, started, .. } => (pid, None, started, String::new()),
+        // Still its, as Docker's State.Running says; its exit code and when.
+        RunStatus::Restarting { code, finished, .. } => (0, Some(code), String::new(), finished),
         RunStatus::Exited {
             code,
             started,
@@ -103,8 +106,10 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         .iter()
         .map(volumes::to_pb_mount)
         .collect();
+    let restart_count = view.restart_count;
     PbContainer {
         state: match (pid, exit_code) {
+            _ if restarting => "restarting",
             (0, None) => "created",
             (_, None) => "running",
             _ => "exited",
@@ -118,7 +123,8 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         pid,
         exit_code,
         // A stopped container's address is back in the book; it shows none, as in Docker.
-        address: if pid != 0 {
+        // One waiting to restart keeps its network.
+        address: if pid != 0 || restarting {
             config.address.unwrap_or_default()
         } else {
             String::new()
@@ -155,11 +161,14 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
             .collect(),
         port_bindings: config.ports.iter().map(port_to_pb).collect(),
         // Published only while it runs, as Docker shows them.
-        ports: if pid != 0 {
+        ports: if pid != 0 || restarting {
             config.published.iter().map(port_to_pb).collect()
         } else {
             Vec::new()
         },
+        restart_policy: config.spec.restart.name().to_string(),
+        restart_max_retries: config.spec.restart.max_retries(),
+        restart_count,
     }
 }
 

@@ -108,6 +108,9 @@ pub struct RunArgs {
     /// (Docker's format; default ctrl-p,ctrl-q).
     #[arg(long = "detach-keys", value_name = "KEYS")]
     detach_keys: Option<String>,
+    /// Run the command again when it ends: no, always, on-failure[:MAX_RETRIES] or unless-stopped.
+    #[arg(long, value_name = "POLICY")]
+    restart: Option<String>,
 }
 
 #[derive(Args)]
@@ -289,6 +292,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             user: args.user.unwrap_or_default(),
             volumes: args.volume.iter().map(|v| absolute_source(v)).collect(),
             volumes_from: args.volumes_from,
+            restart: args.restart.unwrap_or_default(),
         })
         .await;
     let container = match container {

@@ -355,6 +355,12 @@ fn age(since: &str, now: std::time::SystemTime) -> Option<String> {
 fn container_status(c: &tartan_proto::v1::Container, now: std::time::SystemTime) -> String {
     match c.state.as_str() {
         "running" => format!("Up {}", age(&c.started, now).unwrap_or_default()),
+        // Docker's: the code it ended with, and how long ago.
+        "restarting" => {
+            let code = c.exit_code.unwrap_or_default();
+            let ago = age(&c.finished, now).unwrap_or_else(|| "Less than a second".into());
+            format!("Restarting ({code}) {ago} ago")
+        }
         "exited" => {
             let code = c.exit_code.unwrap_or_default();
             match age(&c.finished, now) {
@@ -467,7 +473,9 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
         "args": c.args,
         "state": {
             "status": c.state,
-            "running": c.state == "running",
+            // As Docker's: a container waiting to restart is still running.
+            "running": c.state == "running" || c.state == "restarting",
+            "restarting": c.state == "restarting",
             "pid": c.pid,
             "exit_code": c.exit_code,
             "started_at": empty_none(&c.started),
@@ -501,7 +509,14 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "sysctls": sysctl_flags(&security),
         },
         // Docker's own shapes, for tools that read them.
-        "HostConfig": { "PortBindings": crate::cli::ports::port_bindings_json(c) },
+        "HostConfig": {
+            "PortBindings": crate::cli::ports::port_bindings_json(c),
+            "RestartPolicy": {
+                "Name": if c.restart_policy.is_empty() { "no" } else { &c.restart_policy },
+                "MaximumRetryCount": c.restart_max_retries,
+            },
+        },
+        "RestartCount": c.restart_count,
         "NetworkSettings": { "Ports": crate::cli::ports::network_ports_json(c) },
         "Mounts": c.mounts.iter().map(mount_json).collect::<Vec<_>>(),
     })
@@ -548,6 +563,21 @@ mod container_tests {
         };
         assert_eq!(container_status(&exited, now), "Exited (3)");
         assert_eq!(container_json(&exited)["network"]["ip_address"], "10.5.1.2");
+        let restarting = tartan_proto::v1::Container {
+            state: "restarting".into(),
+            finished: humantime::format_rfc3339_seconds(now - Duration::from_secs(2)).to_string(),
+            restart_policy: "always".into(),
+            restart_count: 4,
+            ..exited
+        };
+        assert_eq!(
+            container_status(&restarting, now),
+            "Restarting (3) 2 seconds ago"
+        );
+        let json = container_json(&restarting);
+        assert_eq!(json["RestartCount"], 4);
+        assert_eq!(json["HostConfig"]["RestartPolicy"]["Name"], "always");
+        assert_eq!(json["state"]["running"], true);
     }
 }
 

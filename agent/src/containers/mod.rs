@@ -10,6 +10,7 @@
 pub mod image_config;
 pub mod images;
 pub mod ports;
+pub mod restart;
 pub mod spec;
 pub mod volumes;
 
@@ -91,6 +92,12 @@ pub enum Status {
         started: String,
         finished: String,
     },
+    /// Ended with `code`, and waits for its supervisor to run it again (`--restart`).
+    Restarting {
+        code: i32,
+        shim_pid: u32,
+        finished: String,
+    },
 }
 
 /// One container as the API shows it.
@@ -100,6 +107,8 @@ pub struct ContainerView {
     pub status: Status,
     pub network: String,
     pub attach_socket: PathBuf,
+    /// Restarts by its policy since its last start (Docker's `RestartCount`).
+    pub restart_count: u32,
 }
 
 /// How a container's network is made at its start.
@@ -159,7 +168,9 @@ impl ContainerLookup for Containers {
     fn run_state(&self, id: &str) -> Result<RunState> {
         Ok(match self.view(id)?.status {
             Status::Running { pid, .. } => RunState::Running { pid },
-            Status::Created | Status::Exited { .. } => RunState::NotRunning,
+            Status::Created | Status::Exited { .. } | Status::Restarting { .. } => {
+                RunState::NotRunning
+            }
         })
     }
 }
@@ -414,13 +425,16 @@ impl Containers {
         for id in ids {
             let dir = self.dir(&id);
             match self.status_of(&dir) {
-                Status::Running { shim_pid, .. } => {
+                Status::Running { shim_pid, .. } | Status::Restarting { shim_pid, .. } => {
                     running += 1;
                     self.watch(id, shim_pid);
                 }
                 _ => {
                     let this = self.clone();
-                    tokio::spawn(async move { this.settle(&id).await });
+                    tokio::spawn(async move {
+                        this.settle(&id).await;
+                        this.start_with_agent(&id).await;
+                    });
                 }
             }
         }
@@ -485,6 +499,13 @@ impl Containers {
         let alive = dir.shim_alive();
         let state = dir.read_state();
         match (alive, state, dir.read_exit()) {
+            (true, Some(state), Some(exit)) if dir.read_restart().restarting => {
+                Status::Restarting {
+                    code: exit.code,
+                    shim_pid: state.shim_pid,
+                    finished: exit.finished,
+                }
+            }
             (true, Some(state), _) => Status::Running {
                 pid: state.pid,
                 shim_pid: state.shim_pid,
@@ -554,6 +575,7 @@ impl Containers {
             status,
             network,
             attach_socket: dir.socket_path(),
+            restart_count: dir.read_restart().count,
         }
     }
 
@@ -564,7 +586,9 @@ impl Containers {
         let mut views: Vec<ContainerView> = configs
             .into_iter()
             .map(|c| self.view_of(c))
-            .filter(|v| all || matches!(v.status, Status::Running { .. }))
+            .filter(|v| {
+                all || matches!(v.status, Status::Running { .. } | Status::Restarting { .. })
+            })
             .collect();
         views.sort_by(|a, b| b.config.created.cmp(&a.config.created));
         views
@@ -578,7 +602,7 @@ impl Containers {
             .find(|e| e.config.image_id == image_id)
             .map(|e| e.config.clone())?;
         let state = match self.status_of(&self.dir(&user.id)) {
-            Status::Running { .. } => "running",
+            Status::Running { .. } | Status::Restarting { .. } => "running",
             Status::Exited { .. } => "stopped",
             Status::Created => "created",
         };
@@ -817,7 +841,7 @@ impl Containers {
     ) -> Result<()> {
         let (mut config, _) = self.entry_parts(id)?;
         let dir = self.dir(id);
-        if let Status::Running { .. } = self.status_of(&dir) {
+        if let Status::Running { .. } | Status::Restarting { .. } = self.status_of(&dir) {
             bail!("container {} is already running", config.name);
         }
         let image = match image {
@@ -995,6 +1019,8 @@ impl Containers {
             wait_for_attach,
         };
         dir.clear_run()?;
+        // A start undoes a stop, and counts restarts afresh, as Docker's.
+        dir.clear_restart()?;
         let spec_path = dir.shim_spec_path();
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
             .with_context(|| format!("writing {}", spec_path.display()))?;
@@ -1188,6 +1214,44 @@ impl Containers {
         }
     }
 
+    /// At the agent's start: brings back a container that is not running
+    /// if its restart policy says so (see [`restart::starts_with_agent`]).
+    async fn start_with_agent(&self, id: &str) {
+        let Ok((config, lifecycle)) = self.entry_parts(id) else {
+            return;
+        };
+        let dir = self.dir(id);
+        let last_exit = match self.status_of(&dir) {
+            Status::Exited { code, .. } => Some(code),
+            _ => None,
+        };
+        let starts = restart::starts_with_agent(
+            config.spec.restart,
+            dir.stopped_by_operator(),
+            last_exit,
+            dir.read_restart().count,
+        );
+        if !starts {
+            return;
+        }
+        // The overlay needs the node's address book, which comes with the lease.
+        if config.network == NetworkMode::Overlay
+            && self.inner.overlay == Overlay::Leased
+            && self.attacher_ready().await.is_none()
+        {
+            return;
+        }
+        let _guard = lifecycle.lock().await;
+        match self.start_locked(id, None, false).await {
+            Ok(()) => {
+                info!(container = %config.name, policy = config.spec.restart.name(), "started a container by its restart policy")
+            }
+            Err(err) => {
+                warn!(container = %config.name, error = %format!("{err:#}"), "could not start a container by its restart policy")
+            }
+        }
+    }
+
     fn release_later(&self, id: String) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -1351,18 +1415,14 @@ impl Containers {
 
     async fn stop_locked(&self, id: &str, timeout: Duration) -> Result<()> {
         let dir = self.dir(id);
-        let Status::Running { .. } = self.status_of(&dir) else {
+        let (Status::Running { .. } | Status::Restarting { .. }) = self.status_of(&dir) else {
             return Ok(());
         };
-        // By pidfd, and only while the recorded pid is still the container's;
-        // otherwise it has ended and its supervisor is finishing.
-        if dir.signal(libc::SIGTERM)? {
-            if wait_gone(&dir, timeout).await {
-                return Ok(());
-            }
-            dir.signal(libc::SIGKILL)?;
-        }
-        if wait_gone(&dir, KILL_TIMEOUT).await {
+        // Before any signal: its supervisor must not run it again.
+        dir.mark_stopped()?;
+        if signal_until_gone(&dir, libc::SIGTERM, timeout).await?
+            || signal_until_gone(&dir, libc::SIGKILL, KILL_TIMEOUT).await?
+        {
             return Ok(());
         }
         let name = self.entry_parts(id).map(|(config, _)| config.name)?;
@@ -1395,16 +1455,16 @@ impl Containers {
             }
             view = self.view(id)?;
         }
-        if let Status::Running { .. } = view.status {
+        if let Status::Running { .. } | Status::Restarting { .. } = view.status {
             if !force {
                 bail!(
                     "container {} is running: stop it first, or use rm -f",
                     config.name
                 );
             }
-            // False when it has already ended: its supervisor is finishing.
-            dir.signal(libc::SIGKILL)?;
-            if !wait_gone(&dir, KILL_TIMEOUT).await {
+            // Not to be run again by its restart policy.
+            dir.mark_stopped()?;
+            if !signal_until_gone(&dir, libc::SIGKILL, KILL_TIMEOUT).await? {
                 bail!(
                     "container {} did not die within {KILL_TIMEOUT:?}",
                     config.name
@@ -1572,6 +1632,28 @@ impl Containers {
             dir.upper(),
             mountpoint,
         ))
+    }
+}
+
+/// Sends `signal` to the container's process, and again to each process
+/// its supervisor starts meanwhile, until the supervisor is gone (true) or
+/// `timeout` has passed. Nothing is sent once the process has ended.
+async fn signal_until_gone(dir: &ContainerDir, signal: i32, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut signalled = None;
+    loop {
+        if !dir.shim_alive() {
+            return Ok(true);
+        }
+        // By pidfd, and only while the recorded pid is still the container's.
+        let pid = dir.read_state().map(|state| state.pid);
+        if pid != signalled && dir.signal(signal)? {
+            signalled = pid;
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -75,6 +75,7 @@ impl RunSpec {
         for text in &request.volumes_from {
             parse_volumes_from(text)?;
         }
+        let restart = super::restart::parse_restart(&request.restart, request.auto_remove)?;
         let security = security_from_pb(request.security.unwrap_or_default())?;
         // As Docker: a net.* sysctl would change the host's or another container's network.
         if security.sets_network_sysctls()
@@ -104,6 +105,7 @@ impl RunSpec {
                 open_stdin: request.interactive,
                 security,
                 mounts: Vec::new(),
+                restart,
                 ..ContainerSpec::default()
             },
             image_overrides: ImageOverrides {

@@ -5,14 +5,16 @@
 //! `config.json` (what the agent asked for), `shim.json` (what the
 //! supervisor runs), `state.json` (pids, written once the process runs),
 //! `exit.json` (how it ended), `container.log`, `attach.sock`, `shim.lock`
-//! (held by the supervisor for as long as it lives), and `upper`, `work`
-//! and `rootfs` for the root filesystem.
+//! (held by the supervisor for as long as it lives), `restart.json` and
+//! `stopped` (the restart policy's state, see [`restart`]), and `upper`,
+//! `work` and `rootfs` for the root filesystem.
 
 pub mod exec;
 pub mod export;
 pub mod frame;
 pub mod log;
 pub mod ports;
+pub mod restart;
 pub mod shim;
 pub mod spec;
 

@@ -9,18 +9,20 @@
 //! network namespace in; on the agent's `go` (standard input) it runs the
 //! container's init. From then on the supervisor copies the container's
 //! output to the log and to attached clients, feeds it their input, and
-//! records its exit status when it ends.
+//! records its exit status when it ends; with a restart policy it then runs
+//! the command again (see `restart`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::frame::{Frame, FrameDecoder};
 use super::log::{LogRecord, Stream};
+use super::restart::{Backoff, RestartPolicy, RestartRecord};
 use super::{
     exit_code, now_rfc3339, read_json, write_json, ContainerDir, ExitRecord, RunState, ShimSpec,
 };
@@ -235,6 +237,11 @@ fn supervise(dir: &Path) -> Result<()> {
     };
     let pid = spawn_container(&spec, &stdio, &handshake)?;
     drop(handshake);
+    // Held for the restarts, which join it: see `restart`.
+    let netns = match spec.init.container.restart {
+        RestartPolicy::No => None,
+        _ => held_netns(&spec, pid)?,
+    };
 
     // SAFETY: getpid cannot fail.
     let shim_pid = unsafe { libc::getpid() } as u32;
@@ -334,7 +341,13 @@ fn supervise(dir: &Path) -> Result<()> {
         child: pid,
         reaped: false,
     };
-    let code = pump.run(pid)?;
+    let code = supervise_restarts(&container, &spec, netns, &mut pump, shim_pid)?;
+    pump.say_goodbye(code);
+    drop(lock);
+    Ok(())
+}
+
+fn write_exit(container: &ContainerDir, code: i32) -> Result<()> {
     write_json(
         &container.exit_path(),
         &ExitRecord {
@@ -342,10 +355,157 @@ fn supervise(dir: &Path) -> Result<()> {
             finished: now_rfc3339(),
         },
         false,
-    )?;
-    pump.say_goodbye(code);
-    drop(lock);
-    Ok(())
+    )
+}
+
+/// The container's network namespace, opened while its first process
+/// (waiting for the go) surely lives; None with the host's.
+fn held_netns(spec: &ShimSpec, pid: libc::pid_t) -> Result<Option<File>> {
+    let path = match (&spec.join_netns, spec.new_netns) {
+        (Some(path), _) => path.clone(),
+        (None, true) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+        (None, false) => return Ok(None),
+    };
+    File::open(&path)
+        .map(Some)
+        .map_err(io_err("holding the network namespace", path))
+}
+
+/// Waits on the container's process and runs it again for as long as its
+/// restart policy says; returns the code of its last exit. The process
+/// joins the network namespace the supervisor holds, so what the agent
+/// plugged in at the start stays.
+fn supervise_restarts(
+    container: &ContainerDir,
+    spec: &ShimSpec,
+    netns: Option<File>,
+    pump: &mut Pump,
+    shim_pid: u32,
+) -> Result<i32> {
+    let policy = spec.init.container.restart;
+    let mut again = spec.clone();
+    again.new_netns = false;
+    again.wait_for_attach = false;
+    // Inherited by the clone, which opens it through its own descriptor table.
+    again.join_netns = netns
+        .as_ref()
+        .map(|ns| PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd())));
+    let mut restarts = 0;
+    let mut backoff = Backoff::default();
+    let mut started = Instant::now();
+    // A restart that could not be made counts as an exit, as Docker's 125.
+    let mut failed_start = None;
+    let code = loop {
+        let code = match failed_start.take() {
+            Some(code) => code,
+            None => pump.run(pump.child)?,
+        };
+        write_exit(container, code)?;
+        if !policy.restarts_after(code, restarts, container.stopped_by_operator()) {
+            break code;
+        }
+        restarts += 1;
+        container.write_restart(&RestartRecord {
+            count: restarts,
+            restarting: true,
+        })?;
+        if !sleep_unless_stopped(container, backoff.next(started.elapsed())) {
+            break code;
+        }
+        started = Instant::now();
+        match start_again(container, &again) {
+            Ok(Some((stdio, pid))) => {
+                pump.take_process(stdio, pid);
+                write_json(
+                    &container.state_path(),
+                    &RunState {
+                        shim_pid,
+                        pid: pid as u32,
+                        started: now_rfc3339(),
+                        start_time: crate::process::proc_stat(pid as u32).map(|s| s.start_time),
+                    },
+                    false,
+                )?;
+                // A file that is gone already is as good.
+                let _ = std::fs::remove_file(container.exit_path());
+                container.write_restart(&RestartRecord {
+                    count: restarts,
+                    restarting: false,
+                })?;
+            }
+            Ok(None) => break code,
+            Err(err) => {
+                eprintln!("tartan shim: restarting the container: {err}");
+                failed_start = Some(125);
+            }
+        }
+    };
+    if restarts > 0 {
+        container.write_restart(&RestartRecord {
+            count: restarts,
+            restarting: false,
+        })?;
+    }
+    Ok(code)
+}
+
+/// Waits `delay`; false as soon as the operator stops the container.
+fn sleep_unless_stopped(container: &ContainerDir, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    loop {
+        if container.stopped_by_operator() {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Makes the container's process again and runs its command; None when
+/// the operator stopped the container meanwhile.
+fn start_again(container: &ContainerDir, spec: &ShimSpec) -> Result<Option<(Stdio, libc::pid_t)>> {
+    let mut stdio = Stdio::new(spec.init.container.tty, spec.init.container.open_stdin)?;
+    let (go_r, go_w) = pipe()?;
+    let (exec_r, exec_w) = pipe()?;
+    let (console, child_console) = match spec.init.container.tty {
+        true => {
+            let (ours, theirs) = crate::pty::socket_pair()?;
+            (Some(ours), Some(theirs))
+        }
+        false => (None, None),
+    };
+    let handshake = Handshake {
+        go: go_r,
+        exec_failure: exec_w,
+        console: child_console,
+    };
+    let pid = spawn_container(spec, &stdio, &handshake)?;
+    drop(handshake);
+    // A stop that came while the process was made: it never runs.
+    if container.stopped_by_operator() {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Ok(None);
+    }
+    (&File::from(go_w))
+        .write_all(b"g")
+        .map_err(io_err("starting", container.path()))?;
+    if let Some(console) = &console {
+        if let Some(master) = crate::pty::recv_fd(console)? {
+            stdio.take_terminal(master, spec.init.container.open_stdin)?;
+        }
+    }
+    drop(console);
+    // Until the exec: a command that cannot run ends the process, which the pump reaps.
+    let mut failure = Vec::new();
+    let _ = File::from(exec_r).read_to_end(&mut failure);
+    Ok(Some((stdio, pid)))
 }
 
 fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream> {
@@ -584,6 +744,24 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> ReadOutcome {
 }
 
 impl Pump {
+    /// Takes over a restarted process's streams.
+    fn take_process(&mut self, stdio: Stdio, pid: libc::pid_t) {
+        let Stdio {
+            outputs,
+            input,
+            master,
+            child,
+        } = stdio;
+        drop(child);
+        self.outputs = outputs;
+        self.input = input;
+        self.master = master;
+        self.pending_input.clear();
+        self.close_input = false;
+        self.child = pid;
+        self.reaped = false;
+    }
+
     /// Copies until the container's output ends, then reaps it.
     fn run(&mut self, pid: libc::pid_t) -> Result<i32> {
         let mut buf = vec![0u8; 64 * 1024];

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::restart::RestartPolicy;
 use crate::image::ExposedPort;
 use crate::security::Security;
 use crate::volumes::Mount;
@@ -43,6 +44,9 @@ pub struct ContainerSpec {
     /// `-v` and `--volumes-from`, their sources resolved on the host; absent from older records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// `--restart`, which the supervisor applies; absent from older records.
+    #[serde(default)]
+    pub restart: RestartPolicy,
 }
 
 impl Default for ContainerSpec {
@@ -61,6 +65,7 @@ impl Default for ContainerSpec {
             exposed_ports: Vec::new(),
             image_volumes: Vec::new(),
             mounts: Vec::new(),
+            restart: RestartPolicy::No,
         }
     }
 }
