@@ -160,6 +160,9 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         } else {
             Vec::new()
         },
+        links: config.links,
+        extra_hosts: config.add_hosts,
+        network_aliases: config.network_aliases,
     }
 }
 

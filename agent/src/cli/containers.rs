@@ -108,6 +108,12 @@ pub struct RunArgs {
     /// (Docker's format; default ctrl-p,ctrl-q).
     #[arg(long = "detach-keys", value_name = "KEYS")]
     detach_keys: Option<String>,
+    /// NAME[:ALIAS]: a running container of this host, written into /etc/hosts. Repeatable.
+    #[arg(long = "link", value_name = "NAME[:ALIAS]")]
+    link: Vec<String>,
+    /// NAME:IP: a line of /etc/hosts. Repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
 }
 
 #[derive(Args)]
@@ -289,6 +295,9 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             user: args.user.unwrap_or_default(),
             volumes: args.volume.iter().map(|v| absolute_source(v)).collect(),
             volumes_from: args.volumes_from,
+            links: args.link,
+            add_hosts: args.add_host,
+            network_aliases: Vec::new(),
         })
         .await;
     let container = match container {

@@ -7,6 +7,7 @@
 //! say whether it runs, and the address book of the node subnet holds its
 //! address under the key `container:ID`.
 
+pub mod hosts;
 pub mod image_config;
 pub mod images;
 pub mod ports;
@@ -276,11 +277,16 @@ fn resolv_conf(host: &str, own_netns: bool) -> String {
     kept
 }
 
-fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str) -> String {
+fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str, extra: &[String]) -> String {
     let mut hosts = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     );
+    // --add-host and --link lines come before the container's own, as in Docker.
+    for line in extra {
+        hosts.push_str(line);
+        hosts.push('\n');
+    }
     if let Some(address) = address {
         if hostname == name {
             hosts.push_str(&format!("{address}\t{hostname}\n"));
@@ -297,7 +303,12 @@ fn write_hosts(pid: u32, address: Option<Ipv4Addr>, config: &ContainerConfig) ->
     let path = PathBuf::from(format!("/proc/{pid}/root/etc/hosts"));
     std::fs::write(
         &path,
-        hosts_file(address, &config.spec.hostname, &config.name),
+        hosts_file(
+            address,
+            &config.spec.hostname,
+            &config.name,
+            &config.extra_hosts,
+        ),
     )
     .with_context(|| format!("writing {}", path.display()))
 }
@@ -526,6 +537,50 @@ impl Containers {
         }
     }
 
+    /// The `/etc/hosts` lines of `links` ("NAME:ALIAS"), with Docker's
+    /// errors for a linked container that is missing, stopped or has no
+    /// address; `own` is the linking container's name.
+    fn link_lines(&self, links: &[String], own: &str) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for text in links {
+            let link = hosts::Link::parse(text)?;
+            let view = self
+                .resolve(&link.container)
+                .and_then(|id| self.view(&id))
+                .map_err(|_| {
+                    anyhow!(
+                        "could not get container for {0}: No such container: {0}",
+                        link.container
+                    )
+                })?;
+            if !matches!(view.status, Status::Running { .. }) {
+                bail!(
+                    "Cannot link to a non running container: /{} AS /{own}/{}",
+                    view.config.name,
+                    link.alias
+                );
+            }
+            let Some(address) = view
+                .config
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<Ipv4Network>().ok())
+            else {
+                bail!(
+                    "Cannot link to /{}, as it does not belong to the default network",
+                    view.config.name
+                );
+            };
+            lines.push(hosts::link_line(
+                address.ip().into(),
+                &link.alias,
+                &view.config.spec.hostname,
+                &view.config.name,
+            ));
+        }
+        Ok(lines)
+    }
+
     fn entry_parts(&self, id: &str) -> Result<(ContainerConfig, Arc<tokio::sync::Mutex<()>>)> {
         let entries = self.lock();
         let entry = entries
@@ -650,6 +705,22 @@ impl Containers {
             .map(|c| c.volumes.clone())
             .unwrap_or_default();
         let mounts = self.plan_mounts(&image_volumes, &opts.volumes, &opts.volumes_from)?;
+        if !opts.links.is_empty() {
+            // Docker's words.
+            match network {
+                NetworkMode::Host => {
+                    bail!("conflicting options: host type networking can't be used with links. This would result in undefined behavior")
+                }
+                NetworkMode::Container(_) => {
+                    bail!("conflicting options: container type network can't be used with links. This would result in undefined behavior")
+                }
+                _ => {}
+            }
+            // Refused before anything is made.
+            let own = opts.name.as_deref().unwrap_or_default();
+            let records: Vec<String> = opts.links.iter().map(|l| l.record()).collect();
+            self.link_lines(&records, own)?;
+        }
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
@@ -704,6 +775,10 @@ impl Containers {
                 endpoints: Vec::new(),
                 ports: requested_ports.clone(),
                 published: Vec::new(),
+                links: opts.links.iter().map(|l| l.record()).collect(),
+                extra_hosts: Vec::new(),
+                add_hosts: opts.add_hosts.clone(),
+                network_aliases: opts.network_aliases.clone(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
             entries.insert(
@@ -831,6 +906,13 @@ impl Containers {
             }
         };
         let layers = self.inner.images.layer_dirs(&image);
+        // Links name the linked containers' addresses of now, as in Docker.
+        let mut extra_hosts = Vec::new();
+        for text in &config.add_hosts {
+            extra_hosts.push(hosts::add_host_line(text)?);
+        }
+        extra_hosts.extend(self.link_lines(&config.links, &config.name)?);
+        config.extra_hosts = extra_hosts;
         // Host ports before anything is made: a port in use refuses the start.
         let (published, ports_guard) = self.reserve_ports(&config).await?;
         config.published = published;
@@ -916,7 +998,9 @@ impl Containers {
             .await;
         match started {
             Ok(()) => {
-                if matches!(config.network, NetworkMode::Overlay | NetworkMode::Named(_)) {
+                if matches!(config.network, NetworkMode::Overlay | NetworkMode::Named(_))
+                    || !config.extra_hosts.is_empty()
+                {
                     config.address = plan.address.map(|a| a.to_string());
                     if let Err(err) = dir.update_config(&config) {
                         warn!(error = %err, "could not record the container's address");
@@ -964,9 +1048,22 @@ impl Containers {
         let address = plan.address;
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let hosts = match config.network {
-            NetworkMode::Host => std::fs::read_to_string("/etc/hosts")
-                .unwrap_or_else(|_| hosts_file(None, &config.spec.hostname, &config.name)),
-            _ => hosts_file(address.map(|a| a.ip()), &config.spec.hostname, &config.name),
+            NetworkMode::Host => {
+                let mut hosts = std::fs::read_to_string("/etc/hosts")
+                    .unwrap_or_else(|_| hosts_file(None, &config.spec.hostname, &config.name, &[]));
+                // --add-host with --net host: appended to the host's, as in Docker.
+                for line in &config.extra_hosts {
+                    hosts.push_str(line);
+                    hosts.push('\n');
+                }
+                hosts
+            }
+            _ => hosts_file(
+                address.map(|a| a.ip()),
+                &config.spec.hostname,
+                &config.name,
+                &config.extra_hosts,
+            ),
         };
         let spec = ShimSpec {
             init: InitSpec {
@@ -1651,8 +1748,9 @@ mod tests {
 
     #[test]
     fn hosts_names_the_container() {
-        let hosts = hosts_file(Some(Ipv4Addr::new(10, 5, 1, 2)), "abc", "web");
-        assert!(hosts.ends_with("10.5.1.2\tabc web\n"));
+        let extra = ["10.0.0.7\tdb".to_string()];
+        let hosts = hosts_file(Some(Ipv4Addr::new(10, 5, 1, 2)), "abc", "web", &extra);
+        assert!(hosts.ends_with("ff02::2\tip6-allrouters\n10.0.0.7\tdb\n10.5.1.2\tabc web\n"));
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"));
     }
 }

@@ -1,0 +1,122 @@
+//! Names on the network: `--link` and `--add-host` in `/etc/hosts`, as
+//! Docker writes them.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use tartan_tests::agent::Agent;
+use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
+use tartan_tests::cluster::Cluster;
+
+fn inspect(agent: &Agent, name: &str) -> Result<Value> {
+    let out = cli_ok(agent, &["inspect", name])?;
+    let parsed: Value =
+        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
+    Ok(parsed[0].clone())
+}
+
+#[test]
+fn links_and_added_hosts_are_written_into_etc_hosts() -> Result<()> {
+    let cluster = Cluster::start("nl", 198, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "c1", "busybox", "sleep", "1000"],
+    )?;
+    let c1 = inspect(agent, "c1")?;
+    let (Some(c1_ip), Some(c1_hostname)) = (
+        c1["network"]["ip_address"].as_str(),
+        c1["config"]["hostname"].as_str(),
+    ) else {
+        bail!("c1 has no address or hostname: {c1}");
+    };
+
+    // The seed's sequence.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "c2",
+            "--link=c1:mysqlone",
+            "--link",
+            "c1",
+            "--add-host",
+            "db.example:10.9.8.7",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let hosts = cli_ok(agent, &["exec", "c2", "cat", "/etc/hosts"])?;
+    let lines: Vec<&str> = hosts.lines().collect();
+    let added = lines.iter().position(|l| *l == "10.9.8.7\tdb.example");
+    let aliased = lines
+        .iter()
+        .position(|l| *l == format!("{c1_ip}\tmysqlone {c1_hostname} c1"));
+    let named = lines
+        .iter()
+        .position(|l| *l == format!("{c1_ip}\tc1 {c1_hostname}"));
+    ensure!(
+        matches!((added, aliased, named), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "/etc/hosts of c2:\n{hosts}"
+    );
+    let ping = agent.cli(&["exec", "c2", "ping", "-c1", "-W2", "mysqlone"])?;
+    ensure!(
+        ping.status.success(),
+        "ping mysqlone: {}{}",
+        text(&ping.stdout),
+        text(&ping.stderr)
+    );
+
+    // Docker's errors, and nothing made.
+    let before = cli_ok(agent, &["ps", "-a", "-q"])?;
+    let refused = [
+        (
+            vec!["--link", "nosuch:db"],
+            "could not get container for nosuch: No such container: nosuch",
+        ),
+        (
+            vec!["--add-host", "nocolon"],
+            "bad format for add-host: \"nocolon\"",
+        ),
+        (
+            vec!["--add-host", "db:300.1.2.3"],
+            "invalid IP address in add-host: \"300.1.2.3\"",
+        ),
+    ];
+    for (flags, wanted) in refused {
+        let mut args = vec!["run", "-d", "--name", "c3"];
+        args.extend(flags.iter().copied());
+        args.extend(["busybox", "sleep", "1000"]);
+        let out = agent.cli(&args)?;
+        let stderr = text(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains(wanted) && stderr.trim().lines().count() == 1,
+            "{flags:?}: {stderr}"
+        );
+    }
+    cli_ok(agent, &["stop", "-t", "0", "c1"])?;
+    let out = agent.cli(&[
+        "run", "-d", "--name", "c3", "--link", "c1:db", "busybox", "sleep", "1000",
+    ])?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("Cannot link to a non running container: /c1 AS /c3/db"),
+        "a stopped link: {stderr}"
+    );
+    let c2 = inspect(agent, "c2")?;
+    ensure!(
+        c2["host_config"]["links"] == serde_json::json!(["c1:mysqlone", "c1:c1"])
+            && c2["host_config"]["extra_hosts"] == serde_json::json!(["db.example:10.9.8.7"]),
+        "inspect c2: {}",
+        c2["host_config"]
+    );
+    ensure!(
+        cli_ok(agent, &["ps", "-a", "-q"])? == before,
+        "a refused run left a container"
+    );
+    Ok(())
+}
