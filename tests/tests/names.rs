@@ -114,6 +114,16 @@ fn links_and_added_hosts_are_written_into_etc_hosts() -> Result<()> {
         "inspect c2: {}",
         c2["host_config"]
     );
+    // Without --name, the error names the container the run would have made.
+    let out = agent.cli(&["run", "-d", "--link", "c1:db", "busybox", "true"])?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("Cannot link to a non running container: /c1 AS /")
+            && !stderr.contains("AS //db")
+            && stderr.trim().lines().count() == 1,
+        "a stopped link, no name: {stderr}"
+    );
     ensure!(
         cli_ok(agent, &["ps", "-a", "-q"])? == before,
         "a refused run left a container"

@@ -716,10 +716,12 @@ impl Containers {
                 }
                 _ => {}
             }
-            // Refused before anything is made.
-            let own = opts.name.as_deref().unwrap_or_default();
-            let records: Vec<String> = opts.links.iter().map(|l| l.record()).collect();
-            self.link_lines(&records, own)?;
+            // Refused before anything is made; without a name yet, the
+            // start refuses it, naming the container, and the run is undone.
+            if let Some(own) = &opts.name {
+                let records: Vec<String> = opts.links.iter().map(|l| l.record()).collect();
+                self.link_lines(&records, own)?;
+            }
         }
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
