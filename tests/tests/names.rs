@@ -130,3 +130,87 @@ fn links_and_added_hosts_are_written_into_etc_hosts() -> Result<()> {
     );
     Ok(())
 }
+
+/// The keys of the fabric's names registry, under Tartan's prefix.
+fn name_keys(cluster: &Cluster) -> Result<Vec<String>> {
+    let keys = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/tartan/"])?;
+    Ok(keys
+        .lines()
+        .filter(|k| k.contains("/names/"))
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn a_name_is_the_fabric_s_and_goes_with_its_container() -> Result<()> {
+    let cluster = Cluster::start("nn", 199, VXLAN, 2)?;
+    let (h0, h1) = (&cluster.agents[0], &cluster.agents[1]);
+    import_busybox(h0)?;
+    import_busybox(h1)?;
+    cli_ok(
+        h1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "--network-alias",
+            "database",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let db_id = inspect(h1, "db")?["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("db has no id")?;
+    let keys = name_keys(&cluster)?;
+    ensure!(
+        keys.iter().any(|k| k.ends_with("/names/db"))
+            && keys.iter().any(|k| k.ends_with("/names/database")),
+        "names in etcd: {keys:?}"
+    );
+
+    // The name and the alias are refused on the other host, nothing made.
+    let before = cli_ok(h0, &["ps", "-a", "-q"])?;
+    for (flags, name) in [
+        (vec!["--name", "db"], "db"),
+        (
+            vec!["--name", "web", "--network-alias", "database"],
+            "database",
+        ),
+    ] {
+        let mut args = vec!["run", "-d"];
+        args.extend(flags.iter().copied());
+        args.extend(["busybox", "sleep", "1000"]);
+        let out = h0.cli(&args)?;
+        let stderr = text(&out.stderr);
+        let wanted = format!(
+            "Conflict. The container name \"/{name}\" is already in use by container \"{db_id}\""
+        );
+        ensure!(
+            !out.status.success() && stderr.contains(&wanted) && stderr.trim().lines().count() == 1,
+            "{flags:?}: {stderr}"
+        );
+    }
+    ensure!(
+        cli_ok(h0, &["ps", "-a", "-q"])? == before,
+        "a refused run left a container"
+    );
+    let keys = name_keys(&cluster)?;
+    ensure!(
+        !keys.iter().any(|k| k.ends_with("/names/web")),
+        "a refused run left its name: {keys:?}"
+    );
+
+    // Removed with the container: the name is free on the other host.
+    cli_ok(h1, &["rm", "-f", "db"])?;
+    let keys = name_keys(&cluster)?;
+    ensure!(keys.is_empty(), "names left after rm: {keys:?}");
+    cli_ok(
+        h0,
+        &["run", "-d", "--name", "db", "busybox", "sleep", "1000"],
+    )?;
+    Ok(())
+}

@@ -114,6 +114,9 @@ pub struct RunArgs {
     /// NAME:IP: a line of /etc/hosts. Repeatable.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_host: Vec<String>,
+    /// Another name of the container, held fabric-wide as its name is. Repeatable.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    network_alias: Vec<String>,
 }
 
 #[derive(Args)]
@@ -297,7 +300,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             volumes_from: args.volumes_from,
             links: args.link,
             add_hosts: args.add_host,
-            network_aliases: Vec::new(),
+            network_aliases: args.network_alias,
         })
         .await;
     let container = match container {

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::containers::images::Images;
 use crate::containers::spec::RunSpec;
+use crate::names::registry::NameRegistry;
 use crate::networks::attach::{Attacher, AttacherWatch};
 use crate::networks::lifecycle::{ContainerLookup, LifecycleHook, RunState};
 use crate::networks::named::NamedNetworks;
@@ -150,6 +151,7 @@ struct Inner {
     entries: Mutex<HashMap<String, Entry>>,
     ports: ports::Publisher,
     volumes: volumes::VolumeStore,
+    names: NameRegistry,
 }
 
 impl ContainerLookup for Containers {
@@ -366,6 +368,7 @@ impl Containers {
         attacher: AttacherWatch,
         networks: NamedNetworks,
         hook: Arc<dyn LifecycleHook>,
+        names: NameRegistry,
     ) -> Result<Containers> {
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -382,6 +385,7 @@ impl Containers {
                 entries: Mutex::new(HashMap::new()),
                 ports: ports::Publisher::default(),
                 volumes: volumes::VolumeStore::open(state_dir)?,
+                names,
             }),
         };
         let listing =
@@ -440,6 +444,14 @@ impl Containers {
         // of the running ones are put back if missing.
         let this = self.clone();
         tokio::spawn(async move { this.sync_ports_or_warn().await });
+        // Names this host claimed for containers that are gone.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let alive = |id: &str| this.lock().contains_key(id);
+            if let Err(err) = this.inner.names.sweep(alive).await {
+                warn!(error = %format!("{err:#}"), "could not free the names of containers that no longer exist");
+            }
+        });
         // Addresses this host claimed for containers that are gone (removed
         // while etcd was out of reach): freed, fabric-wide.
         let this = self.clone();
@@ -793,6 +805,13 @@ impl Containers {
             (id, name, lifecycle)
         };
         let _guard = lifecycle.lock().await;
+        // Its names are the fabric's: one in use on any host refuses the run.
+        let mut names = vec![name.clone()];
+        names.extend(opts.network_aliases.iter().cloned());
+        if let Err(err) = self.inner.names.claim(&names, &id).await {
+            self.discard(&id).await;
+            return Err(err);
+        }
         let made = self.make_mounts(&mounts, &self.inner.images.layer_dirs(&image));
         if let Err(err) = made {
             self.discard(&id).await;
@@ -865,6 +884,7 @@ impl Containers {
             "removing the container's directory",
             crate::teardown::remove_dir_all(self.dir(id).path()),
         );
+        teardown.step("freeing its names", self.inner.names.release(id).await);
         self.lock().remove(id);
         if let Some(config) = &config {
             self.remove_anonymous_volumes(config);
@@ -1273,6 +1293,7 @@ impl Containers {
                 return;
             }
             self.lock().remove(id);
+            teardown.step("freeing its names", self.inner.names.release(id).await);
             // As Docker's --rm: its anonymous volumes go with it.
             self.remove_anonymous_volumes(&config);
             teardown.step(
@@ -1533,6 +1554,7 @@ impl Containers {
         );
         if removed.is_some() {
             self.lock().remove(id);
+            teardown.step("freeing its names", self.inner.names.release(id).await);
             if !config.published.is_empty() {
                 self.sync_ports_or_warn().await;
             }
