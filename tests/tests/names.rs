@@ -3,9 +3,12 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+use std::time::Duration;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
-use tartan_tests::cluster::Cluster;
+
+use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::wait::wait_until;
 
 fn inspect(agent: &Agent, name: &str) -> Result<Value> {
     let out = cli_ok(agent, &["inspect", name])?;
@@ -212,5 +215,47 @@ fn a_name_is_the_fabric_s_and_goes_with_its_container() -> Result<()> {
         h0,
         &["run", "-d", "--name", "db", "busybox", "sleep", "1000"],
     )?;
+    Ok(())
+}
+
+#[test]
+fn names_of_a_container_removed_while_etcd_is_away_are_freed_at_the_next_start() -> Result<()> {
+    let mut cluster = Cluster::start("nr", 245, VXLAN, 1)?;
+    import_busybox(&cluster.agents[0])?;
+    cli_ok(
+        &cluster.agents[0],
+        &["run", "-d", "--name", "gone", "busybox", "sleep", "1000"],
+    )?;
+    ensure!(
+        name_keys(&cluster)?
+            .iter()
+            .any(|k| k.ends_with("/names/gone")),
+        "the name is not in etcd"
+    );
+    // A hung etcd (dropping the cluster kills it, paused or not).
+    cluster.etcd.pause()?;
+    let removed = cluster.agents[0].cli(&["rm", "-f", "gone"]);
+    cluster.etcd.resume()?;
+    let removed = removed?;
+    ensure!(
+        removed.status.success(),
+        "rm with etcd away: {}",
+        text(&removed.stderr)
+    );
+    ensure!(
+        name_keys(&cluster)?
+            .iter()
+            .any(|k| k.ends_with("/names/gone")),
+        "the name went although etcd was away"
+    );
+    cluster.agents[0].terminate()?;
+    cluster.agents[0].restart()?;
+    cluster.agents[0].wait_ready(READY)?;
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        Ok(!name_keys(&cluster)?
+            .iter()
+            .any(|k| k.ends_with("/names/gone")))
+    })
+    .context("the name of a removed container outlived the agent's restart")?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use crate::control::etcd::bounded;
+use tracing::warn;
+
+use crate::control::etcd::{bounded, is_unreachable};
 
 /// What a name's key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,9 +100,19 @@ impl NameRegistry {
 
     /// Frees the names `container` holds (only its own: a name claimed
     /// again by another container since stays).
+    /// With etcd out of reach the container still goes: its names are
+    /// freed by the sweep of the agent's next start.
     pub async fn release(&self, container: &str) -> Result<()> {
-        self.release_where(|record| record.container == container)
+        match self
+            .release_where(|record| record.container == container)
             .await
+        {
+            Err(err) if is_unreachable(&err) => {
+                warn!(error = %format!("{err:#}"), "etcd is out of reach: the container's names are freed at the agent's next start");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Frees this host's names whose containers are gone (removed while
