@@ -32,6 +32,7 @@ use crate::control::lease::{lease_key, LeaseAttrs};
 use crate::control::node_state::{EtcdMonitor, NodeLease, NodeState};
 use crate::control::peers::{LeaseEvent, PeerTable, RawChange, RawLease, Rejected};
 use crate::control::subnet_file::{previous_subnet, SubnetFile};
+use crate::names::registry::NameRegistry;
 use crate::networks::attach::Attacher;
 use crate::networks::named::NamedNetworks;
 use crate::networks::ovsdb::OvsdbHandle;
@@ -161,7 +162,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .clone()
             .report_outages(opts.etcd_outage_report_interval),
     );
-    let (registry, network_store) = match &opts.store {
+    let (registry, network_store, names) = match &opts.store {
         Store::Etcd {
             etcd,
             tartan_prefix,
@@ -169,9 +170,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             let connect = Registry::connect_options(etcd)?;
             let registry = connect_with_backoff(etcd, connect, &publishers.etcd).await;
             let store = NetworkStore::new(registry.client(), tartan_prefix);
-            (Some(registry), store)
+            let names = NameRegistry::new(registry.client(), tartan_prefix, &public_ip.to_string());
+            (Some(registry), store, names)
         }
-        Store::None => (None, NetworkStore::none()),
+        Store::None => (None, NetworkStore::none(), NameRegistry::none()),
     };
     let overlay = match registry {
         Some(_) => Overlay::Leased,
@@ -245,6 +247,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         publishers.attacher.subscribe(),
         named_networks.clone(),
         pipework.clone(),
+        names,
     )?;
     containers.recover().await;
     let mover = tokio::spawn(

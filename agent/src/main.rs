@@ -7,6 +7,7 @@ mod cli;
 mod containers;
 mod control;
 mod daemon;
+mod names;
 mod networks;
 mod notify;
 mod reset;

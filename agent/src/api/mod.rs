@@ -169,6 +169,9 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         restart_policy: config.spec.restart.name().to_string(),
         restart_max_retries: config.spec.restart.max_retries(),
         restart_count,
+        links: config.links,
+        extra_hosts: config.add_hosts,
+        network_aliases: config.network_aliases,
     }
 }
 

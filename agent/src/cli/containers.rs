@@ -111,6 +111,15 @@ pub struct RunArgs {
     /// Run the command again when it ends: no, always, on-failure[:MAX_RETRIES] or unless-stopped.
     #[arg(long, value_name = "POLICY")]
     restart: Option<String>,
+    /// NAME[:ALIAS]: a running container of this host, written into /etc/hosts. Repeatable.
+    #[arg(long = "link", value_name = "NAME[:ALIAS]")]
+    link: Vec<String>,
+    /// NAME:IP: a line of /etc/hosts. Repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Another name of the container, held fabric-wide as its name is. Repeatable.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    network_alias: Vec<String>,
 }
 
 #[derive(Args)]
@@ -293,6 +302,9 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             volumes: args.volume.iter().map(|v| absolute_source(v)).collect(),
             volumes_from: args.volumes_from,
             restart: args.restart.unwrap_or_default(),
+            links: args.link,
+            add_hosts: args.add_host,
+            network_aliases: args.network_alias,
         })
         .await;
     let container = match container {

@@ -507,6 +507,9 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "cap_add": security.cap_add,
             "cap_drop": security.cap_drop,
             "sysctls": sysctl_flags(&security),
+            "links": c.links,
+            "extra_hosts": c.extra_hosts,
+            "network_aliases": c.network_aliases,
         },
         // Docker's own shapes, for tools that read them.
         "HostConfig": {

@@ -7,6 +7,7 @@
 //! say whether it runs, and the address book of the node subnet holds its
 //! address under the key `container:ID`.
 
+pub mod hosts;
 pub mod image_config;
 pub mod images;
 pub mod ports;
@@ -31,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::containers::images::Images;
 use crate::containers::spec::RunSpec;
+use crate::names::registry::NameRegistry;
 use crate::networks::attach::{Attacher, AttacherWatch};
 use crate::networks::lifecycle::{ContainerLookup, LifecycleHook, RunState};
 use crate::networks::named::NamedNetworks;
@@ -158,6 +160,7 @@ struct Inner {
     entries: Mutex<HashMap<String, Entry>>,
     ports: ports::Publisher,
     volumes: volumes::VolumeStore,
+    names: NameRegistry,
 }
 
 impl ContainerLookup for Containers {
@@ -287,11 +290,16 @@ fn resolv_conf(host: &str, own_netns: bool) -> String {
     kept
 }
 
-fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str) -> String {
+fn hosts_file(address: Option<Ipv4Addr>, hostname: &str, name: &str, extra: &[String]) -> String {
     let mut hosts = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     );
+    // --add-host and --link lines come before the container's own, as in Docker.
+    for line in extra {
+        hosts.push_str(line);
+        hosts.push('\n');
+    }
     if let Some(address) = address {
         if hostname == name {
             hosts.push_str(&format!("{address}\t{hostname}\n"));
@@ -308,7 +316,12 @@ fn write_hosts(pid: u32, address: Option<Ipv4Addr>, config: &ContainerConfig) ->
     let path = PathBuf::from(format!("/proc/{pid}/root/etc/hosts"));
     std::fs::write(
         &path,
-        hosts_file(address, &config.spec.hostname, &config.name),
+        hosts_file(
+            address,
+            &config.spec.hostname,
+            &config.name,
+            &config.extra_hosts,
+        ),
     )
     .with_context(|| format!("writing {}", path.display()))
 }
@@ -366,6 +379,7 @@ impl Containers {
         attacher: AttacherWatch,
         networks: NamedNetworks,
         hook: Arc<dyn LifecycleHook>,
+        names: NameRegistry,
     ) -> Result<Containers> {
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -382,6 +396,7 @@ impl Containers {
                 entries: Mutex::new(HashMap::new()),
                 ports: ports::Publisher::default(),
                 volumes: volumes::VolumeStore::open(state_dir)?,
+                names,
             }),
         };
         let listing =
@@ -443,6 +458,14 @@ impl Containers {
         // of the running ones are put back if missing.
         let this = self.clone();
         tokio::spawn(async move { this.sync_ports_or_warn().await });
+        // Names this host claimed for containers that are gone.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let alive = |id: &str| this.lock().contains_key(id);
+            if let Err(err) = this.inner.names.sweep(alive).await {
+                warn!(error = %format!("{err:#}"), "could not free the names of containers that no longer exist");
+            }
+        });
         // Addresses this host claimed for containers that are gone (removed
         // while etcd was out of reach): freed, fabric-wide.
         let this = self.clone();
@@ -545,6 +568,50 @@ impl Containers {
             [] => bail!("no such container: {text}"),
             _ => bail!("{text} matches more than one container; give more of the id"),
         }
+    }
+
+    /// The `/etc/hosts` lines of `links` ("NAME:ALIAS"), with Docker's
+    /// errors for a linked container that is missing, stopped or has no
+    /// address; `own` is the linking container's name.
+    fn link_lines(&self, links: &[String], own: &str) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for text in links {
+            let link = hosts::Link::parse(text)?;
+            let view = self
+                .resolve(&link.container)
+                .and_then(|id| self.view(&id))
+                .map_err(|_| {
+                    anyhow!(
+                        "could not get container for {0}: No such container: {0}",
+                        link.container
+                    )
+                })?;
+            if !matches!(view.status, Status::Running { .. }) {
+                bail!(
+                    "Cannot link to a non running container: /{} AS /{own}/{}",
+                    view.config.name,
+                    link.alias
+                );
+            }
+            let Some(address) = view
+                .config
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<Ipv4Network>().ok())
+            else {
+                bail!(
+                    "Cannot link to /{}, as it does not belong to the default network",
+                    view.config.name
+                );
+            };
+            lines.push(hosts::link_line(
+                address.ip().into(),
+                &link.alias,
+                &view.config.spec.hostname,
+                &view.config.name,
+            ));
+        }
+        Ok(lines)
     }
 
     fn entry_parts(&self, id: &str) -> Result<(ContainerConfig, Arc<tokio::sync::Mutex<()>>)> {
@@ -674,6 +741,24 @@ impl Containers {
             .map(|c| c.volumes.clone())
             .unwrap_or_default();
         let mounts = self.plan_mounts(&image_volumes, &opts.volumes, &opts.volumes_from)?;
+        if !opts.links.is_empty() {
+            // Docker's words.
+            match network {
+                NetworkMode::Host => {
+                    bail!("conflicting options: host type networking can't be used with links. This would result in undefined behavior")
+                }
+                NetworkMode::Container(_) => {
+                    bail!("conflicting options: container type network can't be used with links. This would result in undefined behavior")
+                }
+                _ => {}
+            }
+            // Refused before anything is made; without a name yet, the
+            // start refuses it, naming the container, and the run is undone.
+            if let Some(own) = &opts.name {
+                let records: Vec<String> = opts.links.iter().map(|l| l.record()).collect();
+                self.link_lines(&records, own)?;
+            }
+        }
         let (id, name, lifecycle) = {
             let mut entries = self.lock();
             let name = match &opts.name {
@@ -728,6 +813,10 @@ impl Containers {
                 endpoints: Vec::new(),
                 ports: requested_ports.clone(),
                 published: Vec::new(),
+                links: opts.links.iter().map(|l| l.record()).collect(),
+                extra_hosts: Vec::new(),
+                add_hosts: opts.add_hosts.clone(),
+                network_aliases: opts.network_aliases.clone(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
             entries.insert(
@@ -740,6 +829,13 @@ impl Containers {
             (id, name, lifecycle)
         };
         let _guard = lifecycle.lock().await;
+        // Its names are the fabric's: one in use on any host refuses the run.
+        let mut names = vec![name.clone()];
+        names.extend(opts.network_aliases.iter().cloned());
+        if let Err(err) = self.inner.names.claim(&names, &id).await {
+            self.discard(&id).await;
+            return Err(err);
+        }
         let made = self.make_mounts(&mounts, &self.inner.images.layer_dirs(&image));
         if let Err(err) = made {
             self.discard(&id).await;
@@ -812,6 +908,7 @@ impl Containers {
             "removing the container's directory",
             crate::teardown::remove_dir_all(self.dir(id).path()),
         );
+        teardown.step("freeing its names", self.inner.names.release(id).await);
         self.lock().remove(id);
         if let Some(config) = &config {
             self.remove_anonymous_volumes(config);
@@ -855,6 +952,13 @@ impl Containers {
             }
         };
         let layers = self.inner.images.layer_dirs(&image);
+        // Links name the linked containers' addresses of now, as in Docker.
+        let mut extra_hosts = Vec::new();
+        for text in &config.add_hosts {
+            extra_hosts.push(hosts::add_host_line(text)?);
+        }
+        extra_hosts.extend(self.link_lines(&config.links, &config.name)?);
+        config.extra_hosts = extra_hosts;
         // Host ports before anything is made: a port in use refuses the start.
         let (published, ports_guard) = self.reserve_ports(&config).await?;
         config.published = published;
@@ -940,7 +1044,9 @@ impl Containers {
             .await;
         match started {
             Ok(()) => {
-                if matches!(config.network, NetworkMode::Overlay | NetworkMode::Named(_)) {
+                if matches!(config.network, NetworkMode::Overlay | NetworkMode::Named(_))
+                    || !config.extra_hosts.is_empty()
+                {
                     config.address = plan.address.map(|a| a.to_string());
                     if let Err(err) = dir.update_config(&config) {
                         warn!(error = %err, "could not record the container's address");
@@ -988,9 +1094,22 @@ impl Containers {
         let address = plan.address;
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let hosts = match config.network {
-            NetworkMode::Host => std::fs::read_to_string("/etc/hosts")
-                .unwrap_or_else(|_| hosts_file(None, &config.spec.hostname, &config.name)),
-            _ => hosts_file(address.map(|a| a.ip()), &config.spec.hostname, &config.name),
+            NetworkMode::Host => {
+                let mut hosts = std::fs::read_to_string("/etc/hosts")
+                    .unwrap_or_else(|_| hosts_file(None, &config.spec.hostname, &config.name, &[]));
+                // --add-host with --net host: appended to the host's, as in Docker.
+                for line in &config.extra_hosts {
+                    hosts.push_str(line);
+                    hosts.push('\n');
+                }
+                hosts
+            }
+            _ => hosts_file(
+                address.map(|a| a.ip()),
+                &config.spec.hostname,
+                &config.name,
+                &config.extra_hosts,
+            ),
         };
         let spec = ShimSpec {
             init: InitSpec {
@@ -1200,6 +1319,7 @@ impl Containers {
                 return;
             }
             self.lock().remove(id);
+            teardown.step("freeing its names", self.inner.names.release(id).await);
             // As Docker's --rm: its anonymous volumes go with it.
             self.remove_anonymous_volumes(&config);
             teardown.step(
@@ -1494,6 +1614,7 @@ impl Containers {
         );
         if removed.is_some() {
             self.lock().remove(id);
+            teardown.step("freeing its names", self.inner.names.release(id).await);
             if !config.published.is_empty() {
                 self.sync_ports_or_warn().await;
             }
@@ -1733,8 +1854,9 @@ mod tests {
 
     #[test]
     fn hosts_names_the_container() {
-        let hosts = hosts_file(Some(Ipv4Addr::new(10, 5, 1, 2)), "abc", "web");
-        assert!(hosts.ends_with("10.5.1.2\tabc web\n"));
+        let extra = ["10.0.0.7\tdb".to_string()];
+        let hosts = hosts_file(Some(Ipv4Addr::new(10, 5, 1, 2)), "abc", "web", &extra);
+        assert!(hosts.ends_with("ff02::2\tip6-allrouters\n10.0.0.7\tdb\n10.5.1.2\tabc web\n"));
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"));
     }
 }

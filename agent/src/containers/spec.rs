@@ -45,6 +45,12 @@ pub struct RunSpec {
     pub volumes: Vec<VolumeRequest>,
     /// `--volumes-from` as given (the containers are looked up at run).
     pub volumes_from: Vec<String>,
+    /// `--link`, parsed (the containers are looked up at run).
+    pub links: Vec<super::hosts::Link>,
+    /// `--add-host` as given, checked.
+    pub add_hosts: Vec<String>,
+    /// `--network-alias`, checked as names.
+    pub network_aliases: Vec<String>,
 }
 
 impl RunSpec {
@@ -76,6 +82,19 @@ impl RunSpec {
             parse_volumes_from(text)?;
         }
         let restart = super::restart::parse_restart(&request.restart, request.auto_remove)?;
+        let links = request
+            .links
+            .iter()
+            .map(|text| super::hosts::Link::parse(text))
+            .collect::<Result<Vec<_>>>()?;
+        for text in &request.add_hosts {
+            super::hosts::add_host_line(text)?;
+        }
+        for alias in &request.network_aliases {
+            if super::check_name(alias).is_err() {
+                bail!("invalid --network-alias {alias:?}: use letters, digits and _ . - (starting with a letter or digit)");
+            }
+        }
         let security = security_from_pb(request.security.unwrap_or_default())?;
         // As Docker: a net.* sysctl would change the host's or another container's network.
         if security.sets_network_sysctls()
@@ -115,6 +134,9 @@ impl RunSpec {
             },
             volumes,
             volumes_from: request.volumes_from,
+            links,
+            add_hosts: request.add_hosts,
+            network_aliases: request.network_aliases,
         })
     }
 }

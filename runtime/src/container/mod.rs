@@ -95,6 +95,19 @@ pub struct ContainerConfig {
     /// The ports of the current or last start, host ports chosen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<ports::PortBinding>,
+    /// `--link` as given, "NAME:ALIAS".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// `/etc/hosts` lines past the defaults and before the container's own,
+    /// "ADDRESS\tNAMES": `--add-host`, then the links as of the last start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// `--add-host` as given, "NAME:IP".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_hosts: Vec<String>,
+    /// `--network-alias`: names the fabric's DNS answers for it besides its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_aliases: Vec<String>,
 }
 
 /// One interface of a container on a named network, as recorded.
@@ -364,6 +377,10 @@ mod tests {
             endpoints: Vec::new(),
             ports: Vec::new(),
             published: Vec::new(),
+            links: vec!["db:mysqlone".into()],
+            extra_hosts: vec!["10.5.1.3\tmysqlone 0123456789ab db".into()],
+            add_hosts: vec!["gw:10.0.0.1".into()],
+            network_aliases: vec!["web-alias".into()],
         };
         container.write_config(&config).expect("write");
         assert_eq!(container.read_config().expect("read"), config);

@@ -1,0 +1,156 @@
+//! The fabric's container names, in etcd under Tartan's own prefix:
+//! `<tartan-prefix>/names/<name>` holds the container and the host it runs
+//! on. A container's name and its `--network-alias`es are claimed together
+//! at `run`, in one transaction, so that a name is one container's across
+//! every host; they go with the container.
+
+use anyhow::{bail, Context, Result};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use tracing::warn;
+
+use crate::control::etcd::{bounded, is_unreachable};
+
+/// What a name's key holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    /// The container's full id.
+    pub container: String,
+    /// The host it runs on (its public address, as the agent names itself).
+    pub host: String,
+}
+
+/// The names registry; without etcd (`--no-etcd`) names are this host's alone.
+#[derive(Clone)]
+pub struct NameRegistry {
+    client: Option<Client>,
+    /// `--tartan-prefix`, without a trailing slash.
+    prefix: String,
+    host: String,
+}
+
+impl NameRegistry {
+    pub fn new(client: Client, prefix: &str, host: &str) -> NameRegistry {
+        NameRegistry {
+            client: Some(client),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            host: host.to_string(),
+        }
+    }
+
+    /// Peer mode: no registry; names are checked on this host only.
+    pub fn none() -> NameRegistry {
+        NameRegistry {
+            client: None,
+            prefix: String::new(),
+            host: String::new(),
+        }
+    }
+
+    fn names_prefix(&self) -> String {
+        format!("{}/names/", self.prefix)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.names_prefix())
+    }
+
+    /// Claims `names` for `container` on this host, all or none; a name held
+    /// by another container anywhere on the fabric refuses them all.
+    pub async fn claim(&self, names: &[String], container: &str) -> Result<()> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let mut client = client.clone();
+        let record = NameRecord {
+            container: container.to_string(),
+            host: self.host.clone(),
+        };
+        let value = serde_json::to_vec(&record).context("encoding a name's record")?;
+        let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+        let txn = Txn::new()
+            .when(
+                keys.iter()
+                    .map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                keys.iter()
+                    .map(|k| TxnOp::put(k.as_str(), value.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+        let resp = bounded("claiming the container's names", client.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        for (name, key) in names.iter().zip(&keys) {
+            let found = bounded("reading a container name", client.get(key.as_str(), None)).await?;
+            if let Some(kv) = found.kvs().first() {
+                let holder: Option<NameRecord> = serde_json::from_slice(kv.value()).ok();
+                let (id, host) = holder
+                    .map(|h| (h.container, h.host))
+                    .unwrap_or_else(|| ("?".into(), "?".into()));
+                // Docker's words, with the host the holder runs on.
+                bail!("Conflict. The container name \"/{name}\" is already in use by container \"{id}\" on host {host}. You have to remove (or rename) that container to be able to reuse that name.");
+            }
+        }
+        bail!("the container's names were claimed by another container meanwhile; run it again")
+    }
+
+    /// Frees the names `container` holds (only its own: a name claimed
+    /// again by another container since stays).
+    /// With etcd out of reach the container still goes: its names are
+    /// freed by the sweep of the agent's next start.
+    pub async fn release(&self, container: &str) -> Result<()> {
+        match self
+            .release_where(|record| record.container == container)
+            .await
+        {
+            Err(err) if is_unreachable(&err) => {
+                warn!(error = %format!("{err:#}"), "etcd is out of reach: the container's names are freed at the agent's next start");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Frees this host's names whose containers are gone (removed while
+    /// etcd was out of reach, or before a crash).
+    pub async fn sweep(&self, alive: impl Fn(&str) -> bool) -> Result<()> {
+        let host = self.host.clone();
+        self.release_where(|record| record.host == host && !alive(&record.container))
+            .await
+    }
+
+    async fn release_where(&self, gone: impl Fn(&NameRecord) -> bool) -> Result<()> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let mut client = client.clone();
+        let prefix = self.names_prefix();
+        let listing = bounded(
+            "listing the container names",
+            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        for kv in listing.kvs() {
+            let Ok(record) = serde_json::from_slice::<NameRecord>(kv.value()) else {
+                continue;
+            };
+            if !gone(&record) {
+                continue;
+            }
+            // Deleted only as it was read.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    kv.key(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(kv.key(), None)]);
+            bounded("freeing a container name", client.txn(txn)).await?;
+        }
+        Ok(())
+    }
+}
