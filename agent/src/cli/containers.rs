@@ -15,7 +15,7 @@ use tartan_runtime::container::frame::{Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api;
-use crate::cli::attach::{DetachKeys, EscapeMatcher};
+use crate::cli::detach_keys::{DetachKeys, EscapeMatcher};
 use crate::cli::refusal::refused;
 use crate::containers::{spec, NetworkRequest};
 

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod containers;
+pub mod detach_keys;
 pub mod flanneld;
 pub mod network;
 pub mod ports;
