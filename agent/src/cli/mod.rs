@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod containers;
 pub mod flanneld;
+pub mod limits;
 pub mod network;
 pub mod ports;
 pub mod progress;

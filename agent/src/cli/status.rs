@@ -458,6 +458,10 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
     };
     let empty_none = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let security = c.security.clone().unwrap_or_default();
+    let mut host_config = json!({ "PortBindings": crate::cli::ports::port_bindings_json(c) });
+    for (key, value) in crate::cli::limits::host_config_json(c) {
+        host_config[key] = value;
+    }
     json!({
         "id": c.id,
         "name": c.name,
@@ -501,7 +505,8 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "sysctls": sysctl_flags(&security),
         },
         // Docker's own shapes, for tools that read them.
-        "HostConfig": { "PortBindings": crate::cli::ports::port_bindings_json(c) },
+        "HostConfig": host_config,
+        "State": { "OOMKilled": c.oom_killed, "ExitCode": c.exit_code.unwrap_or(0) },
         "NetworkSettings": { "Ports": crate::cli::ports::network_ports_json(c) },
         "Mounts": c.mounts.iter().map(mount_json).collect::<Vec<_>>(),
     })

@@ -9,8 +9,10 @@
 
 pub mod image_config;
 pub mod images;
+pub mod limits;
 pub mod ports;
 pub mod spec;
+pub mod stats;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -100,6 +102,8 @@ pub struct ContainerView {
     pub status: Status,
     pub network: String,
     pub attach_socket: PathBuf,
+    /// Its last run was ended by the OOM killer (`State.OOMKilled`).
+    pub oom_killed: bool,
 }
 
 /// How a container's network is made at its start.
@@ -554,6 +558,7 @@ impl Containers {
             status,
             network,
             attach_socket: dir.socket_path(),
+            oom_killed: dir.read_exit().is_some_and(|e| e.oom_killed),
         }
     }
 
@@ -993,6 +998,7 @@ impl Containers {
             new_netns: plan.new_netns,
             join_netns: plan.join_netns.clone(),
             wait_for_attach,
+            cgroup: Some(config.id.clone()),
         };
         dir.clear_run()?;
         let spec_path = dir.shim_spec_path();
@@ -1428,6 +1434,7 @@ impl Containers {
                 self.inner.networks.leave(endpoint, id).await,
             );
         }
+        teardown.step("removing its cgroup", limits::remove_cgroup(id).await);
         let removed = teardown.step(
             "removing the container",
             crate::teardown::remove_dir_all(dir.path()),

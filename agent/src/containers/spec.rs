@@ -76,6 +76,7 @@ impl RunSpec {
             parse_volumes_from(text)?;
         }
         let security = security_from_pb(request.security.unwrap_or_default())?;
+        let resources = super::limits::resources_from_pb(request.resources)?;
         // As Docker: a net.* sysctl would change the host's or another container's network.
         if security.sets_network_sysctls()
             && matches!(network, NetworkRequest::Host | NetworkRequest::Container(_))
@@ -104,6 +105,7 @@ impl RunSpec {
                 open_stdin: request.interactive,
                 security,
                 mounts: Vec::new(),
+                resources,
                 ..ContainerSpec::default()
             },
             image_overrides: ImageOverrides {

@@ -24,6 +24,7 @@ use super::log::{LogRecord, Stream};
 use super::{
     exit_code, now_rfc3339, read_json, write_json, ContainerDir, ExitRecord, RunState, ShimSpec,
 };
+use crate::cgroups::Cgroup;
 use crate::error::io_err;
 use crate::{Result, RuntimeError};
 
@@ -235,6 +236,17 @@ fn supervise(dir: &Path) -> Result<()> {
     };
     let pid = spawn_container(&spec, &stdio, &handshake)?;
     drop(handshake);
+    let cgroup = match enter_cgroup(&spec, pid) {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            // SAFETY: signalling and reaping our own child, which has run nothing yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(err);
+        }
+    };
 
     // SAFETY: getpid cannot fail.
     let shim_pid = unsafe { libc::getpid() } as u32;
@@ -251,6 +263,7 @@ fn supervise(dir: &Path) -> Result<()> {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
+        leave_cgroup(cgroup.as_ref());
         return Err(RuntimeError::Protocol(
             "the agent abandoned the start".into(),
         ));
@@ -301,6 +314,7 @@ fn supervise(dir: &Path) -> Result<()> {
         // The agent reports it and discards the container: nothing to record.
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        leave_cgroup(cgroup.as_ref());
         return Ok(());
     }
     let Stdio {
@@ -335,17 +349,45 @@ fn supervise(dir: &Path) -> Result<()> {
         reaped: false,
     };
     let code = pump.run(pid)?;
+    // As Docker: OOMKilled only when the memory limit's killer ended it.
+    let oom_killed = code == 128 + libc::SIGKILL
+        && cgroup
+            .as_ref()
+            .is_some_and(|c| c.oom_killed().unwrap_or(false));
     write_json(
         &container.exit_path(),
         &ExitRecord {
             code,
             finished: now_rfc3339(),
+            oom_killed,
         },
         false,
     )?;
     pump.say_goodbye(code);
     drop(lock);
     Ok(())
+}
+
+/// Makes the container's cgroup with its limits and moves its first
+/// process in, before that process runs anything of the container's.
+fn enter_cgroup(spec: &ShimSpec, pid: libc::pid_t) -> Result<Option<Cgroup>> {
+    let Some(id) = &spec.cgroup else {
+        return Ok(None);
+    };
+    let cgroup = Cgroup::for_container(id)?;
+    cgroup.create(&spec.init.container.resources)?;
+    if let Err(err) = cgroup.add(pid as u32) {
+        let _ = cgroup.remove();
+        return Err(err);
+    }
+    Ok(Some(cgroup))
+}
+
+/// Removes the cgroup of a start that did not happen.
+fn leave_cgroup(cgroup: Option<&Cgroup>) {
+    if let Some(Err(err)) = cgroup.map(Cgroup::remove) {
+        eprintln!("tartan shim: {err}");
+    }
 }
 
 fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream> {

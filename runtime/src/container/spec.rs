@@ -43,6 +43,9 @@ pub struct ContainerSpec {
     /// `-v` and `--volumes-from`, their sources resolved on the host; absent from older records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// `--memory`, `--cpus`, ... as checked; absent from older records.
+    #[serde(default, skip_serializing_if = "crate::cgroups::Resources::is_unset")]
+    pub resources: crate::cgroups::Resources,
 }
 
 impl Default for ContainerSpec {
@@ -61,6 +64,7 @@ impl Default for ContainerSpec {
             exposed_ports: Vec::new(),
             image_volumes: Vec::new(),
             mounts: Vec::new(),
+            resources: crate::cgroups::Resources::default(),
         }
     }
 }
