@@ -80,7 +80,9 @@ impl Layout {
                 .map(|(_, root)| root.join("tartan").join(id))
                 .collect(),
         };
-        dirs.into_iter().filter(|d| d.exists()).collect()
+        let mut dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.exists()).collect();
+        dirs.dedup();
+        dirs
     }
 
     /// Every container cgroup there is.
@@ -325,7 +327,7 @@ fn the_oom_killer_and_the_pids_limit_stop_a_container() -> Result<()> {
     let agent = &cluster.agents[0];
     import_busybox(agent)?;
 
-    cli_ok(
+    let hog = cli_ok(
         agent,
         &[
             "run",
@@ -343,10 +345,20 @@ fn the_oom_killer_and_the_pids_limit_stop_a_container() -> Result<()> {
             "-c",
             "x=a; while true; do x=$x$x; done",
         ],
-    )?;
+    )?
+    .trim()
+    .to_string();
     let c = wait_exited(agent, "hog")?;
     assert_eq!(c["State"]["ExitCode"], 137, "{c:#}");
     assert_eq!(c["State"]["OOMKilled"], true, "{c:#}");
+    // Its processes are gone, and so is its cgroup, as Docker's at stop.
+    wait_value(
+        "the ended container's cgroup goes",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || Ok(layout.existing(&hog)),
+        Vec::is_empty,
+    )?;
 
     // A container killed otherwise is not OOMKilled.
     cli_ok(

@@ -363,6 +363,8 @@ fn supervise(dir: &Path) -> Result<()> {
         },
         false,
     )?;
+    // Its processes are gone: the cgroup goes too, as Docker's does at stop (the next start makes it anew).
+    leave_cgroup(cgroup.as_ref());
     pump.say_goodbye(code);
     drop(lock);
     Ok(())
