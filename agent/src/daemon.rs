@@ -240,6 +240,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     } else {
         (None, tokio::spawn(async {}))
     };
+    // Containers' cgroups need cgroupfs in this mount namespace.
+    match tartan_runtime::cgroups::mount::mount_if_missing() {
+        Ok(true) => info!("mounted cgroupfs at /sys/fs/cgroup in the agent's mount namespace"),
+        Ok(false) => {}
+        Err(err) => warn!(error = %err, "no cgroupfs: containers get no cgroup limits or stats"),
+    }
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),

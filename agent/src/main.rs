@@ -100,6 +100,8 @@ enum Command {
     Inspect(container_cli::NamesArgs),
     /// List a container's published ports: tartan port CONTAINER [PRIVATE_PORT[/PROTO]].
     Port(cli::ports::PortArgs),
+    /// Show containers' use of CPU, memory, network, disks and pids: tartan stats [--no-stream] [CONTAINER...].
+    Stats(cli::limits::StatsArgs),
     /// Print a container's output (-f to follow it).
     Logs(container_cli::LogsArgs),
     /// Run a command inside a running container.
@@ -1143,6 +1145,7 @@ fn main() -> ExitCode {
             Command::Ps(args) => done(container_cli::ps(args, socket).await),
             Command::Inspect(args) => done(container_cli::inspect(args, socket).await),
             Command::Port(args) => done(cli::ports::port(args, socket).await),
+            Command::Stats(args) => done(cli::limits::stats(args, socket).await),
             Command::Logs(args) => done(container_cli::logs(args, socket).await),
             Command::Stop(args) => done(container_cli::stop(args, false, socket).await),
             Command::Start(args) => done(container_cli::start(args, socket).await),

@@ -34,6 +34,9 @@ pub enum RuntimeError {
     /// A privilege setting that cannot be applied (flags, profiles).
     #[error("{0}")]
     Security(String),
+    /// A resource limit that cannot be applied (values, missing controllers).
+    #[error("{0}")]
+    Limits(String),
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     #[error("the image store at {path} is damaged")]

@@ -8,6 +8,7 @@
 //! signals to its process sent by pidfd.
 
 pub mod capabilities;
+pub mod cgroups;
 pub mod container;
 mod error;
 pub mod image;

@@ -300,6 +300,8 @@ impl Agent {
                 }
             }
             if !found || Instant::now() >= deadline {
+                // A killed supervisor leaves its container's cgroup behind.
+                crate::cgroups::remove_container_cgroups(&self.state_dir().join("containers"));
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

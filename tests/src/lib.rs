@@ -7,6 +7,7 @@
 //! fail rather than skip.
 
 pub mod agent;
+pub mod cgroups;
 pub mod cli;
 pub mod cluster;
 pub mod etcd;

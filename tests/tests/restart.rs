@@ -262,3 +262,58 @@ fn supervisors_restart_without_the_agent_and_policies_survive_a_reboot() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn a_restarted_process_keeps_its_container_s_limits() -> Result<()> {
+    let cluster = Cluster::start("rpl", 197, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "limited",
+            "--restart",
+            "always",
+            "--memory",
+            "32m",
+            "busybox",
+            "sh",
+            "-c",
+            "sleep 1; exit 1",
+        ],
+    )?;
+    let id = inspect(agent, "limited")?["id"]
+        .as_str()
+        .context("an id")?
+        .to_string();
+    wait_restarts(agent, "limited", 1)?;
+    // The process of a later run is in the same cgroup, with the limit.
+    let in_cgroup = wait_value(
+        "the restarted process in its container's memory cgroup",
+        RESTARTS,
+        POLL,
+        || {
+            let shown = inspect(agent, "limited")?;
+            let pid = shown["state"]["pid"].as_u64().unwrap_or(0);
+            if pid == 0 || shown["RestartCount"].as_u64().unwrap_or(0) == 0 {
+                return Ok(String::new());
+            }
+            Ok(std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default())
+        },
+        |cgroups| {
+            cgroups
+                .lines()
+                .any(|l| l.contains("memory") && l.contains(&id))
+        },
+    )?;
+    ensure!(in_cgroup.contains(&id), "{in_cgroup}");
+    ensure!(
+        inspect(agent, "limited")?["HostConfig"]["Memory"] == 32 * 1024 * 1024,
+        "the limit is shown"
+    );
+    cli_ok(agent, &["rm", "-f", "limited"])?;
+    Ok(())
+}

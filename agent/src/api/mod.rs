@@ -32,6 +32,7 @@ use tartan_proto::v1::{
 use tartan_proto::v1::{
     ListVolumesRequest, PruneVolumesRequest, Volume as PbVolume, VolumeRequest, VolumesResponse,
 };
+use tartan_proto::v1::{StatsRequest, StatsResponse};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -159,6 +160,10 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
             .iter()
             .map(|v| v.display().to_string())
             .collect(),
+        resources: Some(crate::containers::limits::resources_to_pb(
+            &config.spec.resources,
+        )),
+        oom_killed: view.oom_killed,
         port_bindings: config.ports.iter().map(port_to_pb).collect(),
         // Published only while it runs, as Docker shows them.
         ports: if pid != 0 || restarting {
@@ -588,6 +593,47 @@ impl Agent for AgentService {
         let id = self.container_id(&request.into_inner().container)?;
         let view = self.containers.view(&id).map_err(failed)?;
         Ok(Response::new(to_pb_container(view)))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let names = request.into_inner().containers;
+        let views = if names.is_empty() {
+            self.containers.list(false)
+        } else {
+            let mut views = Vec::new();
+            for name in &names {
+                let id = self.container_id(name)?;
+                views.push(self.containers.view(&id).map_err(failed)?);
+            }
+            views
+        };
+        let stats = tokio::task::spawn_blocking(move || {
+            views
+                .iter()
+                .map(|view| {
+                    let pid = match view.status {
+                        RunStatus::Running { pid, .. } => Some(pid),
+                        _ => None,
+                    };
+                    // The host's counters are not the container's (Docker shows none either).
+                    let own_netns =
+                        view.config.network != tartan_runtime::container::NetworkMode::Host;
+                    crate::containers::stats::sample(
+                        &view.config.id,
+                        &view.config.name,
+                        pid,
+                        own_netns,
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(failed)?;
+        Ok(Response::new(StatsResponse { stats }))
     }
 
     async fn container_logs(

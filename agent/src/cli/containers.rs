@@ -120,6 +120,26 @@ pub struct RunArgs {
     /// Another name of the container, held fabric-wide as its name is. Repeatable.
     #[arg(long = "network-alias", value_name = "NAME")]
     network_alias: Vec<String>,
+    /// Memory limit, e.g. 512m or 1g (at least 6m).
+    #[arg(short = 'm', long, value_name = "BYTES")]
+    memory: Option<String>,
+    /// Memory plus swap; -1 for unlimited swap (default: twice --memory).
+    #[arg(long = "memory-swap", value_name = "BYTES", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Number of CPUs, e.g. 1.5.
+    #[arg(long, value_name = "NUMBER")]
+    cpus: Option<String>,
+    /// CPU shares, relative weight (default 1024).
+    #[arg(
+        short = 'c',
+        long = "cpu-shares",
+        value_name = "SHARES",
+        allow_hyphen_values = true
+    )]
+    cpu_shares: Option<i64>,
+    /// Most processes at once; -1 for unlimited.
+    #[arg(long = "pids-limit", value_name = "NUMBER", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
 }
 
 #[derive(Args)]
@@ -273,6 +293,13 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         args.cap_drop,
         &args.sysctl,
     )?;
+    let resources = crate::cli::limits::resources_flags(
+        args.memory.as_deref(),
+        args.memory_swap.as_deref(),
+        args.cpus.as_deref(),
+        args.cpu_shares,
+        args.pids_limit,
+    )?;
     let network = NetworkRequest::parse(args.net.as_deref().unwrap_or_default())?;
     if network == NetworkRequest::Host && (!args.publish.is_empty() || args.publish_all) {
         // Docker's warning: the container has the host's ports already.
@@ -305,6 +332,7 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
             links: args.link,
             add_hosts: args.add_host,
             network_aliases: args.network_alias,
+            resources: Some(resources),
         })
         .await;
     let container = match container {

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod containers;
 pub mod detach_keys;
 pub mod flanneld;
+pub mod limits;
 pub mod network;
 pub mod ports;
 pub mod progress;

@@ -464,6 +464,14 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
     };
     let empty_none = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let security = c.security.clone().unwrap_or_default();
+    let mut host_config = json!({ "PortBindings": crate::cli::ports::port_bindings_json(c) });
+    for (key, value) in crate::cli::limits::host_config_json(c) {
+        host_config[key] = value;
+    }
+    host_config["RestartPolicy"] = json!({
+        "Name": if c.restart_policy.is_empty() { "no" } else { &c.restart_policy },
+        "MaximumRetryCount": c.restart_max_retries,
+    });
     json!({
         "id": c.id,
         "name": c.name,
@@ -512,14 +520,9 @@ pub fn container_json(c: &tartan_proto::v1::Container) -> Value {
             "network_aliases": c.network_aliases,
         },
         // Docker's own shapes, for tools that read them.
-        "HostConfig": {
-            "PortBindings": crate::cli::ports::port_bindings_json(c),
-            "RestartPolicy": {
-                "Name": if c.restart_policy.is_empty() { "no" } else { &c.restart_policy },
-                "MaximumRetryCount": c.restart_max_retries,
-            },
-        },
+        "HostConfig": host_config,
         "RestartCount": c.restart_count,
+        "State": { "OOMKilled": c.oom_killed, "ExitCode": c.exit_code.unwrap_or(0) },
         "NetworkSettings": { "Ports": crate::cli::ports::network_ports_json(c) },
         "Mounts": c.mounts.iter().map(mount_json).collect::<Vec<_>>(),
     })

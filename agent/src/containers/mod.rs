@@ -10,9 +10,11 @@
 pub mod hosts;
 pub mod image_config;
 pub mod images;
+pub mod limits;
 pub mod ports;
 pub mod restart;
 pub mod spec;
+pub mod stats;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -111,6 +113,8 @@ pub struct ContainerView {
     pub attach_socket: PathBuf,
     /// Restarts by its policy since its last start (Docker's `RestartCount`).
     pub restart_count: u32,
+    /// Its last run was ended by the OOM killer (`State.OOMKilled`).
+    pub oom_killed: bool,
 }
 
 /// How a container's network is made at its start.
@@ -643,6 +647,7 @@ impl Containers {
             network,
             attach_socket: dir.socket_path(),
             restart_count: dir.read_restart().count,
+            oom_killed: dir.read_exit().is_some_and(|e| e.oom_killed),
         }
     }
 
@@ -1136,6 +1141,7 @@ impl Containers {
             new_netns: plan.new_netns,
             join_netns: plan.join_netns.clone(),
             wait_for_attach,
+            cgroup: Some(config.id.clone()),
         };
         dir.clear_run()?;
         // A start undoes a stop, and counts restarts afresh, as Docker's.
@@ -1608,6 +1614,7 @@ impl Containers {
                 self.inner.networks.leave(endpoint, id).await,
             );
         }
+        teardown.step("removing its cgroup", limits::remove_cgroup(id).await);
         let removed = teardown.step(
             "removing the container",
             crate::teardown::remove_dir_all(dir.path()),

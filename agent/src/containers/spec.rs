@@ -96,6 +96,7 @@ impl RunSpec {
             }
         }
         let security = security_from_pb(request.security.unwrap_or_default())?;
+        let resources = super::limits::resources_from_pb(request.resources)?;
         // As Docker: a net.* sysctl would change the host's or another container's network.
         if security.sets_network_sysctls()
             && matches!(network, NetworkRequest::Host | NetworkRequest::Container(_))
@@ -125,6 +126,7 @@ impl RunSpec {
                 security,
                 mounts: Vec::new(),
                 restart,
+                resources,
                 ..ContainerSpec::default()
             },
             image_overrides: ImageOverrides {

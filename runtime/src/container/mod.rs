@@ -142,6 +142,9 @@ pub struct ShimSpec {
     /// Hold the process until the first client attaches, so that a
     /// foreground `run` misses none of its output.
     pub wait_for_attach: bool,
+    /// The container's id, naming its cgroup; absent from older agents' specs (no cgroup then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// Written by the supervisor once the container's process exists.
@@ -171,6 +174,9 @@ pub struct ExitRecord {
     /// The exit status, or 128+N for a process killed by signal N.
     pub code: i32,
     pub finished: String,
+    /// Killed by the kernel's OOM killer at its cgroup's memory limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 /// One container's directory.

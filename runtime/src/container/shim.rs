@@ -26,6 +26,7 @@ use super::restart::{Backoff, RestartPolicy, RestartRecord};
 use super::{
     exit_code, now_rfc3339, read_json, write_json, ContainerDir, ExitRecord, RunState, ShimSpec,
 };
+use crate::cgroups::Cgroup;
 use crate::error::io_err;
 use crate::{Result, RuntimeError};
 
@@ -237,10 +238,32 @@ fn supervise(dir: &Path) -> Result<()> {
     };
     let pid = spawn_container(&spec, &stdio, &handshake)?;
     drop(handshake);
+    let cgroup = match enter_cgroup(&spec, pid) {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            // SAFETY: signalling and reaping our own child, which has run nothing yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(err);
+        }
+    };
     // Held for the restarts, which join it: see `restart`.
     let netns = match spec.init.container.restart {
         RestartPolicy::No => None,
-        _ => held_netns(&spec, pid)?,
+        _ => match held_netns(&spec, pid) {
+            Ok(netns) => netns,
+            Err(err) => {
+                // SAFETY: signalling and reaping our own child, which has run nothing yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                leave_cgroup(cgroup.as_ref());
+                return Err(err);
+            }
+        },
     };
 
     // SAFETY: getpid cannot fail.
@@ -258,6 +281,7 @@ fn supervise(dir: &Path) -> Result<()> {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
+        leave_cgroup(cgroup.as_ref());
         return Err(RuntimeError::Protocol(
             "the agent abandoned the start".into(),
         ));
@@ -308,6 +332,7 @@ fn supervise(dir: &Path) -> Result<()> {
         // The agent reports it and discards the container: nothing to record.
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        leave_cgroup(cgroup.as_ref());
         return Ok(());
     }
     let Stdio {
@@ -341,18 +366,33 @@ fn supervise(dir: &Path) -> Result<()> {
         child: pid,
         reaped: false,
     };
-    let code = supervise_restarts(&container, &spec, netns, &mut pump, shim_pid)?;
+    let code = supervise_restarts(
+        &container,
+        &spec,
+        netns,
+        cgroup.as_ref(),
+        &mut pump,
+        shim_pid,
+    )?;
+    // Its processes are gone: the cgroup goes too, as Docker's does at stop
+    // (the next start makes it anew).
+    leave_cgroup(cgroup.as_ref());
     pump.say_goodbye(code);
     drop(lock);
     Ok(())
 }
 
-fn write_exit(container: &ContainerDir, code: i32) -> Result<()> {
+/// Records how the container's process ended. As Docker: OOMKilled only
+/// when the memory limit's killer ended it.
+fn write_exit(container: &ContainerDir, code: i32, cgroup: Option<&Cgroup>) -> Result<()> {
+    let oom_killed =
+        code == 128 + libc::SIGKILL && cgroup.is_some_and(|c| c.oom_killed().unwrap_or(false));
     write_json(
         &container.exit_path(),
         &ExitRecord {
             code,
             finished: now_rfc3339(),
+            oom_killed,
         },
         false,
     )
@@ -379,6 +419,7 @@ fn supervise_restarts(
     container: &ContainerDir,
     spec: &ShimSpec,
     netns: Option<File>,
+    cgroup: Option<&Cgroup>,
     pump: &mut Pump,
     shim_pid: u32,
 ) -> Result<i32> {
@@ -400,7 +441,7 @@ fn supervise_restarts(
             Some(code) => code,
             None => pump.run(pump.child)?,
         };
-        write_exit(container, code)?;
+        write_exit(container, code, cgroup)?;
         if !policy.restarts_after(code, restarts, container.stopped_by_operator()) {
             break code;
         }
@@ -413,7 +454,7 @@ fn supervise_restarts(
             break code;
         }
         started = Instant::now();
-        match start_again(container, &again) {
+        match start_again(container, &again, cgroup) {
             Ok(Some((stdio, pid))) => {
                 pump.take_process(stdio, pid);
                 write_json(
@@ -466,7 +507,11 @@ fn sleep_unless_stopped(container: &ContainerDir, delay: Duration) -> bool {
 
 /// Makes the container's process again and runs its command; None when
 /// the operator stopped the container meanwhile.
-fn start_again(container: &ContainerDir, spec: &ShimSpec) -> Result<Option<(Stdio, libc::pid_t)>> {
+fn start_again(
+    container: &ContainerDir,
+    spec: &ShimSpec,
+    cgroup: Option<&Cgroup>,
+) -> Result<Option<(Stdio, libc::pid_t)>> {
     let mut stdio = Stdio::new(spec.init.container.tty, spec.init.container.open_stdin)?;
     let (go_r, go_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
@@ -484,13 +529,17 @@ fn start_again(container: &ContainerDir, spec: &ShimSpec) -> Result<Option<(Stdi
     };
     let pid = spawn_container(spec, &stdio, &handshake)?;
     drop(handshake);
+    // Into the container's cgroup, with its limits, before it runs anything.
+    let joined = cgroup.map_or(Ok(()), |c| c.add(pid as u32));
     // A stop that came while the process was made: it never runs.
-    if container.stopped_by_operator() {
+    if joined.is_err() || container.stopped_by_operator() {
         // SAFETY: signalling and reaping our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
+        // A cgroup it could not join is a failed restart; a stop is none.
+        joined?;
         return Ok(None);
     }
     (&File::from(go_w))
@@ -506,6 +555,28 @@ fn start_again(container: &ContainerDir, spec: &ShimSpec) -> Result<Option<(Stdi
     let mut failure = Vec::new();
     let _ = File::from(exec_r).read_to_end(&mut failure);
     Ok(Some((stdio, pid)))
+}
+
+/// Makes the container's cgroup with its limits and moves its first
+/// process in, before that process runs anything of the container's.
+fn enter_cgroup(spec: &ShimSpec, pid: libc::pid_t) -> Result<Option<Cgroup>> {
+    let Some(id) = &spec.cgroup else {
+        return Ok(None);
+    };
+    let cgroup = Cgroup::for_container(id)?;
+    cgroup.create(&spec.init.container.resources)?;
+    if let Err(err) = cgroup.add(pid as u32) {
+        let _ = cgroup.remove();
+        return Err(err);
+    }
+    Ok(Some(cgroup))
+}
+
+/// Removes the cgroup of a start that did not happen.
+fn leave_cgroup(cgroup: Option<&Cgroup>) {
+    if let Some(Err(err)) = cgroup.map(Cgroup::remove) {
+        eprintln!("tartan shim: {err}");
+    }
 }
 
 fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream> {

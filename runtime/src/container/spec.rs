@@ -47,6 +47,9 @@ pub struct ContainerSpec {
     /// `--restart`, which the supervisor applies; absent from older records.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// `--memory`, `--cpus`, ... as checked; absent from older records.
+    #[serde(default, skip_serializing_if = "crate::cgroups::Resources::is_unset")]
+    pub resources: crate::cgroups::Resources,
 }
 
 impl Default for ContainerSpec {
@@ -66,6 +69,7 @@ impl Default for ContainerSpec {
             image_volumes: Vec::new(),
             mounts: Vec::new(),
             restart: RestartPolicy::No,
+            resources: crate::cgroups::Resources::default(),
         }
     }
 }
