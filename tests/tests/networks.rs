@@ -919,8 +919,8 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
     let containers = cli_ok(agent, &["ps", "-a", "-q"])?;
     assert_eq!(containers.lines().count(), 1, "{containers}");
     ensure!(
-        etcd_keys(&cluster, &tp)?.len() == 5,
-        "good, tagged, switched, user's address and the key every create rewrites"
+        etcd_keys(&cluster, &tp)?.len() == 6,
+        "good, tagged, switched, user's address, user's name and the key every create rewrites"
     );
     Ok(())
 }
