@@ -239,14 +239,17 @@ fn supervisors_restart_without_the_agent_and_policies_survive_a_reboot() -> Resu
     cluster.agents[0].wait_ready(READY)?;
     let agent = &cluster.agents[0];
     // As Docker's daemon at its start: `always` even when stopped.
+    // The agent brings them back one after another once it holds its lease:
+    // a longer wait than one restart's.
     for name in ["always", "always-stopped", "unless", "flapping"] {
         wait_value(
             &format!("{name} back after the reboot"),
-            RESTARTS,
+            2 * RESTARTS,
             POLL,
             || state(agent, name),
             |s| s == "running" || s == "restarting",
-        )?;
+        )
+        .with_context(|| agent.log_tail(40))?;
     }
     let address = inspect(agent, "always")?["network"]["ip_address"].clone();
     ensure!(address.is_string(), "no overlay address after the reboot");
