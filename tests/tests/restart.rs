@@ -268,7 +268,7 @@ fn supervisors_restart_without_the_agent_and_policies_survive_a_reboot() -> Resu
 
 #[test]
 fn a_restarted_process_keeps_its_container_s_limits() -> Result<()> {
-    let cluster = Cluster::start("rpl", 197, VXLAN, 1)?;
+    let cluster = Cluster::start("rpl", 253, VXLAN, 1)?;
     let agent = &cluster.agents[0];
     import_busybox(agent)?;
     cli_ok(
