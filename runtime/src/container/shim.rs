@@ -218,26 +218,8 @@ fn supervise(dir: &Path) -> Result<()> {
         .set_nonblocking(true)
         .map_err(io_err("configuring", &socket))?;
 
-    let mut stdio = Stdio::new(spec.init.container.tty, spec.init.container.open_stdin)?;
-    let (go_r, go_w) = pipe()?;
-    // Closed by the kernel when the container's command has been exec'd (or
-    // the first process has died): only then is the container "running",
-    // with its root in place for `exec` to join.
-    let (exec_r, exec_w) = pipe()?;
-    let (console, child_console) = match spec.init.container.tty {
-        true => {
-            let (ours, theirs) = crate::pty::socket_pair()?;
-            (Some(ours), Some(theirs))
-        }
-        false => (None, None),
-    };
-    let handshake = Handshake {
-        go: go_r,
-        exec_failure: exec_w,
-        console: child_console,
-    };
-    let pid = spawn_container(&spec, &stdio, &handshake)?;
-    drop(handshake);
+    let waiting = spawn_waiting(&spec)?;
+    let pid = waiting.pid;
     let cgroup = match enter_cgroup(&spec, pid) {
         Ok(cgroup) => cgroup,
         Err(err) => {
@@ -298,21 +280,7 @@ fn supervise(dir: &Path) -> Result<()> {
         .open(container.log_path())
         .map_err(io_err("opening", container.log_path()))?;
     // Release the container: it runs its init now.
-    (&File::from(go_w))
-        .write_all(b"g")
-        .map_err(io_err("starting", dir))?;
-    if let Some(console) = &console {
-        // None: the child died before making its terminal; the pump sees its exit.
-        if let Some(master) = crate::pty::recv_fd(console)? {
-            stdio.take_terminal(master, spec.init.container.open_stdin)?;
-        }
-    }
-    drop(console);
-    let mut failure = Vec::new();
-    // Waits for the close-on-exec pipe to close: the init has exec'd, or
-    // has died, after saying why when its command could not run.
-    let _ = File::from(exec_r).read_to_end(&mut failure);
-    let failure = String::from_utf8_lossy(&failure).trim().to_string();
+    let (stdio, failure) = waiting.release(&spec, dir)?;
     // A detached start tells the agent whether the command runs, so that
     // `run -d` and `start` report a command that cannot (as Docker does).
     // A foreground one has a client that sees the error and the exit code.
@@ -512,7 +480,42 @@ fn start_again(
     spec: &ShimSpec,
     cgroup: Option<&Cgroup>,
 ) -> Result<Option<(Stdio, libc::pid_t)>> {
-    let mut stdio = Stdio::new(spec.init.container.tty, spec.init.container.open_stdin)?;
+    let waiting = spawn_waiting(spec)?;
+    let pid = waiting.pid;
+    // Into the container's cgroup, with its limits, before it runs anything.
+    let joined = cgroup.map_or(Ok(()), |c| c.add(pid as u32));
+    // A stop that came while the process was made: it never runs.
+    if joined.is_err() || container.stopped_by_operator() {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        // A cgroup it could not join is a failed restart; a stop is none.
+        joined?;
+        return Ok(None);
+    }
+    // A command that cannot run ends the process, which the pump reaps.
+    let (stdio, _failure) = waiting.release(spec, container.path())?;
+    Ok(Some((stdio, pid)))
+}
+
+/// A container process made in its namespaces and waiting for its go,
+/// with this side's ends of its handshake.
+struct Waiting {
+    stdio: Stdio,
+    pid: libc::pid_t,
+    go: OwnedFd,
+    /// Closed by the kernel when the container's command has been exec'd
+    /// (or the process has died): only then is the container "running",
+    /// with its root in place for `exec` to join.
+    exec_done: OwnedFd,
+    console: Option<OwnedFd>,
+}
+
+/// Makes the container's process, which waits for its go.
+fn spawn_waiting(spec: &ShimSpec) -> Result<Waiting> {
+    let stdio = Stdio::new(spec.init.container.tty, spec.init.container.open_stdin)?;
     let (go_r, go_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
     let (console, child_console) = match spec.init.container.tty {
@@ -529,32 +532,43 @@ fn start_again(
     };
     let pid = spawn_container(spec, &stdio, &handshake)?;
     drop(handshake);
-    // Into the container's cgroup, with its limits, before it runs anything.
-    let joined = cgroup.map_or(Ok(()), |c| c.add(pid as u32));
-    // A stop that came while the process was made: it never runs.
-    if joined.is_err() || container.stopped_by_operator() {
-        // SAFETY: signalling and reaping our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+    Ok(Waiting {
+        stdio,
+        pid,
+        go: go_w,
+        exec_done: exec_r,
+        console,
+    })
+}
+
+impl Waiting {
+    /// Lets the process run its init, takes its terminal, and waits until
+    /// its command is exec'd; returns its stdio and why the command could
+    /// not run (empty when it runs).
+    fn release(self, spec: &ShimSpec, dir: &Path) -> Result<(Stdio, String)> {
+        let Waiting {
+            mut stdio,
+            go,
+            exec_done,
+            console,
+            ..
+        } = self;
+        (&File::from(go))
+            .write_all(b"g")
+            .map_err(io_err("starting", dir))?;
+        if let Some(console) = &console {
+            // None: the child died before making its terminal; the pump sees its exit.
+            if let Some(master) = crate::pty::recv_fd(console)? {
+                stdio.take_terminal(master, spec.init.container.open_stdin)?;
+            }
         }
-        // A cgroup it could not join is a failed restart; a stop is none.
-        joined?;
-        return Ok(None);
+        drop(console);
+        let mut failure = Vec::new();
+        // The close-on-exec pipe closes: the init has exec'd, or has died,
+        // after saying why when its command could not run.
+        let _ = File::from(exec_done).read_to_end(&mut failure);
+        Ok((stdio, String::from_utf8_lossy(&failure).trim().to_string()))
     }
-    (&File::from(go_w))
-        .write_all(b"g")
-        .map_err(io_err("starting", container.path()))?;
-    if let Some(console) = &console {
-        if let Some(master) = crate::pty::recv_fd(console)? {
-            stdio.take_terminal(master, spec.init.container.open_stdin)?;
-        }
-    }
-    drop(console);
-    // Until the exec: a command that cannot run ends the process, which the pump reaps.
-    let mut failure = Vec::new();
-    let _ = File::from(exec_r).read_to_end(&mut failure);
-    Ok(Some((stdio, pid)))
 }
 
 /// Makes the container's cgroup with its limits and moves its first
