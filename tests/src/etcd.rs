@@ -290,8 +290,21 @@ impl EtcdServer {
     }
 
     /// SIGSTOP: etcd keeps its sockets but answers nothing, like a hung server.
+    /// Returns once every etcd thread is stopped: `kill` only queues the stop, and a
+    /// thread still running could answer one more request.
     pub fn pause(&self) -> Result<()> {
-        self.signal(libc::SIGSTOP)
+        self.signal(libc::SIGSTOP)?;
+        let pid = self.pid().context("etcd is not running")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if all_threads_stopped(pid)? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd (pid {pid}) did not stop within 5s of SIGSTOP");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// SIGCONT after [`EtcdServer::pause`].
@@ -317,4 +330,26 @@ impl Drop for EtcdServer {
         // The data directory goes with `dir`, dropped right after this.
         let _ = self.kill();
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in /proc/PID/task/*/stat).
+fn all_threads_stopped(pid: u32) -> Result<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of etcd (pid {pid})"))?;
+    for task in tasks {
+        let stat = match std::fs::read_to_string(task?.path().join("stat")) {
+            Ok(stat) => stat,
+            // A thread that exited meanwhile is not running either.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).context("reading a thread's stat"),
+        };
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if state != Some('T') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
