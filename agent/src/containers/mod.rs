@@ -1143,6 +1143,7 @@ impl Containers {
             wait_for_attach,
             cgroup: Some(config.id.clone()),
         };
+        dir.mark_started()?;
         dir.clear_run()?;
         // A start undoes a stop, and counts restarts afresh, as Docker's.
         dir.clear_restart()?;
@@ -1347,8 +1348,21 @@ impl Containers {
             return;
         };
         let dir = self.dir(id);
+        // A supervisor still waiting for the agent that died gives up as soon
+        // as it sees that agent gone: its end is awaited, not raced.
+        let deadline = tokio::time::Instant::now() + SHIM_READY_TIMEOUT;
+        while dir.shim_alive()
+            && dir.read_state().is_none()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let last_exit = match self.status_of(&dir) {
             Status::Exited { code, .. } => Some(code),
+            // A start cut short by the agent's or the host's end: as a
+            // process killed (Docker's 255 for a container that went with
+            // its daemon), so that its policy still holds.
+            Status::Created if dir.started_before() => Some(255),
             _ => None,
         };
         let starts = restart::starts_with_agent(

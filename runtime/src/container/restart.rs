@@ -111,6 +111,9 @@ impl ContainerDir {
     fn stopped_path(&self) -> std::path::PathBuf {
         self.path().join("stopped")
     }
+    fn started_path(&self) -> std::path::PathBuf {
+        self.path().join("started")
+    }
 
     /// Absent before the first restart.
     pub fn read_restart(&self) -> RestartRecord {
@@ -128,6 +131,18 @@ impl ContainerDir {
     }
     pub fn stopped_by_operator(&self) -> bool {
         self.stopped_path().exists()
+    }
+
+    /// Records that a start was asked for; it stays until the container is
+    /// removed. A start cut short (the agent or the host going down between
+    /// forgetting the last run and the new process) leaves neither a state nor
+    /// an exit behind, and only this tells it from a container never started.
+    pub fn mark_started(&self) -> Result<()> {
+        let path = self.started_path();
+        std::fs::write(&path, b"").map_err(io_err("writing", &path))
+    }
+    pub fn started_before(&self) -> bool {
+        self.started_path().exists()
     }
 
     /// Before a start: no stop, no restarts counted.
