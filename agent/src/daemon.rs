@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::backends::node::{NodeDataplane, FIREWALL_TABLE};
 use crate::backends::registry::parse_config;
 use crate::backends::{OverlayBackend, Underlay};
+use crate::background::Background;
 use crate::containers::images::Images;
 use crate::containers::{Containers, Overlay};
 use crate::control::acquire::{acquire, HeldLease};
@@ -156,7 +157,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         forward_dropped_by: watch::Sender::new(Vec::new()),
         etcd: EtcdMonitor::default(),
     };
-    let outage_reports = tokio::spawn(
+    let mut background = Background::new();
+    background.spawn(
+        "etcd outage report",
         publishers
             .etcd
             .clone()
@@ -223,7 +226,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ => None,
         },
     )?;
-    let (_peer_service, segment_keeper) = if kept_elsewhere.is_none() {
+    let _peer_service = if kept_elsewhere.is_none() {
         // Up before the attachments on it are made again.
         segment.start().await;
         let service = segment::server::serve(
@@ -233,12 +236,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .await?;
         // With etcd, the lease holders are peers too.
         let lease_holders = registry.is_some().then(|| publishers.node.subscribe());
-        (
-            Some(service),
-            tokio::spawn(segment.clone().run(lease_holders)),
-        )
+        background.spawn("L2 segment", segment.clone().run(lease_holders));
+        Some(service)
     } else {
-        (None, tokio::spawn(async {}))
+        None
     };
     // Containers' cgroups need cgroupfs in this mount namespace.
     match tartan_runtime::cgroups::mount::mount_if_missing() {
@@ -256,12 +257,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         names,
     )?;
     containers.recover().await;
-    let mover = tokio::spawn(
+    background.spawn(
+        "subnet follower",
         containers
             .clone()
             .follow_subnet(publishers.attacher.subscribe()),
     );
-    let follower = tokio::spawn(pipework.clone().follow(Arc::new(containers.clone())));
+    background.spawn(
+        "attachment follower",
+        pipework.clone().follow(Arc::new(containers.clone())),
+    );
     let server = api::serve(
         &opts.api_socket,
         api::Services {
@@ -278,7 +283,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         },
     )
     .await?;
-    let _background = AbortOnDrop(vec![outage_reports, mover, follower, segment_keeper]);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -308,6 +312,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     let outcome = tokio::select! {
         result = node => result,
+        err = background.ended() => Err(err),
         _ = sigterm.recv() => { info!("SIGTERM: shutting down{keeps}"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down{keeps}"); Ok(()) }
     };
@@ -541,21 +546,27 @@ async fn run_node(
     info!(subnet = %held.subnet, file = %opts.subnet_file.display(), "ready");
 
     let (lost_tx, mut lost_rx) = mpsc::channel(1);
-    let mut tasks = vec![tokio::spawn(watch_peers(
-        registry.clone(),
-        publishers.node.clone(),
-        health.clone(),
-        config.range.clone(),
-        lost_tx,
-    ))];
+    let mut tasks = Background::new();
+    tasks.spawn(
+        "lease watch",
+        watch_peers(
+            registry.clone(),
+            publishers.node.clone(),
+            health.clone(),
+            config.range.clone(),
+            lost_tx,
+        ),
+    );
     if let Some(dataplane) = &dataplane {
-        tasks.push(tokio::spawn(node::reconcile_loop(
-            dataplane.clone(),
-            publishers.node.subscribe(),
-            publishers.forward_dropped_by.clone(),
-        )));
+        tasks.spawn(
+            "dataplane reconciler",
+            node::reconcile_loop(
+                dataplane.clone(),
+                publishers.node.subscribe(),
+                publishers.forward_dropped_by.clone(),
+            ),
+        );
     }
-    let _tasks = AbortOnDrop(tasks);
 
     let ttl = opts.subnet_lease_ttl;
     let margin = opts.subnet_lease_renew_margin;
@@ -572,6 +583,7 @@ async fn run_node(
         let lost = tokio::select! {
             _ = renew => false,
             Some(()) = lost_rx.recv() => true,
+            err = tasks.ended() => return Err(err),
         };
         let lost = lost
             || {
@@ -1023,17 +1035,6 @@ fn log_events(batch: &[LeaseEvent]) {
                 "peer lease added or changed"
             ),
             LeaseEvent::Removed(subnet) => info!(%subnet, "peer lease removed"),
-        }
-    }
-}
-
-/// Aborts background tasks when the node loop ends, so none outlives it.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod backends;
+mod background;
 mod claim;
 mod cli;
 mod containers;
