@@ -299,9 +299,14 @@ async fn remove_network_bridges(
                 continue;
             };
             for endpoint in config.endpoints {
-                if endpoint.driver == "bridge" && !endpoint.options.contains_key("bridge") {
+                // The device the agent made for the network (not an
+                // operator's `-o bridge=`); only Linux bridges go below.
+                let device = crate::networks::drivers::registration(&endpoint.driver)
+                    .ok()
+                    .and_then(|registration| registration.network_device);
+                if let (Some(device), false) = (device, endpoint.options.contains_key("bridge")) {
                     let short = &endpoint.network_id[..12.min(endpoint.network_id.len())];
-                    bridges.insert(format!("br-{short}"));
+                    bridges.insert(device(short));
                 }
             }
         }
@@ -379,7 +384,12 @@ fn uses_ovs_networks(opts: &ResetOptions) -> bool {
     listing.flatten().any(|entry| {
         ContainerDir::new(entry.path())
             .read_config()
-            .is_ok_and(|config| config.endpoints.iter().any(|e| e.driver == "ovs"))
+            .is_ok_and(|config| {
+                config
+                    .endpoints
+                    .iter()
+                    .any(|e| e.driver == crate::networks::drivers::ovs::REGISTRATION.name)
+            })
     })
 }
 

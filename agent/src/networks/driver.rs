@@ -137,6 +137,39 @@ pub trait AttachmentDriver: Send + Sync {
 
     /// Removes what `setup` made, trying every step.
     async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown>;
+
+    /// Whether its attachments have an end on the host (a veth's).
+    fn has_host_end(&self) -> bool {
+        true
+    }
+
+    /// Makes the device its attachments hang off (a bridge), for a driver
+    /// that has one to make; idempotent.
+    async fn ensure_host_side(&self, _side: &HostSide) -> Result<()> {
+        Ok(())
+    }
+
+    /// Removes that device, once the caller knows none of its own
+    /// attachments uses it; `only_if_unused` keeps it while anything else
+    /// is plugged in (an operator's bridge may carry ports of others).
+    async fn remove_host_side(&self, _only_if_unused: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes a recorded attachment whole again, leaving what is in place.
+    async fn repair(&self, spec: &AttachmentSpec) -> Result<()> {
+        self.setup(spec).await.map(|_| ())
+    }
+}
+
+/// What the device a driver's attachments hang off is made with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostSide {
+    /// Whose it is, where the device can carry that (OVS external_ids).
+    pub owner: String,
+    /// The address the device carries as its network's gateway, and the
+    /// device's MAC; none for a plain bridge (pipework's).
+    pub gateway: Option<(Ipv4Network, [u8; 6])>,
 }
 
 /// What a driver is made with: the host's handles, and where it plugs in.
@@ -159,5 +192,9 @@ pub struct Registration {
     pub options: &'static [&'static str],
     /// Whether `network create --driver` may name it.
     pub named_networks: bool,
+    /// The name of the device a network of it hangs off, made by the
+    /// agent, from the network id's first 12 digits (Docker's `br-` and
+    /// the digits); None for a driver that plugs into an existing one.
+    pub network_device: Option<fn(&str) -> String>,
     pub make: MakeDriver,
 }

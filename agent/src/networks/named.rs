@@ -9,15 +9,14 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ipnetwork::Ipv4Network;
-use tartan_dataplane::{BridgeSpec, MacvlanMode, Netlink};
+use tartan_dataplane::{MacvlanMode, Netlink};
 use tartan_runtime::container::Endpoint;
 
 use crate::networks::attach::host_ifname_for;
 use crate::networks::driver::{
-    container_mac, AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext,
+    container_mac, AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, HostSide,
 };
 use crate::networks::drivers;
-use crate::networks::drivers::ovs::owned_by;
 use crate::networks::ovsdb::OvsdbHandle;
 use crate::networks::store::{AddressHolder, NetworkDef, NetworkStore};
 
@@ -47,17 +46,23 @@ fn bridge_mac(id: &str) -> [u8; 6] {
     mac
 }
 
-/// The bridge a bridge or ovs endpoint hangs off, and whether the agent
-/// made it (and may remove it): a bridge named with `-o bridge=` is the
-/// operator's. Docker's name for a Linux bridge; `ovs` and the same digits
-/// for an Open vSwitch one.
-fn endpoint_bridge(endpoint: &Endpoint) -> (String, bool) {
-    let short = &endpoint.network_id[..12.min(endpoint.network_id.len())];
-    match (endpoint.options.get("bridge"), endpoint.driver.as_str()) {
-        (Some(name), _) => (name.clone(), false),
-        (None, "ovs") => (format!("ovs{short}"), true),
-        (None, _) => (format!("br-{short}"), true),
-    }
+/// The device an endpoint's driver hangs off, and whether the agent made
+/// it (and may remove it): a bridge named with `-o bridge=` is the
+/// operator's, and a driver without a device of its own (macvlan) has
+/// none. The name is the driver's, from the network id (Docker's `br-` and
+/// the id's first 12 digits for a Linux bridge).
+fn endpoint_bridge(endpoint: &Endpoint) -> Result<Option<(String, bool)>> {
+    let registration = drivers::registration(&endpoint.driver)?;
+    let Some(device_name) = registration.network_device else {
+        return Ok(None);
+    };
+    Ok(Some(match endpoint.options.get("bridge") {
+        Some(name) => (name.clone(), false),
+        None => (
+            device_name(&endpoint.network_id[..12.min(endpoint.network_id.len())]),
+            true,
+        ),
+    }))
 }
 
 /// What the external_ids owner of an OVS bridge made for a network starts
@@ -123,7 +128,15 @@ impl NamedNetworks {
                 )
             })?
         } else {
-            endpoint_bridge(endpoint).0
+            endpoint_bridge(endpoint)?
+                .map(|(bridge, _)| bridge)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} network {} has neither a parent nor a bridge",
+                        registration.name,
+                        endpoint.network
+                    )
+                })?
         };
         let macvlan_mode = match endpoint.options.get("macvlan_mode") {
             Some(mode) => mode.parse()?,
@@ -233,50 +246,27 @@ impl NamedNetworks {
         let spec = self.spec(endpoint, container, netns)?;
         let driver = self.driver(endpoint)?;
         let _bridges = self.bridges.lock().await;
-        if endpoint.driver == "ovs" {
-            let ovsdb = self
-                .ovsdb
-                .get()
-                .await
-                .with_context(|| format!("joining network {}", endpoint.network))?;
-            // The port of an earlier start names a device that went with its
-            // namespace; the switch takes the new one only as a new port.
-            self.unplug(endpoint, container, spec.netns.clone())
-                .await
-                .with_context(|| {
-                    format!("removing the old port on network {}", endpoint.network)
-                })?;
-            let (bridge, _) = endpoint_bridge(endpoint);
-            self.ovsdb
-                .check(
-                    ovsdb
-                        .ensure_bridge(&bridge, &owned_by(&network_owner(&endpoint.network_id)))
-                        .await,
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "making the OVS bridge {bridge} of network {}",
-                        endpoint.network
-                    )
-                })?;
-        }
-        if endpoint.driver == "bridge" {
-            let (bridge, _) = endpoint_bridge(endpoint);
-            let address = endpoint_address(endpoint)?;
-            let gateway = endpoint
-                .gateway
-                .ok_or_else(|| anyhow!("the endpoint on {} has no gateway", endpoint.network))?;
-            self.netlink
-                .ensure_bridge(&BridgeSpec {
-                    name: bridge.clone(),
-                    mtu: BRIDGE_MTU,
-                    gateway: Ipv4Network::new(gateway, address.prefix())?,
-                    mac: bridge_mac(&endpoint.network_id),
+        if let Some((bridge, _)) = endpoint_bridge(endpoint)? {
+            // The network's gateway, for a driver whose device carries it
+            // (a Linux bridge, as Docker's).
+            let gateway = match endpoint.gateway {
+                Some(gateway) => Some((
+                    Ipv4Network::new(gateway, endpoint_address(endpoint)?.prefix())?,
+                    bridge_mac(&endpoint.network_id),
+                )),
+                None => None,
+            };
+            driver
+                .ensure_host_side(&HostSide {
+                    owner: network_owner(&endpoint.network_id),
+                    gateway,
                 })
                 .await
                 .with_context(|| {
-                    format!("making the bridge {bridge} of network {}", endpoint.network)
+                    format!(
+                        "making {bridge}, the bridge of network {}",
+                        endpoint.network
+                    )
                 })?;
         }
         driver
@@ -294,7 +284,7 @@ impl NamedNetworks {
         let made = AttachStatus {
             driver: driver.kind(),
             ifname: spec.ifname,
-            host_ifname: (endpoint.driver != "macvlan").then_some(spec.host_ifname),
+            host_ifname: driver.has_host_end().then_some(spec.host_ifname),
             address: spec.address,
             netns: spec.netns,
             vlan: spec.vlan,
@@ -312,27 +302,15 @@ impl NamedNetworks {
         endpoint: &Endpoint,
         still_unused: impl FnOnce() -> bool,
     ) -> Result<()> {
-        let (bridge, ours) = endpoint_bridge(endpoint);
-        if endpoint.driver == "macvlan" || !ours {
+        let Some((bridge, true)) = endpoint_bridge(endpoint)? else {
             return Ok(());
-        }
+        };
         let _bridges = self.bridges.lock().await;
         if !still_unused() {
             return Ok(());
         }
-        if endpoint.driver == "ovs" {
-            // Without Open vSwitch nothing was made here.
-            let Ok(ovsdb) = self.ovsdb.get().await else {
-                return Ok(());
-            };
-            self.ovsdb
-                .check(ovsdb.remove_bridge(&bridge).await)
-                .await
-                .with_context(|| format!("removing the OVS bridge {bridge}"))?;
-            return Ok(());
-        }
-        self.netlink
-            .detach_veth(&bridge)
+        self.driver(endpoint)?
+            .remove_host_side(false)
             .await
             .with_context(|| format!("removing the bridge {bridge}"))?;
         Ok(())
@@ -384,7 +362,28 @@ mod tests {
             gateway: None,
             default_route: false,
         };
-        assert_eq!(endpoint_bridge(&endpoint), ("br-0123456789ab".into(), true));
+        let bridge = |driver: &str, options: &[(&str, &str)]| {
+            let endpoint = Endpoint {
+                driver: driver.into(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..endpoint.clone()
+            };
+            endpoint_bridge(&endpoint).expect("a registered driver")
+        };
+        assert_eq!(
+            bridge("bridge", &[]),
+            Some(("br-0123456789ab".into(), true))
+        );
+        assert_eq!(bridge("ovs", &[]), Some(("ovs0123456789ab".into(), true)));
+        assert_eq!(
+            bridge("bridge", &[("bridge", "br0")]),
+            Some(("br0".into(), false)),
+            "the operator's"
+        );
+        assert_eq!(bridge("macvlan", &[("parent", "eth0")]), None);
         assert_ne!(host_ifname("a", "eth0"), host_ifname("a", "eth1"));
         assert_eq!(
             container_mac(Ipv4Addr::new(10, 1, 1, 10)),

@@ -20,9 +20,9 @@ use tokio::sync::Mutex;
 
 use crate::networks::attach::{host_ifname_for, refuse_own_namespace, ContainerRef};
 use crate::networks::driver::{
-    AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, Registration,
+    AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, HostSide, Registration,
 };
-use crate::networks::drivers::ovs::{owned_by, OWNER_KEY};
+use crate::networks::drivers::ovs::OWNER_KEY;
 use crate::networks::drivers::{self, bridge};
 use crate::networks::lifecycle::{ContainerLookup, LifecycleHook, RunState};
 use crate::networks::ovsdb::OvsdbHandle;
@@ -47,6 +47,15 @@ const CONTAINER_KEY: &str = "ctr:";
 
 /// The external_ids owner of bridges created for `tartan attach`.
 const BRIDGE_OWNER: &str = "tartan-attach";
+
+/// A bridge this form makes for a missing `br*` or `ovs*` name: plain, as
+/// pipework's, with no address of its own.
+fn made_bridge() -> HostSide {
+    HostSide {
+        owner: BRIDGE_OWNER.to_string(),
+        gateway: None,
+    }
+}
 
 /// Owner key prefixes of what this form makes, as OVS ports carry them:
 /// ports of other owners (networks) are not this module's to clean up.
@@ -392,36 +401,9 @@ impl Pipework {
         bail!("no host interface named {name} (a missing br* or ovs* name is created as a bridge)")
     }
 
-    /// Creates the bridge `name` of `kind`.
-    async fn make_bridge(&self, kind: HostKind, name: &str) -> Result<()> {
-        match kind {
-            HostKind::LinuxBridge => {
-                self.netlink.ensure_plain_bridge(name).await?;
-            }
-            HostKind::OvsBridge => {
-                let ovsdb = self.ovsdb.get().await?;
-                self.ovsdb
-                    .check(ovsdb.ensure_bridge(name, &owned_by(BRIDGE_OWNER)).await)
-                    .await?;
-            }
-            HostKind::MacvlanParent | HostKind::Segment => {}
-        }
-        Ok(())
-    }
-
     /// Removes a bridge this form created, once no record uses it.
     async fn remove_bridge(&self, driver: &str, name: &str) -> Result<()> {
-        match driver {
-            "ovs" => {
-                let ovsdb = self.ovsdb.get().await?;
-                self.ovsdb.check(ovsdb.remove_bridge(name).await).await?;
-            }
-            "bridge" => {
-                self.netlink.remove_bridge_if_unused(name).await?;
-            }
-            _ => {}
-        }
-        Ok(())
+        self.driver(driver, name).remove_host_side(true).await
     }
 
     pub async fn attach(&self, request: &Request) -> Result<Attached> {
@@ -531,7 +513,7 @@ impl Pipework {
         };
         driver.validate(&spec)?;
         if create {
-            self.make_bridge(kind, &request.host_interface).await?;
+            driver.ensure_host_side(&made_bridge()).await?;
         }
         let made = async {
             // The MTU follows the host interface (an OVS bridge's own
@@ -770,32 +752,10 @@ impl Pipework {
         let result = async {
             let spec = record.spec()?;
             let driver = self.driver(&record.driver, &record.host_interface);
-            if record.driver != "macvlan" {
-                // A veth that is there is left as it is; OVS gets its port again.
-                if self.netlink.link(&spec.host_ifname).await?.is_some() {
-                    if record.driver == "ovs" {
-                        let ovsdb = self.ovsdb.get().await?;
-                        let port = tartan_dataplane::PortSpec {
-                            bridge: record.host_interface.clone(),
-                            name: spec.host_ifname.clone(),
-                            port_type: tartan_dataplane::PortType::System,
-                            tag: record.vlan,
-                            external_ids: owned_by(&record.owner),
-                        };
-                        self.ovsdb.check(ovsdb.ensure_port(&port).await).await?;
-                    }
-                    return Ok(());
-                }
-            }
             if record.made_bridge {
-                let kind = if record.driver == "ovs" {
-                    HostKind::OvsBridge
-                } else {
-                    HostKind::LinuxBridge
-                };
-                self.make_bridge(kind, &record.host_interface).await?;
+                driver.ensure_host_side(&made_bridge()).await?;
             }
-            driver.setup(&spec).await.map(|_| ())
+            driver.repair(&spec).await
         }
         .await;
         match result {

@@ -4,15 +4,18 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use tartan_dataplane::Netlink;
+use tartan_dataplane::{BridgeSpec, Netlink};
 
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
+use crate::networks::driver::{
+    AttachStatus, AttachmentDriver, AttachmentSpec, HostSide, Registration,
+};
 use crate::teardown::Teardown;
 
 pub const REGISTRATION: Registration = Registration {
     name: "bridge",
     options: &["bridge"],
     named_networks: true,
+    network_device: Some(|short_id| format!("br-{short_id}")),
     make: |context| {
         Arc::new(BridgeDriver::new(
             context.netlink.clone(),
@@ -20,6 +23,9 @@ pub const REGISTRATION: Registration = Registration {
         ))
     },
 };
+
+/// The MTU of a bridge made for a network.
+const NETWORK_BRIDGE_MTU: u32 = 1500;
 
 pub struct BridgeDriver {
     netlink: Netlink,
@@ -77,6 +83,42 @@ impl AttachmentDriver for BridgeDriver {
             return Err(crate::teardown::undone(err, undo));
         }
         Ok(AttachStatus::of_veth(self.kind(), spec))
+    }
+
+    async fn ensure_host_side(&self, side: &HostSide) -> Result<()> {
+        match side.gateway {
+            Some((gateway, mac)) => {
+                self.netlink
+                    .ensure_bridge(&BridgeSpec {
+                        name: self.bridge.clone(),
+                        mtu: NETWORK_BRIDGE_MTU,
+                        gateway,
+                        mac,
+                    })
+                    .await?;
+            }
+            None => {
+                self.netlink.ensure_plain_bridge(&self.bridge).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_host_side(&self, only_if_unused: bool) -> Result<()> {
+        if only_if_unused {
+            self.netlink.remove_bridge_if_unused(&self.bridge).await?;
+        } else {
+            self.netlink.detach_veth(&self.bridge).await?;
+        }
+        Ok(())
+    }
+
+    async fn repair(&self, spec: &AttachmentSpec) -> Result<()> {
+        // A veth that is there is left as it is.
+        if self.netlink.link(&spec.host_ifname).await?.is_none() {
+            self.setup(spec).await?;
+        }
+        Ok(())
     }
 
     async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown> {

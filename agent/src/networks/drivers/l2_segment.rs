@@ -23,6 +23,7 @@ pub const REGISTRATION: Registration = Registration {
     name: "l2segment",
     options: &[],
     named_networks: false,
+    network_device: None,
     make: |context| Arc::new(L2SegmentDriver::new(context.netlink.clone())),
 };
 

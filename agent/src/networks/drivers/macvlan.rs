@@ -16,6 +16,7 @@ pub const REGISTRATION: Registration = Registration {
     name: "macvlan",
     options: &["parent", "macvlan_mode", "vlan"],
     named_networks: true,
+    network_device: None,
     make: |context| {
         Arc::new(MacvlanDriver::new(
             context.netlink.clone(),
@@ -120,6 +121,10 @@ impl MacvlanDriver {
 impl AttachmentDriver for MacvlanDriver {
     fn kind(&self) -> &'static str {
         "macvlan"
+    }
+
+    fn has_host_end(&self) -> bool {
+        false
     }
 
     /// A macvlan has no host end: only the container side's name counts.

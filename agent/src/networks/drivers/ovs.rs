@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use tartan_dataplane::{Netlink, PortSpec, PortType};
 
-use crate::networks::driver::{AttachStatus, AttachmentDriver, AttachmentSpec, Registration};
+use crate::networks::driver::{
+    AttachStatus, AttachmentDriver, AttachmentSpec, HostSide, Registration,
+};
 use crate::networks::ovsdb::OvsdbHandle;
 use crate::teardown::Teardown;
 
@@ -25,6 +27,7 @@ pub const REGISTRATION: Registration = Registration {
     name: "ovs",
     options: &["bridge", "vlan"],
     named_networks: true,
+    network_device: Some(|short_id| format!("ovs{short_id}")),
     make: |context| {
         Arc::new(OvsDriver::new(
             context.netlink.clone(),
@@ -41,6 +44,17 @@ pub struct OvsDriver {
 }
 
 impl OvsDriver {
+    /// The switch port of `spec`'s host end.
+    fn port(&self, spec: &AttachmentSpec) -> PortSpec {
+        PortSpec {
+            bridge: self.bridge.clone(),
+            name: spec.host_ifname.clone(),
+            port_type: PortType::System,
+            tag: spec.vlan,
+            external_ids: owned_by(&spec.owner),
+        }
+    }
+
     pub fn new(netlink: Netlink, ovsdb: Arc<OvsdbHandle>, bridge: String) -> OvsDriver {
         OvsDriver {
             netlink,
@@ -59,20 +73,59 @@ impl AttachmentDriver for OvsDriver {
     async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
         self.validate(spec)?;
         let ovsdb = self.ovsdb.get().await?;
+        // A port of an earlier run names a device that went with its
+        // namespace; the switch takes the new one only as a new port.
+        self.teardown(&AttachStatus::of_veth(self.kind(), spec))
+            .await
+            .map_err(anyhow::Error::new)?;
         let veth = spec.veth(None);
         self.netlink.attach_veth(&veth).await?;
-        let port = PortSpec {
-            bridge: self.bridge.clone(),
-            name: spec.host_ifname.clone(),
-            port_type: PortType::System,
-            tag: spec.vlan,
-            external_ids: owned_by(&spec.owner),
-        };
-        if let Err(err) = self.ovsdb.check(ovsdb.ensure_port(&port).await).await {
+        if let Err(err) = self
+            .ovsdb
+            .check(ovsdb.ensure_port(&self.port(spec)).await)
+            .await
+        {
             let undo = self.netlink.detach_veth(&veth.host_name).await;
             return Err(crate::teardown::undone(err, undo));
         }
         Ok(AttachStatus::of_veth(self.kind(), spec))
+    }
+
+    async fn ensure_host_side(&self, side: &HostSide) -> Result<()> {
+        let ovsdb = self.ovsdb.get().await?;
+        self.ovsdb
+            .check(
+                ovsdb
+                    .ensure_bridge(&self.bridge, &owned_by(&side.owner))
+                    .await,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_host_side(&self, _only_if_unused: bool) -> Result<()> {
+        // A host without a reachable switch has no bridge of it (`network
+        // rm` of an ovs network reaches every host); a port that could not
+        // be removed for that has been reported by its teardown.
+        let Ok(ovsdb) = self.ovsdb.get().await else {
+            return Ok(());
+        };
+        self.ovsdb
+            .check(ovsdb.remove_bridge(&self.bridge).await)
+            .await?;
+        Ok(())
+    }
+
+    async fn repair(&self, spec: &AttachmentSpec) -> Result<()> {
+        // A veth that is there is left as it is, and gets its port again.
+        if self.netlink.link(&spec.host_ifname).await?.is_none() {
+            return self.setup(spec).await.map(|_| ());
+        }
+        let ovsdb = self.ovsdb.get().await?;
+        self.ovsdb
+            .check(ovsdb.ensure_port(&self.port(spec)).await)
+            .await?;
+        Ok(())
     }
 
     async fn teardown(&self, status: &AttachStatus) -> Result<(), Teardown> {
