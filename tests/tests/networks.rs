@@ -1179,3 +1179,131 @@ fn ls_filters_and_prune_work_as_docker_s() -> Result<()> {
     assert_eq!(cli_ok(agent, &["network", "prune", "-f"])?, "");
     Ok(())
 }
+
+/// `-o bridge=NAME` puts a bridge network on the operator's bridge, which
+/// outlives the network; `-o macvlan_mode=` sets the macvlans' mode, and
+/// `private` keeps containers on one parent from each other, as the
+/// kernel's mode says.
+#[test]
+fn an_operator_s_bridge_and_macvlan_modes_are_honoured() -> Result<()> {
+    let cluster = Cluster::start("no", 104, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    let host = &cluster.hosts[0].netns;
+    import_busybox(agent)?;
+    let run_on = |network: &str, name: &str| {
+        cli_ok(
+            agent,
+            &[
+                "run",
+                "-d",
+                &format!("--name={name}"),
+                &format!("--network={network}"),
+                "busybox",
+                "sleep",
+                "1000",
+            ],
+        )
+    };
+    let ports_of = |bridge: &str| -> Result<usize> {
+        let out = host.exec("ip", &["-o", "link", "show", "master", bridge])?;
+        Ok(text(&out.stdout).lines().count())
+    };
+
+    host.run("ip", &["link", "add", "brop", "type", "bridge"], &[])?;
+    host.run("ip", &["link", "set", "brop", "up"], &[])?;
+    cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "--subnet=10.9.9.0/24",
+            "-o",
+            "bridge=brop",
+            "opnet",
+        ],
+    )?;
+    run_on("opnet", "o1")?;
+    run_on("opnet", "o2")?;
+    assert_eq!(
+        ports_of("brop")?,
+        2,
+        "both containers are on the operator's bridge"
+    );
+    let o2 = inet(agent, "o2", "eth0")?.context("o2 has no address")?;
+    let o2 = o2.split('/').next().unwrap_or_default().to_string();
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        pings(agent, "o1", &o2)
+    })
+    .context("o1 never reached o2 over the operator's bridge")?;
+    cli_ok(agent, &["rm", "-f", "o1", "o2"])?;
+    cli_ok(agent, &["network", "rm", "opnet"])?;
+    ensure!(
+        links(&cluster, 0)?.contains(&"brop".to_string()),
+        "the operator's bridge outlives the network"
+    );
+    assert_eq!(ports_of("brop")?, 0, "the containers' veths went with them");
+
+    // Busybox's ip shows no link details: the host's, in the container's namespace.
+    let mode_of = |name: &str| -> Result<String> {
+        let shown: Value = serde_json::from_str(&cli_ok(agent, &["inspect", name])?)?;
+        let pid = shown[0]["state"]["pid"].as_u64().context("no pid")?;
+        let out = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ip",
+                "-d",
+                "link",
+                "show",
+                "eth0",
+            ])
+            .output()
+            .context("running nsenter")?;
+        let shown = text(&out.stdout);
+        // "... macvlan mode private ..."
+        let words: Vec<&str> = shown.split_whitespace().collect();
+        Ok(words
+            .windows(3)
+            .find(|w| w[0] == "macvlan" && w[1] == "mode")
+            .map(|w| w[2].to_string())
+            .unwrap_or_default())
+    };
+    for (mode, reach) in [("bridge", true), ("private", false)] {
+        let network = format!("m{mode}");
+        cli_ok(
+            agent,
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--subnet=172.26.0.0/24",
+                "-o",
+                "parent=eth0",
+                "-o",
+                &format!("macvlan_mode={mode}"),
+                &network,
+            ],
+        )?;
+        run_on(&network, "a")?;
+        run_on(&network, "b")?;
+        assert_eq!(mode_of("a")?, mode, "{network}");
+        let b = inet(agent, "b", "eth0")?.context("b has no address")?;
+        let b = b.split('/').next().unwrap_or_default().to_string();
+        if reach {
+            wait_until(CONVERGE, Duration::from_millis(200), || {
+                pings(agent, "a", &b)
+            })
+            .context("bridge mode: a never reached b")?;
+        } else {
+            // Three tries of a second each: a private macvlan hears no sibling.
+            for _ in 0..3 {
+                ensure!(!pings(agent, "a", &b)?, "private mode: a reached b");
+            }
+        }
+        cli_ok(agent, &["rm", "-f", "a", "b"])?;
+        cli_ok(agent, &["network", "rm", &network])?;
+    }
+    Ok(())
+}
