@@ -42,6 +42,43 @@ impl Netlink {
     pub async fn connect_in_netns(path: &Path) -> Result<Netlink> {
         let runtime = current_runtime()?;
         let fd = run_in_netns(path, socket_in_netns).await?;
+        Ok(Netlink::over(&runtime, fd))
+    }
+
+    /// [`Netlink::connect_in_netns`] for each of `paths`, in order: one
+    /// short-lived thread enters each namespace in turn (listing every
+    /// container's addresses takes one thread, not one per container).
+    /// A namespace that cannot be entered fails alone.
+    pub async fn connect_in_each_netns(paths: &[PathBuf]) -> Result<Vec<Result<Netlink>>> {
+        let runtime = current_runtime()?;
+        let owned = paths.to_vec();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tartan-netns".into())
+            .spawn(move || {
+                let sockets: Vec<Result<OwnedFd>> = owned
+                    .iter()
+                    .map(|path| enter_netns(path).and_then(|()| socket_in_netns(path)))
+                    .collect();
+                // The receiver gone means the caller gave up; the sockets close here.
+                let _ = tx.send(sockets);
+            });
+        let thread_failed = |source| DataplaneError::EnterNetns {
+            path: paths.first().cloned().unwrap_or_default(),
+            source,
+        };
+        spawned.map_err(thread_failed)?;
+        let sockets = rx
+            .await
+            .map_err(|_| thread_failed(std::io::Error::other("namespace thread died")))?;
+        Ok(sockets
+            .into_iter()
+            .map(|fd| fd.map(|fd| Netlink::over(&runtime, fd)))
+            .collect())
+    }
+
+    /// A handle over a netlink socket made elsewhere, driven on `runtime`.
+    fn over(runtime: &tokio::runtime::Handle, fd: OwnedFd) -> Netlink {
         // SAFETY: the descriptor is a netlink socket we own; TokioSocket takes
         // it over and registers it with this runtime's reactor. It is already
         // non-blocking, so the only step of from_raw_fd that can still fail
@@ -49,7 +86,7 @@ impl Netlink {
         let socket = unsafe { TokioSocket::from_raw_fd(fd.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
         runtime.spawn(connection);
-        Ok(Netlink { handle })
+        Netlink { handle }
     }
 }
 

@@ -577,12 +577,8 @@ impl Agent for AgentService {
         let all = request.into_inner().all;
         let containers = self.containers.clone();
         let views = blocking(move || Ok(containers.list(all))).await?;
-        let mut listed = Vec::with_capacity(views.len());
-        for view in views {
-            let mut container = to_pb_container(view);
-            container.addresses = network_addresses(&container).await;
-            listed.push(container);
-        }
+        let mut listed: Vec<PbContainer> = views.into_iter().map(to_pb_container).collect();
+        fill_network_addresses(&mut listed).await;
         Ok(Response::new(ContainersResponse { containers: listed }))
     }
 
@@ -1472,31 +1468,44 @@ async fn bind_private(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// The addresses a running container has on every network it is on, read
-/// from its network namespace: the overlay's, those `tartan attach` gave it,
-/// or those of the container whose network it shares. None with `--net
-/// host`, whose addresses are the host's rather than the container's.
-async fn network_addresses(container: &PbContainer) -> Vec<String> {
-    if container.pid == 0 || container.network == "host" {
-        return Vec::new();
+/// The global IPv4 addresses in each running container's network
+/// namespace (not the host's), listed from one thread that enters them in
+/// turn and dumped all at once.
+async fn fill_network_addresses(containers: &mut [PbContainer]) {
+    let own_netns = |c: &PbContainer| c.pid != 0 && c.network != "host";
+    let paths: Vec<PathBuf> = containers
+        .iter()
+        .filter(|c| own_netns(c))
+        .map(|c| PathBuf::from(format!("/proc/{}/ns/net", c.pid)))
+        .collect();
+    if paths.is_empty() {
+        return;
     }
-    let netns = PathBuf::from(format!("/proc/{}/ns/net", container.pid));
-    let listed = async {
-        tartan_dataplane::Netlink::connect_in_netns(&netns)
-            .await?
-            .global_ipv4_addresses()
-            .await
-    }
-    .await;
-    match listed {
-        Ok(addresses) => addresses
-            .into_iter()
-            .map(|(ip, len)| format!("{ip}/{len}"))
-            .collect(),
-        // It has just ended: a listing shows it without addresses.
+    let handles = match tartan_dataplane::Netlink::connect_in_each_netns(&paths).await {
+        Ok(handles) => handles,
         Err(err) => {
-            tracing::debug!(container = %container.name, error = %err, "could not list its addresses");
-            Vec::new()
+            tracing::debug!(error = %err, "could not list the containers' addresses");
+            return;
+        }
+    };
+    let listings = futures::future::join_all(
+        handles
+            .into_iter()
+            .map(|handle| async move { handle?.global_ipv4_addresses().await }),
+    )
+    .await;
+    for (container, listed) in containers.iter_mut().filter(|c| own_netns(c)).zip(listings) {
+        match listed {
+            Ok(addresses) => {
+                container.addresses = addresses
+                    .into_iter()
+                    .map(|(ip, len)| format!("{ip}/{len}"))
+                    .collect();
+            }
+            // It has just ended: a listing shows it without addresses.
+            Err(err) => {
+                tracing::debug!(container = %container.name, error = %err, "could not list its addresses");
+            }
         }
     }
 }
