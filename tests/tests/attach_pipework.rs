@@ -564,6 +564,12 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
             &["attach", "br1", x.name(), "192.168.220.12/24"],
             "already has eth1",
         ),
+        // The address another namespace has on the same bridge (pipework
+        // would make the duplicate).
+        (
+            &["attach", "br1", y.name(), "192.168.220.10/24"],
+            "192.168.220.10 is already attached to tt-pwbx-",
+        ),
         (
             &["attach", "ovs9", y.name(), "192.168.220.11/24"],
             "Open vSwitch is needed",

@@ -455,6 +455,22 @@ impl Pipework {
                 show_address(have.address)
             );
         }
+        // One address per segment: on the same host interface and VLAN,
+        // another namespace's address is refused (pipework makes the duplicate).
+        if let Some(address) = address {
+            if let Some(holder) = records.iter().find(|r| {
+                r.host_interface == request.host_interface
+                    && r.vlan == request.vlan
+                    && r.address.map(|a| a.ip()) == Some(address.ip())
+            }) {
+                bail!(
+                    "{} is already attached to {} on {}: choose another address",
+                    address.ip(),
+                    holder.container,
+                    request.host_interface
+                );
+            }
+        }
         let (kind, create) = self.classify(&request.host_interface).await?;
         let driver_kind = match kind {
             HostKind::Segment => "l2segment",
