@@ -653,6 +653,7 @@ impl Attacher {
             netns: PathBuf::new(),
             vlan: None,
             host_shim: None,
+            owner: key.to_string(),
         };
         self.driver
             .teardown(&made)

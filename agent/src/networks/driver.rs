@@ -61,6 +61,8 @@ pub struct AttachStatus {
     pub vlan: Option<u16>,
     /// The host shim carrying a route to it, if any.
     pub host_shim: Option<String>,
+    /// Who it is for (`AttachmentSpec::owner`).
+    pub owner: String,
 }
 
 impl AttachmentSpec {
@@ -91,6 +93,7 @@ impl AttachStatus {
             netns: spec.netns.clone(),
             vlan: spec.vlan,
             host_shim: None,
+            owner: spec.owner.clone(),
         }
     }
 }

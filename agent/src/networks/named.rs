@@ -289,6 +289,7 @@ impl NamedNetworks {
             netns: spec.netns,
             vlan: spec.vlan,
             host_shim: None,
+            owner: spec.owner,
         };
         driver.teardown(&made).await.map_err(anyhow::Error::new)?;
         Ok(())

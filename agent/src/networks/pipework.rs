@@ -190,6 +190,7 @@ impl Record {
             netns: self.netns.clone(),
             vlan: self.vlan,
             host_shim: self.host_shim.clone(),
+            owner: self.owner.clone(),
         }
     }
 

@@ -45,13 +45,11 @@ pub fn host_shim_name(parent: &str) -> String {
     format!("tshim{:08x}", hash & 0xffff_ffff)
 }
 
-/// Which of a VLAN device's users an attachment is: by its address and
-/// container side, which stay the same when its namespace has gone.
-fn user_of(address: Option<ipnetwork::Ipv4Network>, ifname: &str) -> String {
-    match address {
-        Some(address) => format!("{address}#{ifname}"),
-        None => format!("-#{ifname}"),
-    }
+/// Which of a VLAN device's users an attachment is: by who it is for and
+/// its container side, which stay the same when its namespace has gone
+/// (two `0/0` attachments have no address to tell them apart).
+fn user_of(owner: &str, ifname: &str) -> String {
+    format!("{owner}#{ifname}")
 }
 
 impl MacvlanDriver {
@@ -139,7 +137,7 @@ impl AttachmentDriver for MacvlanDriver {
 
     async fn setup(&self, spec: &AttachmentSpec) -> Result<AttachStatus> {
         self.validate(spec)?;
-        let user = user_of(spec.address, &spec.ifname);
+        let user = user_of(&spec.owner, &spec.ifname);
         let parent = match spec.vlan {
             None => self.parent.clone(),
             Some(vlan) => {
@@ -158,6 +156,7 @@ impl AttachmentDriver for MacvlanDriver {
                 netns: spec.netns.clone(),
                 vlan: spec.vlan,
                 host_shim,
+                owner: spec.owner.clone(),
             }),
             Err(err) => {
                 if let Some(vlan) = spec.vlan {
@@ -199,7 +198,7 @@ impl AttachmentDriver for MacvlanDriver {
             );
         }
         if let Some(vlan) = status.vlan {
-            if self.drop_user(vlan, &user_of(status.address, &status.ifname)) {
+            if self.drop_user(vlan, &user_of(&status.owner, &status.ifname)) {
                 teardown.step(
                     &format!("removing {}.{vlan}", self.parent),
                     self.netlink
@@ -226,8 +225,9 @@ mod tests {
         // A netlink socket touches nothing until asked.
         let netlink = Netlink::connect().expect("a netlink socket");
         let driver = MacvlanDriver::new(netlink, "eth0".into(), MacvlanMode::Bridge);
-        let a = user_of(Some("10.1.1.1/24".parse().expect("cidr")), "eth1");
-        let b = user_of(Some("10.1.1.2/24".parse().expect("cidr")), "eth1");
+        // Both without an address (pipework's 0/0), on the same side name.
+        let a = user_of("netns:c1", "eth1");
+        let b = user_of("netns:c2", "eth1");
         for user in [&a, &b] {
             driver.users().entry(100).or_default().insert(user.clone());
         }
