@@ -1067,6 +1067,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err, &translated.args),
     };
+    // Options end at exec's container, so clap takes the command with it.
+    if let Command::Exec(args) = &cli.command {
+        if !args.has_command() {
+            use clap::CommandFactory;
+            let err = Cli::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "missing <COMMAND>",
+            );
+            return usage_error(err, &translated.args);
+        }
+    }
     if let Command::Agent(args) = &cli.command {
         // Parsed again only here: where each flag came from is clap's to say.
         if args.no_etcd {

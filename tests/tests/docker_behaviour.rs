@@ -157,6 +157,21 @@ fn a_command_that_cannot_run_fails_the_run_with_its_cause() -> Result<()> {
         ],
     )?;
     ensure!(listed(agent, false, "w")?, "it runs");
+    // Options end at the image (and at exec's container): a command that
+    // looks like one of Tartan's options is the container's.
+    for args in [
+        &["run", "--rm", "busybox", "--ip"][..],
+        &["exec", "w", "--env"][..],
+    ] {
+        let out = agent.cli(args)?;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(127), "{args:?}: {stderr}");
+        let command = args.last().copied().unwrap_or_default();
+        ensure!(
+            stderr.contains(&format!("running {command}")),
+            "{args:?} ran {command}: {stderr:?}"
+        );
+    }
     cli_ok(agent, &["rm", "-f", "w"])?;
     Ok(())
 }

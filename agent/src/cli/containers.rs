@@ -84,14 +84,19 @@ pub struct RunArgs {
     /// The volumes and bind mounts of another container, CONTAINER[:ro|:rw]. Repeatable.
     #[arg(long = "volumes-from", value_name = "CONTAINER")]
     volumes_from: Vec<String>,
-    /// NAME[:TAG] or an image id.
-    image: String,
     /// Print help (`-h` is `--hostname`, as in Docker).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
-    /// The command and its arguments (default: the image's Cmd; /bin/sh for an imported rootfs).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// The image (NAME[:TAG] or an id), then the command and its arguments
+    /// (default: the image's Cmd; /bin/sh for an imported rootfs). Options
+    /// end at the image, as Docker's: `run busybox --ip` runs `--ip`.
+    #[arg(
+        value_name = "IMAGE",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    image_and_command: Vec<String>,
     /// [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp]: publish a container's port on the host. Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
@@ -202,9 +207,15 @@ pub struct ExecArgs {
     /// The working directory (default: the container's).
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
-    container: String,
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// The container, then the command and its arguments. Options end at
+    /// the container, as Docker's: `exec c1 --env` runs `--env`.
+    #[arg(
+        value_name = "CONTAINER COMMAND [ARG...]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    container_and_command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -300,6 +311,10 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
         args.cpu_shares,
         args.pids_limit,
     )?;
+    let mut image_and_command = args.image_and_command.into_iter();
+    // Clap requires one value at least.
+    let image = image_and_command.next().unwrap_or_default();
+    let command: Vec<String> = image_and_command.collect();
     let network = NetworkRequest::parse(args.net.as_deref().unwrap_or_default())?;
     if network == NetworkRequest::Host && (!args.publish.is_empty() || args.publish_all) {
         // Docker's warning: the container has the host's ports already.
@@ -309,8 +324,8 @@ pub async fn run(args: RunArgs, api_socket: &Path) -> Result<i32> {
     let mut client = api::connect(api_socket).await?;
     let container = client
         .run_container(RunRequest {
-            image: args.image,
-            args: args.command,
+            image,
+            args: command,
             name: args.name.unwrap_or_default(),
             hostname: args.hostname.unwrap_or_default(),
             env: expand_env(&args.env),
@@ -772,10 +787,21 @@ pub async fn export(args: ExportArgs, api_socket: &Path) -> Result<()> {
     }
 }
 
+impl ExecArgs {
+    /// Whether a command follows the container.
+    pub fn has_command(&self) -> bool {
+        self.container_and_command.len() > 1
+    }
+}
+
 /// `tartan exec`: asks the agent where the container is, then enters it
 /// from this process. Runs before any async runtime thread exists, since
 /// entering namespaces needs a single-threaded process.
 pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
+    let mut container_and_command = args.container_and_command.into_iter();
+    // Clap requires one value at least, and main a command after it.
+    let container_name = container_and_command.next().unwrap_or_default();
+    let command: Vec<String> = container_and_command.collect();
     let lookup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -784,7 +810,7 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
         let mut client = api::connect(api_socket).await?;
         let container = client
             .inspect_container(ContainerRequest {
-                container: args.container.clone(),
+                container: container_name,
             })
             .await
             .map_err(refused)?
@@ -810,7 +836,7 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
     let spec = ExecSpec {
         security,
         pid: container.pid,
-        args: args.command,
+        args: command,
         env,
         cwd: args.workdir.unwrap_or(container.workdir),
         tty: args.tty,
