@@ -86,6 +86,12 @@ fn build_root(sys: &dyn Syscall, spec: &InitSpec) -> Result<()> {
         work: spec.work.clone(),
         merged: spec.merged.clone(),
         privileged: spec.container.security.privileged,
+        // Listed while the host's /dev is still this mount namespace's.
+        host_devices: if spec.container.security.privileged {
+            crate::devices::host_devices(std::path::Path::new("/dev"))?
+        } else {
+            Vec::new()
+        },
     };
     mount_rootfs(sys, &layout)?;
     // While the host's paths are still in reach.

@@ -10,6 +10,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod container;
+pub mod devices;
 mod error;
 pub mod image;
 pub mod init;

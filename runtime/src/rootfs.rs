@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::devices::DeviceNode;
 use crate::syscall::{
-    PathKind, Syscall, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
-    MS_REMOUNT,
+    DeviceKind, PathKind, Syscall, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
+    MS_REC, MS_REMOUNT,
 };
 use crate::Result;
 
@@ -26,6 +27,9 @@ pub struct RootfsLayout {
     pub merged: PathBuf,
     /// `--privileged`: `/sys` stays writable, as in Docker.
     pub privileged: bool,
+    /// The host's devices, made in the container's `/dev` besides its own
+    /// (`--privileged`; empty otherwise).
+    pub host_devices: Vec<DeviceNode>,
 }
 
 /// Docker's default read-only paths (moby `oci/defaults.go`): the host's
@@ -107,7 +111,18 @@ pub fn mount_rootfs(sys: &dyn Syscall, layout: &RootfsLayout) -> Result<()> {
     sys.mkdir_all(&dev)?;
     sys.mount("tmpfs", &dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")?;
     for (name, major, minor) in DEVICES {
-        sys.mknod_char(&dev.join(name), 0o666, major, minor)?;
+        sys.mknod(&dev.join(name), DeviceKind::Char, 0o666, major, minor)?;
+    }
+    // Those the container has of its own (and `ptmx`, its devpts's) stay its own.
+    let own = |path: &Path| {
+        path == Path::new("ptmx") || DEVICES.iter().any(|(name, ..)| path == Path::new(name))
+    };
+    for device in layout.host_devices.iter().filter(|d| !own(&d.path)) {
+        let path = dev.join(&device.path);
+        if let Some(parent) = path.parent() {
+            sys.mkdir_all(parent)?;
+        }
+        sys.mknod(&path, device.kind, device.mode, device.major, device.minor)?;
     }
     sys.mkdir_all(&dev.join("pts"))?;
     sys.mount(
@@ -216,6 +231,7 @@ mod tests {
             work: PathBuf::from("/s/c/work"),
             merged: PathBuf::from("/s/c/rootfs"),
             privileged: false,
+            host_devices: Vec::new(),
         }
     }
 
@@ -342,13 +358,62 @@ mod tests {
         assert!(sysfs_ro, "/sys is read-only");
         let nodes = calls
             .iter()
-            .filter(|c| matches!(c, Call::MknodChar(..)))
+            .filter(|c| matches!(c, Call::Mknod(..)))
             .count();
         assert_eq!(nodes, DEVICES.len());
         assert!(calls.contains(&Call::Symlink(
             PathBuf::from("pts/ptmx"),
             PathBuf::from("/s/c/rootfs/dev/ptmx")
         )));
+    }
+
+    #[test]
+    fn a_privileged_container_gets_the_host_s_devices_beside_its_own() {
+        let sys = RecordingSyscall::default();
+        let device = |path: &str, kind, major, minor| DeviceNode {
+            path: PathBuf::from(path),
+            kind,
+            mode: 0o660,
+            major,
+            minor,
+        };
+        let layout = RootfsLayout {
+            privileged: true,
+            host_devices: vec![
+                device("null", DeviceKind::Char, 1, 3),
+                device("ptmx", DeviceKind::Char, 5, 2),
+                device("net/tun", DeviceKind::Char, 10, 200),
+                device("vda", DeviceKind::Block, 254, 0),
+            ],
+            ..layout()
+        };
+        mount_rootfs(&sys, &layout).expect("mount");
+        let calls = sys.calls.borrow();
+        let dev = Path::new("/s/c/rootfs/dev");
+        assert!(calls.contains(&Call::MkdirAll(dev.join("net"))));
+        assert!(calls.contains(&Call::Mknod(
+            dev.join("net/tun"),
+            DeviceKind::Char,
+            0o660,
+            10,
+            200
+        )));
+        assert!(calls.contains(&Call::Mknod(
+            dev.join("vda"),
+            DeviceKind::Block,
+            0o660,
+            254,
+            0
+        )));
+        let nodes = calls
+            .iter()
+            .filter(|c| matches!(c, Call::Mknod(..)))
+            .count();
+        assert_eq!(
+            nodes,
+            DEVICES.len() + 2,
+            "its own null and ptmx stay its own"
+        );
     }
 
     #[test]

@@ -18,6 +18,13 @@ pub const MS_REC: u64 = libc::MS_REC;
 pub const MS_PRIVATE: u64 = libc::MS_PRIVATE;
 pub const MS_REMOUNT: u64 = libc::MS_REMOUNT;
 
+/// A device node's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Char,
+    Block,
+}
+
 /// What a path is, for choosing how to mask it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
@@ -40,7 +47,8 @@ pub trait Syscall {
     fn umount_detach(&self, target: &Path) -> Result<()>;
     fn chdir(&self, path: &Path) -> Result<()>;
     fn mkdir_all(&self, path: &Path) -> Result<()>;
-    fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> Result<()>;
+    fn mknod(&self, path: &Path, kind: DeviceKind, mode: u32, major: u32, minor: u32)
+        -> Result<()>;
     fn symlink(&self, target: &Path, link: &Path) -> Result<()>;
     fn sethostname(&self, name: &str) -> Result<()>;
     /// Replaces a file's contents (or creates it, mode 0644).
@@ -129,16 +137,23 @@ impl Syscall for LinuxSyscall {
         std::fs::create_dir_all(path).map_err(io_err("creating", path))
     }
 
-    fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> Result<()> {
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: DeviceKind,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<()> {
+        let file_type = match kind {
+            DeviceKind::Char => libc::S_IFCHR,
+            DeviceKind::Block => libc::S_IFBLK,
+        };
         let run = || -> std::io::Result<()> {
             let c = cstr(path)?;
             // SAFETY: a valid path; makedev composes the device number.
             check(unsafe {
-                libc::mknod(
-                    c.as_ptr(),
-                    libc::S_IFCHR | mode,
-                    libc::makedev(major, minor),
-                )
+                libc::mknod(c.as_ptr(), file_type | mode, libc::makedev(major, minor))
             })?;
             // mknod honours the umask; the node must have exactly `mode`.
             std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
@@ -195,7 +210,7 @@ pub enum Call {
     UmountDetach(PathBuf),
     Chdir(PathBuf),
     MkdirAll(PathBuf),
-    MknodChar(PathBuf, u32, u32, u32),
+    Mknod(PathBuf, DeviceKind, u32, u32, u32),
     Symlink(PathBuf, PathBuf),
     Sethostname(String),
     WriteFile(PathBuf, Vec<u8>),
@@ -251,10 +266,17 @@ impl Syscall for RecordingSyscall {
         self.calls.borrow_mut().push(Call::MkdirAll(path.into()));
         Ok(())
     }
-    fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> Result<()> {
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: DeviceKind,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<()> {
         self.calls
             .borrow_mut()
-            .push(Call::MknodChar(path.into(), mode, major, minor));
+            .push(Call::Mknod(path.into(), kind, mode, major, minor));
         Ok(())
     }
     fn symlink(&self, target: &Path, link: &Path) -> Result<()> {

@@ -412,5 +412,19 @@ fn privileged_containers_may_do_all_of_it() -> Result<()> {
         "/proc/self/mounts",
     ])?;
     ensure!(sys.status.success(), "/sys is writable with --privileged");
+    // The host's devices, as Docker gives them (its TUN device is one
+    // every host here has), and not to others.
+    let tun = ["test", "-c", "/dev/net/tun"];
+    let privileged = agent.cli(&[&["exec", "long"][..], &tun].concat())?;
+    ensure!(
+        privileged.status.success(),
+        "no /dev/net/tun with --privileged"
+    );
+    cli_ok(
+        agent,
+        &["run", "-d", "--name", "plain", "busybox", "sleep", "1000"],
+    )?;
+    let plain = agent.cli(&[&["exec", "plain"][..], &tun].concat())?;
+    ensure!(!plain.status.success(), "/dev/net/tun without --privileged");
     Ok(())
 }
