@@ -275,6 +275,38 @@ impl Layout {
         Layout::V1(mounts)
     }
 
+    /// The `cgroup.procs` files of the cgroups a process is in, read from
+    /// its `/proc/PID/cgroup` text, in the hierarchies Tartan uses (other
+    /// v1 hierarchies, and a hybrid host's controller-less v2 one, hold no
+    /// limits). Writing a pid to them moves that process in with it.
+    pub fn procs_files(&self, proc_cgroup: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        for line in proc_cgroup.lines() {
+            // HIERARCHY-ID:CONTROLLERS:PATH
+            let mut fields = line.splitn(3, ':');
+            let (Some(id), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let relative = path.trim().trim_start_matches('/');
+            let root = match &self {
+                Layout::V2(root) if id == "0" && controllers.is_empty() => Some(root),
+                Layout::V2(_) => None,
+                Layout::V1(mounts) => controllers
+                    .split(',')
+                    .find_map(|controller| mounts.root_of(controller)),
+            };
+            if let Some(root) = root {
+                let file = root.join(relative).join("cgroup.procs");
+                if !files.contains(&file) {
+                    files.push(file);
+                }
+            }
+        }
+        files
+    }
+
     /// Its name for the README's and errors' sake.
     pub fn name(&self) -> &'static str {
         match self {
@@ -368,6 +400,14 @@ impl<F: CgroupFs> Cgroup<F> {
             Layout::V2(root) => vec![root.join(&self.name)],
         }
     }
+}
+
+/// The `cgroup.procs` files of the cgroups process `pid` is in (see
+/// [`Layout::procs_files`]), as seen from this process's mount namespace.
+pub fn procs_files_of(pid: u32) -> Result<Vec<PathBuf>> {
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+    Ok(Layout::detect()?.procs_files(&text))
 }
 
 /// The number after `key` in a flat-keyed cgroup file (`key N` lines).
@@ -525,6 +565,34 @@ mod tests {
         assert_eq!(
             parse_cpus("x").unwrap_err().to_string(),
             "invalid argument \"x\" for \"--cpus\" flag: failed to parse x as a rational number"
+        );
+    }
+
+    #[test]
+    fn a_process_cgroups_are_found_in_the_hierarchies_tartan_uses() {
+        let mut mounts = v1::Mounts::default();
+        mounts.note(Path::new("/cg/cpu,cpuacct"), "rw,cpu,cpuacct");
+        mounts.note(Path::new("/cg/memory"), "rw,memory");
+        mounts.note(Path::new("/cg/pids"), "rw,pids");
+        let proc_cgroup = "\
+12:name=systemd:/user.slice
+9:pids:/tartan/c1
+4:memory:/tartan/c1
+3:cpu,cpuacct:/tartan/c1
+2:devices:/tartan/c1
+0::/user.slice
+";
+        assert_eq!(
+            Layout::V1(mounts).procs_files(proc_cgroup),
+            vec![
+                PathBuf::from("/cg/pids/tartan/c1/cgroup.procs"),
+                PathBuf::from("/cg/memory/tartan/c1/cgroup.procs"),
+                PathBuf::from("/cg/cpu,cpuacct/tartan/c1/cgroup.procs"),
+            ]
+        );
+        assert_eq!(
+            Layout::V2(PathBuf::from("/sys/fs/cgroup")).procs_files("0::/tartan/c1\n"),
+            vec![PathBuf::from("/sys/fs/cgroup/tartan/c1/cgroup.procs")]
         );
     }
 

@@ -32,6 +32,18 @@ impl Mounts {
         }
     }
 
+    /// The mount of `controller`'s hierarchy, when Tartan uses that controller.
+    pub fn root_of(&self, controller: &str) -> Option<&PathBuf> {
+        match controller {
+            "memory" => self.memory.as_ref(),
+            "cpu" => self.cpu.as_ref(),
+            "cpuacct" => self.cpuacct.as_ref(),
+            "pids" => self.pids.as_ref(),
+            "blkio" => self.blkio.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Every hierarchy a container's cgroup is made in, each once.
     pub fn roots(&self) -> impl Iterator<Item = &PathBuf> {
         let mut seen: Vec<&PathBuf> = Vec::new();
