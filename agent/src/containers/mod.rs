@@ -1614,9 +1614,14 @@ impl Containers {
         }
         if let Status::Running { .. } | Status::Restarting { .. } = view.status {
             if !force {
+                // Docker's words (its daemon names the full id).
+                let state = match view.status {
+                    Status::Restarting { .. } => "restarting",
+                    _ => "running",
+                };
                 bail!(
-                    "container {} is running: stop it first, or use rm -f",
-                    config.name
+                    "You cannot remove a {state} container {}. Stop the container before attempting removal or force remove",
+                    config.id
                 );
             }
             // Not to be run again by its restart policy.
