@@ -512,3 +512,62 @@ fn an_exec_joins_the_containers_cgroup_and_its_pids_limit() -> Result<()> {
     drop(exec);
     Ok(())
 }
+
+#[test]
+fn after_an_oom_kill_and_a_policy_restart_a_later_kill_is_not_oom_killed() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let layout = layout()?;
+    let _cleanup = CgroupCleanup(layout.all());
+    let cluster = Cluster::start("lor", 118, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+
+    // Its first run fills its memory and is OOM-killed; the run that its
+    // policy starts after (the mark is in its writable layer) only sleeps.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "once",
+            "--net",
+            "none",
+            "--memory",
+            "16m",
+            "--memory-swap",
+            "16m",
+            "--restart",
+            "on-failure",
+            "busybox",
+            "sh",
+            "-c",
+            "if [ -e /oomed ]; then exec sleep 300; fi; touch /oomed; x=a; while true; do x=$x$x; done",
+        ],
+    )?;
+    wait_value(
+        "the OOM-killed run is run again",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || inspect(agent, "once"),
+        |c| c["RestartCount"] == 1 && c["state"]["status"] == "running",
+    )?;
+    let id = inspect(agent, "once")?["id"]
+        .as_str()
+        .context("no id")?
+        .to_string();
+    let kills = layout
+        .read("memory", &id, "memory.events")
+        .or_else(|_| layout.read("memory", &id, "memory.oom_control"))?;
+    ensure!(
+        kills.contains("oom_kill 1"),
+        "the first run was OOM-killed: {kills}"
+    );
+
+    // Killed otherwise: as Docker, OOMKilled is about this last exit.
+    cli_ok(agent, &["stop", "-t", "0", "once"])?;
+    let c = wait_exited(agent, "once")?;
+    assert_eq!(c["State"]["ExitCode"], 137, "{c:#}");
+    assert_eq!(c["State"]["OOMKilled"], false, "{c:#}");
+    Ok(())
+}

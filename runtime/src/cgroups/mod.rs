@@ -378,11 +378,12 @@ impl<F: CgroupFs> Cgroup<F> {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Whether the kernel's OOM killer killed one of its processes.
-    pub fn oom_killed(&self) -> Result<bool> {
+    /// How many of its processes the kernel's OOM killer has killed since
+    /// the cgroup was made (0 without a memory controller).
+    pub fn oom_kills(&self) -> Result<u64> {
         match &self.layout {
-            Layout::V1(mounts) => v1::oom_killed(&self.fs, mounts, &self.name),
-            Layout::V2(root) => v2::oom_killed(&self.fs, &root.join(&self.name)),
+            Layout::V1(mounts) => v1::oom_kills(&self.fs, mounts, &self.name),
+            Layout::V2(root) => v2::oom_kills(&self.fs, &root.join(&self.name)),
         }
     }
 
@@ -408,6 +409,27 @@ pub fn procs_files_of(pid: u32) -> Result<Vec<PathBuf>> {
     let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
     let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
     Ok(Layout::detect()?.procs_files(&text))
+}
+
+/// Tells, exit after exit of a container's process, whether the OOM
+/// killer ended it. The cgroup's `oom_kill` counter counts every kill
+/// since the cgroup was made, and a restart policy runs the process again
+/// in the same cgroup: only kills since the previous exit count, so that
+/// after one OOM kill a later exit is not taken for another (Docker's
+/// `OOMKilled` is about the last exit).
+#[derive(Debug, Default)]
+pub struct OomKills {
+    /// The counter at the previous exit (0: the cgroup was new).
+    seen: u64,
+}
+
+impl OomKills {
+    /// An exit by SIGKILL (`killed`), with the counter read after it.
+    pub fn exited(&mut self, killed: bool, counter: u64) -> bool {
+        let new_kill = counter > self.seen;
+        self.seen = self.seen.max(counter);
+        killed && new_kill
+    }
 }
 
 /// The number after `key` in a flat-keyed cgroup file (`key N` lines).
@@ -594,6 +616,21 @@ mod tests {
             Layout::V2(PathBuf::from("/sys/fs/cgroup")).procs_files("0::/tartan/c1\n"),
             vec![PathBuf::from("/sys/fs/cgroup/tartan/c1/cgroup.procs")]
         );
+    }
+
+    #[test]
+    fn only_an_oom_kill_since_the_last_exit_makes_an_exit_oom_killed() {
+        let mut kills = OomKills::default();
+        // Killed otherwise, no OOM kill yet.
+        assert!(!kills.exited(true, 0));
+        // The OOM killer's.
+        assert!(kills.exited(true, 1));
+        // Run again, then killed otherwise: the counter still says 1.
+        assert!(!kills.exited(true, 1));
+        // An OOM kill of another process (an exec), then a normal exit.
+        assert!(!kills.exited(false, 2));
+        // The OOM killer again.
+        assert!(kills.exited(true, 3));
     }
 
     #[test]
