@@ -182,8 +182,12 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         !refused.status.success(),
         "rm of a running container is refused"
     );
+    let id = inspect(&cluster.agents[0], "web")?["id"]
+        .as_str()
+        .context("no id")?
+        .to_string();
     ensure!(
-        text(&refused.stderr).contains("rm -f"),
+        text(&refused.stderr).contains(&format!("You cannot remove a running container {id}. Stop the container before attempting removal or force remove")),
         "{}",
         text(&refused.stderr)
     );

@@ -404,3 +404,170 @@ fn the_oom_killer_and_the_pids_limit_stop_a_container() -> Result<()> {
     ensure!(!log.contains("forked"), "every fork succeeded: {log}");
     Ok(())
 }
+
+/// A `tartan exec` left running in the background; killed when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The host pid of the process whose command line is exactly `args`.
+fn pid_running(args: &[&str]) -> Result<Option<u32>> {
+    let wanted: Vec<u8> = args
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if std::fs::read(entry.path().join("cmdline")).ok().as_deref() == Some(&wanted[..]) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
+}
+
+#[test]
+fn an_exec_joins_the_containers_cgroup_and_its_pids_limit() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let layout = layout()?;
+    let _cleanup = CgroupCleanup(layout.all());
+    let cluster = Cluster::start("lix", 115, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+
+    let id = cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "box",
+            "--net",
+            "none",
+            "--pids-limit",
+            "3",
+            "--memory",
+            "32m",
+            "busybox",
+            "sleep",
+            "300",
+        ],
+    )?
+    .trim()
+    .to_string();
+    let pids_current = || layout.read("pids", &id, "pids.current");
+    assert_eq!(pids_current()?, "1");
+
+    let seconds = "301";
+    let exec = Background(
+        agent
+            .cli_command(&["exec", "box", "sleep", seconds])?
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("spawning tartan exec")?,
+    );
+    {
+        let pid = wait_value(
+            &format!("the exec'd sleep {seconds} runs"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || pid_running(&["sleep", seconds]),
+            Option::is_some,
+        )?
+        .context("no pid")?;
+        // The command is in the container's cgroups, in every hierarchy.
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        for controller in ["pids", "memory"] {
+            let line = cgroups
+                .lines()
+                .find(|l| l.split(':').nth(1) == Some(controller))
+                .or_else(|| cgroups.lines().find(|l| l.starts_with("0::")))
+                .with_context(|| format!("no {controller} line in {cgroups}"))?;
+            ensure!(
+                line.ends_with(&format!("/tartan/{id}")),
+                "the exec'd process is not in the container's {controller} cgroup: {cgroups}"
+            );
+        }
+    }
+    // An exec counts one process, as in Docker: the one waiting on it is not there.
+    wait_value(
+        "the container counts its exec",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        pids_current,
+        |n| n == "2",
+    )?;
+
+    // Without room for it and the process that makes it, an exec fails.
+    let out = agent.cli(&["exec", "box", "true"])?;
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    let err = text(&out.stderr);
+    ensure!(err.contains("--pids-limit"), "{err}");
+    drop(exec);
+    Ok(())
+}
+
+#[test]
+fn after_an_oom_kill_and_a_policy_restart_a_later_kill_is_not_oom_killed() -> Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let layout = layout()?;
+    let _cleanup = CgroupCleanup(layout.all());
+    let cluster = Cluster::start("lor", 118, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+
+    // Its first run fills its memory and is OOM-killed; the run that its
+    // policy starts after (the mark is in its writable layer) only sleeps.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "once",
+            "--net",
+            "none",
+            "--memory",
+            "16m",
+            "--memory-swap",
+            "16m",
+            "--restart",
+            "on-failure",
+            "busybox",
+            "sh",
+            "-c",
+            "if [ -e /oomed ]; then exec sleep 300; fi; touch /oomed; x=a; while true; do x=$x$x; done",
+        ],
+    )?;
+    wait_value(
+        "the OOM-killed run is run again",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || inspect(agent, "once"),
+        |c| c["RestartCount"] == 1 && c["state"]["status"] == "running",
+    )?;
+    let id = inspect(agent, "once")?["id"]
+        .as_str()
+        .context("no id")?
+        .to_string();
+    let kills = layout
+        .read("memory", &id, "memory.events")
+        .or_else(|_| layout.read("memory", &id, "memory.oom_control"))?;
+    ensure!(
+        kills.contains("oom_kill 1"),
+        "the first run was OOM-killed: {kills}"
+    );
+
+    // Killed otherwise: as Docker, OOMKilled is about this last exit.
+    cli_ok(agent, &["stop", "-t", "0", "once"])?;
+    let c = wait_exited(agent, "once")?;
+    assert_eq!(c["State"]["ExitCode"], 137, "{c:#}");
+    assert_eq!(c["State"]["OOMKilled"], false, "{c:#}");
+    Ok(())
+}

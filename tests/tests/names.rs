@@ -259,3 +259,74 @@ fn names_of_a_container_removed_while_etcd_is_away_are_freed_at_the_next_start()
     .context("the name of a removed container outlived the agent's restart")?;
     Ok(())
 }
+
+#[test]
+fn links_give_the_linked_containers_ports_and_environment_as_variables() -> Result<()> {
+    let cluster = Cluster::start("ne", 116, VXLAN, 1)?;
+    let agent = &cluster.agents[0];
+    import_busybox(agent)?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "c1",
+            "-p",
+            "5353/udp",
+            "-p",
+            "80",
+            "-e",
+            "DB_PASSWORD=secret",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let c1 = inspect(agent, "c1")?;
+    let Some(ip) = c1["network"]["ip_address"].as_str() else {
+        bail!("c1 has no address: {c1}");
+    };
+    cli_ok(
+        agent,
+        &[
+            "run", "-d", "--name", "c2", "--link", "c1:my-db", "busybox", "sleep", "1000",
+        ],
+    )?;
+    let wanted = [
+        format!("MY_DB_PORT=tcp://{ip}:80"),
+        format!("MY_DB_PORT_80_TCP=tcp://{ip}:80"),
+        format!("MY_DB_PORT_80_TCP_ADDR={ip}"),
+        "MY_DB_PORT_80_TCP_PORT=80".to_string(),
+        "MY_DB_PORT_80_TCP_PROTO=tcp".to_string(),
+        format!("MY_DB_PORT_5353_UDP=udp://{ip}:5353"),
+        format!("MY_DB_PORT_5353_UDP_ADDR={ip}"),
+        "MY_DB_PORT_5353_UDP_PORT=5353".to_string(),
+        "MY_DB_PORT_5353_UDP_PROTO=udp".to_string(),
+        "MY_DB_NAME=/c2/my-db".to_string(),
+        "MY_DB_ENV_DB_PASSWORD=secret".to_string(),
+    ];
+    // The container's own process has them, and so does an exec, as in Docker.
+    let environ = cli_ok(agent, &["exec", "c2", "cat", "/proc/1/environ"])?;
+    let environ: Vec<&str> = environ.split('\0').collect();
+    let exec_env = cli_ok(agent, &["exec", "c2", "cat", "/proc/self/environ"])?;
+    let exec_env: Vec<&str> = exec_env.split('\0').collect();
+    for var in &wanted {
+        ensure!(
+            environ.contains(&var.as_str()),
+            "{var} not in c2's environment: {environ:?}"
+        );
+        ensure!(
+            exec_env.contains(&var.as_str()),
+            "{var} not in an exec's environment: {exec_env:?}"
+        );
+    }
+    // Docker passes neither PATH and HOME nor the linked container's hostname.
+    ensure!(
+        !environ
+            .iter()
+            .any(|v| v.starts_with("MY_DB_ENV_PATH=") || v.starts_with("MY_DB_ENV_HOSTNAME=")),
+        "{environ:?}"
+    );
+    Ok(())
+}

@@ -364,3 +364,110 @@ fn no_rules_outlive_a_crashed_agent_or_a_failed_start() -> Result<()> {
     ensure!(ruleset(ns)? == before, "--net host publishes nothing");
     Ok(())
 }
+
+/// Serves `runN` on port 80, N counting the container's runs (kept in its
+/// writable layer), until `/www/stop` appears; then exits 3.
+const SERVE_UNTIL_STOPPED: &str =
+    "n=$(( $(cat /runs 2>/dev/null || echo 0) + 1 )); echo $n > /runs; \
+     mkdir -p /www && echo run$n > /www/index.html && busybox httpd -p 80 -h /www && \
+     while [ ! -e /www/stop ]; do sleep 0.1; done; rm /www/stop; exit 3";
+
+/// The rules of Tartan's ports table.
+fn ports_table(ns: &Netns) -> Result<String> {
+    let out = ns.exec("nft", &["list", "table", "ip", "tartan-ports"])?;
+    ensure!(
+        out.status.success(),
+        "nft list table ip tartan-ports: {}",
+        text(&out.stderr)
+    );
+    Ok(text(&out.stdout))
+}
+
+/// Waits until `ip:port` answers `body` from `ns`.
+fn answers(ns: &Netns, ip: Ipv4Addr, port: u16, body: &str) -> Result<()> {
+    let mut last = String::new();
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        last = http_get(ns, ip, port).unwrap_or_else(|e| format!("{e:#}"));
+        Ok(last == body)
+    })
+    .with_context(|| format!("{ip}:{port} answering {body}; last: {last}"))
+}
+
+#[test]
+fn a_published_port_reaches_the_process_a_restart_policy_started() -> Result<()> {
+    let mut cluster = Cluster::start("pr", 117, VXLAN, 2)?;
+    import_busybox(&cluster.agents[0])?;
+    let ns = &cluster.hosts[0].netns;
+    let other = &cluster.hosts[1].netns;
+    let ip = cluster.hosts[0].ip;
+    let before = ruleset(ns)?;
+
+    let agent = &cluster.agents[0];
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "flaky",
+            "--restart",
+            "on-failure",
+            "-p",
+            "8080:80",
+            "busybox",
+            "sh",
+            "-c",
+            SERVE_UNTIL_STOPPED,
+        ],
+    )?;
+    answers(other, ip, 8080, "run1")?;
+    answers(ns, ip, 8080, "run1")?;
+    let with_flaky = ruleset(ns)?;
+    let table = ports_table(ns)?;
+    ensure!(table.contains("8080"), "no rule for 8080: {table}");
+
+    // Its process exits 3; the supervisor runs it again, and the port reaches the new one.
+    cli_ok(agent, &["exec", "flaky", "touch", "/www/stop"])?;
+    answers(other, ip, 8080, "run2")?;
+    answers(ns, ip, 8080, "run2")?;
+    ensure!(
+        ports_table(ns)? == table,
+        "the ports table changed across a restart: {}\nwas: {table}",
+        ports_table(ns)?
+    );
+    ensure!(
+        ruleset(ns)? == with_flaky,
+        "the ruleset changed across a restart"
+    );
+
+    // Restarted while the agent is down (told through its root): the agent
+    // that starts again takes its rules as they are.
+    let pid = inspect(agent, "flaky")?["state"]["pid"]
+        .as_u64()
+        .context("no pid")?;
+    cluster.agents[0].kill()?;
+    std::fs::write(format!("/proc/{pid}/root/www/stop"), "")?;
+    answers(other, ip, 8080, "run3")?;
+    cluster.agents[0].restart()?;
+    cluster.agents[0].wait_ready(READY)?;
+    let agent = &cluster.agents[0];
+    answers(other, ip, 8080, "run3")?;
+    cli_ok(agent, &["exec", "flaky", "touch", "/www/stop"])?;
+    answers(other, ip, 8080, "run4")?;
+    ensure!(
+        ports_table(ns)? == table,
+        "the ports table changed across the agent's restart: {}\nwas: {table}",
+        ports_table(ns)?
+    );
+    ensure!(
+        ruleset(ns)? == with_flaky,
+        "the ruleset changed across the agent's restart"
+    );
+
+    // Stopped, and removed: nothing left.
+    cli_ok(agent, &["stop", "-t", "1", "flaky"])?;
+    wait_ruleset(ns, &before, "a stop of a restarted container")?;
+    cli_ok(agent, &["rm", "flaky"])?;
+    wait_ruleset(ns, &before, "rm of a restarted container")?;
+    Ok(())
+}

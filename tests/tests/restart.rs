@@ -171,6 +171,29 @@ fn policies_restart_as_dockers_and_stop_is_respected() -> Result<()> {
     )?;
     ensure!(table.contains(" ago"), "{table}");
 
+    // rm refuses it while it restarts (or runs, between delays), with Docker's words.
+    let id = inspect(agent, "again")?["id"]
+        .as_str()
+        .context("no id")?
+        .to_string();
+    let restarting = format!("You cannot remove a restarting container {id}. Stop the container before attempting removal or force remove");
+    let running = restarting.replace("a restarting", "a running");
+    wait_value(
+        "rm refused as for a restarting container",
+        RESTARTS,
+        POLL,
+        || {
+            let out = agent.cli(&["rm", "again"])?;
+            let err = text(&out.stderr);
+            ensure!(
+                !out.status.success() && (err.contains(&restarting) || err.contains(&running)),
+                "rm of a restarting container: {err}"
+            );
+            Ok(err)
+        },
+        |err| err.contains(&restarting),
+    )?;
+
     // stop holds, even in the back-off.
     cli_ok(agent, &["stop", "again"])?;
     let stopped_at = restart_count(agent, "again")?;

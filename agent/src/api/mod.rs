@@ -177,6 +177,7 @@ fn to_pb_container(view: ContainerView) -> PbContainer {
         links: config.links,
         extra_hosts: config.add_hosts,
         network_aliases: config.network_aliases,
+        link_env: config.link_env,
     }
 }
 

@@ -825,7 +825,8 @@ pub fn exec(args: ExecArgs, api_socket: &Path) -> Result<i32> {
     if args.tty && args.interactive && !std::io::stdin().is_terminal() {
         bail!("the input device is not a TTY; drop -t or run from a terminal");
     }
-    let mut env = container.env.clone();
+    // As Docker's exec: the links' variables, under the container's own.
+    let mut env = crate::containers::link_env::with_link_env(&container.env, &container.link_env);
     for entry in expand_env(&args.env) {
         let key = entry.split('=').next().unwrap_or_default().to_string();
         env.retain(|e| e.split('=').next() != Some(key.as_str()));

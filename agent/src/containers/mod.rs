@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod image_config;
 pub mod images;
 pub mod limits;
+pub mod link_env;
 pub mod ports;
 pub mod restart;
 pub mod spec;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::Ipv4Network;
+use tartan_runtime::container::spec::ContainerSpec;
 use tartan_runtime::container::{
     now_rfc3339, ContainerConfig, ContainerDir, Endpoint, NetworkMode, ShimSpec,
 };
@@ -576,9 +578,11 @@ impl Containers {
 
     /// The `/etc/hosts` lines of `links` ("NAME:ALIAS"), with Docker's
     /// errors for a linked container that is missing, stopped or has no
-    /// address; `own` is the linking container's name.
-    fn link_lines(&self, links: &[String], own: &str) -> Result<Vec<String>> {
+    /// address; `own` is the linking container's name. Also the
+    /// environment the links give, as Docker's legacy links do.
+    fn link_lines(&self, links: &[String], own: &str) -> Result<(Vec<String>, Vec<String>)> {
         let mut lines = Vec::new();
+        let mut env = Vec::new();
         for text in links {
             let link = hosts::Link::parse(text)?;
             let view = self
@@ -614,8 +618,29 @@ impl Containers {
                 &view.config.spec.hostname,
                 &view.config.name,
             ));
+            // Its exposed ports are the image's and those it publishes, as in Docker.
+            let exposed = view.config.spec.exposed_ports.iter().map(|p| {
+                let text = p.to_string();
+                let proto = text.split_once('/').map(|(_, proto)| proto.to_string());
+                (p.port, proto.unwrap_or_else(|| "tcp".into()))
+            });
+            let published = view
+                .config
+                .ports
+                .iter()
+                .map(|p| (p.container_port, p.protocol.clone()));
+            env.extend(
+                link_env::Linked {
+                    alias: &link.alias,
+                    linking: own,
+                    address: address.ip(),
+                    ports: exposed.chain(published).collect(),
+                    env: &view.config.spec.env,
+                }
+                .env(),
+            );
         }
-        Ok(lines)
+        Ok((lines, env))
     }
 
     fn entry_parts(&self, id: &str) -> Result<(ContainerConfig, Arc<tokio::sync::Mutex<()>>)> {
@@ -822,6 +847,7 @@ impl Containers {
                 extra_hosts: Vec::new(),
                 add_hosts: opts.add_hosts.clone(),
                 network_aliases: opts.network_aliases.clone(),
+                link_env: Vec::new(),
             };
             let lifecycle: Arc<tokio::sync::Mutex<()>> = Arc::default();
             entries.insert(
@@ -962,8 +988,10 @@ impl Containers {
         for text in &config.add_hosts {
             extra_hosts.push(hosts::add_host_line(text)?);
         }
-        extra_hosts.extend(self.link_lines(&config.links, &config.name)?);
+        let (link_hosts, link_env) = self.link_lines(&config.links, &config.name)?;
+        extra_hosts.extend(link_hosts);
         config.extra_hosts = extra_hosts;
+        config.link_env = link_env;
         // Host ports before anything is made: a port in use refuses the start.
         let (published, ports_guard) = self.reserve_ports(&config).await?;
         config.published = published;
@@ -1136,7 +1164,10 @@ impl Containers {
                         contents: resolv_conf(&host_resolv, config.network != NetworkMode::Host),
                     },
                 ],
-                container: config.spec.clone(),
+                container: ContainerSpec {
+                    env: link_env::with_link_env(&config.spec.env, &config.link_env),
+                    ..config.spec.clone()
+                },
             },
             new_netns: plan.new_netns,
             join_netns: plan.join_netns.clone(),
@@ -1597,9 +1628,14 @@ impl Containers {
         }
         if let Status::Running { .. } | Status::Restarting { .. } = view.status {
             if !force {
+                // Docker's words (its daemon names the full id).
+                let state = match view.status {
+                    Status::Restarting { .. } => "restarting",
+                    _ => "running",
+                };
                 bail!(
-                    "container {} is running: stop it first, or use rm -f",
-                    config.name
+                    "You cannot remove a {state} container {}. Stop the container before attempting removal or force remove",
+                    config.id
                 );
             }
             // Not to be run again by its restart policy.

@@ -275,6 +275,38 @@ impl Layout {
         Layout::V1(mounts)
     }
 
+    /// The `cgroup.procs` files of the cgroups a process is in, read from
+    /// its `/proc/PID/cgroup` text, in the hierarchies Tartan uses (other
+    /// v1 hierarchies, and a hybrid host's controller-less v2 one, hold no
+    /// limits). Writing a pid to them moves that process in with it.
+    pub fn procs_files(&self, proc_cgroup: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        for line in proc_cgroup.lines() {
+            // HIERARCHY-ID:CONTROLLERS:PATH
+            let mut fields = line.splitn(3, ':');
+            let (Some(id), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let relative = path.trim().trim_start_matches('/');
+            let root = match &self {
+                Layout::V2(root) if id == "0" && controllers.is_empty() => Some(root),
+                Layout::V2(_) => None,
+                Layout::V1(mounts) => controllers
+                    .split(',')
+                    .find_map(|controller| mounts.root_of(controller)),
+            };
+            if let Some(root) = root {
+                let file = root.join(relative).join("cgroup.procs");
+                if !files.contains(&file) {
+                    files.push(file);
+                }
+            }
+        }
+        files
+    }
+
     /// Its name for the README's and errors' sake.
     pub fn name(&self) -> &'static str {
         match self {
@@ -346,11 +378,12 @@ impl<F: CgroupFs> Cgroup<F> {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Whether the kernel's OOM killer killed one of its processes.
-    pub fn oom_killed(&self) -> Result<bool> {
+    /// How many of its processes the kernel's OOM killer has killed since
+    /// the cgroup was made (0 without a memory controller).
+    pub fn oom_kills(&self) -> Result<u64> {
         match &self.layout {
-            Layout::V1(mounts) => v1::oom_killed(&self.fs, mounts, &self.name),
-            Layout::V2(root) => v2::oom_killed(&self.fs, &root.join(&self.name)),
+            Layout::V1(mounts) => v1::oom_kills(&self.fs, mounts, &self.name),
+            Layout::V2(root) => v2::oom_kills(&self.fs, &root.join(&self.name)),
         }
     }
 
@@ -367,6 +400,35 @@ impl<F: CgroupFs> Cgroup<F> {
             Layout::V1(mounts) => mounts.roots().map(|root| root.join(&self.name)).collect(),
             Layout::V2(root) => vec![root.join(&self.name)],
         }
+    }
+}
+
+/// The `cgroup.procs` files of the cgroups process `pid` is in (see
+/// [`Layout::procs_files`]), as seen from this process's mount namespace.
+pub fn procs_files_of(pid: u32) -> Result<Vec<PathBuf>> {
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+    Ok(Layout::detect()?.procs_files(&text))
+}
+
+/// Tells, exit after exit of a container's process, whether the OOM
+/// killer ended it. The cgroup's `oom_kill` counter counts every kill
+/// since the cgroup was made, and a restart policy runs the process again
+/// in the same cgroup: only kills since the previous exit count, so that
+/// after one OOM kill a later exit is not taken for another (Docker's
+/// `OOMKilled` is about the last exit).
+#[derive(Debug, Default)]
+pub struct OomKills {
+    /// The counter at the previous exit (0: the cgroup was new).
+    seen: u64,
+}
+
+impl OomKills {
+    /// An exit by SIGKILL (`killed`), with the counter read after it.
+    pub fn exited(&mut self, killed: bool, counter: u64) -> bool {
+        let new_kill = counter > self.seen;
+        self.seen = self.seen.max(counter);
+        killed && new_kill
     }
 }
 
@@ -526,6 +588,49 @@ mod tests {
             parse_cpus("x").unwrap_err().to_string(),
             "invalid argument \"x\" for \"--cpus\" flag: failed to parse x as a rational number"
         );
+    }
+
+    #[test]
+    fn a_process_cgroups_are_found_in_the_hierarchies_tartan_uses() {
+        let mut mounts = v1::Mounts::default();
+        mounts.note(Path::new("/cg/cpu,cpuacct"), "rw,cpu,cpuacct");
+        mounts.note(Path::new("/cg/memory"), "rw,memory");
+        mounts.note(Path::new("/cg/pids"), "rw,pids");
+        let proc_cgroup = "\
+12:name=systemd:/user.slice
+9:pids:/tartan/c1
+4:memory:/tartan/c1
+3:cpu,cpuacct:/tartan/c1
+2:devices:/tartan/c1
+0::/user.slice
+";
+        assert_eq!(
+            Layout::V1(mounts).procs_files(proc_cgroup),
+            vec![
+                PathBuf::from("/cg/pids/tartan/c1/cgroup.procs"),
+                PathBuf::from("/cg/memory/tartan/c1/cgroup.procs"),
+                PathBuf::from("/cg/cpu,cpuacct/tartan/c1/cgroup.procs"),
+            ]
+        );
+        assert_eq!(
+            Layout::V2(PathBuf::from("/sys/fs/cgroup")).procs_files("0::/tartan/c1\n"),
+            vec![PathBuf::from("/sys/fs/cgroup/tartan/c1/cgroup.procs")]
+        );
+    }
+
+    #[test]
+    fn only_an_oom_kill_since_the_last_exit_makes_an_exit_oom_killed() {
+        let mut kills = OomKills::default();
+        // Killed otherwise, no OOM kill yet.
+        assert!(!kills.exited(true, 0));
+        // The OOM killer's.
+        assert!(kills.exited(true, 1));
+        // Run again, then killed otherwise: the counter still says 1.
+        assert!(!kills.exited(true, 1));
+        // An OOM kill of another process (an exec), then a normal exit.
+        assert!(!kills.exited(false, 2));
+        // The OOM killer again.
+        assert!(kills.exited(true, 3));
     }
 
     #[test]

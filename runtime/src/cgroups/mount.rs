@@ -58,16 +58,55 @@ fn mount(source: &str, target: &Path, fstype: &str, data: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether this mount namespace has cgroupfs.
+pub fn is_mounted() -> Result<bool> {
+    let mountinfo = Path::new("/proc/self/mountinfo");
+    let table = std::fs::read_to_string(mountinfo).map_err(io_err("reading", mountinfo))?;
+    Ok(table.lines().any(|line| {
+        line.split_once(" - ")
+            .is_some_and(|(_, right)| right.starts_with("cgroup ") || right.starts_with("cgroup2 "))
+    }))
+}
+
+/// Mounts cgroupfs, when this mount namespace lacks it, in a private
+/// mount namespace this process moves to, so that the caller's is left as
+/// it was. For a short-lived process (`exec`) that must reach cgroupfs.
+/// Must be called from a process with a single thread.
+pub fn mount_privately_if_missing() -> Result<()> {
+    if is_mounted()? {
+        return Ok(());
+    }
+    let failed = |op: &'static str| RuntimeError::Io {
+        op,
+        path: ROOT.into(),
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: unshare of this single-threaded process's own mount namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(failed(
+            "taking a mount namespace of its own to mount cgroupfs at",
+        ));
+    }
+    // SAFETY: NUL-terminated literals; nothing mounted here may reach the caller's namespace.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(failed("making the mounts private before mounting"));
+    }
+    mount_if_missing().map(|_| ())
+}
+
 /// Mounts cgroupfs at `/sys/fs/cgroup` unless this mount namespace has it;
 /// whether it did.
 pub fn mount_if_missing() -> Result<bool> {
-    let mountinfo = Path::new("/proc/self/mountinfo");
-    let table = std::fs::read_to_string(mountinfo).map_err(io_err("reading", mountinfo))?;
-    let mounted = table.lines().any(|line| {
-        line.split_once(" - ")
-            .is_some_and(|(_, right)| right.starts_with("cgroup ") || right.starts_with("cgroup2 "))
-    });
-    if mounted {
+    if is_mounted()? {
         return Ok(false);
     }
     let own = Path::new("/proc/self/cgroup");

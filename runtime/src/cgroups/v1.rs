@@ -32,6 +32,18 @@ impl Mounts {
         }
     }
 
+    /// The mount of `controller`'s hierarchy, when Tartan uses that controller.
+    pub fn root_of(&self, controller: &str) -> Option<&PathBuf> {
+        match controller {
+            "memory" => self.memory.as_ref(),
+            "cpu" => self.cpu.as_ref(),
+            "cpuacct" => self.cpuacct.as_ref(),
+            "pids" => self.pids.as_ref(),
+            "blkio" => self.blkio.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Every hierarchy a container's cgroup is made in, each once.
     pub fn roots(&self) -> impl Iterator<Item = &PathBuf> {
         let mut seen: Vec<&PathBuf> = Vec::new();
@@ -103,12 +115,12 @@ pub fn create(fs: &impl CgroupFs, mounts: &Mounts, name: &Path, r: &Resources) -
     Ok(())
 }
 
-pub fn oom_killed(fs: &impl CgroupFs, mounts: &Mounts, name: &Path) -> Result<bool> {
+pub fn oom_kills(fs: &impl CgroupFs, mounts: &Mounts, name: &Path) -> Result<u64> {
     let Some(root) = &mounts.memory else {
-        return Ok(false);
+        return Ok(0);
     };
     let control = fs.read(&root.join(name).join("memory.oom_control"))?;
-    Ok(control.and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0) > 0)
+    Ok(control.and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0))
 }
 
 fn number(fs: &impl CgroupFs, path: PathBuf) -> Result<u64> {
@@ -249,11 +261,11 @@ mod tests {
         };
         assert!(cgroup.create(&limits).is_err());
         assert!(cgroup.fs.dirs.borrow().is_empty());
-        assert!(!cgroup.oom_killed().expect("read"));
+        assert_eq!(cgroup.oom_kills().expect("read"), 0);
         cgroup.fs.files.borrow_mut().insert(
             "/cg/memory/tartan/c2/memory.oom_control".into(),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n".into(),
         );
-        assert!(cgroup.oom_killed().expect("read"));
+        assert_eq!(cgroup.oom_kills().expect("read"), 1);
     }
 }

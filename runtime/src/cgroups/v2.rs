@@ -71,9 +71,9 @@ pub fn create(fs: &impl CgroupFs, root: &Path, name: &Path, r: &Resources) -> Re
     Ok(())
 }
 
-pub fn oom_killed(fs: &impl CgroupFs, dir: &Path) -> Result<bool> {
+pub fn oom_kills(fs: &impl CgroupFs, dir: &Path) -> Result<u64> {
     let events = fs.read(&dir.join("memory.events"))?;
-    Ok(events.and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0) > 0)
+    Ok(events.and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0))
 }
 
 pub fn usage(fs: &impl CgroupFs, dir: &Path) -> Result<Usage> {
@@ -145,6 +145,6 @@ mod tests {
             "/sys/fs/cgroup/tartan/c1/memory.events".into(),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".into(),
         );
-        assert!(cgroup.oom_killed().expect("read"));
+        assert_eq!(cgroup.oom_kills().expect("read"), 1);
     }
 }

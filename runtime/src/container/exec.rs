@@ -3,8 +3,15 @@
 //! last, since it changes what `/proc` means) and forks again, because only
 //! children of a process that joined a PID namespace are inside it. The
 //! grandchild takes the container's privileges and execs the command.
+//!
+//! The child joins the container's cgroups before that second fork, so
+//! the command is under the container's limits (a fork beyond
+//! `--pids-limit` fails), as Docker's exec is; once the command exists
+//! the child goes back to the caller's cgroups, so that an exec counts
+//! one process against the limit, as in Docker.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::init::{exec_command, failure_code};
@@ -64,6 +71,16 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
         })?;
         namespaces.push((file, flag));
     }
+    // `ip netns exec` gives its program a /sys without cgroupfs.
+    crate::cgroups::mount::mount_privately_if_missing()?;
+    let cgroups = Cgroups {
+        container: open_procs(crate::cgroups::procs_files_of(spec.pid)?)?,
+        // Best effort: a waiter that cannot go back only counts against the limit.
+        // SAFETY: getpid cannot fail.
+        caller: crate::cgroups::procs_files_of(unsafe { libc::getpid() } as u32)
+            .and_then(open_procs)
+            .unwrap_or_default(),
+    };
     let terminal = if spec.tty {
         Some(open_terminal(spec.pid)?)
     } else {
@@ -78,6 +95,7 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
         let code = enter_and_run(
             spec,
             &privileges,
+            &cgroups,
             &namespaces,
             terminal.as_ref().map(|(_, slave)| slave),
         );
@@ -85,6 +103,7 @@ pub fn exec_in(spec: &ExecSpec) -> Result<i32> {
         unsafe { libc::_exit(code) };
     }
     drop(namespaces);
+    drop(cgroups);
     if let Some((master, slave)) = terminal {
         drop(slave);
         relay_terminal(&master, spec.interactive);
@@ -112,13 +131,45 @@ fn open_terminal(pid: u32) -> Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// The `cgroup.procs` files the first child moves itself with, opened
+/// while the caller's cgroupfs is still in view.
+struct Cgroups {
+    container: Vec<File>,
+    caller: Vec<File>,
+}
+
+fn open_procs(paths: Vec<std::path::PathBuf>) -> Result<Vec<File>> {
+    paths
+        .into_iter()
+        .map(|path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(crate::error::io_err("opening the container's cgroup", path))
+        })
+        .collect()
+}
+
+/// Moves the calling process into the cgroups (`0` is the writer itself).
+fn join(procs: &[File]) -> std::io::Result<()> {
+    for mut file in procs {
+        file.write_all(b"0")?;
+    }
+    Ok(())
+}
+
 /// In the first child: join, fork into the PID namespace, wait, pass the code on.
 fn enter_and_run(
     spec: &ExecSpec,
     privileges: &Privileges,
+    cgroups: &Cgroups,
     namespaces: &[(File, libc::c_int)],
     slave: Option<&OwnedFd>,
 ) -> i32 {
+    if let Err(err) = join(&cgroups.container) {
+        eprintln!("tartan: joining the container's cgroup: {err}");
+        return 126;
+    }
     for (file, flag) in namespaces {
         // SAFETY: setns on a namespace file we opened.
         if unsafe { libc::setns(file.as_raw_fd(), *flag) } != 0 {
@@ -132,12 +183,20 @@ fn enter_and_run(
     // SAFETY: still one thread.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EAGAIN) {
+            eprintln!("tartan: the container cannot have another process (its --pids-limit is reached): {err}");
+        } else {
+            eprintln!("tartan: starting the command in the container: {err}");
+        }
         return 126;
     }
     if pid == 0 {
         // SAFETY: leave without returning into the caller.
         unsafe { libc::_exit(run_inside(spec, privileges, slave)) };
     }
+    // The command is in the container's cgroups; this waiter need not count there.
+    let _ = join(&cgroups.caller);
     let mut status = 0;
     // SAFETY: reaping our own child.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {

@@ -108,6 +108,10 @@ pub struct ContainerConfig {
     /// `--network-alias`: names the fabric's DNS answers for it besides its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_aliases: Vec<String>,
+    /// The environment `--link` gave at the last start (Docker's legacy
+    /// link variables), which `exec` passes on too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_env: Vec<String>,
 }
 
 /// One interface of a container on a named network, as recorded.
@@ -387,6 +391,7 @@ mod tests {
             extra_hosts: vec!["10.5.1.3\tmysqlone 0123456789ab db".into()],
             add_hosts: vec!["gw:10.0.0.1".into()],
             network_aliases: vec!["web-alias".into()],
+            link_env: vec!["MYSQLONE_NAME=/web/mysqlone".into()],
         };
         container.write_config(&config).expect("write");
         assert_eq!(container.read_config().expect("read"), config);

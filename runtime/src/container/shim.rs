@@ -26,7 +26,7 @@ use super::restart::{Backoff, RestartPolicy, RestartRecord};
 use super::{
     exit_code, now_rfc3339, read_json, write_json, ContainerDir, ExitRecord, RunState, ShimSpec,
 };
-use crate::cgroups::Cgroup;
+use crate::cgroups::{Cgroup, OomKills};
 use crate::error::io_err;
 use crate::{Result, RuntimeError};
 
@@ -352,9 +352,14 @@ fn supervise(dir: &Path) -> Result<()> {
 
 /// Records how the container's process ended. As Docker: OOMKilled only
 /// when the memory limit's killer ended it.
-fn write_exit(container: &ContainerDir, code: i32, cgroup: Option<&Cgroup>) -> Result<()> {
-    let oom_killed =
-        code == 128 + libc::SIGKILL && cgroup.is_some_and(|c| c.oom_killed().unwrap_or(false));
+fn write_exit(
+    container: &ContainerDir,
+    code: i32,
+    cgroup: Option<&Cgroup>,
+    oom_kills: &mut OomKills,
+) -> Result<()> {
+    let counter = cgroup.map_or(0, |c| c.oom_kills().unwrap_or(0));
+    let oom_killed = oom_kills.exited(code == 128 + libc::SIGKILL, counter);
     write_json(
         &container.exit_path(),
         &ExitRecord {
@@ -404,12 +409,14 @@ fn supervise_restarts(
     let mut started = Instant::now();
     // A restart that could not be made counts as an exit, as Docker's 125.
     let mut failed_start = None;
+    // The cgroup was made for this start: no OOM kills yet.
+    let mut oom_kills = OomKills::default();
     let code = loop {
         let code = match failed_start.take() {
             Some(code) => code,
             None => pump.run(pump.child)?,
         };
-        write_exit(container, code, cgroup)?;
+        write_exit(container, code, cgroup, &mut oom_kills)?;
         if !policy.restarts_after(code, restarts, container.stopped_by_operator()) {
             break code;
         }
