@@ -245,7 +245,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     match tartan_runtime::cgroups::mount::mount_if_missing() {
         Ok(true) => info!("mounted cgroupfs at /sys/fs/cgroup in the agent's mount namespace"),
         Ok(false) => {}
-        Err(err) => warn!(error = %err, "no cgroupfs: containers get no cgroup limits or stats"),
+        Err(err) => {
+            warn!(error = %err, "no cgroupfs: containers get no cgroup limits, device rules or stats")
+        }
+    }
+    if let Ok(tartan_runtime::cgroups::Layout::V2(_)) = tartan_runtime::cgroups::Layout::detect() {
+        warn!("cgroup v2: containers' device rules are not enforced (that needs a BPF device program, not built); a container can open device nodes it makes");
     }
     let containers = Containers::open(
         &opts.state_dir,

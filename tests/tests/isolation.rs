@@ -116,6 +116,13 @@ fn escape_script() -> (String, Vec<String>) {
     probe("unshare -U", "unshare -U true");
     probe("mount", "sh -c 'mkdir -p /m && mount -t tmpfs none /m'");
     probe("keyctl", "keyctl-probe");
+    // A node made in the container opens the host's device behind it,
+    // unless the devices cgroup says no (Docker allows only its own list).
+    let (kind, major, minor) = host_device();
+    probe(
+        "open a host device",
+        &format!("sh -c 'mknod /dev/hostdev {kind} {major} {minor} && : < /dev/hostdev'"),
+    );
     // Every masked path this kernel has (/proc/kcore only with CONFIG_PROC_KCORE):
     // a masked file is /dev/null, a masked directory an empty tmpfs.
     for path in MASKED_PATHS.map(Path::new).iter().filter(|p| p.exists()) {
@@ -140,6 +147,27 @@ fn escape_script() -> (String, Vec<String>) {
         );
     }
     (script, names)
+}
+
+/// A device of the host's, outside Docker's list, that root opens with
+/// no capability: the first of these the host has.
+fn host_device() -> (char, u32, u32) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let candidates = ["/dev/loop-control", "/dev/vcs", "/dev/loop0", "/dev/tty1"];
+    candidates
+        .iter()
+        .find_map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            let kind = if meta.file_type().is_block_device() {
+                'b'
+            } else if meta.file_type().is_char_device() {
+                'c'
+            } else {
+                return None;
+            };
+            Some((kind, libc::major(meta.rdev()), libc::minor(meta.rdev())))
+        })
+        .unwrap_or_else(|| panic!("the host has none of {candidates:?} to try"))
 }
 
 /// Runs the escape script in a new container with `flags`; each probe's verdict.

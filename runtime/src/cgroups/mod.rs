@@ -27,6 +27,33 @@ pub const CFS_PERIOD_US: i64 = 100_000;
 /// Where containers' cgroups live, under each hierarchy's root.
 pub const PARENT: &str = "tartan";
 
+/// Which device nodes a container's processes may open or make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAccess {
+    /// Docker's list ([`DEFAULT_DEVICE_RULES`]): a node made in the
+    /// container (it has CAP_MKNOD) opens nothing else of the host's.
+    Default,
+    /// `--privileged`: every device.
+    All,
+}
+
+/// Docker's device rules (moby's default spec), in the devices cgroup's
+/// syntax: any node may be made, and these opened: null, zero, full,
+/// random, urandom, tty, the container's terminals and ptmx, and TUN/TAP.
+pub const DEFAULT_DEVICE_RULES: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
 /// The limits `run` asked for, in Docker's units (`HostConfig`): bytes,
 /// billionths of a CPU, relative shares, processes. 0 is "not set";
 /// `memory_swap` -1 is unlimited swap, as is `pids_limit` -1.
@@ -344,12 +371,14 @@ impl<F: CgroupFs> Cgroup<F> {
         &self.layout
     }
 
-    /// Makes the cgroup with `resources`' limits. On failure nothing of it is left.
-    pub fn create(&self, resources: &Resources) -> Result<()> {
+    /// Makes the cgroup with `resources`' limits and the device rules of
+    /// `devices` (cgroup v1; see [`v2::create`]). On failure nothing of it
+    /// is left.
+    pub fn create(&self, resources: &Resources, devices: DeviceAccess) -> Result<()> {
         // An earlier run's (empty) cgroup would keep that run's limits.
         self.remove()?;
         let made = match &self.layout {
-            Layout::V1(mounts) => v1::create(&self.fs, mounts, &self.name, resources),
+            Layout::V1(mounts) => v1::create(&self.fs, mounts, &self.name, resources, devices),
             Layout::V2(root) => v2::create(&self.fs, root, &self.name, resources),
         };
         if let Err(err) = made {

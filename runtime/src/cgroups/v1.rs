@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{keyed, CgroupFs, Resources, Usage, CFS_PERIOD_US};
+use super::{keyed, CgroupFs, DeviceAccess, Resources, Usage, CFS_PERIOD_US, DEFAULT_DEVICE_RULES};
 use crate::{Result, RuntimeError};
 
 /// Where each controller Tartan uses is mounted.
@@ -14,6 +14,7 @@ pub struct Mounts {
     pub cpuacct: Option<PathBuf>,
     pub pids: Option<PathBuf>,
     pub blkio: Option<PathBuf>,
+    pub devices: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -26,6 +27,7 @@ impl Mounts {
                 "cpuacct" => &mut self.cpuacct,
                 "pids" => &mut self.pids,
                 "blkio" => &mut self.blkio,
+                "devices" => &mut self.devices,
                 _ => continue,
             };
             slot.get_or_insert_with(|| path.to_path_buf());
@@ -40,6 +42,7 @@ impl Mounts {
             "cpuacct" => self.cpuacct.as_ref(),
             "pids" => self.pids.as_ref(),
             "blkio" => self.blkio.as_ref(),
+            "devices" => self.devices.as_ref(),
             _ => None,
         }
     }
@@ -53,6 +56,7 @@ impl Mounts {
             &self.cpuacct,
             &self.pids,
             &self.blkio,
+            &self.devices,
         ]
         .into_iter()
         .flatten()
@@ -73,9 +77,31 @@ fn needed<'a>(root: &'a Option<PathBuf>, controller: &str, flag: &str) -> Result
     })
 }
 
-pub fn create(fs: &impl CgroupFs, mounts: &Mounts, name: &Path, r: &Resources) -> Result<()> {
+pub fn create(
+    fs: &impl CgroupFs,
+    mounts: &Mounts,
+    name: &Path,
+    r: &Resources,
+    devices: DeviceAccess,
+) -> Result<()> {
     for root in mounts.roots() {
         fs.create_dir(&root.join(name))?;
+    }
+    // A new cgroup starts with its parent's list: emptied first, then
+    // Docker's own, or everything for a privileged container. (A host with
+    // no cgroupfs at all has no limits either; the agent warns of it.)
+    if mounts.roots().next().is_none() {
+        return Ok(());
+    }
+    let dir = needed(&mounts.devices, "devices", "the device rules")?.join(name);
+    match devices {
+        DeviceAccess::Default => {
+            fs.write(&dir.join("devices.deny"), "a")?;
+            for rule in DEFAULT_DEVICE_RULES {
+                fs.write(&dir.join("devices.allow"), rule)?;
+            }
+        }
+        DeviceAccess::All => fs.write(&dir.join("devices.allow"), "a")?,
     }
     if r.memory > 0 {
         let dir = needed(&mounts.memory, "memory", "--memory")?.join(name);
@@ -182,7 +208,7 @@ mod tests {
 
     fn mounts() -> Mounts {
         let mut mounts = Mounts::default();
-        for c in ["memory", "cpu", "cpuacct", "pids"] {
+        for c in ["memory", "cpu", "cpuacct", "pids", "devices"] {
             mounts.note(&Path::new("/cg").join(c), &format!("rw,{c}"));
         }
         mounts
@@ -204,7 +230,9 @@ mod tests {
             cpu_shares: 512,
             pids_limit: 10,
         };
-        cgroup.create(&limits).expect("create");
+        cgroup
+            .create(&limits, DeviceAccess::Default)
+            .expect("create");
         cgroup.add(42).expect("add");
         let fs = &cgroup.fs;
         assert_eq!(
@@ -249,6 +277,58 @@ mod tests {
     }
 
     #[test]
+    fn devices_are_docker_s_list_or_all_of_them_when_privileged() {
+        let writes_to = |devices: DeviceAccess| {
+            let cgroup = Cgroup::new(Recording::default(), Layout::V1(mounts()), "c3");
+            cgroup
+                .create(&Resources::default(), devices)
+                .expect("create");
+            let writes: Vec<(String, String)> = cgroup
+                .fs
+                .writes
+                .borrow()
+                .iter()
+                .filter(|(path, _)| path.starts_with("/cg/devices/tartan/c3"))
+                .map(|(path, value)| {
+                    let file = path.file_name().unwrap_or_default();
+                    (file.to_string_lossy().into_owned(), value.clone())
+                })
+                .collect();
+            writes
+        };
+        let default = writes_to(DeviceAccess::Default);
+        assert_eq!(
+            default[0],
+            ("devices.deny".to_string(), "a".to_string()),
+            "the parent's list is emptied first"
+        );
+        let allowed: Vec<&str> = default[1..]
+            .iter()
+            .map(|(file, rule)| {
+                assert_eq!(file, "devices.allow");
+                rule.as_str()
+            })
+            .collect();
+        assert_eq!(allowed, DEFAULT_DEVICE_RULES);
+        assert_eq!(
+            writes_to(DeviceAccess::All),
+            [("devices.allow".to_string(), "a".to_string())]
+        );
+        // A host whose devices controller is not mounted refuses the start.
+        let mut no_devices = mounts();
+        no_devices.devices = None;
+        let cgroup = Cgroup::new(Recording::default(), Layout::V1(no_devices), "c4");
+        let err = cgroup
+            .create(&Resources::default(), DeviceAccess::Default)
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("devices cgroup controller"),
+            "{err}"
+        );
+        assert!(cgroup.fs.dirs.borrow().is_empty(), "nothing left");
+    }
+
+    #[test]
     fn a_refused_value_leaves_no_cgroup_and_oom_kills_are_read() {
         let fs = Recording {
             refuse: Some("/cg/pids/tartan/c2/pids.max".into()),
@@ -259,7 +339,7 @@ mod tests {
             pids_limit: 5,
             ..Resources::default()
         };
-        assert!(cgroup.create(&limits).is_err());
+        assert!(cgroup.create(&limits, DeviceAccess::Default).is_err());
         assert!(cgroup.fs.dirs.borrow().is_empty());
         assert_eq!(cgroup.oom_kills().expect("read"), 0);
         cgroup.fs.files.borrow_mut().insert(

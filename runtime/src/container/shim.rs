@@ -26,7 +26,7 @@ use super::restart::{Backoff, RestartPolicy, RestartRecord};
 use super::{
     exit_code, now_rfc3339, read_json, write_json, ContainerDir, ExitRecord, RunState, ShimSpec,
 };
-use crate::cgroups::{Cgroup, OomKills};
+use crate::cgroups::{Cgroup, DeviceAccess, OomKills};
 use crate::error::io_err;
 use crate::{Result, RuntimeError};
 
@@ -585,7 +585,12 @@ fn enter_cgroup(spec: &ShimSpec, pid: libc::pid_t) -> Result<Option<Cgroup>> {
         return Ok(None);
     };
     let cgroup = Cgroup::for_container(id)?;
-    cgroup.create(&spec.init.container.resources)?;
+    let devices = if spec.init.container.security.privileged {
+        DeviceAccess::All
+    } else {
+        DeviceAccess::Default
+    };
+    cgroup.create(&spec.init.container.resources, devices)?;
     if let Err(err) = cgroup.add(pid as u32) {
         let _ = cgroup.remove();
         return Err(err);
