@@ -247,6 +247,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Ok(false) => {}
         Err(err) => warn!(error = %err, "no cgroupfs: containers get no cgroup limits or stats"),
     }
+    // The fabric's DNS: the names followed from etcd, answered on the
+    // bridge's address. None in peer mode.
+    let names = match crate::names::cache::follow(&names) {
+        Some((table, follower)) => {
+            background.spawn("names watch", follower);
+            let (serving, server) =
+                crate::names::server::serve(publishers.attacher.subscribe(), table);
+            background.spawn("DNS server", server);
+            names.with_dns(serving)
+        }
+        None => names,
+    };
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),
