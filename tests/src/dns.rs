@@ -131,3 +131,56 @@ fn reply(query: &[u8], name: &str, answer: Ipv4Addr) -> Option<Vec<u8>> {
     }
     Some(reply)
 }
+
+/// An A question for `name`, recursion desired.
+pub fn a_question(id: u16, name: &str) -> Vec<u8> {
+    let mut query = id.to_be_bytes().to_vec();
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// Asks `server` port 53 over TCP, from inside `netns`: the reply's rcode
+/// and its A records (answers are read as this suite's servers write them:
+/// the name as a pointer to the question).
+pub fn ask_tcp(netns: &Netns, server: Ipv4Addr, query: &[u8]) -> Result<(u8, Vec<Ipv4Addr>)> {
+    use std::io::{Read, Write};
+    let reply = netns.enter(|| -> Result<Vec<u8>> {
+        let at = SocketAddr::from((server, 53));
+        let mut stream = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {at}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(query);
+        stream.write_all(&framed)?;
+        let mut len = [0u8; 2];
+        stream
+            .read_exact(&mut len)
+            .context("reading the reply's length")?;
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut reply).context("reading the reply")?;
+        Ok(reply)
+    })??;
+    anyhow::ensure!(
+        reply.len() >= query.len() && reply[..2] == query[..2],
+        "not a reply to the question: {reply:?}"
+    );
+    let rcode = reply[3] & 0x0f;
+    let count = u16::from_be_bytes([reply[6], reply[7]]);
+    let mut at = query.len();
+    let mut addresses = Vec::new();
+    for _ in 0..count {
+        let record = reply.get(at..at + 16).context("a short answer record")?;
+        if record[2..4] == [0, 1] && record[10..12] == [0, 4] {
+            addresses.push(Ipv4Addr::new(
+                record[12], record[13], record[14], record[15],
+            ));
+        }
+        at += 12 + usize::from(u16::from_be_bytes([record[10], record[11]]));
+    }
+    Ok((rcode, addresses))
+}
