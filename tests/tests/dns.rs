@@ -338,3 +338,53 @@ fn a_new_subnet_moves_the_dns_with_the_containers() -> Result<()> {
     );
     Ok(())
 }
+
+/// After a "reboot" (every container and the agent gone, then the agent
+/// again), a container its restart policy brings back names the agent in
+/// its resolv.conf and is answered with its address of now.
+#[test]
+fn a_container_back_after_a_reboot_uses_and_is_answered_by_the_fabric_dns() -> Result<()> {
+    let mut dns = start("dr", 113, 1, "")?;
+    cli_ok(
+        &dns.cluster.agents[0],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "back",
+            "--restart",
+            "always",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let agent = &mut dns.cluster.agents[0];
+    agent.kill()?;
+    agent.kill_containers();
+    agent.restart()?;
+    agent.wait_ready(tartan_tests::cluster::READY)?;
+    let agent = &dns.cluster.agents[0];
+    let bridge = bridge_address(agent)?;
+    let resolv = wait_value(
+        "back running again, with its resolv.conf",
+        NAME_DEADLINE,
+        Duration::from_millis(100),
+        || cli_ok(agent, &["exec", "back", "cat", "/etc/resolv.conf"]),
+        |_| true,
+    )
+    .with_context(|| agent.log_tail(30))?;
+    ensure!(
+        resolv == format!("nameserver {bridge}\n"),
+        "resolv.conf after the reboot: {resolv:?}"
+    );
+    let back = address_of(agent, "back")?;
+    wait_value(
+        "back answered with its address after the reboot",
+        NAME_DEADLINE,
+        Duration::from_millis(50),
+        || nslookup(agent, "back", "back"),
+        |r| resolves_to(r, &back),
+    )?;
+    Ok(())
+}

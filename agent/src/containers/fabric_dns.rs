@@ -13,22 +13,26 @@ impl Containers {
     /// the overlay (the address is its gateway), or sharing the network of
     /// one that is. Others (host, none, named networks, which may not reach
     /// the bridge) keep the host's resolvers.
-    pub(super) fn fabric_dns(
+    pub(super) async fn fabric_dns(
         &self,
         config: &ContainerConfig,
         plan: &NetworkPlan,
     ) -> Option<Ipv4Addr> {
-        let serving = self.inner.names.dns_address()?;
-        let reaches = match (&config.network, &plan.attacher) {
+        match (&config.network, &plan.attacher) {
             (NetworkMode::Overlay, Some(attacher)) => {
-                tartan_ipam::gateway(&attacher.subnet()) == serving
+                let bridge = tartan_ipam::gateway(&attacher.subnet());
+                self.inner.names.dns_on(bridge).await
             }
-            (NetworkMode::Container(other), _) => self
-                .view(other)
-                .is_ok_and(|view| view.config.network == NetworkMode::Overlay),
-            _ => false,
-        };
-        reaches.then_some(serving)
+            (NetworkMode::Container(other), _) => {
+                let shares_overlay = self
+                    .view(other)
+                    .is_ok_and(|view| view.config.network == NetworkMode::Overlay);
+                shares_overlay
+                    .then(|| self.inner.names.dns_address())
+                    .flatten()
+            }
+            _ => None,
+        }
     }
 
     /// Records `address` (None: it ended) under the container's name and

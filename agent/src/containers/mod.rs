@@ -1135,7 +1135,7 @@ impl Containers {
                     },
                     InitFile {
                         path: "/etc/resolv.conf".into(),
-                        contents: match self.fabric_dns(config, plan) {
+                        contents: match self.fabric_dns(config, plan).await {
                             Some(server) => {
                                 crate::names::dns::container_resolv_conf(&host_resolv, server)
                             }

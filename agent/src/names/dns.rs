@@ -19,6 +19,26 @@ const RCODE_NOTIMP: u8 = 4;
 /// A name is at most 255 octets on the wire (RFC 1035 §2.3.4).
 const MAX_NAME: usize = 255;
 
+/// The bridge's address may be set just after the address book is
+/// published: how long binding to it is retried.
+pub const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the agent answers DNS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// The bridge address it last tried to bind; None before the node has
+    /// a bridge, and while it binds.
+    pub bridge: Option<Ipv4Addr>,
+    /// Whether it answers there.
+    pub bound: bool,
+}
+
+impl DnsStatus {
+    pub fn serving(&self) -> Option<Ipv4Addr> {
+        self.bridge.filter(|_| self.bound)
+    }
+}
+
 /// What to do with a query.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -13,6 +13,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::control::etcd::{bounded, is_unreachable};
+use crate::names::dns::{DnsStatus, BIND_PATIENCE};
+
+/// How long a container's start waits for the DNS to bind its bridge
+/// address: the server's own patience, and a little.
+const DNS_BIND_WAIT: std::time::Duration =
+    BIND_PATIENCE.saturating_add(std::time::Duration::from_secs(1));
 
 /// What a name's key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +43,8 @@ pub struct NameRegistry {
     host: String,
     /// Address changes, written in the order they are made.
     addresses: Option<mpsc::UnboundedSender<AddressUpdate>>,
-    /// Where this agent answers DNS, while it does.
-    dns: watch::Receiver<Option<Ipv4Addr>>,
+    /// Where this agent answers DNS, or tried to.
+    dns: watch::Receiver<DnsStatus>,
 }
 
 /// A container's addresses, for the records of its names.
@@ -56,21 +62,38 @@ impl NameRegistry {
             prefix: prefix.trim_end_matches('/').to_string(),
             host: host.to_string(),
             addresses: Some(updates),
-            dns: watch::Sender::new(None).subscribe(),
+            dns: watch::Sender::new(DnsStatus::default()).subscribe(),
         };
         tokio::spawn(registry.clone().write_addresses(queue));
         registry
     }
 
     /// Tells `containers` where this agent answers DNS.
-    pub fn with_dns(mut self, dns: watch::Receiver<Option<Ipv4Addr>>) -> NameRegistry {
+    pub fn with_dns(mut self, dns: watch::Receiver<DnsStatus>) -> NameRegistry {
         self.dns = dns;
         self
     }
 
     /// Where this agent answers DNS now, if it does.
     pub fn dns_address(&self) -> Option<Ipv4Addr> {
-        *self.dns.borrow()
+        self.dns.borrow().serving()
+    }
+
+    /// Whether this agent answers DNS on `bridge`, once it has tried to
+    /// bind there: a container started as the agent starts (or as the
+    /// subnet changes) is not given the host's resolvers for want of a
+    /// moment. None in peer mode.
+    pub async fn dns_on(&self, bridge: Ipv4Addr) -> Option<Ipv4Addr> {
+        let mut dns = self.dns.clone();
+        let tried = tokio::time::timeout(
+            DNS_BIND_WAIT,
+            dns.wait_for(|status| status.bridge == Some(bridge)),
+        )
+        .await;
+        match tried {
+            Ok(Ok(status)) => status.serving(),
+            _ => None,
+        }
     }
 
     /// The store and the key prefix of the names, for the cache; None in peer mode.
@@ -154,7 +177,7 @@ impl NameRegistry {
             prefix: String::new(),
             host: String::new(),
             addresses: None,
-            dns: watch::Sender::new(None).subscribe(),
+            dns: watch::Sender::new(DnsStatus::default()).subscribe(),
         }
     }
 

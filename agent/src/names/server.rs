@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::names::cache::NameTable;
-use crate::names::dns::{self, Outcome};
+use crate::names::dns::{self, DnsStatus, Outcome, BIND_PATIENCE};
 use crate::networks::attach::AttacherWatch;
 
 pub const DNS_PORT: u16 = 53;
@@ -22,25 +22,22 @@ pub const DNS_PORT: u16 = 53;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a TCP client may stay silent between questions.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// The bridge's address may be set just after the address book is
-/// published: how long binding to it is retried.
-const BIND_PATIENCE: Duration = Duration::from_secs(5);
 /// Questions being answered at once; more wait (UDP) or are refused (TCP).
 const IN_FLIGHT: usize = 256;
 /// Where the agent finds the host's resolvers.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Serves DNS on the bridge address of each address book `attacher`
-/// publishes. Returns where it answers now (None while it does not) and the
-/// task, for the caller to run.
+/// publishes. Returns where it answers (or tried to) and the task, for
+/// the caller to run.
 pub fn serve(
     mut attacher: AttacherWatch,
     table: watch::Receiver<NameTable>,
 ) -> (
-    watch::Receiver<Option<Ipv4Addr>>,
+    watch::Receiver<DnsStatus>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (serving, receiver) = watch::channel(None);
+    let (serving, receiver) = watch::channel(DnsStatus::default());
     let task = async move {
         let mut current: Option<(Ipv4Addr, Listeners)> = None;
         loop {
@@ -49,21 +46,28 @@ pub fn serve(
                 .as_ref()
                 .map(|a| tartan_ipam::gateway(&a.subnet()));
             if wanted != current.as_ref().map(|(address, _)| *address) {
-                serving.send_replace(None);
+                serving.send_replace(DnsStatus::default());
                 // Dropping the listeners closes the old sockets.
                 current = None;
                 if let Some(address) = wanted {
-                    match Listeners::bind(address, table.clone()).await {
+                    let bound = match Listeners::bind(address, table.clone()).await {
                         Ok(listeners) => {
                             info!(%address, port = DNS_PORT, "answering DNS for the fabric's names");
                             current = Some((address, listeners));
-                            serving.send_replace(Some(address));
+                            true
                         }
-                        Err(err) => warn!(
-                            error = %err,
-                            "no fabric DNS: could not bind {address}:{DNS_PORT}; containers use the host's resolvers"
-                        ),
-                    }
+                        Err(err) => {
+                            warn!(
+                                error = %err,
+                                "no fabric DNS: could not bind {address}:{DNS_PORT}; containers use the host's resolvers"
+                            );
+                            false
+                        }
+                    };
+                    serving.send_replace(DnsStatus {
+                        bridge: Some(address),
+                        bound,
+                    });
                 }
             }
             if attacher.changed().await.is_err() {
