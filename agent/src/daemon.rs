@@ -252,6 +252,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     if let Ok(tartan_runtime::cgroups::Layout::V2(_)) = tartan_runtime::cgroups::Layout::detect() {
         warn!("cgroup v2: containers' device rules are not enforced (that needs a BPF device program, not built); a container can open device nodes it makes");
     }
+    // The fabric's DNS: the names followed from etcd, answered on the
+    // bridge's address. None in peer mode.
+    let names = match crate::names::cache::follow(&names) {
+        Some((table, follower)) => {
+            background.spawn("names watch", follower);
+            let (serving, server) =
+                crate::names::server::serve(publishers.attacher.subscribe(), table);
+            background.spawn("DNS server", server);
+            names.with_dns(serving)
+        }
+        None => names,
+    };
     let containers = Containers::open(
         &opts.state_dir,
         images.clone(),

@@ -7,6 +7,7 @@
 //! say whether it runs, and the address book of the node subnet holds its
 //! address under the key `container:ID`.
 
+mod fabric_dns;
 pub mod hosts;
 pub mod image_config;
 pub mod images;
@@ -1085,9 +1086,10 @@ impl Containers {
                         warn!(error = %err, "could not record the container's address");
                     }
                     if let Some(entry) = self.lock().get_mut(id) {
-                        entry.config = config;
+                        entry.config = config.clone();
                     }
                 }
+                self.publish_names(&config, plan.address);
                 let shim_pid = dir.read_state().map(|s| s.shim_pid);
                 match shim_pid {
                     Some(pid) => self.watch(id.to_string(), pid),
@@ -1161,7 +1163,12 @@ impl Containers {
                     },
                     InitFile {
                         path: "/etc/resolv.conf".into(),
-                        contents: resolv_conf(&host_resolv, config.network != NetworkMode::Host),
+                        contents: match self.fabric_dns(config, plan).await {
+                            Some(server) => {
+                                crate::names::dns::container_resolv_conf(&host_resolv, server)
+                            }
+                            None => resolv_conf(&host_resolv, config.network != NetworkMode::Host),
+                        },
                     },
                 ],
                 container: ContainerSpec {
@@ -1329,6 +1336,8 @@ impl Containers {
             // Started again meanwhile.
             return;
         }
+        // As Docker's DNS: only a running container's names are answered.
+        self.publish_names(&config, None);
         if !config.published.is_empty() {
             self.sync_ports_or_warn().await;
         }
@@ -1732,6 +1741,7 @@ impl Containers {
                         "moved the container to the node's new subnet"
                     );
                     moved.insert(id.clone(), address.ip());
+                    self.publish_names(&config, Some(address));
                 }
                 Ok(None) => {}
                 Err(err) => {
@@ -1780,9 +1790,15 @@ impl Containers {
             }
             return Err(err);
         }
+        let old = config.address.as_deref().and_then(|a| a.parse().ok());
         config.address = Some(address.to_string());
         dir.update_config(&config)?;
         write_hosts(pid, Some(address.ip()), &config)?;
+        if let Some(old) = old {
+            if let Err(err) = fabric_dns::repoint_resolv_conf(pid, old, address) {
+                warn!(container = %config.name, error = %format!("{err:#}"), "could not point /etc/resolv.conf at the new bridge address");
+            }
+        }
         if let Some(entry) = self.lock().get_mut(id) {
             entry.config = config;
         }

@@ -1,3 +1,7 @@
-//! Names on the network: the fabric-wide registry of container names.
+//! Names on the network: the fabric-wide registry of container names, and
+//! the DNS that answers them.
 
+pub mod cache;
+pub mod dns;
 pub mod registry;
+pub mod server;

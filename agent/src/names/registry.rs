@@ -8,9 +8,17 @@ use anyhow::{bail, Context, Result};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use tracing::warn;
+use std::net::{IpAddr, Ipv4Addr};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
 
 use crate::control::etcd::{bounded, is_unreachable};
+use crate::names::dns::{DnsStatus, BIND_PATIENCE};
+
+/// How long a container's start waits for the DNS to bind its bridge
+/// address: the server's own patience, and a little.
+const DNS_BIND_WAIT: std::time::Duration =
+    BIND_PATIENCE.saturating_add(std::time::Duration::from_secs(1));
 
 /// What a name's key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +27,11 @@ pub struct NameRecord {
     pub container: String,
     /// The host it runs on (its public address, as the agent names itself).
     pub host: String,
+    /// Its addresses while it runs, which the fabric's DNS answers with;
+    /// empty before its first start and after it ends (records of older
+    /// agents have none).
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
 }
 
 /// The names registry; without etcd (`--no-etcd`) names are this host's alone.
@@ -28,15 +41,133 @@ pub struct NameRegistry {
     /// `--tartan-prefix`, without a trailing slash.
     prefix: String,
     host: String,
+    /// Address changes, written in the order they are made.
+    addresses: Option<mpsc::UnboundedSender<AddressUpdate>>,
+    /// Where this agent answers DNS, or tried to.
+    dns: watch::Receiver<DnsStatus>,
+}
+
+/// A container's addresses, for the records of its names.
+struct AddressUpdate {
+    names: Vec<String>,
+    container: String,
+    addresses: Vec<IpAddr>,
 }
 
 impl NameRegistry {
     pub fn new(client: Client, prefix: &str, host: &str) -> NameRegistry {
-        NameRegistry {
+        let (updates, queue) = mpsc::unbounded_channel();
+        let registry = NameRegistry {
             client: Some(client),
             prefix: prefix.trim_end_matches('/').to_string(),
             host: host.to_string(),
+            addresses: Some(updates),
+            dns: watch::Sender::new(DnsStatus::default()).subscribe(),
+        };
+        tokio::spawn(registry.clone().write_addresses(queue));
+        registry
+    }
+
+    /// Tells `containers` where this agent answers DNS.
+    pub fn with_dns(mut self, dns: watch::Receiver<DnsStatus>) -> NameRegistry {
+        self.dns = dns;
+        self
+    }
+
+    /// Where this agent answers DNS now, if it does.
+    pub fn dns_address(&self) -> Option<Ipv4Addr> {
+        self.dns.borrow().serving()
+    }
+
+    /// Whether this agent answers DNS on `bridge`, once it has tried to
+    /// bind there: a container started as the agent starts (or as the
+    /// subnet changes) is not given the host's resolvers for want of a
+    /// moment. None in peer mode.
+    pub async fn dns_on(&self, bridge: Ipv4Addr) -> Option<Ipv4Addr> {
+        let mut dns = self.dns.clone();
+        let tried = tokio::time::timeout(
+            DNS_BIND_WAIT,
+            dns.wait_for(|status| status.bridge == Some(bridge)),
+        )
+        .await;
+        match tried {
+            Ok(Ok(status)) => status.serving(),
+            _ => None,
         }
+    }
+
+    /// The store and the key prefix of the names, for the cache; None in peer mode.
+    pub fn store(&self) -> Option<(Client, String)> {
+        self.client
+            .as_ref()
+            .map(|client| (client.clone(), self.names_prefix()))
+    }
+
+    /// Records `addresses` for `container` under its `names` (those it still
+    /// holds), or none when it ended. Written in order in the background: a
+    /// start or stop does not wait for etcd, and an outage only delays it.
+    pub fn publish_addresses(&self, names: &[String], container: &str, addresses: Vec<IpAddr>) {
+        if let Some(updates) = &self.addresses {
+            // The receiver lives as long as the runtime.
+            let _ = updates.send(AddressUpdate {
+                names: names.to_vec(),
+                container: container.to_string(),
+                addresses,
+            });
+        }
+    }
+
+    async fn write_addresses(self, mut queue: mpsc::UnboundedReceiver<AddressUpdate>) {
+        while let Some(update) = queue.recv().await {
+            // An outage is retried until etcd answers: the update would be lost otherwise.
+            let mut wait = std::time::Duration::from_millis(200);
+            loop {
+                match self.set_addresses(&update).await {
+                    Ok(()) => break,
+                    Err(err) if is_unreachable(&err) => {
+                        debug!(error = %format!("{err:#}"), "could not record a container's addresses; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    Err(err) => {
+                        warn!(container = %update.container, error = %format!("{err:#}"), "could not record the container's addresses for DNS");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn set_addresses(&self, update: &AddressUpdate) -> Result<()> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let mut client = client.clone();
+        for name in &update.names {
+            let key = self.key(name);
+            let found = bounded("reading a container name", client.get(key.as_str(), None)).await?;
+            let Some(kv) = found.kvs().first() else {
+                continue;
+            };
+            let Ok(mut record) = serde_json::from_slice::<NameRecord>(kv.value()) else {
+                continue;
+            };
+            // Only its own names, and only as they were read.
+            if record.container != update.container || record.addresses == update.addresses {
+                continue;
+            }
+            record.addresses = update.addresses.clone();
+            let value = serde_json::to_vec(&record).context("encoding a name's record")?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    kv.key(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::put(kv.key(), value, None)]);
+            bounded("recording a container's addresses", client.txn(txn)).await?;
+        }
+        Ok(())
     }
 
     /// Peer mode: no registry; names are checked on this host only.
@@ -45,6 +176,8 @@ impl NameRegistry {
             client: None,
             prefix: String::new(),
             host: String::new(),
+            addresses: None,
+            dns: watch::Sender::new(DnsStatus::default()).subscribe(),
         }
     }
 
@@ -66,6 +199,7 @@ impl NameRegistry {
         let record = NameRecord {
             container: container.to_string(),
             host: self.host.clone(),
+            addresses: Vec::new(),
         };
         let value = serde_json::to_vec(&record).context("encoding a name's record")?;
         let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
