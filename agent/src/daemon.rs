@@ -173,7 +173,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             let connect = Registry::connect_options(etcd)?;
             let registry = connect_with_backoff(etcd, connect, &publishers.etcd).await;
             let store = NetworkStore::new(registry.client(), tartan_prefix);
-            let names = NameRegistry::new(registry.client(), tartan_prefix, &public_ip.to_string());
+            let (names, address_writer) =
+                NameRegistry::new(registry.client(), tartan_prefix, &public_ip.to_string());
+            background.spawn("name address writer", address_writer);
             (Some(registry), store, names)
         }
         Store::None => (None, NetworkStore::none(), NameRegistry::none()),

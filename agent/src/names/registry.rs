@@ -55,7 +55,16 @@ struct AddressUpdate {
 }
 
 impl NameRegistry {
-    pub fn new(client: Client, prefix: &str, host: &str) -> NameRegistry {
+    /// The registry, and the task that writes its address changes (the
+    /// caller runs it for the agent's life).
+    pub fn new(
+        client: Client,
+        prefix: &str,
+        host: &str,
+    ) -> (
+        NameRegistry,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (updates, queue) = mpsc::unbounded_channel();
         let registry = NameRegistry {
             client: Some(client),
@@ -64,8 +73,8 @@ impl NameRegistry {
             addresses: Some(updates),
             dns: watch::Sender::new(DnsStatus::default()).subscribe(),
         };
-        tokio::spawn(registry.clone().write_addresses(queue));
-        registry
+        let writer = registry.clone().write_addresses(queue);
+        (registry, writer)
     }
 
     /// Tells `containers` where this agent answers DNS.
