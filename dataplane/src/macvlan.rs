@@ -28,6 +28,9 @@ use crate::{md5, DataplaneError, Netlink, Result};
 /// The container side's name when none is asked for, as in pipework.
 pub const DEFAULT_CONTAINER_IFNAME: &str = "eth1";
 
+/// How long a macvlan waits for another one with its MAC to go.
+const MAC_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a macvlan forwards between its siblings on one parent (Docker's
 /// `macvlan_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -366,13 +369,34 @@ impl Netlink {
         index: u32,
         mtu: u32,
     ) -> Result<()> {
-        let up = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
-        self.handle
-            .link()
-            .set(up)
-            .execute()
-            .await
-            .map_err(netlink_err("container link up"))?;
+        // The kernel refuses a macvlan up while another on the parent has its
+        // MAC: the container that had this address before may still be
+        // going, its namespace torn down after its last process. Waited
+        // for, a while.
+        let deadline = std::time::Instant::now() + MAC_BUSY_WAIT;
+        loop {
+            let up = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+            match self.handle.link().set(up).execute().await {
+                Ok(()) => break,
+                Err(rtnetlink::Error::NetlinkError(ref e))
+                    if e.raw_code() == -libc::EADDRINUSE
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(rtnetlink::Error::NetlinkError(ref e)) if e.raw_code() == -libc::EADDRINUSE => {
+                    return Err(DataplaneError::Conflict(format!(
+                        "another macvlan on {} has the MAC address {}",
+                        spec.parent,
+                        spec.mac
+                            .as_ref()
+                            .map(format_mac)
+                            .unwrap_or_else(|| "asked for".into())
+                    )));
+                }
+                Err(source) => return Err(netlink_err("container link up")(source)),
+            }
+        }
         self.set_loopback_up().await?;
         match spec.gateway {
             Some(gateway) => self.route_via_gateway(index, spec.address, gateway).await,

@@ -644,3 +644,54 @@ async fn the_host_shim_lets_the_host_reach_its_macvlan_containers() -> Result<()
     assert_eq!(links(&host)?, before);
     Ok(())
 }
+
+/// A container back with the address (so the MAC) of one whose namespace is
+/// still going: the new macvlan waits for the old one, and one that stays
+/// is refused in one line naming the MAC, with nothing left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mac_still_in_use_on_the_parent_is_waited_for_then_refused() -> Result<()> {
+    let host = host()?;
+    let nl = within("connect", Netlink::connect_in_netns(&host.path())).await??;
+    let mac = parse_mac("02:42:0a:ec:00:15")?;
+    let old = Netns::create("mvold")?;
+    let with_mac = |ns: &Netns| -> Result<MacvlanSpec> {
+        Ok(MacvlanSpec {
+            mac: Some(mac),
+            ..spec(ns, "10.236.0.21/24", None)?
+        })
+    };
+    within("the old one", nl.ensure_macvlan(&with_mac(&old)?)).await??;
+
+    // Held: refused after the wait, in one line.
+    let held = Netns::create("mvheld")?;
+    let err = within("refused", nl.ensure_macvlan(&with_mac(&held)?))
+        .await?
+        .expect_err("the MAC is taken");
+    let text = err.to_string();
+    ensure!(
+        text.contains("another macvlan on hv0 has the MAC address 02:42:0a:ec:00:15")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    ensure!(
+        !links(&held)?.iter().any(|l| l.contains("eth1")),
+        "nothing left in the container"
+    );
+
+    // Going: the old namespace is removed a moment after the new one asks.
+    let remover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(old);
+    });
+    let new = Netns::create("mvnew")?;
+    within("the new one", nl.ensure_macvlan(&with_mac(&new)?)).await??;
+    remover
+        .join()
+        .map_err(|_| anyhow::anyhow!("the remover panicked"))?;
+    let shown = ns_output(&new, "ip", &["link", "show", "eth1"])?;
+    ensure!(
+        shown.contains("state UP") || shown.contains(",UP"),
+        "{shown}"
+    );
+    Ok(())
+}
