@@ -122,8 +122,8 @@ impl DataplaneError {
 }
 
 /// Runs a dump again when the kernel interrupted it because the table
-/// changed meanwhile (EBUSY: another agent task, or anyone, adding a link
-/// or an address), as iproute2 does; a few times at most.
+/// changed meanwhile (EBUSY: another agent task, or anyone, adding a link,
+/// an address, a route or a neighbour), as iproute2 does; a few times at most.
 pub(crate) async fn redo_interrupted<T, F, Fut>(mut dump: F) -> Result<T, DataplaneError>
 where
     F: FnMut() -> Fut,

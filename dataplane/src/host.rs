@@ -181,6 +181,10 @@ impl Netlink {
     }
 
     async fn default_routes(&self) -> Result<Vec<DefaultRoute>> {
+        crate::error::redo_interrupted(|| self.default_routes_once()).await
+    }
+
+    async fn default_routes_once(&self) -> Result<Vec<DefaultRoute>> {
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut stream = self.handle.route().get(request).execute();
         let mut routes = Vec::new();

@@ -162,6 +162,10 @@ impl Netlink {
 
     /// The /32 destinations routed through the shim, in the main table.
     async fn shim_routes(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        crate::error::redo_interrupted(|| self.shim_routes_once(index)).await
+    }
+
+    async fn shim_routes_once(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut stream = self.handle.route().get(request).execute();
         let mut found = Vec::new();

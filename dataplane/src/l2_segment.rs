@@ -359,6 +359,10 @@ impl Netlink {
     /// Reads the permanent FDB entries of the segment's VXLAN device (its
     /// own, not the bridge's entries for it, which carry no destination).
     pub async fn observe_l2_fdb(&self, vxlan_index: u32) -> Result<L2FdbState> {
+        crate::error::redo_interrupted(|| self.observe_l2_fdb_once(vxlan_index)).await
+    }
+
+    async fn observe_l2_fdb_once(&self, vxlan_index: u32) -> Result<L2FdbState> {
         let mut state = L2FdbState::default();
         let mut fdb = self
             .handle

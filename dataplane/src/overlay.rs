@@ -199,8 +199,13 @@ pub(crate) fn neighbour_ip(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
 }
 
 impl Netlink {
-    /// Reads Tartan's routes, and the permanent neighbour and FDB entries of its VXLAN device.
+    /// Reads Tartan's routes, and the permanent neighbour and FDB entries of
+    /// its VXLAN device; read again when the kernel interrupts a dump.
     pub async fn observe_overlay(&self, scope: OverlayScope) -> Result<OverlayState> {
+        crate::error::redo_interrupted(|| self.observe_overlay_once(scope)).await
+    }
+
+    async fn observe_overlay_once(&self, scope: OverlayScope) -> Result<OverlayState> {
         let mut state = OverlayState::default();
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut routes = self.handle.route().get(request).execute();
