@@ -251,9 +251,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             warn!(error = %err, "no cgroupfs: containers get no cgroup limits, device rules or stats")
         }
     }
-    if let Ok(tartan_runtime::cgroups::Layout::V2(_)) = tartan_runtime::cgroups::Layout::detect() {
-        warn!("cgroup v2: containers' device rules are not enforced (that needs a BPF device program, not built); a container can open device nodes it makes");
-    }
     // The fabric's DNS: the names followed from etcd, answered on the
     // bridge's address. None in peer mode.
     let names = match crate::names::cache::follow(&names) {

@@ -9,6 +9,7 @@
 //! File access goes through [`CgroupFs`], so the layouts' logic is tested
 //! against a recording fake.
 
+pub mod device_filter;
 pub mod mount;
 pub mod v1;
 pub mod v2;
@@ -217,6 +218,8 @@ pub trait CgroupFs {
     fn write(&self, path: &Path, value: &str) -> Result<()>;
     /// `None` when the file does not exist.
     fn read(&self, path: &Path) -> Result<Option<String>>;
+    /// Attaches the device rules `program` to the (v2) cgroup `dir`.
+    fn attach_device_filter(&self, dir: &Path, program: &[device_filter::Insn]) -> Result<()>;
 }
 
 /// The real cgroupfs.
@@ -259,6 +262,10 @@ impl CgroupFs for Kernel {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(io_err("reading", path)(err)),
         }
+    }
+
+    fn attach_device_filter(&self, dir: &Path, program: &[device_filter::Insn]) -> Result<()> {
+        device_filter::load_and_attach(dir, program)
     }
 }
 
@@ -372,14 +379,13 @@ impl<F: CgroupFs> Cgroup<F> {
     }
 
     /// Makes the cgroup with `resources`' limits and the device rules of
-    /// `devices` (cgroup v1; see [`v2::create`]). On failure nothing of it
-    /// is left.
+    /// `devices`. On failure nothing of it is left.
     pub fn create(&self, resources: &Resources, devices: DeviceAccess) -> Result<()> {
         // An earlier run's (empty) cgroup would keep that run's limits.
         self.remove()?;
         let made = match &self.layout {
             Layout::V1(mounts) => v1::create(&self.fs, mounts, &self.name, resources, devices),
-            Layout::V2(root) => v2::create(&self.fs, root, &self.name, resources),
+            Layout::V2(root) => v2::create(&self.fs, root, &self.name, resources, devices),
         };
         if let Err(err) = made {
             let _ = self.remove();
@@ -481,6 +487,8 @@ pub(crate) mod fake {
         pub dirs: RefCell<Vec<PathBuf>>,
         pub writes: RefCell<Vec<(PathBuf, String)>>,
         pub files: RefCell<BTreeMap<PathBuf, String>>,
+        /// Device programs attached, by cgroup, with their length.
+        pub device_filters: RefCell<Vec<(PathBuf, usize)>>,
         /// Writes to this file fail, as the kernel refuses a value.
         pub refuse: Option<PathBuf>,
     }
@@ -512,6 +520,12 @@ pub(crate) mod fake {
         }
         fn read(&self, path: &Path) -> Result<Option<String>> {
             Ok(self.files.borrow().get(path).cloned())
+        }
+        fn attach_device_filter(&self, dir: &Path, program: &[device_filter::Insn]) -> Result<()> {
+            self.device_filters
+                .borrow_mut()
+                .push((dir.to_path_buf(), program.len()));
+            Ok(())
         }
     }
 

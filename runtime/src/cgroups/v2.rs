@@ -3,15 +3,21 @@
 
 use std::path::Path;
 
-use super::{keyed, CgroupFs, Resources, Usage, CFS_PERIOD_US};
+use super::{device_filter, keyed, CgroupFs, DeviceAccess, Resources, Usage, CFS_PERIOD_US};
 use crate::{Result, RuntimeError};
 
 const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "io"];
 
-/// Makes the cgroup with its limits. Device rules are not among them: cgroup
-/// v2 has no devices files, only BPF programs of type CGROUP_DEVICE, which
-/// Tartan does not load yet (the README says so).
-pub fn create(fs: &impl CgroupFs, root: &Path, name: &Path, r: &Resources) -> Result<()> {
+/// Makes the cgroup with its limits and device rules: v2 has no devices
+/// files, so the rules are an eBPF program attached to the cgroup
+/// ([`super::device_filter`]); a privileged container gets none.
+pub fn create(
+    fs: &impl CgroupFs,
+    root: &Path,
+    name: &Path,
+    r: &Resources,
+    devices: DeviceAccess,
+) -> Result<()> {
     let available = fs
         .read(&root.join("cgroup.controllers"))?
         .unwrap_or_default();
@@ -43,6 +49,9 @@ pub fn create(fs: &impl CgroupFs, root: &Path, name: &Path, r: &Resources) -> Re
         }
         dir.push(part);
         fs.create_dir(&dir)?;
+    }
+    if devices == DeviceAccess::Default {
+        fs.attach_device_filter(&leaf, &device_filter::default_program()?)?;
     }
     if r.memory > 0 {
         fs.write(&leaf.join("memory.max"), &r.memory.to_string())?;
@@ -117,6 +126,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_privileged_container_gets_no_device_program() {
+        let cgroup = Cgroup::new(Recording::default(), Layout::V2("/cg".into()), "c2");
+        cgroup
+            .create(&Resources::default(), DeviceAccess::All)
+            .expect("create");
+        assert!(cgroup.fs.device_filters.borrow().is_empty());
+    }
+
+    #[test]
     fn limits_go_to_the_unified_files_with_controllers_delegated() {
         let fs = Recording::default();
         fs.files.borrow_mut().insert(
@@ -135,6 +153,9 @@ mod tests {
             .create(&limits, DeviceAccess::Default)
             .expect("create");
         let fs = &cgroup.fs;
+        let filters = fs.device_filters.borrow().clone();
+        assert_eq!(filters.len(), 1, "Docker's device rules, as a program");
+        assert_eq!(filters[0].0, Path::new("/sys/fs/cgroup/tartan/c1"));
         let at = |f: &str| fs.written(&format!("/sys/fs/cgroup/tartan/c1/{f}"));
         assert_eq!(
             fs.written("/sys/fs/cgroup/tartan/cgroup.subtree_control")
