@@ -1715,10 +1715,12 @@ impl Containers {
     /// Gives every running overlay container whose address lies outside
     /// `attacher`'s subnet an address of it: a new interface with the new
     /// address and gateway route, and `/etc/hosts` rewritten. Containers
-    /// sharing a moved one's network get their `/etc/hosts` rewritten too.
+    /// sharing a moved one's network get their `/etc/hosts` rewritten too,
+    /// and their resolv.conf pointed at the agent's new address.
     async fn move_to(&self, attacher: &Attacher) {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
-        let mut moved: HashMap<String, Ipv4Addr> = HashMap::new();
+        // By container: the address it had, and the one it has now.
+        let mut moved: HashMap<String, (Option<Ipv4Network>, Ipv4Network)> = HashMap::new();
         for id in &ids {
             let Ok((config, lifecycle)) = self.entry_parts(id) else {
                 continue;
@@ -1740,7 +1742,8 @@ impl Containers {
                         to = %address,
                         "moved the container to the node's new subnet"
                     );
-                    moved.insert(id.clone(), address.ip());
+                    let old = config.address.as_deref().and_then(|a| a.parse().ok());
+                    moved.insert(id.clone(), (old, address));
                     self.publish_names(&config, Some(address));
                 }
                 Ok(None) => {}
@@ -1756,12 +1759,17 @@ impl Containers {
             let NetworkMode::Container(other) = &config.network else {
                 continue;
             };
-            let Some(address) = moved.get(other) else {
+            let Some((old, address)) = moved.get(other) else {
                 continue;
             };
             if let Status::Running { pid, .. } = self.status_of(&self.dir(id)) {
-                if let Err(err) = write_hosts(pid, Some(*address), &config) {
+                if let Err(err) = write_hosts(pid, Some(address.ip()), &config) {
                     warn!(container = %config.name, error = %format!("{err:#}"), "could not rewrite /etc/hosts after a move");
+                }
+                if let Some(old) = old {
+                    if let Err(err) = fabric_dns::repoint_resolv_conf(pid, *old, *address) {
+                        warn!(container = %config.name, error = %format!("{err:#}"), "could not point /etc/resolv.conf at the new bridge address");
+                    }
                 }
             }
         }
