@@ -280,8 +280,9 @@ fn other_names_go_to_the_host_s_resolvers_and_stopped_containers_are_not_answere
 }
 
 /// The node's subnet changes under running containers: the agent answers on
-/// the new bridge address, the moved containers' resolv.conf names it, and
-/// their names answer with their new addresses.
+/// the new bridge address, the moved containers' resolv.conf names it (and
+/// that of one sharing a moved one's network), and their names answer with
+/// their new addresses.
 #[test]
 fn a_new_subnet_moves_the_dns_with_the_containers() -> Result<()> {
     let dns = start("dm", 112, 1, "")?;
@@ -293,6 +294,21 @@ fn a_new_subnet_moves_the_dns_with_the_containers() -> Result<()> {
             &["run", "-d", "--name", name, "busybox", "sleep", "1000"],
         )?;
     }
+    // One sharing mover's network: its resolv.conf is its own file.
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "sharer",
+            "--net",
+            "container:mover",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
     let old_subnet = agent.subnet()?;
     let old_bridge = bridge_address(agent)?;
     let (network, prefix) = old_subnet
@@ -315,6 +331,13 @@ fn a_new_subnet_moves_the_dns_with_the_containers() -> Result<()> {
         NAME_DEADLINE,
         Duration::from_millis(100),
         || cli_ok(agent, &["exec", "mover", "cat", "/etc/resolv.conf"]),
+        |conf| *conf == format!("nameserver {new_bridge}\n"),
+    )?;
+    wait_value(
+        "the sharer's resolv.conf naming the new bridge address",
+        NAME_DEADLINE,
+        Duration::from_millis(100),
+        || cli_ok(agent, &["exec", "sharer", "cat", "/etc/resolv.conf"]),
         |conf| *conf == format!("nameserver {new_bridge}\n"),
     )?;
     let peer = wait_value(
