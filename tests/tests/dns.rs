@@ -88,6 +88,31 @@ fn address_of(agent: &Agent, name: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("{name} has no address: {out}"))
 }
 
+/// Another node takes the agent's subnet in etcd, as a node whose lease
+/// lapsed finds it taken: the agent leases another one and its containers
+/// move. Returns the agent's new bridge address.
+fn take_the_subnet(cluster: &Cluster, agent: &Agent) -> Result<String> {
+    let old_subnet = agent.subnet()?;
+    let old_bridge = bridge_address(agent)?;
+    let (network, prefix) = old_subnet
+        .split_once('/')
+        .context("the subnet has no prefix length")?;
+    let key = format!("{}/subnets/{network}-{prefix}", cluster.prefix);
+    // A host of the underlay's that does not exist.
+    let [a, b, c, _] = cluster.underlay.hub_ip().octets();
+    let taker = format!(
+        r#"{{"PublicIP":"{a}.{b}.{c}.99","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"82:aa:bb:cc:dd:ee"}}}}"#
+    );
+    cluster.etcdctl(&["put", &key, &taker])?;
+    wait_value(
+        "the agent's new subnet",
+        NAME_DEADLINE,
+        Duration::from_millis(100),
+        || bridge_address(agent),
+        |bridge| *bridge != old_bridge,
+    )
+}
+
 /// busybox nslookup of `name` in `container`: (succeeded, what it printed).
 fn nslookup(agent: &Agent, container: &str, name: &str) -> Result<(bool, String)> {
     let out = agent.cli(&["exec", container, "busybox", "nslookup", name])?;
@@ -309,23 +334,8 @@ fn a_new_subnet_moves_the_dns_with_the_containers() -> Result<()> {
             "1000",
         ],
     )?;
-    let old_subnet = agent.subnet()?;
-    let old_bridge = bridge_address(agent)?;
-    let (network, prefix) = old_subnet
-        .split_once('/')
-        .context("the subnet has no prefix length")?;
-    // Another node takes the subnet: the agent leases another one.
-    let key = format!("{}/subnets/{network}-{prefix}", cluster.prefix);
-    let taker = r#"{"PublicIP":"10.112.0.99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"82:aa:bb:cc:dd:ee"}}"#;
-    cluster.etcdctl(&["put", &key, taker])?;
     let moved = Instant::now();
-    let new_bridge = wait_value(
-        "the agent's new subnet",
-        NAME_DEADLINE,
-        Duration::from_millis(100),
-        || bridge_address(agent),
-        |bridge| *bridge != old_bridge,
-    )?;
+    let new_bridge = take_the_subnet(cluster, agent)?;
     wait_value(
         "mover's resolv.conf naming the new bridge address",
         NAME_DEADLINE,
@@ -409,5 +419,76 @@ fn a_container_back_after_a_reboot_uses_and_is_answered_by_the_fabric_dns() -> R
         || nslookup(agent, "back", "back"),
         |r| resolves_to(r, &back),
     )?;
+    Ok(())
+}
+
+/// After a move, a restart by the container's restart policy writes its
+/// `/etc/hosts` and `resolv.conf` as the move left them, not as they were
+/// at its start.
+#[test]
+fn a_restart_after_a_move_keeps_the_files_the_move_wrote() -> Result<()> {
+    let dns = start("dr", 114, 1, "")?;
+    let cluster = &dns.cluster;
+    let agent = &cluster.agents[0];
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "flapper",
+            "--restart",
+            "always",
+            "busybox",
+            "sh",
+            "-c",
+            "sleep 2; exit 1",
+        ],
+    )?;
+    let new_bridge = take_the_subnet(cluster, agent)?;
+    let prefix = &new_bridge[..new_bridge.rfind('.').unwrap_or(0)];
+    let address = wait_value(
+        "flapper's new address",
+        NAME_DEADLINE,
+        Duration::from_millis(100),
+        || address_of(agent, "flapper"),
+        |address| address.starts_with(prefix),
+    )?;
+    let restarts = |agent: &Agent| -> Result<u64> {
+        let out = cli_ok(agent, &["inspect", "flapper"])?;
+        let parsed: serde_json::Value = serde_json::from_str(&out)?;
+        parsed[0]["RestartCount"]
+            .as_u64()
+            .context("inspect shows no RestartCount")
+    };
+    let before = restarts(agent)?;
+    wait_value(
+        "a restart after the move",
+        NAME_DEADLINE,
+        Duration::from_millis(100),
+        || restarts(agent),
+        |count| *count > before,
+    )?;
+    // Read from the run that restart began (exec waits out the back-off).
+    let files = wait_value(
+        "the restarted flapper's files",
+        NAME_DEADLINE,
+        Duration::from_millis(100),
+        || {
+            cli_ok(
+                agent,
+                &["exec", "flapper", "cat", "/etc/hosts", "/etc/resolv.conf"],
+            )
+        },
+        |_| true,
+    )?;
+    ensure!(
+        files.contains(&format!("{address}\t")) || files.contains(&format!("{address} ")),
+        "/etc/hosts names the new address {address}: {files}"
+    );
+    ensure!(
+        files.contains(&format!("nameserver {new_bridge}\n")),
+        "resolv.conf names the agent at {new_bridge}: {files}"
+    );
     Ok(())
 }

@@ -333,6 +333,14 @@ fn write_hosts(pid: u32, address: Option<Ipv4Addr>, config: &ContainerConfig) ->
     .with_context(|| format!("writing {}", path.display()))
 }
 
+/// After a move: the supervisor's next restart of the container writes its
+/// `/etc/hosts` and `resolv.conf` as they are now, not as at its start.
+fn keep_moved_files(dir: &ContainerDir, pid: u32, name: &str) {
+    if let Err(err) = dir.keep_files_of(pid, &["/etc/hosts", "/etc/resolv.conf"]) {
+        warn!(container = %name, error = %format!("{err:#}"), "a restart of the container would write its old /etc/hosts and resolv.conf");
+    }
+}
+
 /// The container's environment: Docker's defaults, then the operator's.
 fn environment(given: &[String], hostname: &str, tty: bool) -> Vec<String> {
     let mut env: Vec<String> = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
@@ -1771,6 +1779,7 @@ impl Containers {
                         warn!(container = %config.name, error = %format!("{err:#}"), "could not point /etc/resolv.conf at the new bridge address");
                     }
                 }
+                keep_moved_files(&self.dir(id), pid, &config.name);
             }
         }
         // Published ports follow the new addresses.
@@ -1807,6 +1816,7 @@ impl Containers {
                 warn!(container = %config.name, error = %format!("{err:#}"), "could not point /etc/resolv.conf at the new bridge address");
             }
         }
+        keep_moved_files(&dir, pid, &config.name);
         if let Some(entry) = self.lock().get_mut(id) {
             entry.config = config;
         }

@@ -251,6 +251,25 @@ impl ContainerDir {
     pub fn update_config(&self, config: &ContainerConfig) -> Result<()> {
         write_json(&self.config_path(), config, false)
     }
+
+    /// Records the files `paths` (of those the supervisor writes at each
+    /// start) as they are now in the running container's root, so that its
+    /// next restart writes them so: the agent rewrites `/etc/hosts` and
+    /// `/etc/resolv.conf` of a running container whose address moved.
+    pub fn keep_files_of(&self, pid: u32, paths: &[&str]) -> Result<()> {
+        let spec_path = self.shim_spec_path();
+        let mut spec: ShimSpec = read_json(&spec_path)?;
+        for file in spec
+            .init
+            .files
+            .iter_mut()
+            .filter(|file| paths.iter().any(|path| file.path == Path::new(path)))
+        {
+            let live = PathBuf::from(format!("/proc/{pid}/root{}", file.path.display()));
+            file.contents = std::fs::read_to_string(&live).map_err(io_err("reading", &live))?;
+        }
+        write_json(&spec_path, &spec, false)
+    }
     /// `None` when the process has not started since the last (re)start.
     pub fn read_state(&self) -> Option<RunState> {
         read_json(&self.state_path()).ok()

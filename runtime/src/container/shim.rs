@@ -429,6 +429,11 @@ fn supervise_restarts(
             break code;
         }
         started = Instant::now();
+        // The files as the agent keeps them now (it rewrites /etc/hosts and
+        // resolv.conf of a container whose address moved); else as before.
+        if let Ok(now) = read_json::<ShimSpec>(&container.shim_spec_path()) {
+            again.init.files = now.init.files;
+        }
         match start_again(container, &again, cgroup) {
             Ok(Some((stdio, pid))) => {
                 pump.take_process(stdio, pid);
