@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::{inspect, refused_with};
 use tartan_tests::netns::Netns;
 use tartan_tests::ovs::Ovs;
 use tartan_tests::wait::wait_until;
@@ -93,17 +93,6 @@ fn cluster_with_ovsdb(name: &str, octet: u8, hosts: usize, links: &OvsdbLinks) -
             agent.extra_args.push(links.flag(&netns));
         }
     })
-}
-
-fn refused(agent: &Agent, args: &[&str], needle: &str) -> Result<()> {
-    let out = agent.cli(args)?;
-    let err = text(&out.stderr);
-    ensure!(
-        !out.status.success() && err.trim().lines().count() == 1 && err.contains(needle),
-        "{args:?} should be refused with {needle:?} in one line: {err}{}",
-        text(&out.stdout)
-    );
-    Ok(())
 }
 
 #[test]
@@ -254,7 +243,7 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         ),
     ];
     for (args, needle) in cases {
-        refused(agent, args, needle)?;
+        refused_with(agent, args, needle)?;
     }
     ensure!(
         switches[0].state()? == ovs_before,
@@ -587,7 +576,7 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
         (&["detach", y.name()], "not attached"),
     ];
     for (args, needle) in cases {
-        refused(agent, args, needle)?;
+        refused_with(agent, args, needle)?;
     }
     let host_after = links(&cluster.hosts[0].netns)?;
     ensure!(
@@ -677,9 +666,7 @@ fn a_tartan_containers_attachment_follows_its_restarts_and_goes_with_it() -> Res
         &["run", "-d", "--name", "pwweb", "busybox", "sleep", "1000"],
     )?;
     let in_web = || -> Result<String> {
-        let out = cli_ok(agent, &["inspect", "pwweb"])?;
-        let parsed: serde_json::Value = serde_json::from_str(&out)?;
-        let pid = parsed[0]["state"]["pid"]
+        let pid = inspect(agent, "pwweb")?["state"]["pid"]
             .as_u64()
             .context("pwweb has no pid")?;
         let out = std::process::Command::new("nsenter")

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::cli::{cli_ok, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::pings;
 use tartan_tests::netns::Netns;
 use tartan_tests::wait::{wait_until, wait_value};
 
@@ -501,16 +502,10 @@ fn a_conflict_found_when_two_hosts_meet_shows_on_both() -> Result<()> {
     Ok(())
 }
 
-/// One ping from a Tartan container; true when answered.
-fn container_pings(agent: &Agent, container: &str, to: &str) -> Result<bool> {
-    let out = agent.cli(&["exec", container, "ping", "-c", "1", "-W", "1", to])?;
-    Ok(out.status.success())
-}
-
 /// Pings from a Tartan container until one answers, a few times at most.
 fn container_reaches(agent: &Agent, container: &str, to: &str) -> Result<bool> {
     for _ in 0..5 {
-        if container_pings(agent, container, to)? {
+        if pings(agent, container, to)? {
             return Ok(true);
         }
     }
@@ -572,7 +567,7 @@ fn the_seed_s_weave_sequence_in_peer_mode() -> Result<()> {
         );
     }
     ensure!(
-        !container_pings(&agents[0], "c1", "10.1.1.2")?,
+        !pings(&agents[0], "c1", "10.1.1.2")?,
         "reached host2 before any connect"
     );
 
@@ -630,8 +625,7 @@ fn the_seed_s_weave_sequence_in_peer_mode() -> Result<()> {
         BTreeSet::is_empty,
     )?;
     ensure!(
-        !container_pings(&agents[0], "c1", "10.1.1.2")?
-            && !container_pings(&agents[1], "c1", "10.1.1.1")?,
+        !pings(&agents[0], "c1", "10.1.1.2")? && !pings(&agents[1], "c1", "10.1.1.1")?,
         "traffic still flows after forget"
     );
 
