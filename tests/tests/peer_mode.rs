@@ -289,19 +289,10 @@ fn a_pipework_attachment_survives_an_agent_restart_and_reset_removes_it() -> Res
     cli_ok(&peer.agent, &["attach", "br1", "web", "192.168.172.10/24"])?;
     let host = peer.host.netns.name().to_string();
     tartan_tests::netns::ip(&["-n", &host, "addr", "add", "192.168.172.1/24", "dev", "br1"])?;
-    let reaches = |from: &Netns| -> Result<bool> {
-        for _ in 0..5 {
-            if from
-                .exec("ping", &["-c", "1", "-W", "1", "192.168.172.10"])?
-                .status
-                .success()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    };
-    ensure!(reaches(&peer.host.netns)?, "the host reaches web on br1");
+    ensure!(
+        peer.host.netns.reaches("192.168.172.10")?,
+        "the host reaches web on br1"
+    );
 
     // A clean stop and start: the attachment stays, and is listed.
     peer.agent.terminate()?;
@@ -313,7 +304,7 @@ fn a_pipework_attachment_survives_an_agent_restart_and_reset_removes_it() -> Res
         "attachments: {listed}"
     );
     ensure!(
-        reaches(&peer.host.netns)?,
+        peer.host.netns.reaches("192.168.172.10")?,
         "web is reachable after a restart"
     );
 

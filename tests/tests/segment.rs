@@ -52,17 +52,6 @@ fn peer_of(host: Ipv4Addr) -> String {
     format!("{host}:6783")
 }
 
-/// Pings until one answers: the first frames of a new path wait on ARP.
-fn reaches(from: &Netns, to: Ipv4Addr) -> Result<bool> {
-    for _ in 0..5 {
-        let out = from.exec("ping", &["-c", "1", "-W", "1", &to.to_string()])?;
-        if out.status.success() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// `tartan attach --l2 NETNS` on `agent`: the address it printed.
 fn attach_auto(agent: &Agent, ns: &Netns) -> Result<Ipv4Addr> {
     let printed = cli_ok(agent, &["attach", "--l2", ns.name()])?;
@@ -159,7 +148,7 @@ fn hosts_sharing_etcd_share_one_segment_with_unique_addresses() -> Result<()> {
     // other hosts' containers.
     for (i, to) in addresses.iter().enumerate().skip(1) {
         ensure!(
-            reaches(&containers[0], *to)?,
+            containers[0].reaches(to)?,
             "container on host 0 cannot reach {to} on host {i}"
         );
     }
@@ -255,7 +244,7 @@ fn a_host_of_another_prefix_joins_only_through_connect() -> Result<()> {
         "another prefix's host has no peers of its own"
     );
     ensure!(
-        !reaches(&lone, Ipv4Addr::new(10, 1, 1, 1))?,
+        !lone.reaches(Ipv4Addr::new(10, 1, 1, 1))?,
         "reached the segment without connect"
     );
 
@@ -277,7 +266,7 @@ fn a_host_of_another_prefix_joins_only_through_connect() -> Result<()> {
     }
     for (i, to) in ["10.1.1.1", "10.1.1.2"].iter().enumerate() {
         ensure!(
-            reaches(&lone, to.parse()?)?,
+            lone.reaches(to.parse::<Ipv4Addr>()?)?,
             "after connect, host {i}'s container is not reached"
         );
     }
@@ -424,7 +413,7 @@ fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Resu
         |entries| entries.contains(&entry),
     )?;
     ensure!(
-        reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?,
+        containers[0].reaches(Ipv4Addr::new(10, 1, 2, 2))?,
         "no path"
     );
 
@@ -454,7 +443,7 @@ fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Resu
         |entries| entries.contains(&entry),
     )?;
     ensure!(
-        reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?,
+        containers[0].reaches(Ipv4Addr::new(10, 1, 2, 2))?,
         "the restarted host's container is not reached"
     );
     Ok(())
