@@ -61,6 +61,19 @@ pub fn finish(mut child: Child, limit: Duration) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// Runs the CLI with no input and waits at most `limit` for it, killing it
+/// when it runs over; success or failure is the caller's to judge.
+pub fn cli_within(agent: &Agent, args: &[&str], limit: Duration) -> Result<Output> {
+    let child = agent
+        .cli_command(args)?
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running the tartan CLI")?;
+    finish(child, limit)
+}
+
 /// `tartan ARGS` (a shell word list) against host 0's agent, with a
 /// terminal of its own as standard input and output (`script` makes one).
 pub fn under_terminal(cluster: &Cluster, agent: &Agent, args: &str) -> Result<Output> {

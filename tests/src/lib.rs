@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cgroups;
 pub mod cli;
 pub mod cluster;
+pub mod containers;
 pub mod dns;
 pub mod etcd;
 pub mod netns;

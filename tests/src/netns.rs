@@ -115,6 +115,27 @@ impl Netns {
             .with_context(|| format!("running {program} in {}", self.name))
     }
 
+    /// Whether one ping from this namespace to `to` is answered within a second.
+    pub fn pings(&self, to: impl std::fmt::Display) -> Result<bool> {
+        let to = to.to_string();
+        Ok(self
+            .exec("ping", &["-c", "1", "-W", "1", &to])?
+            .status
+            .success())
+    }
+
+    /// Pings `to` until one answers, five times at most: the first frames
+    /// of a new path wait on ARP and on switches learning.
+    pub fn reaches(&self, to: impl std::fmt::Display) -> Result<bool> {
+        let to = to.to_string();
+        for _ in 0..5 {
+            if self.pings(&to)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Runs a program in the namespace and fails with its output if it fails.
     pub fn run(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         let mut cmd = self.command(program);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tartan_tests::agent::Agent;
-use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
+use tartan_tests::cli::{cli_ok, cli_within, finish, import_busybox, text, VXLAN};
 use tartan_tests::cluster::Cluster;
 use tartan_tests::netns::Netns;
 use tartan_tests::wait::wait_until;
@@ -248,7 +248,7 @@ fn attach_joins_a_terminal_and_detaches_with_the_keys() -> Result<()> {
         &["attach", "--detach-keys", "ctrl-1", "c2"][..],
         &["run", "-dit", "--detach-keys", "alt-x", "busybox", "sh"][..],
     ] {
-        let out = cli_within(agent, args)?;
+        let out = cli_within(agent, args, PATIENCE)?;
         let err = text(&out.stderr);
         ensure!(
             !out.status.success()
@@ -300,7 +300,7 @@ fn attach_streams_output_refuses_stopped_and_ambiguous_containers() -> Result<()
     ensure!(!seen(&stdout).contains("err") && !seen(&stderr).contains("out"));
 
     // A stopped container: Docker's words, exit 1.
-    let out = cli_within(agent, &["attach", "ticker"])?;
+    let out = cli_within(agent, &["attach", "ticker"], PATIENCE)?;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
@@ -321,7 +321,7 @@ fn attach_streams_output_refuses_stopped_and_ambiguous_containers() -> Result<()
             "1000",
         ],
     )?;
-    let out = cli_within(agent, &["attach", both.name()])?;
+    let out = cli_within(agent, &["attach", both.name()], PATIENCE)?;
     let err = text(&out.stderr);
     ensure!(
         !out.status.success() && err.contains("--netns") && err.trim().lines().count() == 1,
@@ -344,18 +344,6 @@ fn attach_streams_output_refuses_stopped_and_ambiguous_containers() -> Result<()
     ensure!(printed.trim().starts_with("10.5."), "{printed:?}");
     cli_ok(agent, &["detach", plain.name()])?;
     Ok(())
-}
-
-/// The CLI with no input, bounded: a session that should have been refused
-/// would otherwise stream for as long as its container runs.
-fn cli_within(agent: &Agent, args: &[&str]) -> Result<std::process::Output> {
-    let child = agent
-        .cli_command(args)?
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    finish(child, PATIENCE)
 }
 
 fn collect(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {

@@ -8,31 +8,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::{inspect, refused_with};
 use tartan_tests::netns::Netns;
 use tartan_tests::ovs::Ovs;
 use tartan_tests::wait::wait_until;
 
 /// How long the agent may take to follow a namespace that went.
 const FOLLOW: Duration = Duration::from_secs(10);
-
-fn pings(from: &Netns, to: &str) -> Result<bool> {
-    let out = from.exec("ping", &["-c", "1", "-W", "1", to])?;
-    Ok(out.status.success())
-}
-
-/// Pings until one answers: the first frames of a new path wait on ARP and
-/// on the switch learning.
-fn reaches(from: &Netns, to: &str) -> Result<bool> {
-    for _ in 0..5 {
-        if pings(from, to)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
 
 /// `ip -d link`, without the bridge timers that run by themselves.
 fn links(ns: &Netns) -> Result<String> {
@@ -93,17 +77,6 @@ fn cluster_with_ovsdb(name: &str, octet: u8, hosts: usize, links: &OvsdbLinks) -
             agent.extra_args.push(links.flag(&netns));
         }
     })
-}
-
-fn refused(agent: &Agent, args: &[&str], needle: &str) -> Result<()> {
-    let out = agent.cli(args)?;
-    let err = text(&out.stderr);
-    ensure!(
-        !out.status.success() && err.trim().lines().count() == 1 && err.contains(needle),
-        "{args:?} should be refused with {needle:?} in one line: {err}{}",
-        text(&out.stdout)
-    );
-    Ok(())
 }
 
 #[test]
@@ -180,10 +153,10 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         ensure!(out.trim() == address, "attach printed {out}");
         same_host.push(ns);
     }
-    ensure!(reaches(a, "192.168.218.5")?, "VLAN 100 on one host");
-    ensure!(reaches(b, "192.168.218.6")?, "VLAN 200 on one host");
+    ensure!(a.reaches("192.168.218.5")?, "VLAN 100 on one host");
+    ensure!(b.reaches("192.168.218.6")?, "VLAN 200 on one host");
     ensure!(
-        !reaches(a, "192.168.218.2")?,
+        !a.reaches("192.168.218.2")?,
         "VLAN 100 must not reach VLAN 200"
     );
     for ns in &same_host {
@@ -254,7 +227,7 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         ),
     ];
     for (args, needle) in cases {
-        refused(agent, args, needle)?;
+        refused_with(agent, args, needle)?;
     }
     ensure!(
         switches[0].state()? == ovs_before,
@@ -279,14 +252,14 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         tartan_tests::netns::ip(&["-n", ns, "link", "set", "trk", "up"])?;
         ovs.vsctl(&["add-port", "ovs0", "trk"])?;
     }
-    ensure!(reaches(a, "192.168.218.3")?, "VLAN 100 across the trunk");
-    ensure!(reaches(b, "192.168.218.4")?, "VLAN 200 across the trunk");
+    ensure!(a.reaches("192.168.218.3")?, "VLAN 100 across the trunk");
+    ensure!(b.reaches("192.168.218.4")?, "VLAN 200 across the trunk");
     ensure!(
-        !pings(a, "192.168.218.4")?,
+        !a.pings("192.168.218.4")?,
         "VLAN 100 must not reach VLAN 200 across the trunk"
     );
     ensure!(
-        !pings(d, "192.168.218.3")?,
+        !d.pings("192.168.218.3")?,
         "VLAN 200 must not reach VLAN 100 across the trunk"
     );
     let _ = c;
@@ -330,7 +303,7 @@ fn ovs_vlans_isolate_on_one_bridge_and_cross_a_trunk() -> Result<()> {
         "{listed}"
     );
     ensure!(
-        reaches(&containers[0], "192.168.218.3")?,
+        containers[0].reaches("192.168.218.3")?,
         "still reaches across the trunk"
     );
 
@@ -368,15 +341,15 @@ fn macvlan_across_hosts_and_the_host_shim() -> Result<()> {
     // pipework's U:STRING: 02 and the first five bytes of md5("web1\n").
     ensure!(inside.contains("02:"), "{inside}");
     ensure!(
-        reaches(&m0, "10.219.0.101")?,
+        m0.reaches("10.219.0.101")?,
         "macvlans on two hosts meet on the underlay"
     );
-    ensure!(reaches(&m1, "10.219.0.254")?, "and reach the underlay");
+    ensure!(m1.reaches("10.219.0.254")?, "and reach the underlay");
 
     // The parent never reaches its macvlans...
     let host0 = &cluster.hosts[0].netns;
     ensure!(
-        !pings(host0, "10.219.0.100")?,
+        !host0.pings("10.219.0.100")?,
         "the host cannot reach its macvlan container"
     );
     // ...unless a host shim is asked for.
@@ -391,7 +364,7 @@ fn macvlan_across_hosts_and_the_host_shim() -> Result<()> {
         ],
     )?;
     ensure!(
-        reaches(host0, "10.219.0.102")?,
+        host0.reaches("10.219.0.102")?,
         "the host reaches it through the shim"
     );
     cli_ok(&cluster.agents[0], &["detach", m2.name()])?;
@@ -430,7 +403,7 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
         "{routes}"
     );
     ensure!(
-        reaches(&x, "192.168.220.1")?,
+        x.reaches("192.168.220.1")?,
         "the container reaches its gateway"
     );
 
@@ -587,7 +560,7 @@ fn a_linux_bridge_on_demand_idempotence_detach_and_refusals() -> Result<()> {
         (&["detach", y.name()], "not attached"),
     ];
     for (args, needle) in cases {
-        refused(agent, args, needle)?;
+        refused_with(agent, args, needle)?;
     }
     let host_after = links(&cluster.hosts[0].netns)?;
     ensure!(
@@ -677,9 +650,7 @@ fn a_tartan_containers_attachment_follows_its_restarts_and_goes_with_it() -> Res
         &["run", "-d", "--name", "pwweb", "busybox", "sleep", "1000"],
     )?;
     let in_web = || -> Result<String> {
-        let out = cli_ok(agent, &["inspect", "pwweb"])?;
-        let parsed: serde_json::Value = serde_json::from_str(&out)?;
-        let pid = parsed[0]["state"]["pid"]
+        let pid = inspect(agent, "pwweb")?["state"]["pid"]
             .as_u64()
             .context("pwweb has no pid")?;
         let out = std::process::Command::new("nsenter")
@@ -794,9 +765,9 @@ fn no_address_0_0_makes_the_interface_up_on_its_bridge_and_vlan() -> Result<()> 
         "dev",
         "lan0",
     ])?;
-    ensure!(reaches(&bare, "192.168.150.2")?, "VLAN 100 reached");
+    ensure!(bare.reaches("192.168.150.2")?, "VLAN 100 reached");
     ensure!(
-        !pings(&bare, "192.168.150.3")?,
+        !bare.pings("192.168.150.3")?,
         "VLAN 200 must not be reached"
     );
     tartan_tests::netns::ip(&[

@@ -13,17 +13,11 @@ use tartan_runtime::container::ContainerDir;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, finish, import_busybox, text, under_terminal, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::{exec, inspect, pings};
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
 use tartan_tests::wait::wait_until;
 
 const CONVERGE: Duration = Duration::from_secs(20);
-
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
-}
 
 fn address_of(agent: &Agent, name: &str) -> Result<Ipv4Addr> {
     let info = inspect(agent, name)?;
@@ -32,22 +26,6 @@ fn address_of(agent: &Agent, name: &str) -> Result<Ipv4Addr> {
         .with_context(|| format!("{name} has no address: {info}"))?
         .parse()
         .context("parsing the address")
-}
-
-fn exec(agent: &Agent, name: &str, command: &[&str]) -> Result<Output> {
-    let mut args = vec!["exec", name];
-    args.extend_from_slice(command);
-    agent.cli(&args)
-}
-
-fn pings(agent: &Agent, from: &str, to: Ipv4Addr) -> Result<bool> {
-    Ok(exec(
-        agent,
-        from,
-        &["ping", "-c", "1", "-W", "1", &to.to_string()],
-    )?
-    .status
-    .success())
 }
 
 /// Host ends of container interfaces in the agent's host namespace.
@@ -99,11 +77,11 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         "{web} is in host 0's subnet {subnet0}"
     );
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(&cluster.agents[0], "web", db)
+        pings(&cluster.agents[0], "web", &db.to_string())
     })
     .with_context(|| format!("web ({web}) never reached db ({db})"))?;
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(&cluster.agents[1], "db", web)
+        pings(&cluster.agents[1], "db", &web.to_string())
     })
     .context("db reaches web")?;
 
@@ -135,7 +113,7 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         .join("containers/0123456789ab");
     std::fs::create_dir_all(half_made.join("upper"))?;
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(&cluster.agents[1], "db", web)
+        pings(&cluster.agents[1], "db", &web.to_string())
     })
     .context("web answers with its agent dead")?;
     cluster.agents[0].restart()?;
@@ -148,7 +126,7 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
     assert_eq!(address_of(&cluster.agents[0], "web")?, web, "same address");
     assert_eq!(container_links(&cluster, 0)?, links_before);
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(&cluster.agents[0], "web", db)
+        pings(&cluster.agents[0], "web", &db.to_string())
     })
     .context("exec works after the restart")?;
 
@@ -168,7 +146,7 @@ fn containers_on_two_hosts_reach_each_other_and_outlive_their_agent() -> Result<
         "start keeps the address"
     );
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(&cluster.agents[1], "db", web)
+        pings(&cluster.agents[1], "db", &web.to_string())
     })?;
     cli_ok(&cluster.agents[0], &["restart", "-t", "0", "web"])?;
     assert_eq!(
@@ -810,7 +788,7 @@ fn a_new_subnet_moves_running_containers_and_attachments() -> Result<()> {
         "/etc/hosts: {hosts}"
     );
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(agent, "mover", gateway)
+        pings(agent, "mover", &gateway.to_string())
     })
     .with_context(|| {
         format!(
@@ -841,7 +819,7 @@ fn a_new_subnet_moves_running_containers_and_attachments() -> Result<()> {
     ensure!(new_subnet.contains(newcomer), "{newcomer} in {new_subnet}");
     ensure!(newcomer != new_address, "two containers, two addresses");
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(agent, "newcomer", new_address)
+        pings(agent, "newcomer", &new_address.to_string())
     })
     .context("the new container reaches the moved one")?;
 
@@ -892,7 +870,7 @@ fn a_new_subnet_moves_running_containers_and_attachments() -> Result<()> {
     let hosts = text(&exec(agent, "mover", &["cat", "/etc/hosts"])?.stdout);
     ensure!(hosts.contains(&format!("{moved}\t")), "/etc/hosts: {hosts}");
     wait_until(CONVERGE, Duration::from_millis(200), || {
-        pings(agent, "newcomer", moved)
+        pings(agent, "newcomer", &moved.to_string())
     })
     .context("the containers reach each other on the third subnet")?;
     wait_until(CONVERGE, Duration::from_millis(200), || {

@@ -10,6 +10,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::Cluster;
+use tartan_tests::containers::inspect;
 use tartan_tests::dns::{a_question, ask_tcp, NetnsResolvConf, TestResolver};
 use tartan_tests::wait::wait_value;
 
@@ -79,13 +80,11 @@ fn bridge_address(agent: &Agent) -> Result<String> {
 }
 
 fn address_of(agent: &Agent, name: &str) -> Result<String> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: serde_json::Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    parsed[0]["network"]["ip_address"]
+    let info = inspect(agent, name)?;
+    info["network"]["ip_address"]
         .as_str()
         .map(|a| a.split('/').next().unwrap_or_default().to_string())
-        .ok_or_else(|| anyhow!("{name} has no address: {out}"))
+        .ok_or_else(|| anyhow!("{name} has no address: {info}"))
 }
 
 /// Another node takes the agent's subnet in etcd, as a node whose lease

@@ -3,28 +3,17 @@
 //! `inspect`, and `tag`: a real agent, a real image archive, real containers.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tartan_tests::agent::Agent;
-use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
+use tartan_tests::cli::{cli_ok, cli_within, import_busybox, text, VXLAN};
 use tartan_tests::cluster::Cluster;
+use tartan_tests::containers::inspect;
 use tartan_tests::rootfs::{busybox_rootfs, docker_save_with_config, tarball};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The CLI against `agent`, bounded by [`LIMIT`].
-fn tartan(agent: &Agent, args: &[&str]) -> Result<Output> {
-    let child = agent
-        .cli_command(args)?
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    finish(child, LIMIT)
-}
 
 /// What `/report.sh` prints: its arguments, identity, directory and environment.
 fn report(agent: &Agent, flags: &[&str], image: &str, command: &[&str]) -> Result<String> {
@@ -32,7 +21,7 @@ fn report(agent: &Agent, flags: &[&str], image: &str, command: &[&str]) -> Resul
     args.extend_from_slice(flags);
     args.push(image);
     args.extend_from_slice(command);
-    let out = tartan(agent, &args)?;
+    let out = cli_within(agent, &args, LIMIT)?;
     ensure!(
         out.status.success(),
         "{args:?}: {}{}",
@@ -136,7 +125,7 @@ fn a_loaded_images_config_is_applied_with_dockers_rules() -> Result<()> {
     assert_eq!(echoed, "hi\n");
     let plain = report(agent, &["--entrypoint", ""], "cfg:1", &["echo", "plain"])?;
     assert_eq!(plain, "plain\n");
-    let none = tartan(agent, &["run", "--rm", "--entrypoint", "", "cfg:1"])?;
+    let none = cli_within(agent, &["run", "--rm", "--entrypoint", "", "cfg:1"], LIMIT)?;
     ensure!(
         !none.status.success() && text(&none.stderr).contains("No command specified"),
         "{}",
@@ -144,9 +133,10 @@ fn a_loaded_images_config_is_applied_with_dockers_rules() -> Result<()> {
     );
 
     // An unknown user: Docker's words and exit code, and nothing left behind.
-    let unknown = tartan(
+    let unknown = cli_within(
         agent,
         &["run", "--rm", "--net", "none", "-u", "nobody", "cfg:1"],
+        LIMIT,
     )?;
     let err = text(&unknown.stderr);
     assert_eq!(unknown.status.code(), Some(125), "{err}");
@@ -181,10 +171,14 @@ fn a_loaded_images_config_is_applied_with_dockers_rules() -> Result<()> {
     cli_ok(agent, &["rm", "-f", "svc"])?;
 
     // inspect shows what was applied, in Docker's shapes.
-    let out = tartan(agent, &["run", "--name", "shown", "--net", "none", "cfg:1"])?;
+    let out = cli_within(
+        agent,
+        &["run", "--name", "shown", "--net", "none", "cfg:1"],
+        LIMIT,
+    )?;
     ensure!(out.status.success(), "{}", text(&out.stderr));
-    let inspected: Value = serde_json::from_str(&cli_ok(agent, &["inspect", "shown"])?)?;
-    let config = &inspected[0]["config"];
+    let inspected = inspect(agent, "shown")?;
+    let config = &inspected["config"];
     assert_eq!(config["entrypoint"], json!(["/bin/sh", "/report.sh"]));
     assert_eq!(config["cmd"], json!(["from-cmd"]));
     assert_eq!(config["user"], json!("app"));
@@ -225,8 +219,8 @@ fn a_loaded_images_config_is_applied_with_dockers_rules() -> Result<()> {
         ports.contains("80/tcp -> 0.0.0.0:") && ports.contains("53/udp -> 0.0.0.0:"),
         "{ports}"
     );
-    let shown: Value = serde_json::from_str(&cli_ok(agent, &["inspect", "exposed"])?)?;
-    let mounts = shown[0]["Mounts"].as_array().context("Mounts")?.clone();
+    let shown = inspect(agent, "exposed")?;
+    let mounts = shown["Mounts"].as_array().context("Mounts")?.clone();
     ensure!(
         mounts.len() == 1 && mounts[0]["Type"] == "volume" && mounts[0]["Destination"] == "/data",
         "{mounts:?}"
@@ -269,13 +263,13 @@ fn tag_names_an_image_again_and_rmi_takes_one_name() -> Result<()> {
     let out = report(agent, &[], "other:2", &[])?;
     assert_eq!(line(&out, "args=")?, "from-cmd", "{out}");
 
-    let bad = tartan(agent, &["tag", "nosuch:1", "x"])?;
+    let bad = cli_within(agent, &["tag", "nosuch:1", "x"], LIMIT)?;
     ensure!(
         !bad.status.success() && text(&bad.stderr).contains("no such image: nosuch:1"),
         "{}",
         text(&bad.stderr)
     );
-    let bad = tartan(agent, &["tag", "cfg:1", "Bad Name"])?;
+    let bad = cli_within(agent, &["tag", "cfg:1", "Bad Name"], LIMIT)?;
     ensure!(!bad.status.success(), "{}", text(&bad.stdout));
 
     // Moving the last name of an image a container uses is refused.
@@ -286,7 +280,7 @@ fn tag_names_an_image_again_and_rmi_takes_one_name() -> Result<()> {
             "run", "-d", "--name", "keep", "--net", "none", "busybox", "sleep", "1000",
         ],
     )?;
-    let moved = tartan(agent, &["tag", "cfg:1", "busybox"])?;
+    let moved = cli_within(agent, &["tag", "cfg:1", "busybox"], LIMIT)?;
     ensure!(
         !moved.status.success() && text(&moved.stderr).contains("image is in use by"),
         "{}",

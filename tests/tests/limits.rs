@@ -13,6 +13,7 @@ use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::Cluster;
+use tartan_tests::containers::{inspect, refused};
 use tartan_tests::wait::wait_value;
 
 /// The host's cgroup layout, as the tests read it from /sys/fs/cgroup.
@@ -120,22 +121,6 @@ impl Drop for CgroupCleanup {
             }
         }
     }
-}
-
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
-}
-
-/// Runs a refused `run` and returns its one-line error.
-fn refused(agent: &Agent, args: &[&str]) -> Result<String> {
-    let out = agent.cli(args)?;
-    ensure!(!out.status.success(), "tartan {args:?} succeeded");
-    let err = text(&out.stderr);
-    ensure!(err.trim().lines().count() == 1, "not one line: {err}");
-    Ok(err)
 }
 
 fn wait_exited(agent: &Agent, name: &str) -> Result<Value> {

@@ -2,20 +2,12 @@
 //! Docker writes them.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::Value;
 use std::time::Duration;
-use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
+use tartan_tests::containers::inspect;
 
 use tartan_tests::cluster::{Cluster, READY};
 use tartan_tests::wait::wait_until;
-
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
-}
 
 #[test]
 fn links_and_added_hosts_are_written_into_etc_hosts() -> Result<()> {

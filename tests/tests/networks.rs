@@ -3,14 +3,14 @@
 //! and `network connect`.
 
 use std::collections::BTreeSet;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
 use tartan_tests::cluster::Cluster;
+use tartan_tests::containers::{exec, inspect, inspect_network, pings, refused_with};
 use tartan_tests::ovs::Ovs;
 use tartan_tests::wait::wait_until;
 
@@ -48,12 +48,6 @@ fn links(cluster: &Cluster, host: usize) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn exec(agent: &Agent, name: &str, command: &[&str]) -> Result<Output> {
-    let mut args = vec!["exec", name];
-    args.extend_from_slice(command);
-    agent.cli(&args)
-}
-
 /// The IPv4 address with prefix of a container's interface.
 fn inet(agent: &Agent, name: &str, ifname: &str) -> Result<Option<String>> {
     let out = exec(
@@ -66,19 +60,6 @@ fn inet(agent: &Agent, name: &str, ifname: &str) -> Result<Option<String>> {
         .skip_while(|w| *w != "inet")
         .nth(1)
         .map(String::from))
-}
-
-fn pings(agent: &Agent, from: &str, to: &str) -> Result<bool> {
-    Ok(exec(agent, from, &["ping", "-c", "1", "-W", "1", to])?
-        .status
-        .success())
-}
-
-fn inspect_network(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["network", "inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
 }
 
 /// The addresses the network's inspect shows, by container name.
@@ -98,22 +79,6 @@ fn network_addresses(agent: &Agent, name: &str) -> Result<Vec<(String, String)>>
         .collect();
     out.sort();
     Ok(out)
-}
-
-/// A command that must fail with one line naming `expected`.
-fn refused(agent: &Agent, args: &[&str], expected: &str) -> Result<()> {
-    let out = agent.cli(args)?;
-    let err = text(&out.stderr);
-    ensure!(
-        !out.status.success(),
-        "tartan {args:?} succeeded: {}",
-        text(&out.stdout)
-    );
-    ensure!(
-        err.contains(expected) && err.trim_end().lines().count() == 1,
-        "tartan {args:?}: expected one line with {expected:?}, got {err:?}"
-    );
-    Ok(())
 }
 
 #[test]
@@ -189,7 +154,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     assert_eq!(info["Id"], id);
     assert_eq!(info["IPAM"]["Config"][0]["Subnet"], "10.1.1.0/24");
     assert_eq!(info["IPAM"]["Config"][0]["Gateway"], "10.1.1.1");
-    refused(
+    refused_with(
         h1,
         &["network", "create", "--subnet=10.1.1.0/24", "network01"],
         "already exists",
@@ -249,7 +214,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     ensure!(hosts_file.contains("10.1.1.10\t"), "{hosts_file}");
 
     // The address is the fabric's: host 1 cannot have it.
-    refused(
+    refused_with(
         h1,
         &[
             "run",
@@ -272,13 +237,13 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
     );
 
     // Removal waits until it is empty; then nothing is left of it.
-    refused(
+    refused_with(
         h1,
         &["network", "rm", "network01"],
         "in use by containers c1, c2",
     )?;
     cli_ok(h0, &["rm", "-f", "c1"])?;
-    refused(
+    refused_with(
         h1,
         &["network", "rm", "network01"],
         "in use by container c2",
@@ -308,7 +273,7 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
         "macvlan1",
     ];
     cli_ok(h0, &macvlan)?;
-    refused(h1, &macvlan, "already exists")?;
+    refused_with(h1, &macvlan, "already exists")?;
     cli_ok(
         h0,
         &[
@@ -409,7 +374,7 @@ fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> 
         pings(agent, "peer", "10.2.2.64")
     })
     .context("peer never reached web's eth1")?;
-    refused(
+    refused_with(
         agent,
         &["network", "connect", "net2", "web"],
         "already on network net2",
@@ -912,7 +877,7 @@ fn bad_network_commands_are_one_line_and_leave_nothing_behind() -> Result<()> {
         ),
     ];
     for (args, expected) in cases {
-        refused(agent, args, expected)?;
+        refused_with(agent, args, expected)?;
     }
     assert_eq!(etcd_keys(&cluster, "/")?, keys_before, "etcd keys");
     assert_eq!(links(&cluster, 0)?, links_before, "host links");
@@ -1137,7 +1102,7 @@ fn ls_filters_and_prune_work_as_docker_s() -> Result<()> {
         cli_ok(agent, &["network", "ls", "-q", "--filter", "driver=ovs"])?,
         format!("{}\n", ids["sw"])
     );
-    refused(
+    refused_with(
         agent,
         &["network", "ls", "--filter", "label=x"],
         "invalid filter 'label'",
@@ -1245,8 +1210,8 @@ fn an_operator_s_bridge_and_macvlan_modes_are_honoured() -> Result<()> {
 
     // Busybox's ip shows no link details: the host's, in the container's namespace.
     let mode_of = |name: &str| -> Result<String> {
-        let shown: Value = serde_json::from_str(&cli_ok(agent, &["inspect", name])?)?;
-        let pid = shown[0]["state"]["pid"].as_u64().context("no pid")?;
+        let shown = inspect(agent, name)?;
+        let pid = shown["state"]["pid"].as_u64().context("no pid")?;
         let out = std::process::Command::new("nsenter")
             .args([
                 "-t",

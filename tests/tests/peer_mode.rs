@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 use tartan_tests::agent::{tartan_bin, Agent, AgentConfig};
-use tartan_tests::cli::{cli_ok, finish, import_busybox, text, VXLAN};
+use tartan_tests::cli::{cli_ok, cli_within, finish, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::{inspect, refusal};
 use tartan_tests::netns::{Host, Netns, Underlay};
 use tartan_tests::wait::wait_until;
 
@@ -56,26 +56,10 @@ fn peer_host(name: &str, octet: u8, env: &[(&str, &str)]) -> Result<PeerHost> {
     })
 }
 
-/// Runs the CLI, insists it fails, and returns its one-line complaint.
+/// [`refusal`] of a CLI run bounded by `ANSWER`: a CLI that hangs instead
+/// of refusing fails the test rather than stalling it.
 fn refused(agent: &Agent, args: &[&str]) -> Result<String> {
-    let child = agent
-        .cli_command(args)?
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running the tartan CLI")?;
-    let out = finish(child, ANSWER)?;
-    let stderr = text(&out.stderr);
-    ensure!(
-        !out.status.success(),
-        "tartan {args:?} was accepted: {}",
-        text(&out.stdout)
-    );
-    ensure!(
-        stderr.trim_end().lines().count() == 1,
-        "tartan {args:?} complains in one line: {stderr}"
-    );
-    Ok(stderr)
+    refusal(args, &cli_within(agent, args, ANSWER)?)
 }
 
 fn network_names(agent: &Agent) -> Result<Vec<String>> {
@@ -87,13 +71,7 @@ fn network_names(agent: &Agent) -> Result<Vec<String>> {
         .collect())
 }
 
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
-}
-
+/// `containers::exec` that must succeed: its stdout.
 fn exec(agent: &Agent, name: &str, command: &[&str]) -> Result<String> {
     let mut args = vec!["exec", name];
     args.extend_from_slice(command);
@@ -311,19 +289,10 @@ fn a_pipework_attachment_survives_an_agent_restart_and_reset_removes_it() -> Res
     cli_ok(&peer.agent, &["attach", "br1", "web", "192.168.172.10/24"])?;
     let host = peer.host.netns.name().to_string();
     tartan_tests::netns::ip(&["-n", &host, "addr", "add", "192.168.172.1/24", "dev", "br1"])?;
-    let reaches = |from: &Netns| -> Result<bool> {
-        for _ in 0..5 {
-            if from
-                .exec("ping", &["-c", "1", "-W", "1", "192.168.172.10"])?
-                .status
-                .success()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    };
-    ensure!(reaches(&peer.host.netns)?, "the host reaches web on br1");
+    ensure!(
+        peer.host.netns.reaches("192.168.172.10")?,
+        "the host reaches web on br1"
+    );
 
     // A clean stop and start: the attachment stays, and is listed.
     peer.agent.terminate()?;
@@ -335,7 +304,7 @@ fn a_pipework_attachment_survives_an_agent_restart_and_reset_removes_it() -> Res
         "attachments: {listed}"
     );
     ensure!(
-        reaches(&peer.host.netns)?,
+        peer.host.netns.reaches("192.168.172.10")?,
         "web is reachable after a restart"
     );
 

@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::inspect;
 use tartan_tests::netns::Netns;
 use tartan_tests::wait::wait_until;
 
@@ -71,13 +71,6 @@ fn container_gets(agent: &Agent, container: &str, ip: Ipv4Addr, port: u16) -> Re
         Ok(out.status.success() && text(&out.stdout).trim_end().ends_with("\r\n\r\nhi"))
     })
     .with_context(|| format!("{ip}:{port} from container {container}: {}", last.trim()))
-}
-
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
 }
 
 fn wait_ruleset(ns: &Netns, expected: &str, what: &str) -> Result<()> {

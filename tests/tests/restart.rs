@@ -11,30 +11,17 @@ use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::{inspect, refusal, state};
 use tartan_tests::wait::wait_value;
 
 /// Generous: the back-off before the sixth restart is 3.2 s.
 const RESTARTS: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
-}
-
 fn restart_count(agent: &Agent, name: &str) -> Result<u64> {
     inspect(agent, name)?["RestartCount"]
         .as_u64()
         .context("inspect shows no RestartCount")
-}
-
-fn state(agent: &Agent, name: &str) -> Result<String> {
-    Ok(inspect(agent, name)?["state"]["status"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
 }
 
 /// Waits until the container has been restarted at least `count` times.
@@ -77,7 +64,8 @@ fn run_detached(agent: &Agent, name: &str, policy: &str, script: &str) -> Result
     Ok(())
 }
 
-/// A refused `run`: Docker's code 125 and one line naming `expected`.
+/// A refused `run`: one line naming `expected`, and Docker's exit code 125,
+/// which `containers::refused_with` leaves unchecked.
 fn refused(agent: &Agent, args: &[&str], expected: &str) -> Result<()> {
     let out = agent.cli(args)?;
     ensure!(
@@ -85,8 +73,7 @@ fn refused(agent: &Agent, args: &[&str], expected: &str) -> Result<()> {
         "tartan {args:?} left with {}",
         out.status
     );
-    let err = text(&out.stderr);
-    ensure!(err.trim().lines().count() == 1, "not one line: {err}");
+    let err = refusal(args, &out)?;
     ensure!(err.contains(expected), "tartan {args:?} said {err}");
     Ok(())
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tartan_tests::agent::{Agent, AgentConfig};
 use tartan_tests::cli::{cli_ok, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::pings;
 use tartan_tests::netns::Netns;
 use tartan_tests::wait::{wait_until, wait_value};
 
@@ -49,17 +50,6 @@ fn peer_list(agent: &Agent) -> Result<BTreeSet<String>> {
 
 fn peer_of(host: Ipv4Addr) -> String {
     format!("{host}:6783")
-}
-
-/// Pings until one answers: the first frames of a new path wait on ARP.
-fn reaches(from: &Netns, to: Ipv4Addr) -> Result<bool> {
-    for _ in 0..5 {
-        let out = from.exec("ping", &["-c", "1", "-W", "1", &to.to_string()])?;
-        if out.status.success() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// `tartan attach --l2 NETNS` on `agent`: the address it printed.
@@ -158,7 +148,7 @@ fn hosts_sharing_etcd_share_one_segment_with_unique_addresses() -> Result<()> {
     // other hosts' containers.
     for (i, to) in addresses.iter().enumerate().skip(1) {
         ensure!(
-            reaches(&containers[0], *to)?,
+            containers[0].reaches(to)?,
             "container on host 0 cannot reach {to} on host {i}"
         );
     }
@@ -254,7 +244,7 @@ fn a_host_of_another_prefix_joins_only_through_connect() -> Result<()> {
         "another prefix's host has no peers of its own"
     );
     ensure!(
-        !reaches(&lone, Ipv4Addr::new(10, 1, 1, 1))?,
+        !lone.reaches(Ipv4Addr::new(10, 1, 1, 1))?,
         "reached the segment without connect"
     );
 
@@ -276,7 +266,7 @@ fn a_host_of_another_prefix_joins_only_through_connect() -> Result<()> {
     }
     for (i, to) in ["10.1.1.1", "10.1.1.2"].iter().enumerate() {
         ensure!(
-            reaches(&lone, to.parse()?)?,
+            lone.reaches(to.parse::<Ipv4Addr>()?)?,
             "after connect, host {i}'s container is not reached"
         );
     }
@@ -423,7 +413,7 @@ fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Resu
         |entries| entries.contains(&entry),
     )?;
     ensure!(
-        reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?,
+        containers[0].reaches(Ipv4Addr::new(10, 1, 2, 2))?,
         "no path"
     );
 
@@ -453,7 +443,7 @@ fn a_gone_peer_s_entries_leave_after_the_timeout_and_come_back_with_it() -> Resu
         |entries| entries.contains(&entry),
     )?;
     ensure!(
-        reaches(&containers[0], Ipv4Addr::new(10, 1, 2, 2))?,
+        containers[0].reaches(Ipv4Addr::new(10, 1, 2, 2))?,
         "the restarted host's container is not reached"
     );
     Ok(())
@@ -501,16 +491,10 @@ fn a_conflict_found_when_two_hosts_meet_shows_on_both() -> Result<()> {
     Ok(())
 }
 
-/// One ping from a Tartan container; true when answered.
-fn container_pings(agent: &Agent, container: &str, to: &str) -> Result<bool> {
-    let out = agent.cli(&["exec", container, "ping", "-c", "1", "-W", "1", to])?;
-    Ok(out.status.success())
-}
-
 /// Pings from a Tartan container until one answers, a few times at most.
 fn container_reaches(agent: &Agent, container: &str, to: &str) -> Result<bool> {
     for _ in 0..5 {
-        if container_pings(agent, container, to)? {
+        if pings(agent, container, to)? {
             return Ok(true);
         }
     }
@@ -572,7 +556,7 @@ fn the_seed_s_weave_sequence_in_peer_mode() -> Result<()> {
         );
     }
     ensure!(
-        !container_pings(&agents[0], "c1", "10.1.1.2")?,
+        !pings(&agents[0], "c1", "10.1.1.2")?,
         "reached host2 before any connect"
     );
 
@@ -630,8 +614,7 @@ fn the_seed_s_weave_sequence_in_peer_mode() -> Result<()> {
         BTreeSet::is_empty,
     )?;
     ensure!(
-        !container_pings(&agents[0], "c1", "10.1.1.2")?
-            && !container_pings(&agents[1], "c1", "10.1.1.1")?,
+        !pings(&agents[0], "c1", "10.1.1.2")? && !pings(&agents[1], "c1", "10.1.1.1")?,
         "traffic still flows after forget"
     );
 

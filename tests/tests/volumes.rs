@@ -6,19 +6,13 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde_json::Value;
 use tartan_tests::agent::Agent;
 use tartan_tests::cli::{cli_ok, import_busybox, text, VXLAN};
 use tartan_tests::cluster::{Cluster, READY};
+use tartan_tests::containers::{inspect, refused};
 use tartan_tests::rootfs::{busybox_rootfs, tarball};
-
-fn inspect(agent: &Agent, name: &str) -> Result<Value> {
-    let out = cli_ok(agent, &["inspect", name])?;
-    let parsed: Value =
-        serde_json::from_str(&out).with_context(|| format!("inspect printed {out}"))?;
-    Ok(parsed[0].clone())
-}
 
 fn volume_names(agent: &Agent) -> Result<Vec<String>> {
     Ok(cli_ok(agent, &["volume", "ls", "-q"])?
@@ -33,15 +27,6 @@ fn host_mounts_under(dir: &Path) -> Result<usize> {
     let table = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dir = dir.display().to_string();
     Ok(table.lines().filter(|l| l.contains(&dir)).count())
-}
-
-/// Runs a refused `run` and returns its one-line error.
-fn refused(agent: &Agent, args: &[&str]) -> Result<String> {
-    let out = agent.cli(args)?;
-    ensure!(!out.status.success(), "tartan {args:?} succeeded");
-    let err = text(&out.stderr);
-    ensure!(err.trim().lines().count() == 1, "not one line: {err}");
-    Ok(err)
 }
 
 #[test]
