@@ -17,8 +17,9 @@ use tartan_tests::netns::Netns;
 use tartan_tests::wait::{wait_until, wait_value};
 
 /// How long peers may take to find each other: a listing of the leases,
-/// then an exchange, each retried after a second or two.
-const MEET: Duration = Duration::from_secs(30);
+/// then an exchange, each retried after a second or two, and longer as the
+/// back-off grows when agents start slowly on a loaded machine.
+const MEET: Duration = Duration::from_secs(60);
 
 /// The segment's part of `status -o json`.
 fn segment(agent: &Agent) -> Result<Value> {
