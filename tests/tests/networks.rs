@@ -1272,3 +1272,96 @@ fn an_operator_s_bridge_and_macvlan_modes_are_honoured() -> Result<()> {
     }
     Ok(())
 }
+
+/// An OVS port of an ovs network whose container no longer exists (a crash
+/// between removing the container and its port leaves one) is removed at
+/// the agent's start, with its host end; a living container's stays.
+#[test]
+fn the_ovs_ports_of_containers_that_are_gone_go_at_the_agent_s_start() -> Result<()> {
+    let socket_dir = tempfile::Builder::new()
+        .prefix("tt-no-ovsdb-")
+        .tempdir_in("/tmp")?;
+    let socket = socket_dir.path().join("db.sock");
+    let flag = format!("--ovsdb=unix:{}", socket.display());
+    let mut cluster = Cluster::start_with("nq", 120, VXLAN, 1, &[&flag])?;
+    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
+    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
+    import_busybox(&cluster.agents[0])?;
+    let agent = &cluster.agents[0];
+    cli_ok(
+        agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovs",
+            "--subnet",
+            "10.7.6.0/24",
+            "sw",
+        ],
+    )?;
+    cli_ok(
+        agent,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "kept",
+            "--network",
+            "sw",
+            "busybox",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let ports = |ovs: &Ovs| -> Result<String> {
+        ovs.vsctl(&["--columns=name,external_ids", "list", "Port"])
+    };
+    let before = ports(&ovs)?;
+    let kept_port = before
+        .lines()
+        .zip(before.lines().skip(1))
+        .find(|(_, ids)| ids.contains("container:"))
+        .and_then(|(name, _)| {
+            name.split('"')
+                .nth(1)
+                .or_else(|| name.split_whitespace().last())
+        })
+        .context(format!("no port of the running container: {before}"))?
+        .to_string();
+    // What a crash leaves: a port on the network's bridge, with its host
+    // end, for a container this agent does not have.
+    let bridge = ovs.vsctl(&["port-to-br", &kept_port])?.trim().to_string();
+    let host = cluster.hosts[0].netns.name().to_string();
+    tartan_tests::netns::ip(&[
+        "-n", &host, "link", "add", "orph0", "type", "veth", "peer", "name", "orph0p",
+    ])?;
+    ovs.vsctl(&[
+        "add-port",
+        &bridge,
+        "orph0",
+        "--",
+        "set",
+        "Port",
+        "orph0",
+        "external_ids:tartan-owner=container:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ])?;
+
+    cluster.agents[0].kill()?;
+    cluster.agents[0].restart()?;
+    let agent = &cluster.agents[0];
+    wait_until(CONVERGE, Duration::from_millis(200), || {
+        Ok(!ports(&ovs)?.contains("orph0"))
+    })
+    .with_context(|| agent.log_tail(20))?;
+    ensure!(
+        ports(&ovs)?.contains(&kept_port),
+        "the running container's port stays: {}",
+        ports(&ovs)?
+    );
+    ensure!(
+        !links(&cluster, 0)?.iter().any(|l| l.starts_with("orph0")),
+        "the orphan's host end went with it"
+    );
+    Ok(())
+}

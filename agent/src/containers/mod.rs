@@ -490,6 +490,14 @@ impl Containers {
                 warn!(error = %format!("{err:#}"), "could not free the network addresses of containers that no longer exist");
             }
         });
+        // OVS ports of named networks whose container is gone.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let alive = |id: &str| this.lock().contains_key(id);
+            if let Err(err) = this.inner.networks.remove_orphan_ports(alive).await {
+                warn!(error = %format!("{err:#}"), "could not remove the OVS ports of containers that no longer exist");
+            }
+        });
         // Bookings whose container is gone (a power cut can bring back an
         // older address book): freed once the node has its address book.
         let this = self.clone();

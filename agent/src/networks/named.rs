@@ -17,8 +17,13 @@ use crate::networks::driver::{
     container_mac, AttachStatus, AttachmentDriver, AttachmentSpec, DriverContext, HostSide,
 };
 use crate::networks::drivers;
+use crate::networks::drivers::ovs::OWNER_KEY;
 use crate::networks::ovsdb::OvsdbHandle;
 use crate::networks::store::{AddressHolder, NetworkDef, NetworkStore};
+
+/// What the owner of a container's attachment on a named network starts
+/// with (an OVS port's `tartan-owner`); the container's id follows.
+const CONTAINER_OWNER_PREFIX: &str = "container:";
 
 /// The MTU of a bridge network's bridge and interfaces, as Docker's.
 const BRIDGE_MTU: u32 = 1500;
@@ -171,7 +176,7 @@ impl NamedNetworks {
             mtu: BRIDGE_MTU,
             mac: Some(container_mac(address.ip())),
             vlan,
-            owner: format!("container:{container}"),
+            owner: format!("{CONTAINER_OWNER_PREFIX}{container}"),
             host_shim: false,
         })
     }
@@ -217,6 +222,38 @@ impl NamedNetworks {
         self.store
             .release(&endpoint.network, addr.ip(), container)
             .await?;
+        Ok(())
+    }
+
+    /// Removes the OVS ports (and their host ends) of named networks made
+    /// for containers that `alive` says are gone: a crash between removing
+    /// a container and its port leaves one. Without a reachable switch
+    /// there is nothing of it here.
+    pub async fn remove_orphan_ports(&self, alive: impl Fn(&str) -> bool) -> Result<()> {
+        let Ok(ovsdb) = self.ovsdb.get().await else {
+            return Ok(());
+        };
+        for port in self.ovsdb.check(ovsdb.ports().await).await? {
+            let Some(id) = port
+                .external_ids
+                .get(OWNER_KEY)
+                .and_then(|owner| owner.strip_prefix(CONTAINER_OWNER_PREFIX))
+            else {
+                continue;
+            };
+            if alive(id) {
+                continue;
+            }
+            tracing::warn!(port = %port.name, container = %id, "removing the OVS port of a container that no longer exists");
+            self.ovsdb
+                .check(ovsdb.remove_port(&port.name).await)
+                .await
+                .with_context(|| format!("removing the OVS port {}", port.name))?;
+            self.netlink
+                .detach_veth(&port.name)
+                .await
+                .with_context(|| format!("removing {}", port.name))?;
+        }
         Ok(())
     }
 
