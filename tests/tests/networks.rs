@@ -81,6 +81,36 @@ fn network_addresses(agent: &Agent, name: &str) -> Result<Vec<(String, String)>>
     Ok(out)
 }
 
+/// One host whose agent finds a private Open vSwitch at `--ovsdb`, with
+/// busybox imported. Bound with its fields in this order, the switch goes
+/// before the cluster, and the directory of the socket's link last.
+struct WithOvs {
+    _socket_dir: tempfile::TempDir,
+    cluster: Cluster,
+    ovs: Ovs,
+    /// The `--ovsdb` flag, for other commands that need it (reset).
+    flag: String,
+}
+
+fn cluster_with_ovs(name: &str, octet: u8) -> Result<WithOvs> {
+    // The agent is told where OVSDB will be before the switch exists.
+    let socket_dir = tempfile::Builder::new()
+        .prefix(&format!("tt-{name}-ovsdb-"))
+        .tempdir_in("/tmp")?;
+    let socket = socket_dir.path().join("db.sock");
+    let flag = format!("--ovsdb=unix:{}", socket.display());
+    let cluster = Cluster::start_with(name, octet, VXLAN, 1, &[&flag])?;
+    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
+    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
+    import_busybox(&cluster.agents[0])?;
+    Ok(WithOvs {
+        _socket_dir: socket_dir,
+        cluster,
+        ovs,
+        flag,
+    })
+}
+
 #[test]
 fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Result<()> {
     let cluster = Cluster::start("nw", 224, VXLAN, 2)?;
@@ -317,16 +347,12 @@ fn a_network_made_on_one_host_is_every_host_s_and_its_containers_talk() -> Resul
 
 #[test]
 fn connected_interfaces_outlive_stop_start_and_an_agent_restart() -> Result<()> {
-    // The agent is told where OVSDB will be before the switch exists.
-    let links = tempfile::Builder::new()
-        .prefix("tt-nc-ovsdb-")
-        .tempdir_in("/tmp")?;
-    let socket = links.path().join("db.sock");
-    let flag = format!("--ovsdb=unix:{}", socket.display());
-    let mut cluster = Cluster::start_with("nc", 235, VXLAN, 1, &[&flag])?;
-    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
-    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
-    import_busybox(&cluster.agents[0])?;
+    let WithOvs {
+        _socket_dir,
+        mut cluster,
+        ovs,
+        flag: _,
+    } = cluster_with_ovs("nc", 235)?;
     let agent = &cluster.agents[0];
     cli_ok(
         agent,
@@ -960,16 +986,12 @@ fn creates_at_once_never_get_overlapping_subnets() -> Result<()> {
 
 #[test]
 fn reset_removes_the_ovs_bridges_of_ovs_networks() -> Result<()> {
-    // The agent is told where OVSDB will be before the switch exists.
-    let links = tempfile::Builder::new()
-        .prefix("tt-nr-ovsdb-")
-        .tempdir_in("/tmp")?;
-    let socket = links.path().join("db.sock");
-    let flag = format!("--ovsdb=unix:{}", socket.display());
-    let mut cluster = Cluster::start_with("nr", 155, VXLAN, 1, &[&flag])?;
-    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
-    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
-    import_busybox(&cluster.agents[0])?;
+    let WithOvs {
+        _socket_dir,
+        mut cluster,
+        ovs,
+        flag,
+    } = cluster_with_ovs("nr", 155)?;
     let agent = &cluster.agents[0];
     let id = cli_ok(
         agent,
@@ -1278,15 +1300,12 @@ fn an_operator_s_bridge_and_macvlan_modes_are_honoured() -> Result<()> {
 /// the agent's start, with its host end; a living container's stays.
 #[test]
 fn the_ovs_ports_of_containers_that_are_gone_go_at_the_agent_s_start() -> Result<()> {
-    let socket_dir = tempfile::Builder::new()
-        .prefix("tt-no-ovsdb-")
-        .tempdir_in("/tmp")?;
-    let socket = socket_dir.path().join("db.sock");
-    let flag = format!("--ovsdb=unix:{}", socket.display());
-    let mut cluster = Cluster::start_with("nq", 120, VXLAN, 1, &[&flag])?;
-    let ovs = Ovs::start(&cluster.hosts[0].netns)?;
-    std::os::unix::fs::symlink(ovs.socket(), &socket)?;
-    import_busybox(&cluster.agents[0])?;
+    let WithOvs {
+        _socket_dir,
+        mut cluster,
+        ovs,
+        flag: _,
+    } = cluster_with_ovs("nq", 120)?;
     let agent = &cluster.agents[0];
     cli_ok(
         agent,
