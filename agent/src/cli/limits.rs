@@ -3,7 +3,6 @@
 //! in `inspect`, and `tartan stats`.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -188,28 +187,7 @@ pub fn stats_table(now: &[ContainerStats], before: &HashMap<String, ContainerSta
             ]
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            text.push_str(cell);
-            if i + 1 < cells.len() {
-                text.push_str(&" ".repeat(widths[i] - cell.chars().count() + 3));
-            }
-        }
-        let _ = writeln!(out, "{}", text.trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
+    crate::cli::columns::columns(header, &rows)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! output, and the argv translation of the flanneld drop-in.
 
 pub mod attach;
+pub mod columns;
 pub mod containers;
 pub mod detach_keys;
 pub mod flanneld;

@@ -300,27 +300,7 @@ pub fn table(networks: &[Network]) -> String {
             ]
         })
         .collect();
-    let header = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}   "));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::cli::columns::columns(["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows)
 }
 
 /// `network inspect`, in Docker's shape.

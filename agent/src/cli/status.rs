@@ -406,31 +406,7 @@ pub fn containers_table(containers: &[tartan_proto::v1::Container]) -> String {
         "ADDRESS",
         "NAMES",
     ];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                let pad = widths[i] - cell.chars().count() + 3;
-                text.push_str(cell);
-                text.push_str(&" ".repeat(pad));
-            }
-        }
-        let _ = writeln!(out, "{}", text.trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
+    crate::cli::columns::columns(header, &rows)
 }
 
 /// One of a container's mounts, in Docker's shape.
