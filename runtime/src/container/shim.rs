@@ -310,17 +310,7 @@ fn supervise(dir: &Path) -> Result<()> {
         child,
     } = stdio;
     drop(child);
-    write_json(
-        &container.state_path(),
-        &RunState {
-            shim_pid,
-            pid: pid as u32,
-            started: now_rfc3339(),
-            // Read while the process is our unreaped child: the pid is surely its.
-            start_time: crate::process::proc_stat(pid as u32).map(|stat| stat.start_time),
-        },
-        false,
-    )?;
+    record_running(&container, shim_pid, pid)?;
 
     let mut pump = Pump {
         listener,
@@ -437,16 +427,7 @@ fn supervise_restarts(
         match start_again(container, &again, cgroup) {
             Ok(Some((stdio, pid))) => {
                 pump.take_process(stdio, pid);
-                write_json(
-                    &container.state_path(),
-                    &RunState {
-                        shim_pid,
-                        pid: pid as u32,
-                        started: now_rfc3339(),
-                        start_time: crate::process::proc_stat(pid as u32).map(|s| s.start_time),
-                    },
-                    false,
-                )?;
+                record_running(container, shim_pid, pid)?;
                 // A file that is gone already is as good.
                 let _ = std::fs::remove_file(container.exit_path());
                 container.write_restart(&RestartRecord {
@@ -581,6 +562,21 @@ impl Waiting {
         let _ = File::from(exec_done).read_to_end(&mut failure);
         Ok((stdio, String::from_utf8_lossy(&failure).trim().to_string()))
     }
+}
+
+/// `state.json`: the container's process `pid` runs, started now.
+fn record_running(container: &ContainerDir, shim_pid: u32, pid: libc::pid_t) -> Result<()> {
+    write_json(
+        &container.state_path(),
+        &RunState {
+            shim_pid,
+            pid: pid as u32,
+            started: now_rfc3339(),
+            // Read while the process is our unreaped child: the pid is surely its.
+            start_time: crate::process::proc_stat(pid as u32).map(|stat| stat.start_time),
+        },
+        false,
+    )
 }
 
 /// Makes the container's cgroup with its limits and moves its first
